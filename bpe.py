@@ -1,0 +1,848 @@
+"""Byte-level BPE tokenizer in pure Python (the `regex` module does the pre-tokenization).
+
+How it works, in three steps:
+
+1. Pre-tokenization. A regex cuts text into pieces ("pre-tokens"): words with their leading
+   space, runs of digits, runs of punctuation, runs of whitespace. Merges never cross a piece
+   boundary, so " the" can become one token but "e t" never does.
+2. Bytes. Each piece is UTF-8 encoded; the 256 byte values are the base tokens, so every string
+   can be encoded and nothing is ever "unknown".
+3. Merges. Training repeatedly joins the most frequent adjacent pair of tokens into a new token.
+   Encoding replays them: inside a piece, the adjacent pair whose joined bytes form the
+   lowest-ranked token is merged first (leftmost on ties), until no adjacent pair forms a token.
+   A token's rank is its id, so earlier merges win. This is exactly the rule of OpenAI's GPT-2
+   encoder and tiktoken, which is why `BPE.from_gpt2` reproduces their ids token for token.
+
+Worked example (no regex split, 3 merges):
+
+    >>> bpe = BPE.train("aaabdaaabac", vocab_size=259, pattern=r".+", special_tokens=())
+    >>> bpe.merges                     # "aa"->256, "ab"->257, then "aa"+"ab"->258
+    [(97, 97), (97, 98), (256, 257)]
+    >>> bpe.encode("aaabdaaabac")
+    [258, 100, 258, 97, 99]
+    >>> bpe.decode([258, 100, 258, 97, 99])
+    'aaabdaaabac'
+
+Special tokens such as "<|endoftext|>" are whole tokens with ids after the merged ones. Following
+tiktoken's safe policy, `encode` refuses text that contains one unless it is allowed explicitly,
+and `encode_ordinary` treats such text as ordinary characters.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import hashlib
+import heapq
+import itertools
+import json
+import math
+import operator
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Collection, Iterable, Iterator, Literal
+
+import re as _re
+
+import regex
+
+# GPT-2's pre-tokenization pattern (OpenAI's encoder.py, as tiktoken spells it).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# GPT-4's (tiktoken cl100k_base): case-insensitive contractions, digits in groups of at most
+# three, newlines kept apart from other whitespace.
+GPT4_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+_GPT2_FULL = regex.compile(GPT2_PATTERN)
+ENDOFTEXT = "<|endoftext|>"
+
+FORMAT_NAME = "bpe-vocab"
+FORMAT_VERSION = 1
+
+_NO_MERGE = 1 << 62  # rank of a pair that is not a token: larger than any real rank
+_LONG_PIECE = 200  # bytes; longer pieces use the O(n log n) heap merge instead of the O(n^2) scan
+_CHUNK_BYTES = 1 << 20  # files are read and pre-tokenized in pieces of about this size
+_CACHE_LIMIT = 500_000  # pre-tokens remembered by encode before the cache is cleared
+_CACHE_MAX_PIECE = 64  # characters; longer pieces are rare and not worth remembering
+
+# GPT-2's pattern restricted to ASCII text, for the standard library's `re`, which runs about twice
+# as fast as `regex` on it. On ASCII input, \s is [\t\n\v\f\r ], \p{L} is [A-Za-z] and \p{N} is
+# [0-9], so this finds exactly the same pieces (test_bpe.py checks that on random ASCII text).
+_W = r"\t\n\v\f\r "
+_GPT2_ASCII = _re.compile(
+    rf"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^{_W}A-Za-z0-9]+|[{_W}]+(?![^{_W}])|[{_W}]+"""
+)
+# Under GPT-2's pattern a whitespace character that is followed by a non-space always starts a
+# new piece, and the pieces before it do not depend on what follows (see _gpt2_findall).
+_GPT2_CUT = regex.compile(r"\s(?=\S)")
+_BLOCK = 1024  # characters: the size of the blocks that _gpt2_findall sorts into ASCII or not
+
+# A place where a file may be cut into chunks without changing any pre-token: right after a
+# newline that sits between two non-space characters ("end.\nNext"), or, for text without
+# newlines, between a letter and " <letter>" (" word" always starts a new piece). Both built-in
+# patterns end a piece there, whatever follows, so chunks pre-tokenize exactly like the whole.
+_SAFE_CUT = regex.compile(r"(?r)(?<=\S\n)(?=\S)|(?<=\p{L})(?= \p{L})")
+
+
+def _replace_but_keep_surrogates(err: UnicodeDecodeError) -> tuple[str, int]:
+    """Decode error handler: like "replace" (U+FFFD for broken bytes), except that the 3-byte
+    form of a lone surrogate, which encode writes for strs such as "\ud800", decodes back to it."""
+    b = err.object[err.start : err.start + 3]
+    if len(b) == 3 and b[0] == 0xED and 0xA0 <= b[1] <= 0xBF and 0x80 <= b[2] <= 0xBF:
+        return b.decode("utf-8", "surrogatepass"), err.start + 3
+    return "\ufffd", err.end
+
+
+_REPLACE = "bpe.replace"
+codecs.register_error(_REPLACE, _replace_but_keep_surrogates)
+
+
+class TokenizerError(ValueError):
+    """A user-facing problem with a tokenizer file or with input text (one-line message)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading text: streamed, lossless, with the byte offset of any invalid UTF-8.
+
+
+def iter_text_chunks(
+    path: str | os.PathLike, special_tokens: Collection[str] = (), chunk_bytes: int = _CHUNK_BYTES
+) -> Iterator[str]:
+    """Yield a UTF-8 file as str chunks cut at safe places, never holding the whole file.
+
+    Line endings are kept as they are (no "\\r\\n" -> "\\n"), so encoding stays lossless. Bytes
+    that are not UTF-8 raise TokenizerError naming their offset in the file.
+    """
+    chunker = _SafeChunker(special_tokens, chunk_bytes)
+    with open(path, "rb") as f:
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        offset = 0  # bytes of the file read before `data`
+        while True:
+            data = f.read(chunk_bytes)
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as e:
+                # The decoder may hold up to 3 bytes of a character begun in the last read;
+                # the error's position counts from the first of those.
+                held = len(decoder.getstate()[0]) if data else 0
+                bad = offset - held + e.start
+                f.seek(bad)
+                raise TokenizerError(
+                    f"{path} is not UTF-8 text: invalid byte 0x{f.read(1)[0]:02x} at byte offset {bad}"
+                ) from None
+            yield from chunker.feed(text)
+            if not data:
+                break
+            offset += len(data)
+    yield from chunker.finish()
+
+
+def iter_str_chunks(text: str, special_tokens: Collection[str] = ()) -> Iterator[str]:
+    """The same cutting for a str already in memory, so a large text is handled in slices."""
+    if len(text) <= _CHUNK_BYTES:
+        yield text
+        return
+    chunker = _SafeChunker(special_tokens, _CHUNK_BYTES)
+    for start in range(0, len(text), _CHUNK_BYTES):
+        yield from chunker.feed(text[start : start + _CHUNK_BYTES])
+    yield from chunker.finish()
+
+
+class _SafeChunker:
+    """Buffers text and releases it up to the last safe cut once enough has arrived."""
+
+    def __init__(self, special_tokens: Collection[str], min_size: int):
+        self.buf = ""
+        self.min_size = min_size
+        self.special_tokens = [s for s in special_tokens if len(s) > 1]
+
+    def feed(self, text: str) -> Iterator[str]:
+        self.buf += text
+        if len(self.buf) >= self.min_size:
+            cut = self._last_safe_cut()
+            if cut > 0:
+                yield self.buf[:cut]
+                self.buf = self.buf[cut:]
+
+    def finish(self) -> Iterator[str]:
+        if self.buf:
+            yield self.buf
+        self.buf = ""
+
+    def _last_safe_cut(self) -> int:
+        end = len(self.buf)
+        while True:
+            m = _SAFE_CUT.search(self.buf, 0, end)
+            if m is None:
+                return 0  # no safe place yet: keep buffering
+            cut = m.start()
+            if not any(self._inside(s, cut) for s in self.special_tokens):
+                return cut
+            end = cut - 1
+
+    def _inside(self, special: str, cut: int) -> bool:
+        """Does an occurrence of `special` straddle position `cut`?"""
+        start = self.buf.find(special, max(0, cut - len(special) + 1), cut + len(special) - 1)
+        return 0 <= start < cut
+
+
+# ----------------------------------------------------------------------------------------------
+# Small pure helpers: GPT-2's byte <-> printable-character table, and token bytes in vocab files.
+
+
+def gpt2_bytes_to_unicode() -> dict[int, str]:
+    """OpenAI's table that shows each byte as a printable character in encoder.json/vocab.bpe.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 (controls, space, ...) are shifted
+    to U+0100 and up, in byte order. So b" " is shown as "Ġ" (U+0120) and b"\\n" as "Ċ".
+    """
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in keep}
+    shifted = (b for b in range(256) if b not in table)
+    for n, b in enumerate(shifted):
+        table[b] = chr(256 + n)
+    return table
+
+
+def token_to_text(token: bytes) -> str:
+    """Token bytes as a JSON string for the vocab file: readable text where the bytes are UTF-8,
+    and `\\udcXX` escapes (Python's surrogateescape) for bytes that are not."""
+    s = token.decode("utf-8", "surrogateescape")
+    # A lone surrogate cannot be written as UTF-8, so such tokens are written all-ASCII.
+    ascii_only = any("\udc80" <= ch <= "\udcff" for ch in s)
+    return json.dumps(s, ensure_ascii=ascii_only)
+
+
+def text_to_token(s: str) -> bytes:
+    """Inverse of token_to_text, after json decoding: exact for every byte string."""
+    return s.encode("utf-8", "surrogateescape")
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoding one pre-token: tiktoken's rule, lowest-ranked adjacent pair first, leftmost on ties.
+
+
+def _merge_short(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
+    """Merge the bytes of one piece into tokens. O(n^2) in C-level list scans; fast for short n.
+
+    >>> _merge_short(b"abc", {b"a": 0, b"b": 1, b"c": 2, b"bc": 3, b"ab": 4})
+    [0, 3]
+    """
+    parts = [piece[i : i + 1] for i in range(len(piece))]
+    pair_ranks = [ranks.get(parts[i] + parts[i + 1], _NO_MERGE) for i in range(len(parts) - 1)]
+    while pair_ranks:
+        best = min(pair_ranks)
+        if best == _NO_MERGE:
+            break
+        i = pair_ranks.index(best)  # leftmost of the lowest rank
+        parts[i] += parts[i + 1]
+        del parts[i + 1], pair_ranks[i]
+        # Only the two pairs that touch the merged part change.
+        if i > 0:
+            pair_ranks[i - 1] = ranks.get(parts[i - 1] + parts[i], _NO_MERGE)
+        if i < len(pair_ranks):
+            pair_ranks[i] = ranks.get(parts[i] + parts[i + 1], _NO_MERGE)
+    return [ranks[p] for p in parts]
+
+
+def _merge_long(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
+    """Same result as _merge_short in O(n log n): a heap of (rank, position) over a linked list.
+
+    Positions are the start offsets of parts, so "leftmost on ties" is the heap's own order.
+    Stale heap entries (a neighbour has merged since) are recognised and skipped.
+    """
+    n = len(piece)
+    parts = [piece[i : i + 1] for i in range(n)]  # parts[i] is the part starting at i, or None
+    nxt = list(range(1, n + 1))  # start of the following part (n: none)
+    prv = list(range(-1, n - 1))  # start of the preceding part (-1: none)
+    heap = [(r, i) for i in range(n - 1) if (r := ranks.get(parts[i] + parts[i + 1])) is not None]
+    heapq.heapify(heap)
+    while heap:
+        rank, i = heapq.heappop(heap)
+        j = nxt[i]
+        if parts[i] is None or j >= n or ranks.get(parts[i] + parts[j]) != rank:
+            continue  # stale
+        parts[i] += parts[j]
+        parts[j] = None
+        nxt[i] = nxt[j]
+        if nxt[i] < n:
+            prv[nxt[i]] = i
+        for left, right in ((prv[i], i), (i, nxt[i])):
+            if left >= 0 and right < n:
+                r = ranks.get(parts[left] + parts[right])
+                if r is not None:
+                    heapq.heappush(heap, (r, left))
+    return [ranks[p] for p in parts if p is not None]
+
+
+def _gpt2_findall(text: str) -> list[str]:
+    """GPT-2's pre-tokenization, fast: ASCII blocks go to `re`, the others to `regex`.
+
+    Why cutting into blocks is exact: at a whitespace character w followed by a non-space
+    character, every alternative of the pattern ends a piece before w (none holds a non-space
+    followed by a space), and the piece before w is the same whether w or the end of the text
+    follows it (`\s+(?!\S)` keeps the last space of a run for the next piece, which is w).
+    """
+    if text.isascii():
+        return _GPT2_ASCII.findall(text)
+    slow, fast, cut = _GPT2_FULL.findall, _GPT2_ASCII.findall, _GPT2_CUT.search
+    pieces: list[str] = []
+    start = 0
+    while start < len(text):
+        m = cut(text, start + _BLOCK)
+        end = m.start() if m else len(text)
+        block = text[start:end]
+        pieces += fast(block) if block.isascii() else slow(block)
+        start = end
+    return pieces
+
+
+def _compile_findall(pattern: str):
+    """The pre-tokenizer for a pattern: the fast path for GPT-2's, `regex` for any other."""
+    if pattern == GPT2_PATTERN:
+        return _gpt2_findall
+    try:
+        return regex.compile(pattern).findall
+    except regex.error as e:
+        raise TokenizerError(f"invalid pre-tokenization pattern: {e}") from None
+
+
+class _PieceCache(dict):
+    """pre-token str -> token ids; a miss runs BPE on the piece and remembers the answer."""
+
+    def __init__(self, ranks: dict[bytes, int]):
+        super().__init__()
+        self.ranks = ranks
+        self.seed()
+
+    def seed(self) -> None:
+        # A piece that is itself a token encodes to that token (tiktoken's rule too), so every
+        # token that is whole UTF-8 text starts out in the cache: a fresh tokenizer is warm for them.
+        for token, rank in self.ranks.items():
+            try:
+                self[token.decode("utf-8")] = [rank]
+            except UnicodeDecodeError:
+                pass
+
+    def __missing__(self, piece: str) -> list[int]:
+        data = piece.encode("utf-8", "surrogatepass")  # lone surrogates too: every str encodes
+        merge = _merge_short if len(data) <= _LONG_PIECE else _merge_long
+        ids = merge(data, self.ranks)
+        if len(piece) <= _CACHE_MAX_PIECE:
+            if len(self) >= _CACHE_LIMIT:
+                self.clear()
+                self.seed()
+            self[piece] = ids
+        return ids
+
+
+# ----------------------------------------------------------------------------------------------
+# Training: count pre-tokens once, then merge with incremental pair counts.
+
+
+def recommended_vocab_size(num_bytes: int) -> int:
+    """Vocab size for a corpus of `num_bytes` bytes when the user names none.
+
+    The rule: the power of two nearest to 2*sqrt(num_bytes), kept within [512, 32768].
+    A small corpus gets a small vocab, so each token is seen often enough to be learned
+    (1 MB -> 2048, 20 MB -> 8192, 1 GB -> 32768); 32768 keeps ids in uint16.
+    """
+    if num_bytes <= 0:
+        return 512
+    exponent = round(math.log2(2 * math.sqrt(num_bytes)))
+    return min(max(2**exponent, 512), 32768)
+
+
+def count_pretokens(chunks: Iterable[str], pattern: str, special_tokens: Collection[str] = ()) -> Counter:
+    """How often each pre-token occurs. Special tokens are cut out first, never counted."""
+    findall = _compile_findall(pattern)
+    split = _special_splitter(special_tokens)
+    counts: Counter = Counter()
+    for chunk in chunks:
+        if split is not None and any(s in chunk for s in special_tokens):
+            for part in split(chunk):
+                counts.update(findall(part))
+        else:
+            counts.update(findall(chunk))  # Counter.update of a list counts in C
+    return counts
+
+
+def train_merges(
+    words: list[list[int]], counts: list[int], token_bytes: list[bytes], num_tokens: int, progress: bool = False
+) -> dict[int, tuple[int, int]]:
+    """Merge until there are `num_tokens` tokens (or no pair is left); return {new id: pair}.
+
+    words are lists of token ids with their counts, merged in place; `token_bytes` (id -> bytes)
+    grows as tokens are made.
+    Each step merges the most frequent adjacent pair. Tie-break rule: among pairs with the same
+    count, the one with the smallest (left id, right id) wins, so training is deterministic.
+    A merge whose bytes already form a token (reached earlier by another pair) reuses that id.
+
+    Rather than recount every pair after each merge, we keep:
+      pair_count[p]  how often pair p occurs, weighted by word counts
+      where[p]       the words that may hold p (a superset: stale entries are skipped)
+      heap           (-count, pair) entries; an entry is trusted only if it matches pair_count
+    and after merging (a, b) we update only the words that held it.
+    """
+    from tqdm import tqdm
+
+    pair_count: dict[tuple[int, int], int] = {}
+    where: dict[tuple[int, int], set[int]] = {}
+    for wi, word in enumerate(words):
+        c = counts[wi]
+        for pair in zip(word, word[1:]):
+            pair_count[pair] = pair_count.get(pair, 0) + c
+            if pair in where:
+                where[pair].add(wi)
+            else:
+                where[pair] = {wi}
+    heap = [(-c, pair) for pair, c in pair_count.items()]
+    heapq.heapify(heap)
+    token_id = {b: i for i, b in enumerate(token_bytes)}
+
+    parents: dict[int, tuple[int, int]] = {}
+    bar = tqdm(total=num_tokens - len(token_bytes), desc="merges", unit="token", delay=1.0, disable=not progress, file=sys.stderr)
+    while len(token_bytes) < num_tokens and heap:
+        neg, pair = heapq.heappop(heap)
+        c = pair_count.get(pair, 0)
+        if c != -neg:  # stale entry: put the pair back with its true count
+            if c > 0:
+                heapq.heappush(heap, (-c, pair))
+            continue
+        a, b = pair
+        merged = token_bytes[a] + token_bytes[b]
+        new = token_id.get(merged)
+        if new is None:
+            new = token_id[merged] = len(token_bytes)
+            token_bytes.append(merged)
+            parents[new] = pair
+            bar.update(1)
+
+        touched: set[tuple[int, int]] = set()  # pairs with the new token, whose counts grew
+        for wi in where.pop(pair):
+            word = words[wi]
+            new_word = _merge_pair(word, a, b, new)
+            if new_word is None:
+                continue  # stale: this word no longer holds the pair
+            c = counts[wi]
+            for p in zip(word, word[1:]):
+                pair_count[p] -= c
+            for p in zip(new_word, new_word[1:]):
+                pair_count[p] = pair_count.get(p, 0) + c
+                if new in p:
+                    touched.add(p)
+                    if p in where:
+                        where[p].add(wi)
+                    else:
+                        where[p] = {wi}
+            words[wi] = new_word
+        del pair_count[pair]
+        for p in touched:
+            heapq.heappush(heap, (-pair_count[p], p))
+    bar.close()
+    return parents
+
+
+def _merge_pair(word: list[int], a: int, b: int, new: int) -> list[int] | None:
+    """Replace each (a, b) in word, left to right, by `new`; None if the word holds no (a, b)."""
+    try:
+        i = word.index(a)
+    except ValueError:
+        return None
+    out = word[:i]
+    n = len(word)
+    found = False
+    while i < n:
+        if word[i] == a and i + 1 < n and word[i + 1] == b:
+            out.append(new)
+            i += 2
+            found = True
+        else:
+            out.append(word[i])
+            i += 1
+    return out if found else None
+
+
+def _special_splitter(special_tokens: Collection[str], keep: bool = False):
+    """A function that splits text at special-token strings (keeping them if `keep`)."""
+    if not special_tokens:
+        return None
+    alternatives = "|".join(regex.escape(s) for s in sorted(special_tokens, key=len, reverse=True))
+    return regex.compile(f"({alternatives})" if keep else alternatives).split
+
+
+# ----------------------------------------------------------------------------------------------
+# The tokenizer
+
+
+class BPE:
+    """A byte-level BPE tokenizer: pattern + tokens (id -> bytes) + special tokens.
+
+    Build one with `BPE.train`, `BPE.load` or `BPE.from_gpt2`. Ordinary tokens are ranked by id
+    (a lower id merges first); special tokens have ids of their own and are never merged.
+    """
+
+    def __init__(
+        self,
+        tokens: list[bytes],
+        special_tokens: dict[str, int] | None = None,
+        pattern: str = "gpt2",
+        merges: dict[int, tuple[int, int]] | None = None,
+    ):
+        """tokens[i] is the bytes of ordinary token i (None where i is a special token's id);
+        merges maps a merged token's id to the pair of ids it was made from (for the file)."""
+        special_tokens = dict(special_tokens or {})
+        self.pattern = PATTERNS.get(pattern, pattern)
+        self.special_tokens = special_tokens
+        self._parents = dict(merges or {})
+        n = max(len(tokens), max(special_tokens.values(), default=-1) + 1)
+        decoder: list[bytes | None] = list(tokens) + [None] * (n - len(tokens))
+        for s, i in special_tokens.items():
+            if decoder[i] is not None:
+                raise TokenizerError(f"special token {s!r} has id {i}, which an ordinary token already has")
+            decoder[i] = s.encode("utf-8")
+        if None in decoder:
+            raise TokenizerError(f"token ids must run from 0 to {n - 1} without gaps; id {decoder.index(None)} is missing")
+        self._decoder: list[bytes] = decoder
+        specials = set(special_tokens.values())
+        self._ranks = {b: i for i, b in enumerate(tokens) if i not in specials and b is not None}
+        if len(self._ranks) != len(tokens) - sum(1 for i in specials if i < len(tokens)):
+            raise TokenizerError("two ordinary tokens have the same bytes")
+        missing = [b for b in range(256) if bytes([b]) not in self._ranks]
+        if missing:
+            raise TokenizerError(f"the vocabulary lacks the single byte 0x{missing[0]:02x}; every byte must be a token")
+        self._findall = _compile_findall(self.pattern)
+        self._cache = _PieceCache(self._ranks)
+        self._hash: str | None = None
+
+    # ---- properties ---------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids (ordinary + special): the size the model's embedding needs."""
+        return len(self._decoder)
+
+    @property
+    def merges(self) -> list[tuple[int, int]]:
+        """The (left id, right id) pair each merged token was made from, in id order."""
+        return [self._parents[i] for i in sorted(self._parents)]
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 of what decides behaviour: pattern, special tokens and every token's bytes.
+
+        It ignores the file's layout and the recorded merge parents (encoding uses ranks only),
+        so two files that encode and decode identically have the same hash.
+        """
+        if self._hash is None:
+            h = hashlib.sha256()
+            h.update(b"bpe\0" + self.pattern.encode("utf-8") + b"\0")
+            specials = set(self.special_tokens.values())
+            for i, token in enumerate(self._decoder):
+                h.update((b"S" if i in specials else b"T") + len(token).to_bytes(4, "big") + token)
+            self._hash = h.hexdigest()
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"BPE(vocab_size={self.vocab_size}, special_tokens={self.special_tokens}, hash={self.hash[:12]})"
+
+    # ---- encoding -----------------------------------------------------------------------------
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Encode text, treating special-token strings as ordinary characters."""
+        # reduce(iadd) extends one fresh list with each piece's cached ids, all in C.
+        lookup = self._cache.__getitem__
+        ids: list[int] = []
+        for chunk in iter_str_chunks(text):  # slices of a long text bound the list of pieces
+            functools.reduce(operator.iadd, map(lookup, self._findall(chunk)), ids)
+        return ids
+
+    def encode(
+        self,
+        text: str,
+        allowed_special: Literal["all"] | Collection[str] = (),
+        disallowed_special: Literal["all"] | Collection[str] = "all",
+    ) -> list[int]:
+        """Encode text. Special-token strings are refused unless allowed (tiktoken's safe policy).
+
+        allowed_special: specials to encode as their single id ("all" for every one).
+        disallowed_special: specials whose presence raises an error ("all": every one not allowed);
+            pass () to encode the others as ordinary text instead.
+
+        >>> bpe = BPE.train("hello world", vocab_size=300)
+        >>> bpe.encode("hi<|endoftext|>", allowed_special="all")[-1] == bpe.special_tokens["<|endoftext|>"]
+        True
+        """
+        allowed = self._special_set(allowed_special)
+        disallowed = self._special_set(disallowed_special, default=set(self.special_tokens) - allowed)
+        for s in disallowed:
+            if s in text:
+                raise TokenizerError(
+                    f"the text contains the special token {s!r}; pass allowed_special={{{s!r}}} (or 'all') "
+                    f"to encode it as one token, or disallowed_special=() to encode it as plain text"
+                )
+        present = [s for s in allowed if s in text]
+        if not present:
+            return self.encode_ordinary(text)
+        ids: list[int] = []
+        # With a capturing group, split() returns text, special, text, special, ..., text.
+        pieces = _special_splitter(present, keep=True)(text)
+        for k, piece in enumerate(pieces):
+            if k % 2:
+                ids.append(self.special_tokens[piece])
+            elif piece:
+                ids.extend(self.encode_ordinary(piece))
+        return ids
+
+    def iter_encode_file(
+        self, path: str | os.PathLike, allowed_special: Literal["all"] | Collection[str] = ()
+    ) -> Iterator[list[int]]:
+        """Encode a file chunk by chunk (about 1 MB each), yielding the ids of each chunk."""
+        allowed = self._special_set(allowed_special)
+        for chunk in iter_text_chunks(path, self.special_tokens):
+            yield self.encode(chunk, allowed_special=allowed)
+
+    def encode_file(self, path: str | os.PathLike, allowed_special: Literal["all"] | Collection[str] = ()) -> list[int]:
+        """Encode a whole file, streamed: the text is never held in memory all at once."""
+        ids: list[int] = []
+        for chunk_ids in self.iter_encode_file(path, allowed_special):
+            ids.extend(chunk_ids)
+        return ids
+
+    def _special_set(self, spec, default: set[str] | None = None) -> set[str]:
+        if spec == "all":
+            return set(self.special_tokens) if default is None else default
+        unknown = set(spec) - set(self.special_tokens)
+        if unknown:
+            raise TokenizerError(f"not a special token of this tokenizer: {sorted(unknown)[0]!r}")
+        return set(spec)
+
+    # ---- decoding -----------------------------------------------------------------------------
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The exact bytes of a list of ids (a character may be split between two tokens)."""
+        ids = ids if isinstance(ids, list) else list(ids)
+        if ids and (min(ids) < 0 or max(ids) >= len(self._decoder)):
+            bad = next(i for i in ids if not 0 <= i < len(self._decoder))
+            raise TokenizerError(f"token id {bad} is out of range: the vocabulary has ids 0 to {len(self._decoder) - 1}")
+        return b"".join(map(self._decoder.__getitem__, ids))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of a list of ids; bytes that do not form UTF-8 become U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors=_REPLACE)
+
+    def token_pieces(self, ids: Iterable[int]) -> list[str]:
+        """Each id's own text (U+FFFD for a partial character), to see how text was cut."""
+        return [self.decode_bytes([i]).decode("utf-8", errors=_REPLACE) for i in ids]
+
+    # ---- training -----------------------------------------------------------------------------
+
+    @classmethod
+    def train(
+        cls,
+        text_or_path: str | os.PathLike,
+        vocab_size: int | None = None,
+        pattern: str = "gpt2",
+        special_tokens: Collection[str] = (ENDOFTEXT,),
+        progress: bool = False,
+    ) -> "BPE":
+        """Learn a tokenizer from a text (a str) or a UTF-8 file (a Path, or a str naming a file).
+
+        vocab_size counts everything: 256 bytes + merges + special tokens. None picks
+        `recommended_vocab_size` for the corpus. Training may stop short of vocab_size on a
+        corpus too small to offer that many merges.
+        """
+        pattern = PATTERNS.get(pattern, pattern)
+        special_tokens = list(dict.fromkeys(special_tokens))
+        if _names_file(text_or_path):
+            path = Path(text_or_path)
+            num_bytes = path.stat().st_size
+            chunks = iter_text_chunks(path, special_tokens)
+        else:
+            text = str(text_or_path)
+            num_bytes = len(text.encode("utf-8", "surrogatepass"))
+            chunks = iter_str_chunks(text, special_tokens)
+        if vocab_size is None:
+            vocab_size = recommended_vocab_size(num_bytes)
+        if vocab_size < 256 + len(special_tokens):
+            raise TokenizerError(f"vocab size {vocab_size} is too small: it must be at least 256 + {len(special_tokens)} special tokens")
+        _compile_findall(pattern)  # a bad pattern fails here, before any reading
+
+        counts = count_pretokens(_progress_chunks(chunks, num_bytes, progress), pattern, special_tokens)
+        words = [list(piece.encode("utf-8", "surrogatepass")) for piece in counts]
+        token_bytes = [bytes([b]) for b in range(256)]
+        parents = train_merges(words, list(counts.values()), token_bytes, vocab_size - len(special_tokens), progress)
+        specials = {s: len(token_bytes) + k for k, s in enumerate(special_tokens)}
+        return cls(token_bytes, specials, pattern, parents)
+
+    # ---- files --------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the vocab file (UTF-8, atomically: a reader never sees half a file).
+
+        Layout, one item a line:
+            bpe-vocab 1                       format name and version
+            pattern "<regex as JSON>"
+            special <id> "<text as JSON>"     one line per special token
+            tokens <count>                    then one line per ordinary token, in id order:
+            <id> "<bytes as JSON>" [<left id> <right id>]   (the pair it was merged from)
+        Token bytes are JSON strings of their UTF-8 text; bytes that are not UTF-8 appear as
+        \\udc80-\\udcff escapes (see token_to_text).
+        """
+        specials = set(self.special_tokens.values())
+        lines = [f"{FORMAT_NAME} {FORMAT_VERSION}", f"pattern {json.dumps(self.pattern)}"]
+        lines += [f"special {i} {json.dumps(s)}" for s, i in sorted(self.special_tokens.items(), key=lambda kv: kv[1])]
+        lines.append(f"tokens {len(self._ranks)}")
+        for i, token in enumerate(self._decoder):
+            if i in specials:
+                continue
+            line = f"{i} {token_to_text(token)}"
+            if i in self._parents:
+                line += " %d %d" % self._parents[i]
+            lines.append(line)
+        _atomic_write_text(path, "\n".join(lines) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BPE":
+        """Read a vocab file written by `save`, or a folder holding GPT-2's encoder.json and
+        vocab.bpe (see from_gpt2). Any defect raises TokenizerError, naming file and line."""
+        if os.path.isdir(path) and os.path.isfile(os.path.join(path, "encoder.json")):
+            return cls.from_gpt2(os.path.join(path, "encoder.json"), os.path.join(path, "vocab.bpe"))
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                lines = f.read().split("\n")
+        except FileNotFoundError:
+            raise TokenizerError(f"vocab file not found: {path}") from None
+        except IsADirectoryError:
+            raise TokenizerError(f"vocab file is a directory: {path}") from None
+        except UnicodeDecodeError as e:
+            raise TokenizerError(f"{path} is not a vocab file: not UTF-8 text (byte offset {e.start})") from None
+        except OSError as e:
+            raise TokenizerError(f"cannot read vocab file {path}: {e.strerror}") from None
+        return cls._parse(lines, str(path))
+
+    @classmethod
+    def _parse(cls, lines: list[str], name: str) -> "BPE":
+        def fail(lineno: int, why: str):
+            raise TokenizerError(f"{name}:{lineno}: {why}")
+
+        decode_json = json.JSONDecoder().raw_decode
+        if not lines or lines[0] != f"{FORMAT_NAME} {FORMAT_VERSION}":
+            if lines and lines[0].startswith(FORMAT_NAME + " "):
+                fail(1, f"vocab format {lines[0].split()[1]!r} is not supported (this version reads {FORMAT_VERSION})")
+            fail(1, f"not a vocab file (it should start with '{FORMAT_NAME} {FORMAT_VERSION}')")
+        pattern, specials, tokens, parents = None, {}, [], {}
+        expected_tokens = None
+        for lineno, line in enumerate(lines[1:], start=2):
+            if not line:
+                continue
+            key, _, rest = line.partition(" ")
+            try:
+                if expected_tokens is None and key == "pattern":
+                    pattern = json.loads(rest)
+                elif expected_tokens is None and key == "special":
+                    sid, _, text = rest.partition(" ")
+                    specials[json.loads(text)] = int(sid)
+                elif expected_tokens is None and key == "tokens":
+                    expected_tokens = int(rest)
+                elif expected_tokens is not None:
+                    text, end = decode_json(rest)
+                    tokens.append((int(key), text_to_token(text)))
+                    pair = rest[end:].split()
+                    if pair:
+                        if len(pair) != 2:
+                            fail(lineno, "expected: id, token, and optionally the two ids it merges")
+                        parents[int(key)] = (int(pair[0]), int(pair[1]))
+                else:
+                    fail(lineno, f"unexpected line {line[:40]!r}")
+            except (ValueError, TypeError) as e:
+                if isinstance(e, TokenizerError):
+                    raise
+                fail(lineno, f"malformed line {line[:40]!r}")
+        if pattern is None or expected_tokens is None:
+            fail(len(lines), "missing 'pattern' or 'tokens' header line")
+        if len(tokens) != expected_tokens:
+            fail(len(lines), f"the header promises {expected_tokens} tokens but the file has {len(tokens)}")
+        n = len(tokens) + len(specials)
+        by_id: list[bytes | None] = [None] * n
+        for i, token in tokens:
+            if not 0 <= i < n or by_id[i] is not None:
+                raise TokenizerError(f"{name}: token id {i} is out of range or repeated")
+            by_id[i] = token
+        for s, i in specials.items():
+            if not 0 <= i < n or by_id[i] is not None:
+                raise TokenizerError(f"{name}: special token id {i} is out of range or taken")
+        ordinary = by_id[: max(i for i, _ in tokens) + 1] if tokens else []
+        return cls(ordinary, specials, pattern, parents)
+
+    @classmethod
+    def from_gpt2(cls, encoder_json_path: str | os.PathLike, vocab_bpe_path: str | os.PathLike) -> "BPE":
+        """OpenAI's GPT-2 tokenizer from its own two files; ids equal theirs (and tiktoken's).
+
+        encoder.json maps each token, written with gpt2_bytes_to_unicode's characters, to its id;
+        vocab.bpe lists the 50,000 merges in rank order (the merged token of line k has id 256+k).
+        """
+        char_to_byte = {ch: b for b, ch in gpt2_bytes_to_unicode().items()}
+        try:
+            with open(encoder_json_path, encoding="utf-8") as f:
+                encoder = json.load(f)
+            with open(vocab_bpe_path, encoding="utf-8") as f:
+                merge_lines = f.read().split("\n")
+        except (OSError, ValueError) as e:
+            raise TokenizerError(f"cannot read GPT-2 vocabulary files: {e}") from None
+
+        def to_bytes(token: str) -> bytes:
+            try:
+                return bytes(char_to_byte[ch] for ch in token)
+            except KeyError:
+                raise TokenizerError(f"{encoder_json_path}: token {token!r} is not in GPT-2's byte alphabet") from None
+
+        specials = {s: i for s, i in encoder.items() if s == ENDOFTEXT}
+        tokens: list[bytes | None] = [None] * len(encoder)
+        for s, i in encoder.items():
+            if s not in specials:
+                tokens[i] = to_bytes(s)
+        ordinary = tokens[: max(i for s, i in encoder.items() if s not in specials) + 1]
+        parents = {}
+        for line in merge_lines[1:]:  # the first line is "#version: 0.2"
+            if line:
+                left, right = line.split(" ")
+                parents[encoder[left + right]] = (encoder[left], encoder[right])
+        return cls(ordinary, specials, GPT2_PATTERN, parents)
+
+
+def _names_file(text_or_path) -> bool:
+    """A Path is a file name; a str is one when it is a single line naming an existing file."""
+    if isinstance(text_or_path, os.PathLike):
+        return True
+    s = str(text_or_path)
+    return len(s) < 4096 and "\n" not in s and os.path.isfile(s)
+
+
+def _progress_chunks(chunks: Iterable[str], num_bytes: int, progress: bool) -> Iterator[str]:
+    """Pass chunks through, showing a bar in bytes on stderr when the work takes over a second."""
+    from tqdm import tqdm
+
+    with tqdm(total=num_bytes, desc="pre-tokenizing", unit="B", unit_scale=True, delay=1.0, disable=not progress, file=sys.stderr) as bar:
+        for chunk in chunks:
+            yield chunk
+            bar.update(len(chunk) if chunk.isascii() else len(chunk.encode("utf-8", "surrogatepass")))
+
+
+def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,132 @@
+"""Causal self-attention: rotary positions, the fused QKV attention layer, and its KV cache.
+
+Shapes: B batch, T new tokens, S tokens attended to (cached + new), C embedding width,
+nh heads, hs head size (C = nh * hs).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RotaryPositionEmbedding(nn.Module):
+    """RoPE: rotate each pair of channels of q and k by an angle proportional to the position.
+
+    The dot product of a query at position m with a key at position n then depends only on
+    m - n, since rotating both by the same extra angle leaves their dot product unchanged.
+    Pairs are (i, i + hs/2), the "rotate half" layout of GPT-NeoX and Llama.
+    """
+
+    def __init__(self, head_size: int, max_seq_len: int, base: float = 10000.0):
+        super().__init__()
+        if head_size % 2:
+            raise ValueError(f"RoPE needs an even head size, got {head_size}")
+        # One frequency per channel pair, from 1 down to about 1/base.
+        inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (max_seq_len, hs/2)
+        # Derived from the arguments, so left out of the state dict.
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Rotate x (B, nh, T, hs), whose first token sits at position `offset`."""
+        T = x.size(-2)
+        cos = self.cos[offset : offset + T].to(x.dtype)  # (T, hs/2), broadcast over B and nh
+        sin = self.sin[offset : offset + T].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)  # each (B, nh, T, hs/2)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, for one attention layer.
+
+    Memory for the whole context is taken once, at the first append, so a generation step writes
+    one position instead of concatenating (and copying) the whole history every token.
+    """
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.length = 0
+        self.k = self.v = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs); return all keys and values so far, each (B, nh, S, hs)."""
+        B, nh, T, hs = k.shape
+        end = self.length + T
+        assert end <= self.max_len, f"KV cache overflow: {end} > {self.max_len} positions"
+        if self.k is None:
+            # Take the dtype from the first keys, so the cache follows autocast.
+            self.k = k.new_empty(B, nh, self.max_len, hs)
+            self.v = v.new_empty(B, nh, self.max_len, hs)
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention written out: what F.scaled_dot_product_attention computes (tested against it).
+
+    q (B, nh, T, hs) are the last T of the S positions of k, v (B, nh, S, hs).
+    """
+    T, S = q.size(-2), k.size(-2)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, S)
+    # Query i sits at position S - T + i and may look at keys up to that position, not later.
+    allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return scores.softmax(dim=-1) @ v  # (B, nh, T, hs)
+
+
+class QKVAttention(nn.Module):
+    """Multi-head causal self-attention with one fused projection for queries, keys and values."""
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        use_rope: bool = False,
+        rope_max_seq_len: int = 1024,
+        bias: bool = True,
+        rope_base: float = 10000.0,
+    ):
+        super().__init__()
+        if embedding_dim % num_heads:
+            raise ValueError(f"embedding_dim ({embedding_dim}) must be a multiple of num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.dropout = dropout
+        # One matrix product makes q, k and v side by side: fewer, larger kernels than three.
+        self.c_attn = nn.Linear(embedding_dim, 3 * embedding_dim, bias=bias)
+        self.c_proj = nn.Linear(embedding_dim, embedding_dim, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+        head_size = embedding_dim // num_heads
+        self.rope = RotaryPositionEmbedding(head_size, rope_max_seq_len, rope_base) if use_rope else None
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        nh = self.num_heads
+        q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
+        q = q.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
+
+        past = 0 if cache is None else cache.length  # tokens already in the cache
+        if self.rope is not None:
+            q = self.rope(q, offset=past)
+            k = self.rope(k, offset=past)
+        if cache is not None:
+            k, v = cache.append(k, v)  # each (B, nh, S, hs), S = past + T
+
+        mask, is_causal = None, T > 1
+        if past > 0 and T > 1:
+            # New queries after a cached prefix: SDPA's is_causal aligns the mask top-left, which is
+            # wrong here, so spell the mask out (query i may see keys 0 .. past + i).
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            is_causal = False
+        # One query after a prefix (a generation step) sees every key: no mask at all.
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, nh, hs) -> (B, T, C): heads side by side
+        return self.resid_dropout(self.c_proj(y))

@@ -1,0 +1,87 @@
+"""The one way checkpoints are written and read.
+
+A checkpoint is a dict saved with torch.save:
+    format_version  int, FORMAT_VERSION of the code that wrote it
+    model_config    asdict(GPT2Config): plain ints, floats, bools
+    model           the model's state dict (of the uncompiled module: no "_orig_mod." keys)
+Later versions add the optimizer and the training state beside these.
+
+Writing is atomic: a crash mid-save leaves the previous file as it was. Reading goes through
+torch.load(weights_only=True), which refuses any pickle that would run code.
+"""
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "model_config", "model")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line that says why."""
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
+    """Write `checkpoint` to `path` atomically; `format_version` is added when absent."""
+    path = Path(path)
+    checkpoint = {"format_version": FORMAT_VERSION, **checkpoint}
+    if "model" in checkpoint:
+        # A state dict taken from torch.compile's wrapper prefixes every key; store the plain names.
+        checkpoint["model"] = {k.removeprefix("_orig_mod."): v for k, v in checkpoint["model"].items()}
+    # The temporary file lives in the target's folder, so os.replace is a rename on one file system.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        # Also on Ctrl-C: never leave a half-written temporary file behind.
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint written by save_checkpoint, or raise CheckpointError saying why not."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint is not a file: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        # weights_only refuses code-running pickles with UnpicklingError; truncated zips give RuntimeError.
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupt or not a torch file): {reason}") from None
+    if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
+        raise CheckpointError(f"{path} is not a gpt2_llm checkpoint (no format_version)")
+    version = checkpoint["format_version"]
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version}, but this version of gpt2_llm reads version {FORMAT_VERSION}"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path} is missing {', '.join(missing)}")
+    return checkpoint

@@ -1,0 +1,365 @@
+"""GPT2: embeddings, the decoder, the final LayerNorm and the weight-tied head; generation;
+Hugging Face import and export.
+
+    ids (B, T) -> wte(ids) + wpe[0..T) -> GPT2Decoder -> ln_f -> lm_head -> logits (B, T, vocab)
+                 (no wpe with RoPE)       n_layer blocks            (the wte matrix itself)
+"""
+
+import functools
+import json
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import KVCache
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import GPT2Config
+from .decoder import GPT2Decoder
+
+# The original tool's keyword arguments, and the config field each one sets.
+ORIGINAL_ARGS = {
+    "vocab_size": "vocab_size",
+    "embedding_dim": "n_embd",
+    "num_layers": "n_layer",
+    "num_heads": "n_head",
+    "max_seq_len": "block_size",
+    "feedforward_dim": "n_inner",
+    "dropout": "dropout",
+    "use_rope": "rope",
+}
+# Config fields that decide the shapes of the weights: a checkpoint must agree on all of them.
+SHAPE_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "n_inner", "bias", "rope")
+
+
+class _class_or_instance_method:
+    """`GPT2.load(path)` builds a new model; `model.load(path)` fills an existing one."""
+
+    def __init__(self, func):
+        self.func = func
+
+    def __get__(self, obj, cls):
+        return functools.partial(self.func, cls, obj)
+
+
+class GPT2(nn.Module):
+    def __init__(self, config: GPT2Config | None = None, **original_args):
+        super().__init__()
+        if original_args:
+            unknown = sorted(original_args.keys() - ORIGINAL_ARGS.keys())
+            if unknown:
+                raise TypeError(f"GPT2() got unexpected arguments {unknown}; it takes {sorted(ORIGINAL_ARGS)}")
+            if config is not None:
+                raise TypeError("GPT2() takes a GPT2Config or keyword arguments, not both")
+            config = GPT2Config(**{ORIGINAL_ARGS[name]: value for name, value in original_args.items()})
+        self.config = config = config or GPT2Config()
+        # forward() checks ids on the host before the embedding (a clear error, never a device-side
+        # assert). That costs a sync per step on a GPU: a trainer whose data is known good may turn it off.
+        self.check_ids = True
+
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = None if config.rope else nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.decoder = GPT2Decoder(
+            config.n_layer, config.n_embd, config.n_head, config.mlp_size, config.dropout, config.bias,
+            config.rope, config.block_size, config.rope_base, config.layer_norm_eps,
+        )  # fmt: skip
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying: one matrix both embeds tokens and scores them; its gradient sums both uses.
+        self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2 scales the projections that add into the residual stream, two per block, so the
+        # stream's variance does not grow with depth.
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        """Parameters counted once each (the tied head is the token embedding)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        low, high = torch.aminmax(ids)
+        low, high = low.item(), high.item()  # one small copy to the host
+        if low < 0 or high >= self.config.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"token id {bad} is out of range for a model with vocab_size {self.config.vocab_size} "
+                f"(valid ids: 0 to {self.config.vocab_size - 1}); were the ids made with another vocab?"
+            )
+
+    def _embed(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """Token plus position embeddings of ids (B, T) whose first token is at position `start`."""
+        x = self.wte(ids)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe.weight[start : start + ids.size(1)]  # (T, C), broadcast over B
+        return self.drop(x)
+
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None):
+        """ids (B, T) -> (logits (B, T, vocab), mean cross-entropy against targets (B, T) or None)."""
+        B, T = ids.shape
+        if T > self.config.block_size:
+            raise ValueError(f"{T} tokens do not fit the context of {self.config.block_size} (--context)")
+        if self.check_ids and not torch.compiler.is_compiling():
+            self._check_ids(ids)
+        x = self.ln_f(self.decoder(self._embed(ids, 0)))
+        logits = self.lm_head(x)  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
+        return logits, loss
+
+    # ---- generation --------------------------------------------------------------------------
+
+    def _next_logits(self, ids: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
+        """Feed ids (B, T) after what the caches hold; return the logits of the last one (B, vocab)."""
+        x = self.decoder(self._embed(ids, caches[0].length), caches)  # (B, T, C)
+        return self.lm_head(self.ln_f(x[:, -1]))  # only the last position predicts the next token
+
+    def _prepare_prompt(self, ids, max_new_tokens: int, temperature: float, top_k, top_p, stop_token):
+        """Check the arguments of generate(); return the prompt as a (B, T) tensor on the model's device."""
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature (--temperature) must be 0 (greedy) or more, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k (--top-k) must be at least 1, got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p (--top-p) must be in (0, 1], got {top_p}")
+        if stop_token is not None and not 0 <= stop_token < self.config.vocab_size:
+            raise ValueError(f"stop_token {stop_token} is out of range for vocab_size {self.config.vocab_size}")
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.wte.weight.device)
+        if ids.dim() == 1:
+            ids = ids.unsqueeze(0)  # (T,) -> (1, T)
+        if ids.dim() != 2 or ids.size(1) == 0:
+            raise ValueError(f"the prompt must hold at least one token id, got shape {tuple(ids.shape)}")
+        self._check_ids(ids)
+        return ids
+
+    @torch.inference_mode()
+    def _generate_steps(self, ids, max_new_tokens, temperature, top_k, top_p, stop_token, seed) -> Iterator[torch.Tensor]:
+        """Yield the next token of every row, (B,), max_new_tokens times (fewer when all rows stop)."""
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=ids.device).manual_seed(seed)
+        block_size = self.config.block_size
+        was_training = self.training
+        self.eval()
+        try:
+            context = ids[:, -block_size:]  # a longer prompt keeps its last block_size tokens
+            caches = [KVCache(block_size) for _ in self.decoder.h]
+            logits = self._next_logits(context, caches)
+            done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
+            for step in range(max_new_tokens):
+                next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
+                if stop_token is not None:
+                    # Rows that have stopped keep emitting the stop token while the others go on.
+                    next_id = next_id.masked_fill(done.unsqueeze(1), stop_token)
+                    done |= next_id.squeeze(1) == stop_token
+                yield next_id.squeeze(1)
+                if step == max_new_tokens - 1 or (stop_token is not None and bool(done.all())):
+                    return
+                context = torch.cat((context, next_id), dim=1)[:, -block_size:]
+                if caches[0].length < block_size:
+                    logits = self._next_logits(next_id, caches)  # one new position per step
+                else:
+                    # The context is full: slide the window by refilling the caches from its last
+                    # block_size tokens, positions from 0 again (learned positions end at block_size).
+                    caches = [KVCache(block_size) for _ in self.decoder.h]
+                    logits = self._next_logits(context, caches)
+        finally:
+            self.train(was_training)
+
+    def generate(self, ids, max_new_tokens: int, temperature: float = 0.8, top_k: int | None = 40,
+                 top_p: float | None = None, stop_token: int | None = None, seed: int | None = None,
+                 greedy: bool = False):  # fmt: skip
+        """The prompt followed by up to max_new_tokens new tokens, in the prompt's form.
+
+        ids: a list of ints, a (T,) tensor or a (B, T) tensor. temperature 0 (or greedy=True) takes
+        the most likely token; otherwise sample from the top_k most likely, then from the smallest
+        set whose probability reaches top_p. Stops early once every row has made stop_token.
+        """
+        prompt = self._prepare_prompt(ids, max_new_tokens, temperature, top_k, top_p, stop_token)
+        temperature = 0.0 if greedy else temperature
+        steps = self._generate_steps(prompt, max_new_tokens, temperature, top_k, top_p, stop_token, seed)
+        out = torch.cat([prompt, *(token.unsqueeze(1) for token in steps)], dim=1)  # (B, T + new)
+        if isinstance(ids, torch.Tensor):
+            return out if ids.dim() == 2 else out[0]
+        return out[0].tolist() if len(out) == 1 else out.tolist()
+
+    def generate_stream(self, ids, max_new_tokens: int, temperature: float = 0.8, top_k: int | None = 40,
+                        top_p: float | None = None, stop_token: int | None = None, seed: int | None = None,
+                        greedy: bool = False) -> Iterator[int]:  # fmt: skip
+        """generate() for one prompt, yielding each new token id as soon as it is made."""
+        prompt = self._prepare_prompt(ids, max_new_tokens, temperature, top_k, top_p, stop_token)
+        if prompt.size(0) != 1:
+            raise ValueError(f"generate_stream takes one prompt, got a batch of {prompt.size(0)}")
+        temperature = 0.0 if greedy else temperature
+        for token in self._generate_steps(prompt, max_new_tokens, temperature, top_k, top_p, stop_token, seed):
+            yield token.item()
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the config and weights to `path` through the project's one checkpoint writer."""
+        save_checkpoint(path, {"model_config": asdict(self.config), "model": self.state_dict()})
+
+    @_class_or_instance_method
+    def load(cls, self, path: str | os.PathLike, map_location=None):
+        """GPT2.load(path) returns a new model; model.load(path) loads into this one (shapes must agree)."""
+        if map_location is None:
+            map_location = "cpu" if self is None else self.wte.weight.device
+        checkpoint = load_checkpoint(path, map_location=map_location)
+        try:
+            stored = GPT2Config(**checkpoint["model_config"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path} holds an unusable model config: {e}") from None
+        if self is None:
+            self = cls(stored)
+        else:
+            differ = [f"{name} {getattr(stored, name)} in the checkpoint, {getattr(self.config, name)} in the model"
+                      for name in SHAPE_FIELDS if getattr(stored, name) != getattr(self.config, name)]  # fmt: skip
+            if differ:
+                raise CheckpointError(f"{path} does not fit this model: " + "; ".join(differ))
+        self.load_state_dict(checkpoint["model"])
+        return self
+
+    # ---- Hugging Face interop ------------------------------------------------------------------
+
+    @classmethod
+    def from_hf(cls, source, config: GPT2Config | None = None) -> "GPT2":
+        """A model with the weights of a Hugging Face GPT-2, in eval mode as from_pretrained gives it.
+
+        source: a folder written by save_pretrained (config.json + model.safetensors or
+        pytorch_model.bin), or a GPT2LMHeadModel state dict. For a bare state dict the shape is read
+        from the tensors and the head size is taken to be 64, as in every published GPT-2, unless
+        `config` says otherwise. Nothing is downloaded.
+        """
+        if isinstance(source, (str, os.PathLike)):
+            folder = Path(source)
+            config = config or hf_config_to_ours(json.loads((folder / "config.json").read_text()))
+            state = read_hf_weights(folder)
+        else:
+            state = {k.removeprefix("transformer."): v for k, v in source.items()}
+            config = config or config_from_hf_shapes(state)
+        model = cls(config)
+        model.load_state_dict(hf_state_to_ours(state))
+        return model.eval()
+
+    def save_hf(self, folder: str | os.PathLike) -> None:
+        """Write config.json and model.safetensors that transformers.GPT2LMHeadModel.from_pretrained loads."""
+        from safetensors.torch import save_file
+
+        c = self.config
+        if c.rope or not c.bias:
+            raise ValueError("Hugging Face GPT-2 has learned positions and biases: a model with rope or without bias cannot be exported")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        hf_config = {
+            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
+            "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_ctx": c.block_size,
+            "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": c.n_inner,
+            "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
+            "layer_norm_epsilon": c.layer_norm_eps, "initializer_range": 0.02, "tie_word_embeddings": True,
+        }  # fmt: skip
+        (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        save_file(ours_state_to_hf(self.state_dict()), folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+    """Pick the next token from logits (B, vocab); returns ids (B, 1)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        values, indices = logits.topk(top_k, dim=-1)  # (B, k), most likely first
+    elif top_p is not None and top_p < 1.0:
+        values, indices = logits.sort(dim=-1, descending=True)  # (B, vocab)
+    else:
+        return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+    if top_p is not None and top_p < 1.0:
+        probs = values.softmax(dim=-1)
+        # Drop a token once the more likely ones already reach top_p; the most likely always stays.
+        values = values.masked_fill(probs.cumsum(dim=-1) - probs >= top_p, float("-inf"))
+    choice = torch.multinomial(values.softmax(dim=-1), 1, generator=generator)  # (B, 1), a rank
+    return indices.gather(-1, choice)
+
+
+# ---- Hugging Face weights: the same names, but Conv1D layers store their matrices transposed ----
+
+HF_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def hf_state_to_ours(state: dict) -> dict:
+    """HF GPT-2 keys (without "transformer.") -> ours: h.* lives in the decoder, Conv1D is transposed."""
+    ours = {}
+    for key, value in state.items():
+        if key.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # causal-mask buffers of old checkpoints; SDPA makes the mask itself
+        if key.endswith(HF_CONV1D):
+            value = value.t()
+        ours["decoder." + key if key.startswith("h.") else key] = value
+    ours.setdefault("lm_head.weight", ours["wte.weight"])  # tied: save_pretrained leaves it out
+    return ours
+
+
+def ours_state_to_hf(state: dict) -> dict:
+    hf = {}
+    for key, value in state.items():
+        if key == "lm_head.weight":
+            continue  # the same tensor as wte; transformers ties it again on load
+        if key.endswith(HF_CONV1D):
+            value = value.t()
+        hf["transformer." + key.removeprefix("decoder.")] = value.contiguous()
+    return hf
+
+
+def read_hf_weights(folder: Path) -> dict:
+    """The state dict in a save_pretrained folder, without the "transformer." prefix."""
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(folder / "model.safetensors")
+    elif (folder / "pytorch_model.bin").is_file():
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise ValueError(f"no model.safetensors or pytorch_model.bin in {folder}")
+    return {k.removeprefix("transformer."): v for k, v in state.items()}
+
+
+def hf_config_to_ours(hf: dict) -> GPT2Config:
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"not a GPT-2 config: model_type is {hf['model_type']!r}")
+    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"unsupported activation_function {hf['activation_function']!r}: GPT-2 uses gelu_new")
+    if hf.get("scale_attn_by_inverse_layer_idx") or not hf.get("scale_attn_weights", True):
+        raise ValueError("unsupported attention scaling in config.json: only GPT-2's 1/sqrt(head size) is implemented")
+    return GPT2Config(
+        vocab_size=hf["vocab_size"], n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+        block_size=hf["n_positions"], n_inner=hf.get("n_inner"), dropout=hf.get("resid_pdrop", 0.0),
+        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+    )  # fmt: skip
+
+
+def config_from_hf_shapes(state: dict) -> GPT2Config:
+    vocab_size, n_embd = state["wte.weight"].shape
+    n_layer = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("h."))
+    n_inner = state["h.0.mlp.c_fc.weight"].shape[1]  # Conv1D: (in, out)
+    return GPT2Config(
+        vocab_size=vocab_size, n_layer=n_layer, n_head=n_embd // 64, n_embd=n_embd,
+        block_size=state["wpe.weight"].shape[0], n_inner=None if n_inner == 4 * n_embd else n_inner,
+    )  # fmt: skip
