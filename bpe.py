@@ -280,7 +280,7 @@ def _merge_long(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
 
 
 def _gpt2_findall(text: str) -> list[str]:
-    """GPT-2's pre-tokenization, fast: ASCII blocks go to `re`, the others to `regex`.
+    r"""GPT-2's pre-tokenization, fast: ASCII blocks go to `re`, the others to `regex`.
 
     Why cutting into blocks is exact: at a whitespace character w followed by a non-space
     character, every alternative of the pattern ends a piece before w (none holds a non-space

@@ -73,14 +73,14 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     read_text_file(args.file)
     size = os.path.getsize(args.file)
     vocab_size = args.vocab_size or bpe.recommended_vocab_size(size)
-    if args.vocab_size is None:
-        print(f"vocab size {vocab_size} (recommended for {size:,} bytes; set it with --vocab-size)", file=sys.stderr)
     start = time.perf_counter()
     tok = bpe.BPE.train(args.file, vocab_size, pattern=args.pattern, progress=True)
     seconds = time.perf_counter() - start
     if tok.vocab_size < vocab_size:
         print(f"note: the text offers only {tok.vocab_size} tokens' worth of merges", file=sys.stderr)
     tok.save(args.output)
+    if args.vocab_size is None:
+        print(f"vocab size {vocab_size}: recommended for {size:,} bytes (choose with --vocab-size)")
     print(f"wrote {args.output}: {tok.vocab_size} tokens ({len(tok.merges)} merges), trained in {seconds:.1f} s, hash {tok.hash[:16]}")
 
 
