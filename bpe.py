@@ -682,7 +682,11 @@ class BPE:
     # ---- files --------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the vocab file (UTF-8, atomically: a reader never sees half a file).
+        """Write the vocab file (UTF-8, atomically: a reader never sees half a file)."""
+        _atomic_write_text(path, self.to_text())
+
+    def to_text(self) -> str:
+        """The vocab file's content (checkpoints embed it, so a model carries its tokenizer).
 
         Layout, one item a line:
             bpe-vocab 1                       format name and version
@@ -704,7 +708,12 @@ class BPE:
             if i in self._parents:
                 line += " %d %d" % self._parents[i]
             lines.append(line)
-        _atomic_write_text(path, "\n".join(lines) + "\n")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_text(cls, text: str, name: str = "<vocab text>") -> "BPE":
+        """Inverse of to_text."""
+        return cls._parse(text.split("\n"), name)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BPE":

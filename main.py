@@ -1,8 +1,11 @@
-"""Command-line tool: train a BPE tokenizer, encode and decode text.
+"""Command-line tool: tokenizer, training, generation and evaluation.
 
     python main.py tokenize corpus.txt --vocab-size 4096      # writes vocab.txt
     python main.py encode "Hello world"                       # prints [..ids..]
     python main.py decode "[15496, 995]"                      # prints the text
+    python main.py train corpus.txt                           # vocab.txt (made if missing) -> gpt2_model.pt
+    python main.py predict "Once upon a time" 50              # streams 50 new tokens
+    python main.py eval held_out.txt                          # loss, perplexity, bits per byte
 
 This file only parses arguments, calls the library and prints. Every error a user can cause
 ends with one line on stderr and exit code 1 (2 for a malformed command line).
@@ -15,10 +18,12 @@ import json
 import os
 import sys
 import time
+from dataclasses import fields
 
 import bpe
 
 DEFAULT_VOCAB = "vocab.txt"
+DEFAULT_MODEL = "gpt2_model.pt"
 
 
 class UserError(Exception):
@@ -104,6 +109,155 @@ def cmd_decode(args: argparse.Namespace) -> None:
         print(tok.decode(ids))
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from gpt2_llm import GPT2, GPT2Config
+    from gpt2_llm.trainer import Trainer, TrainConfig
+
+    read_text_file(args.file)
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    resume_from = args.checkpoint
+    out = args.out or args.checkpoint or DEFAULT_MODEL
+    if resume_from is None and args.resume == "auto" and os.path.exists(out):
+        resume_from = out
+    if resume_from is not None:
+        if not os.path.exists(resume_from):
+            raise UserError(f"checkpoint not found: {resume_from}")
+        trainer = Trainer.from_checkpoint(resume_from, **overrides)
+        if os.path.exists(args.vocab_file):
+            check_same_tokenizer(trainer.bpe, load_tokenizer(args.vocab_file), args.vocab_file, resume_from)
+        print(f"continuing {resume_from} from step {trainer.step}", file=sys.stderr)
+    else:
+        if os.path.exists(out) and not args.overwrite:
+            raise UserError(f"{out} already exists: continue it with --resume auto, or pass --overwrite to start afresh, "
+                            f"or choose another --out")
+        tokenizer = get_or_train_tokenizer(args)
+        shape = {"vocab_size": tokenizer.vocab_size}
+        for flag, name in (("context", "block_size"), ("dropout", "dropout"), ("rope", "rope")):
+            if getattr(args, flag) is not None:
+                shape[name] = getattr(args, flag)
+        config = GPT2Config.from_preset(args.preset, **shape)
+        torch_seed(overrides.get("seed", TrainConfig.seed))
+        trainer = Trainer(GPT2(config), tokenizer, **overrides)
+    print(trainer.describe(), file=sys.stderr)
+    result = trainer.train(args.file, save_path=out)
+    if result.get("stopped_by") == "signal":
+        signum = result["signal"]
+        print(f"stopped at step {result['step']}; saved {out}. Resume with: python main.py train {args.file} "
+              f"{args.vocab_file} {out}", file=sys.stderr)
+        return 128 + signum
+    if "val_bpb" in result:
+        print(f"step {result['step']}: val loss {result['val_loss']:.4f}, {result['val_bpb']:.4f} bits per byte; saved {out}")
+    else:
+        print(f"step {result.get('step')}: saved {out}")
+    return 0
+
+
+def get_or_train_tokenizer(args) -> bpe.BPE:
+    """The vocab file if it exists; otherwise a new tokenizer learned from the training text."""
+    if os.path.exists(args.vocab_file):
+        return load_tokenizer(args.vocab_file)
+    size = os.path.getsize(args.file)
+    vocab_size = args.vocab_size or bpe.recommended_vocab_size(size)
+    print(f"{args.vocab_file} not found: training a tokenizer of {vocab_size} tokens on {args.file}", file=sys.stderr)
+    tokenizer = bpe.BPE.train(args.file, vocab_size, progress=True)
+    tokenizer.save(args.vocab_file)
+    return tokenizer
+
+
+def check_same_tokenizer(stored: bpe.BPE, given: bpe.BPE, vocab_path: str, checkpoint: str) -> None:
+    if stored.hash != given.hash:
+        raise UserError(f"{vocab_path} (hash {given.hash[:12]}, {given.vocab_size} tokens) is not the tokenizer "
+                        f"{checkpoint} was trained with (hash {stored.hash[:12]}, {stored.vocab_size} tokens)")
+
+
+def torch_seed(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_model(path: str, device: str):
+    """A checkpoint's model (eval mode) and its tokenizer."""
+    from gpt2_llm import GPT2, GPT2Config, load_checkpoint
+    from gpt2_llm.trainer import pick_device
+
+    if not os.path.exists(path):
+        hint = " (train one with: python main.py train <text file>)" if path == DEFAULT_MODEL else ""
+        raise UserError(f"model file not found: {path}{hint}")
+    ckpt = load_checkpoint(path)
+    if "tokenizer" not in ckpt:
+        raise UserError(f"{path} holds no tokenizer: it was not written by main.py train")
+    tokenizer = bpe.BPE.from_text(ckpt["tokenizer"]["text"], f"{path} (its tokenizer)")
+    model = GPT2(GPT2Config(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(pick_device(device)).eval(), tokenizer
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    if args.num_tokens < 0:
+        raise UserError(f"num_tokens must be 0 or more, got {args.num_tokens}")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be 0 or more, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    model, tokenizer = load_model(args.model_file, args.device)
+    if args.vocab_file is not None:
+        check_same_tokenizer(tokenizer, load_tokenizer(args.vocab_file), args.vocab_file, args.model_file)
+    prompts = iter(lambda: input("> "), None) if args.interactive else [args.prompt]
+    try:
+        for prompt in prompts:
+            generate_text(model, tokenizer, prompt, args)
+    except EOFError:
+        print(file=sys.stderr)
+
+
+def generate_text(model, tokenizer: bpe.BPE, prompt: str, args: argparse.Namespace) -> None:
+    """Print the prompt, then each new token as soon as it is made (whole characters only)."""
+    import codecs
+
+    ids = tokenizer.encode(prompt, allowed_special="all")
+    if not ids:
+        raise UserError("the prompt is empty: give at least one character")
+    context = model.config.block_size
+    if len(ids) > context:
+        print(f"note: the prompt has {len(ids)} tokens; only its last {context} (the context) are used", file=sys.stderr)
+    stop = tokenizer.special_tokens.get(bpe.ENDOFTEXT)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    stream = model.generate_stream(ids, args.num_tokens, temperature=args.temperature, top_k=args.top_k,
+                                   top_p=args.top_p, stop_token=stop, seed=args.seed, greedy=args.greedy)
+    for token in stream:
+        if token == stop:
+            break
+        sys.stdout.write(decoder.decode(tokenizer.decode_bytes([token])))
+        sys.stdout.flush()
+    sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+    sys.stdout.flush()
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from gpt2_llm.data import eval_windows, load_tokens
+    from gpt2_llm.trainer import Trainer
+
+    read_text_file(args.file)
+    model, tokenizer = load_model(args.model_file, args.device)
+    tokens = load_tokens(args.file, tokenizer)
+    if len(tokens) < 2:
+        raise UserError(f"{args.file} is too short to evaluate: it encodes to {len(tokens)} token")
+    windows = eval_windows(tokens, min(model.config.block_size, len(tokens) - 1))
+    num_bytes = len(tokenizer.decode_bytes(windows[:, 1:].flatten().tolist()))
+    trainer = Trainer(model, tokenizer, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    r = trainer.evaluate(windows, num_bytes)
+    print(f"{args.file}: {windows[:, 1:].numel():,} tokens, loss {r['val_loss']:.4f}, perplexity {r['val_ppl']:.2f}, "
+          f"{r['val_bpb']:.4f} bits per byte")
+
+
 # ---- the parser ------------------------------------------------------------------------------
 
 
@@ -129,7 +283,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("vocab_file", nargs="?", default=DEFAULT_VOCAB, help=f"vocab file, or a folder with GPT-2's encoder.json and vocab.bpe (default: {DEFAULT_VOCAB})")
     p.add_argument("--pieces", action="store_true", help="print each token's text as a JSON list instead of the joined text")
     p.set_defaults(func=cmd_decode)
+
+    add_train_parser(sub)
+
+    p = sub.add_parser("predict", help="generate text from a prompt", description="Continue a prompt with a trained model, printing tokens as they are made.")
+    p.add_argument("prompt", nargs="?", default="", help="the text to continue (with --interactive: asked for in a loop)")
+    p.add_argument("num_tokens", type=int, nargs="?", default=100, help="how many tokens to generate (default 100)")
+    p.add_argument("model_file", nargs="?", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL}); it holds its own tokenizer")
+    p.add_argument("vocab_file", nargs="?", default=None, help="optional: a vocab file that must match the checkpoint's tokenizer")
+    p.add_argument("--temperature", type=float, default=0.8, help="randomness: 0 is greedy, 1 samples the model's distribution (default 0.8)")
+    p.add_argument("--top-k", type=int, default=40, help="sample only from the k most likely tokens (default 40)")
+    p.add_argument("--top-p", type=float, default=None, help="sample only from the smallest set of tokens whose probability reaches p, in (0, 1]")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token (same as --temperature 0)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the sampling: the same seed gives the same text")
+    p.add_argument("--interactive", action="store_true", help="read prompts from the terminal until end of input")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a model on a text", description="Evaluate a trained model on a text file.")
+    p.add_argument("file", help="UTF-8 text file")
+    p.add_argument("model_file", nargs="?", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (default auto)")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
+    p.set_defaults(func=cmd_eval)
     return parser
+
+
+def add_train_parser(sub) -> None:
+    from gpt2_llm.config import PRESETS
+    from gpt2_llm.trainer import TrainConfig
+
+    p = sub.add_parser("train", help="train a GPT-2 model on a text file", description=(
+        "Train a GPT-2 model on a UTF-8 text file. The vocab file is made from the text if it does not exist; "
+        "a checkpoint given as the third argument (or --resume auto) is continued."))
+    p.add_argument("file", help="UTF-8 text file to train on")
+    p.add_argument("vocab_file", nargs="?", default=DEFAULT_VOCAB, help=f"vocab file, created from the text if missing (default: {DEFAULT_VOCAB})")
+    p.add_argument("checkpoint", nargs="?", default=None, help="a checkpoint to continue (written back unless --out says otherwise)")
+    p.add_argument("--out", default=None, help=f"checkpoint to write (default: the continued checkpoint, else {DEFAULT_MODEL}); the best one is kept beside it as NAME.best.pt")
+    p.add_argument("--resume", choices=["auto", "never"], default="never", help="auto: continue from --out when a checkpoint is there")
+    p.add_argument("--overwrite", action="store_true", help="start afresh even if --out exists")
+    p.add_argument("--preset", default="small", choices=list(PRESETS), help="model shape (default: small)")
+    p.add_argument("--context", type=int, default=None, help="context length in tokens (default: the preset's)")
+    p.add_argument("--dropout", type=float, default=None, help="dropout rate (default: the preset's)")
+    p.add_argument("--rope", action="store_true", default=None, help="rotary position embeddings instead of learned positions")
+    p.add_argument("--vocab-size", type=int, default=None, help="size of a tokenizer made from the text (default: recommended for its size)")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action="store_true", default=None, help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0].removesuffix("|").strip()]
+            p.add_argument(flag, type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default})")
+    p.set_defaults(func=cmd_train)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(encoding="utf-8", errors="replace")
     try:
-        args.func(args)
-    except (UserError, bpe.TokenizerError) as e:
+        return args.func(args) or 0
+    except (UserError, bpe.TokenizerError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:
@@ -148,7 +354,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

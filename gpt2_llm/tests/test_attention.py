@@ -1,0 +1,100 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt2_llm.attention import KVCache, QKVAttention, RotaryPositionEmbedding, manual_attention
+
+
+def assert_close(actual, expected, atol=1e-6):
+    diff = (actual - expected).abs().max().item()
+    assert diff <= atol, f"largest difference {diff:.3g} > {atol}"
+
+
+def test_rope_rotates_each_pair_by_position_times_frequency():
+    rope = RotaryPositionEmbedding(head_size=4, max_seq_len=8, base=100.0)
+    x = torch.tensor([1.0, 1.0, 0.0, 0.0]).view(1, 1, 1, 4)  # pairs (x0, x2) and (x1, x3), each (1, 0)
+    for position in (0, 3, 7):
+        out = rope(x, offset=position).view(4)
+        # Frequencies 1 and 100^(-2/4) = 0.1; the pair (1, 0) turns into (cos a, sin a).
+        a, b = position * 1.0, position * 0.1
+        expected = torch.tensor([math.cos(a), math.cos(b), math.sin(a), math.sin(b)])
+        assert_close(out, expected)
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    torch.manual_seed(0)
+    rope = RotaryPositionEmbedding(head_size=16, max_seq_len=64)
+    q, k = torch.randn(2, 1, 1, 1, 16)
+
+    def score(m, n):
+        return (rope(q, offset=m) * rope(k, offset=n)).sum().item()
+
+    for m, n in [(5, 2), (9, 9), (3, 11)]:
+        for shift in (1, 7, 40):
+            assert score(m, n) == pytest.approx(score(m + shift, n + shift), abs=1e-5)
+    # ...and it does depend on the distance, so the rotation is not a no-op.
+    assert abs(score(5, 2) - score(5, 3)) > 1e-3
+    assert_close(rope(q, offset=0), q)
+    assert rope(q, offset=10).norm().item() == pytest.approx(q.norm().item(), rel=1e-6)  # a rotation
+
+
+def test_rope_offset_matches_the_slice_of_a_longer_sequence():
+    rope = RotaryPositionEmbedding(head_size=8, max_seq_len=32)
+    x = torch.randn(2, 3, 10, 8)  # (B, nh, T, hs)
+    assert_close(rope(x)[:, :, 4:], rope(x[:, :, 4:], offset=4))
+
+
+def test_rope_refuses_an_odd_head_size():
+    with pytest.raises(ValueError, match="even head size, got 5"):
+        RotaryPositionEmbedding(head_size=5, max_seq_len=8)
+
+
+@pytest.mark.parametrize("prefix", [0, 5])
+def test_manual_attention_equals_sdpa(prefix):
+    torch.manual_seed(0)
+    q = torch.randn(2, 3, 4, 8)
+    k, v = torch.randn(2, 2, 3, prefix + 4, 8)
+    mask = torch.ones(4, prefix + 4, dtype=torch.bool).tril(diagonal=prefix)
+    assert_close(manual_attention(q, k, v), F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-5)
+    if prefix == 0:
+        assert_close(manual_attention(q, k, v), F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-5)
+
+
+@pytest.mark.parametrize("use_rope", [False, True])
+def test_kv_cache_gives_the_same_outputs_as_the_whole_sequence(use_rope):
+    torch.manual_seed(0)
+    attn = QKVAttention(embedding_dim=32, num_heads=4, use_rope=use_rope, rope_max_seq_len=16).eval()
+    x = torch.randn(2, 12, 32)
+    full = attn(x)
+    # One token at a time, as in generation.
+    cache = KVCache(max_len=16)
+    steps = torch.cat([attn(x[:, t : t + 1], cache) for t in range(12)], dim=1)
+    assert_close(steps, full, atol=1e-5)
+    # A prompt of 5, then a chunk of 7 after it: the explicit-mask path.
+    cache = KVCache(max_len=16)
+    chunks = torch.cat([attn(x[:, :5], cache), attn(x[:, 5:], cache)], dim=1)
+    assert_close(chunks, full, atol=1e-5)
+    assert cache.length == 12 and cache.k.shape == (2, 4, 16, 8)
+
+
+def test_attention_is_the_written_out_formula():
+    torch.manual_seed(0)
+    attn = QKVAttention(embedding_dim=16, num_heads=2).eval()
+    x = torch.randn(3, 6, 16)
+    q, k, v = attn.c_attn(x).split(16, dim=2)
+    heads = [t.view(3, 6, 2, 8).transpose(1, 2) for t in (q, k, v)]  # (B, nh, T, hs)
+    expected = attn.c_proj(manual_attention(*heads).transpose(1, 2).reshape(3, 6, 16))
+    assert_close(attn(x), expected, atol=1e-5)
+
+
+def test_attention_checks_its_arguments_and_dropout_only_in_training():
+    with pytest.raises(ValueError, match=r"embedding_dim \(30\) must be a multiple of num_heads \(4\)"):
+        QKVAttention(30, 4)
+    attn = QKVAttention(16, 2, dropout=0.5)
+    x = torch.randn(1, 5, 16)
+    attn.eval()
+    assert torch.equal(attn(x), attn(x))
+    attn.train()
+    assert not torch.equal(attn(x), attn(x))

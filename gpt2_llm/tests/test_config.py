@@ -1,0 +1,65 @@
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from gpt2_llm import GPT2, PRESETS, GPT2Config
+
+# OpenAI's published sizes, as transformers counts them (the tied head counted once).
+PUBLISHED = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168, "gpt2-large": 774_030_080, "gpt2-xl": 1_557_611_200}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_gpt2_presets_have_the_published_parameter_counts(name):
+    config = GPT2Config.from_preset(name)
+    assert (config.vocab_size, config.block_size) == (50257, 1024)
+    with torch.device("meta"):  # shapes only: gpt2-xl would need 6 GB of memory
+        model = GPT2(config)
+    assert model.num_parameters() == PUBLISHED[name]
+
+
+def test_small_presets():
+    tiny = GPT2Config.from_preset("tiny")
+    assert GPT2(tiny).num_parameters() == 136_960  # "well under 1M" for fast tests
+    small = GPT2Config.from_preset("small")
+    assert (small.n_layer, small.n_embd, small.n_head, small.block_size) == (12, 480, 12, 256)
+
+
+def test_from_preset_overrides_and_validates():
+    config = GPT2Config.from_preset("gpt2", vocab_size=1000, block_size=128)
+    assert (config.vocab_size, config.block_size, config.n_embd) == (1000, 128, 768)
+    with pytest.raises(ValueError, match="--context"):
+        GPT2Config.from_preset("tiny", block_size=0)
+
+
+def test_unknown_preset_lists_the_choices():
+    with pytest.raises(ValueError, match=r"unknown preset 'huge' \(--preset\); choose one of: tiny, small, gpt2,"):
+        GPT2Config.from_preset("huge")
+    assert list(PRESETS) == ["tiny", "small", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ValueError) as info:
+        GPT2Config(vocab_size=0, n_embd=100, n_head=3, block_size=-1, dropout=1.5)
+    message = str(info.value)
+    for part in ("vocab_size must be at least 1 (the tokenizer's --vocab-size), got 0",
+                 "n_embd (100) must be a positive multiple of n_head (3)",
+                 "block_size (--context) must be at least 1, got -1",
+                 "dropout must be in [0, 1), got 1.5"):  # fmt: skip
+        assert part in message
+    assert "\n" not in message  # one line
+
+
+def test_rope_needs_an_even_head_size():
+    with pytest.raises(ValueError, match="rope needs an even head size, got n_embd / n_head = 3"):
+        GPT2Config(n_embd=12, n_head=4, rope=True)
+    GPT2Config(n_embd=12, n_head=4)  # fine with learned positions
+
+
+def test_derived_sizes_and_plain_asdict():
+    config = GPT2Config(n_embd=64, n_head=4)
+    assert (config.head_size, config.mlp_size) == (16, 256)
+    assert GPT2Config(n_embd=64, n_head=4, n_inner=100).mlp_size == 100
+    # Stored in checkpoints as plain values, so weights_only loading reads them.
+    assert all(v is None or type(v) in (int, float, bool) for v in asdict(config).values())
+    assert GPT2Config(**asdict(config)) == config

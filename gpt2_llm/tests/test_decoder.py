@@ -1,0 +1,70 @@
+import math
+
+import torch
+from torch import nn
+
+from gpt2_llm.attention import KVCache
+from gpt2_llm.decoder import MLP, DecoderBlock, GPT2Decoder
+
+
+def assert_close(actual, expected, atol=1e-6):
+    diff = (actual - expected).abs().max().item()
+    assert diff <= atol, f"largest difference {diff:.3g} > {atol}"
+
+
+def test_mlp_is_gpt2s_tanh_gelu_between_two_projections():
+    torch.manual_seed(0)
+    mlp = MLP(embedding_dim=8).eval()
+    assert mlp.c_fc.weight.shape == (32, 8)  # 4x wider by default
+    x = torch.randn(2, 3, 8)
+    h = mlp.c_fc(x)
+    # GELU as GPT-2's code writes it out (transformers' "gelu_new").
+    gelu = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h**3)))
+    assert_close(mlp(x), mlp.c_proj(gelu), atol=1e-6)
+
+
+def test_block_is_pre_ln_so_zeroed_branches_leave_the_stream_untouched():
+    torch.manual_seed(0)
+    block = DecoderBlock(embedding_dim=16, num_heads=2).eval()
+    x = 3 + 5 * torch.randn(2, 4, 16)  # far from normalised
+    for proj in (block.attn.c_proj, block.mlp.c_proj):
+        nn.init.zeros_(proj.weight)
+        nn.init.zeros_(proj.bias)
+    # Pre-LN: x + f(LN(x)). A post-LN block, LN(x + f(x)), would normalise x here.
+    assert torch.equal(block(x), x)
+
+
+def test_block_adds_attention_then_mlp():
+    torch.manual_seed(0)
+    block = DecoderBlock(embedding_dim=16, num_heads=2).eval()
+    x = torch.randn(2, 4, 16)
+    after_attn = x + block.attn(block.ln_1(x))
+    assert_close(block(x), after_attn + block.mlp(block.ln_2(after_attn)))
+
+
+def test_decoder_takes_the_original_keyword_arguments_and_gpt2_names():
+    decoder = GPT2Decoder(num_layers=3, embedding_dim=32, num_heads=4, feedforward_dim=80, dropout=0.1)
+    assert len(decoder.h) == 3
+    assert decoder.h[2].mlp.c_fc.weight.shape == (80, 32)
+    assert decoder.h[0].attn.num_heads == 4 and decoder.h[0].attn.dropout == 0.1
+    names = {name.split(".", 2)[2] for name, _ in decoder.named_parameters()}
+    assert names == {
+        "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+        "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+        "mlp.c_proj.weight", "mlp.c_proj.bias",
+    }  # fmt: skip
+
+
+def test_decoder_without_bias_has_no_bias_parameters():
+    decoder = GPT2Decoder(num_layers=1, embedding_dim=16, num_heads=2, bias=False)
+    assert not [name for name, _ in decoder.named_parameters() if name.endswith("bias")]
+
+
+def test_decoder_with_caches_equals_the_whole_sequence():
+    torch.manual_seed(0)
+    decoder = GPT2Decoder(num_layers=2, embedding_dim=16, num_heads=2).eval()
+    x = torch.randn(1, 7, 16)
+    caches = [KVCache(8), KVCache(8)]
+    steps = torch.cat([decoder(x[:, t : t + 1], caches) for t in range(7)], dim=1)
+    assert_close(steps, decoder(x), atol=1e-5)
+    assert [c.length for c in caches] == [7, 7]
