@@ -88,6 +88,7 @@ def _encode_to_file(text_path: Path, tokenizer, path: Path, dtype: np.dtype, pro
                 bar.update(len(tokenizer.decode_bytes(ids)))
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; a cache is as readable as the text
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

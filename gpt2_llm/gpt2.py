@@ -158,8 +158,10 @@ class GPT2(nn.Module):
         block_size = self.config.block_size
         # The head's matrix as (C, vocab), contiguous: a one-row product then streams through memory
         # in long runs instead of vocab short dot products; at batch 1 this matrix is most of the
-        # bytes read per token.
+        # bytes read per token. Made once per call, in the dtype autocast would give it every step.
         head = self.lm_head.weight.t().contiguous()
+        if torch.is_autocast_enabled(ids.device.type):
+            head = head.to(torch.get_autocast_dtype(ids.device.type))
         was_training = self.training
         self.eval()
         try:

@@ -172,7 +172,7 @@ class Trainer:
         trainer.train("corpus.txt", num_epochs=1, save_path="gpt2_model.pt")
     """
 
-    def __init__(self, model: GPT2, bpe, config: TrainConfig | None = None, log=print, **overrides):
+    def __init__(self, model: GPT2, bpe, config: TrainConfig | None = None, log=None, **overrides):
         self.config = config = _replace(config or TrainConfig(), overrides)
         self.bpe = bpe
         if model.config.vocab_size < bpe.vocab_size:
@@ -188,7 +188,7 @@ class Trainer:
         self.total_steps: int | None = None  # the schedule's length, fixed once known
         self.batches: Batches | None = None
         self._resume_data: dict | None = None  # the data position of a checkpoint, until train()
-        self.log = log
+        self.log = log or _log_line
         self._stop_signal: int | None = None
         self._compiled = None
 
@@ -401,7 +401,7 @@ class Trainer:
         save_checkpoint(path, self.checkpoint())
 
     @classmethod
-    def from_checkpoint(cls, path, log=print, **overrides) -> "Trainer":
+    def from_checkpoint(cls, path, log=None, **overrides) -> "Trainer":
         """A trainer that continues exactly where the checkpoint stopped. `overrides` may change
         how the rest of the run goes (steps, minutes, eval_every, ...), not the model's shape."""
         from bpe import BPE
@@ -461,6 +461,13 @@ def _replace(config: TrainConfig, overrides: dict) -> TrainConfig:
     if unknown:
         raise TypeError(f"unknown training options {unknown}; known: {sorted(names)}")
     return TrainConfig(**{**asdict(config), **overrides})
+
+
+def _log_line(text: str) -> None:
+    """A line on stderr that does not break the progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr)
 
 
 def _append_jsonl(path: Path, record: dict) -> None:

@@ -1,0 +1,110 @@
+import os
+import pickle
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from gpt2_llm import GPT2, CheckpointError, GPT2Config, load_checkpoint, save_checkpoint
+from gpt2_llm.checkpoint import FORMAT_VERSION
+
+
+def test_model_save_and_load_round_trip(tiny_model, tmp_path):
+    path = tmp_path / "model.pt"
+    tiny_model.save(path)
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["format_version"] == FORMAT_VERSION
+    assert checkpoint["model_config"] == asdict(tiny_model.config)
+    # The class form builds a new model from the stored config...
+    loaded = GPT2.load(path)
+    assert loaded.config == tiny_model.config
+    ids = torch.randint(0, 97, (1, 12))
+    assert torch.equal(loaded.eval()(ids)[0], tiny_model(ids)[0])
+    assert loaded.lm_head.weight is loaded.wte.weight  # still tied after loading
+    # ...the instance form fills a model that is already there.
+    other = GPT2(tiny_model.config)
+    assert other.load(path) is other
+    assert torch.equal(other.wte.weight, tiny_model.wte.weight)
+
+
+def test_instance_load_refuses_a_checkpoint_of_another_shape(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "model.pt")
+    other = GPT2(GPT2Config(**{**asdict(tiny_model.config), "vocab_size": 120, "n_layer": 3}))
+    with pytest.raises(CheckpointError, match="vocab_size 97 in the checkpoint, 120 in the model; n_layer 2 in the checkpoint, 3"):
+        other.load(tmp_path / "model.pt")
+
+
+def test_compiled_module_keys_are_stored_plain(tiny_model, tmp_path):
+    state = {"_orig_mod." + k: v for k, v in tiny_model.state_dict().items()}
+    save_checkpoint(tmp_path / "c.pt", {"model_config": asdict(tiny_model.config), "model": state})
+    assert set(load_checkpoint(tmp_path / "c.pt")["model"]) == set(tiny_model.state_dict())
+    GPT2.load(tmp_path / "c.pt")
+
+
+def test_save_replaces_atomically_and_leaves_no_temporary_file(tiny_model, tmp_path):
+    path = tmp_path / "model.pt"
+    tiny_model.save(path)
+    before = path.read_bytes()
+    # A save that fails half way (an object torch.save cannot pickle) keeps the old file.
+    with pytest.raises(Exception):
+        save_checkpoint(path, {"model_config": {}, "model": {}, "bad": lambda: None})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model.pt"]
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found: .*nope.pt"):
+        load_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="checkpoint is not a file"):
+        load_checkpoint(tmp_path)
+
+
+def test_truncated_checkpoint(tiny_model, tmp_path):
+    path = tmp_path / "model.pt"
+    tiny_model.save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="is not a readable checkpoint") as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
+
+
+def test_files_that_are_not_checkpoints(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
+        load_checkpoint(text)
+    other = tmp_path / "list.pt"
+    torch.save([1, 2, 3], other)
+    with pytest.raises(CheckpointError, match="is not a gpt2_llm checkpoint"):
+        load_checkpoint(other)
+
+
+def test_other_format_version(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"format_version": 0, "model_config": {}, "model": {}}, path)
+    with pytest.raises(CheckpointError, match=f"format version 0, but this version of gpt2_llm reads version {FORMAT_VERSION}"):
+        load_checkpoint(path)
+    torch.save({"format_version": FORMAT_VERSION, "model": {}}, path)
+    with pytest.raises(CheckpointError, match="is missing model_config"):
+        load_checkpoint(path)
+
+
+class RunsCode:
+    """A pickle that would call os.system when unpickled without weights_only."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_pickle_that_would_run_code_is_refused_unrun(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    torch.save({"format_version": FORMAT_VERSION, "model_config": {}, "model": RunsCode()}, path, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
+        load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_checkpoint_error_is_a_value_error():
+    assert issubclass(CheckpointError, ValueError)

@@ -1,0 +1,262 @@
+"""Tests of gpt2_llm/trainer.py: the schedule, accumulation, pinned losses, exact resume, NaN
+handling and checkpoint safety."""
+
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bpe import BPE
+from gpt2_llm import GPT2, GPT2Config, CheckpointError, load_checkpoint
+from gpt2_llm.trainer import Trainer, TrainConfig, TrainingError, best_path, get_lr, pick_dtype
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, data_dir):
+    folder = tmp_path_factory.mktemp("corpus")
+    text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000]
+    (folder / "text.txt").write_text(text, encoding="utf-8")
+    tokenizer = BPE.train(text, vocab_size=300)
+    return folder / "text.txt", tokenizer
+
+
+def tiny_trainer(tokenizer, seed=0, **overrides) -> Trainer:
+    torch.manual_seed(seed)
+    config = GPT2Config.from_preset("tiny", vocab_size=tokenizer.vocab_size, block_size=32)
+    options = dict(batch_size=4, lr=3e-3, warmup_steps=2, eval_every=5, eval_tokens=2000, log_every=1,
+                   device="cpu", dtype="float32", seed=seed)
+    return Trainer(GPT2(config), tokenizer, log=lambda line: None, **{**options, **overrides})
+
+
+def losses(metrics: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r]
+
+
+# ---- pure pieces --------------------------------------------------------------------------------
+
+
+def test_get_lr_table():
+    # lr 1.0, warm-up 2 steps, 6 steps in all, floor 0.1: warm-up 0.5, 1.0, then the cosine
+    # 0.1 + 0.45 * (1 + cos(pi * k / 4)) for k = 0..4.
+    table = [get_lr(step, 1.0, 2, 6, 0.1) for step in range(8)]
+    expected = [0.5, 1.0, 1.0, 0.1 + 0.45 * (1 + math.cos(math.pi / 4)), 0.55,
+                0.1 + 0.45 * (1 + math.cos(3 * math.pi / 4)), 0.1, 0.1]
+    assert table == pytest.approx(expected, abs=1e-12)
+    assert get_lr(0, 3e-4, 0, 10) == pytest.approx(3e-4)  # no warm-up: start at the peak
+
+
+def test_config_errors_name_the_flag():
+    with pytest.raises(ValueError, match="--batch-size must be at least 1.*--lr must be positive"):
+        TrainConfig(batch_size=0, lr=-1)
+    with pytest.raises(ValueError, match="--dtype"):
+        TrainConfig(dtype="float8")
+
+
+def test_dtype_choice():
+    assert pick_dtype("float32", torch.device("cpu")) == torch.float32
+    assert pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    auto = pick_dtype("auto", torch.device("cpu"))
+    from gpt2_llm.trainer import cpu_has_bf16
+    assert auto == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
+
+
+def test_weight_decay_only_on_matrices(corpus):
+    trainer = tiny_trainer(corpus[1])
+    decayed, plain = trainer.optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    assert trainer.optimizer.defaults["betas"] == (0.9, 0.95)
+
+
+# ---- the math of a step -----------------------------------------------------------------------
+
+
+def test_gradient_accumulation_equals_one_big_batch(corpus):
+    tokenizer = corpus[1]
+    x = torch.randint(0, tokenizer.vocab_size, (8, 33), generator=torch.Generator().manual_seed(0))
+    whole = tiny_trainer(tokenizer, batch_size=8, grad_accum=1)
+    split = tiny_trainer(tokenizer, batch_size=2, grad_accum=4)
+    whole.batches = iter([(x[:, :-1], x[:, 1:])])
+    split.batches = iter([(x[i : i + 2, :-1], x[i : i + 2, 1:]) for i in range(0, 8, 2)])
+    # Compare the gradients the optimizer receives (Adam's first step divides by |g|, which would
+    # turn rounding noise in near-zero gradients into full-size differences in the weights).
+    grads = {}
+    for name, trainer in (("whole", whole), ("split", split)):
+        trainer.optimizer.step = lambda name=name, t=trainer: grads.setdefault(
+            name, [p.grad.clone() for p in t.model.parameters()])
+    loss_whole, loss_split = whole._train_step(whole.model), split._train_step(split.model)
+    assert loss_whole.item() == pytest.approx(loss_split.item(), abs=1e-6)
+    names = [name for name, _ in whole.model.named_parameters()]
+    for name, a, b in zip(names, grads["whole"], grads["split"]):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-4, msg=name)
+
+
+def test_pinned_first_losses(corpus, tmp_path):
+    """A seeded tiny model's first losses: any change in the math (init, loss, optimizer, data) fails here."""
+    trainer = tiny_trainer(corpus[1], seed=0)
+    trainer.train(corpus[0], save_path=tmp_path / "m.pt", max_steps=6, progress=False)
+    assert losses(tmp_path / "m.metrics.jsonl") == pytest.approx(PINNED, abs=2e-4)
+
+
+PINNED = [5.72471, 5.64394, 5.43121, 5.21385, 5.20262, 5.17092]
+
+
+# ---- resume and checkpoints -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["random", "epoch"])
+def test_resume_gives_the_same_losses(corpus, tmp_path, mode):
+    text, tokenizer = corpus
+    straight = tiny_trainer(tokenizer, batch_mode=mode)
+    straight.train(text, save_path=tmp_path / "a.pt", max_steps=12, progress=False)
+    # Stop a second run after 7 of the 12 steps, as Ctrl-C would, then resume from its checkpoint.
+    first = tiny_trainer(tokenizer, batch_mode=mode)
+    _train_until(first, text, tmp_path / "b.pt", total=12, stop_at=7)
+    again = Trainer.from_checkpoint(tmp_path / "b.pt", log=lambda line: None)
+    assert again.step == 7
+    again.train(text, save_path=tmp_path / "b.pt", progress=False)
+    assert losses(tmp_path / "b.metrics.jsonl") == losses(tmp_path / "a.metrics.jsonl")
+    final_a = load_checkpoint(tmp_path / "a.pt")["model"]
+    final_b = load_checkpoint(tmp_path / "b.pt")["model"]
+    for name in final_a:
+        torch.testing.assert_close(final_a[name], final_b[name], atol=0, rtol=0, msg=name)
+
+
+def _train_until(trainer, text, path, total, stop_at):
+    """Run `trainer` on a schedule of `total` steps, stopping (with a save) after `stop_at`."""
+    original = trainer._train_step
+
+    def step_then_maybe_stop(model):
+        loss = original(model)
+        if trainer.step + 1 == stop_at:
+            trainer._stop_signal = 2  # what the SIGINT handler sets
+        return loss
+
+    trainer._train_step = step_then_maybe_stop
+    result = trainer.train(text, save_path=path, max_steps=total, progress=False)
+    assert result["stopped_by"] == "signal" and result["step"] == stop_at
+
+
+def test_checkpoint_holds_everything_and_loads_without_pickles(corpus, tmp_path):
+    trainer = tiny_trainer(corpus[1])
+    trainer.train(corpus[0], save_path=tmp_path / "m.pt", max_steps=5, progress=False)
+    ckpt = load_checkpoint(tmp_path / "m.pt")
+    assert set(ckpt) >= {"format_version", "model_config", "model", "optimizer", "train_config", "state", "rng",
+                         "data", "tokenizer"}
+    assert ckpt["state"]["step"] == 5 and ckpt["state"]["tokens_seen"] == 5 * 4 * 32
+    assert BPE.from_text(ckpt["tokenizer"]["text"]).hash == corpus[1].hash == ckpt["tokenizer"]["hash"]
+    assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])
+    assert best_path(tmp_path / "m.pt").exists()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
+    trainer = tiny_trainer(corpus[1], eval_every=3)
+    original = trainer._train_step
+
+    def poisoned(model):
+        loss = original(model)
+        return loss * float("nan") if trainer.step >= 4 else loss
+
+    trainer._train_step = poisoned
+    with pytest.raises(TrainingError, match="loss became nan at step 5.*last good checkpoint"):
+        trainer.train(corpus[0], save_path=tmp_path / "m.pt", max_steps=10, progress=False)
+    assert load_checkpoint(tmp_path / "m.pt")["state"]["step"] == 3  # the one saved at step 3
+
+
+def test_crafted_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format_version": 1, "model_config": {}, "model": {}, "x": Exploit()}, path)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+    assert not marker.exists()
+    with open(tmp_path / "plain.pkl", "wb") as f:
+        pickle.dump(Exploit(), f)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "plain.pkl")
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_is_refused(corpus, tmp_path):
+    trainer = tiny_trainer(corpus[1])
+    trainer.save(tmp_path / "m.pt")
+    data = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.pt"):
+        load_checkpoint(tmp_path / "cut.pt")
+
+
+KILLER = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {root!r})
+    from gpt2_llm.checkpoint import save_checkpoint
+    k = 0
+    while True:
+        k += 1
+        save_checkpoint(sys.argv[1], {{"model_config": {{}}, "model": {{"w": torch.full((400_000,), float(k))}}}})
+        print(k, flush=True)
+""")
+
+
+def test_kill_during_save_never_corrupts(tmp_path):
+    """SIGKILL a process that saves in a loop, many times: the file always loads, whole."""
+    script = tmp_path / "saver.py"
+    script.write_text(KILLER.format(root=str(ROOT)))
+    path = tmp_path / "ckpt.pt"
+    import random
+    import time
+
+    rng = random.Random(0)
+    seen = 0
+    for _ in range(8):
+        proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()  # at least one save is complete
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.kill()
+        proc.wait()
+        value = load_checkpoint(path)["model"]["w"]
+        assert torch.all(value == value[0])  # one save's data, never a mix
+        assert value[0] >= 1
+        seen += 1
+        leftovers = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        for p in leftovers:  # a killed writer may leave its temporary file; never the checkpoint
+            p.unlink()
+    assert seen == 8
+
+
+def test_gpt2_save_load_round_trip_through_the_one_loader(corpus, tmp_path):
+    trainer = tiny_trainer(corpus[1])
+    trainer.model.save(tmp_path / "w.pt")
+    model = GPT2.load(tmp_path / "w.pt")
+    x = torch.randint(0, corpus[1].vocab_size, (2, 10))
+    torch.testing.assert_close(model(x)[0], trainer.model.eval()(x)[0])
+
+
+def test_time_budget_stops_training(corpus, tmp_path):
+    trainer = tiny_trainer(corpus[1], eval_every=1000)
+    result = trainer.train(corpus[0], save_path=tmp_path / "m.pt", max_minutes=0.02, progress=False)
+    assert result["stopped_by"] in ("time", "steps")
+    assert trainer.total_steps is not None and trainer.step >= 5
+    assert (tmp_path / "m.pt").exists()
+
+
+def test_epochs_set_the_schedule(corpus, tmp_path):
+    trainer = tiny_trainer(corpus[1], eval_every=1000)
+    trainer.train(corpus[0], num_epochs=0.05, save_path=tmp_path / "m.pt", progress=False)
+    train_tokens = int(len(np.fromfile(next(corpus[0].parent.glob("*.tokens.bin")), dtype=np.uint16)) * 0.9)
+    assert trainer.step == math.ceil(0.05 * train_tokens / trainer.tokens_per_step)
