@@ -18,14 +18,17 @@ def run(*args, stdin: bytes | None = None, cwd: Path | None = None) -> subproces
 
 
 def one_line_error(result: subprocess.CompletedProcess, code: int = 1) -> str:
-    """Assert the user-error contract: exit code, no traceback, exactly one line on stderr."""
+    """Assert the user-error contract: exit code, no traceback, and stderr ending with one line
+    "error: ...". Only `train` prints progress lines before it (what it was doing when it failed)."""
     err = result.stderr.decode()
     assert result.returncode == code, (result.returncode, err)
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ")
-    return lines[0]
+    assert lines and lines[-1].startswith("error: "), err
+    assert sum(line.startswith("error") for line in lines) == 1, err
+    if result.args[2] != "train":
+        assert len(lines) == 1, err
+    return lines[-1]
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +162,192 @@ def test_usage_errors_exit_2():
 def test_vocab_size_too_small(data_dir):
     line = one_line_error(run("tokenize", data_dir / "tinyshakespeare.txt", "--vocab-size", 100, "-o", "/dev/null"))
     assert "at least 256" in line
+
+
+# ---- train, predict, eval -------------------------------------------------------------------------
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+
+TRAIN = ["--preset", "tiny", "--batch-size", "4", "--context", "32", "--eval-every", "20", "--eval-tokens", "2000",
+         "--log-every", "1", "--dtype", "float32", "--device", "cpu", "--vocab-size", "300", "--warmup-steps", "5"]
+
+
+def step_losses(metrics: Path) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in records if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, data_dir) -> Path:
+    folder = tmp_path_factory.mktemp("train")
+    path = folder / "shakespeare.txt"
+    path.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:80_000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(corpus) -> Path:
+    folder = corpus.parent
+    result = run("train", corpus, folder / "vocab.txt", "--out", folder / "model.pt", "--steps", "30", *TRAIN, cwd=folder)
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"bits per byte" in result.stdout
+    return folder / "model.pt"
+
+
+def test_train_makes_vocab_checkpoint_best_and_metrics(trained):
+    folder = trained.parent
+    assert (folder / "vocab.txt").exists() and (folder / "model.best.pt").exists()
+    records = [json.loads(line) for line in (folder / "model.metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval" in r] == [20, 30]
+    assert all({"loss", "lr", "tokens_per_s"} <= r.keys() for r in records if "eval" not in r)
+
+
+def test_predict_streams_and_is_seeded(trained):
+    a = run("predict", "ROMEO:", 20, trained, "--seed", 7)
+    b = run("predict", "ROMEO:", 20, trained, "--seed", 7)
+    assert a.returncode == 0, a.stderr.decode()
+    assert a.stdout == b.stdout and a.stdout.startswith(b"ROMEO:")
+    greedy = run("predict", "ROMEO:", 20, trained, "--greedy")
+    assert greedy.stdout == run("predict", "ROMEO:", 20, trained, "--temperature", 0).stdout
+    matching = run("predict", "ROMEO:", 5, trained, trained.parent / "vocab.txt")
+    assert matching.returncode == 0
+
+
+def test_predict_interactive(trained):
+    result = run("predict", "--interactive", "", 5, trained, "--seed", 1, stdin=b"First\nSecond\n")
+    assert result.returncode == 0, result.stderr.decode()
+    out = result.stdout.decode()
+    assert "First" in out and "Second" in out
+
+
+def test_prompt_longer_than_the_context_is_cropped(trained):
+    result = run("predict", "word " * 200, 3, trained, "--seed", 1)
+    assert result.returncode == 0
+    assert b"only its last 32" in result.stderr
+
+
+def test_eval_reports_loss_perplexity_bpb(trained, corpus):
+    result = run("eval", corpus, trained)
+    assert result.returncode == 0, result.stderr.decode()
+    line = result.stdout.decode()
+    loss = float(line.split("loss ")[1].split(",")[0])
+    ppl = float(line.split("perplexity ")[1].split(",")[0])
+    assert ppl == pytest.approx(2.718281828 ** loss, rel=1e-3)
+    assert "bits per byte" in line
+
+
+def test_check_checkpoint_verdicts(trained, tmp_path):
+    check = [sys.executable, str(ROOT / "check_checkpoint.py")]
+    ok = subprocess.run([*check, trained, trained.parent / "vocab.txt"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "compatible" in ok.stdout and "step 30 of 30" in ok.stdout
+    assert "parameters:" in ok.stdout and "embedding dim:    64" in ok.stdout
+    other = tmp_path / "other.txt"
+    run("tokenize", trained.parent / "shakespeare.txt", "--vocab-size", 280, "-o", other)
+    bad = subprocess.run([*check, trained, other], capture_output=True, text=True)
+    assert bad.returncode == 1 and "NOT compatible" in bad.stdout
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    unreadable = subprocess.run([*check, tmp_path / "junk.pt"], capture_output=True, text=True)
+    assert unreadable.returncode == 2 and unreadable.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_and_resume_matches_an_uninterrupted_run(corpus, tmp_path, sig, code):
+    (tmp_path / "t.txt").write_bytes(corpus.read_bytes())
+    steps = ["--steps", "150", *TRAIN]
+    straight = run("train", tmp_path / "t.txt", tmp_path / "v.txt", "--out", tmp_path / "a.pt", *steps)
+    assert straight.returncode == 0, straight.stderr.decode()
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "train", str(tmp_path / "t.txt"),
+                             str(tmp_path / "v.txt"), "--out", str(tmp_path / "b.pt"), *steps],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = tmp_path / "b.metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 30) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err.decode()
+    assert b"Resume with" in err and b"Traceback" not in err
+    stopped_at = max(s for s, _ in step_losses(metrics))
+    assert 30 <= stopped_at < 150, "the run ended before the signal: make it longer"
+
+    resumed = run("train", tmp_path / "t.txt", tmp_path / "v.txt", "--out", tmp_path / "b.pt", "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    assert step_losses(metrics) == step_losses(tmp_path / "a.metrics.jsonl")
+
+
+def test_existing_checkpoint_is_not_overwritten(trained, corpus):
+    before = trained.read_bytes()
+    line = one_line_error(run("train", corpus, trained.parent / "vocab.txt", "--out", trained, *TRAIN))
+    assert "already exists" in line and "--resume auto" in line
+    assert trained.read_bytes() == before
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "is empty"),
+    (b"tiny text", "too short"),
+    (b"caf\xe9 au lait " * 100, "not UTF-8 text: invalid byte 0xe9 at byte offset 3"),
+])
+def test_bad_training_text(tmp_path, content, message):
+    (tmp_path / "t.txt").write_bytes(content)
+    assert message in one_line_error(run("train", tmp_path / "t.txt", *TRAIN, cwd=tmp_path))
+    assert not (tmp_path / "gpt2_model.pt").exists()
+
+
+def test_training_on_a_directory(tmp_path):
+    assert "is a directory" in one_line_error(run("train", tmp_path, *TRAIN, cwd=tmp_path))
+
+
+def test_vocab_of_another_size_is_refused(trained, tmp_path):
+    run("tokenize", trained.parent / "shakespeare.txt", "--vocab-size", 290, "-o", tmp_path / "v.txt")
+    line = one_line_error(run("predict", "hi", 5, trained, tmp_path / "v.txt"))
+    assert "290 tokens" in line and "300 tokens" in line
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p, good: p.write_bytes(good.read_bytes()[:5000]), "not a readable checkpoint"),
+    (lambda p, good: p.write_text("hello"), "not a readable checkpoint"),
+])
+def test_broken_checkpoints(trained, tmp_path, make, message):
+    path = tmp_path / "m.pt"
+    make(path, trained)
+    assert message in one_line_error(run("predict", "hi", 5, path))
+    assert message in one_line_error(run("eval", trained.parent / "shakespeare.txt", path))
+
+
+def test_crafted_pickle_checkpoint_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    code = (
+        "import os, torch\n"
+        "class E:\n"
+        f"    def __reduce__(self): return (os.system, ('touch {marker}',))\n"
+        f"torch.save({{'format_version': 1, 'model_config': {{}}, 'model': {{}}, 'x': E()}}, '{tmp_path / 'evil.pt'}')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    one_line_error(run("predict", "hi", 5, tmp_path / "evil.pt"))
+    assert not marker.exists()
+
+
+def test_missing_model_file(tmp_path):
+    line = one_line_error(run("predict", "hi", 5, cwd=tmp_path))
+    assert "model file not found: gpt2_model.pt" in line
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--top-p", "0"], "--top-p"), (["--top-p", "1.5"], "--top-p"), (["--temperature", "-1"], "--temperature"),
+    (["--top-k", "0"], "--top-k"),
+])
+def test_invalid_sampling_options(trained, args, flag):
+    assert flag in one_line_error(run("predict", "hi", 5, trained, *args))
+
+
+def test_negative_num_tokens(trained):
+    assert "num_tokens" in one_line_error(run("predict", "hi", "-3", trained))
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "eval"])
+def test_help_of_model_commands(command):
+    result = run(command, "--help")
+    assert result.returncode == 0 and b"usage:" in result.stdout

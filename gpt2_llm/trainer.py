@@ -204,7 +204,8 @@ class Trainer:
 
     def describe(self) -> str:
         c = self.config
-        return (f"device {self.device.type}, {str(self.dtype).removeprefix('torch.')} autocast"
+        precision = "float32" if self.dtype == torch.float32 else f"{str(self.dtype).removeprefix('torch.')} autocast"
+        return (f"device {self.device.type}, {precision}"
                 f"{', compiled' if c.compile else ''}; {self.model.num_parameters():,} parameters; "
                 f"batch {c.batch_size} x {c.grad_accum} accumulation x {self.model.config.block_size} tokens "
                 f"= {self.tokens_per_step:,} tokens per step")
