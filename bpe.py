@@ -89,7 +89,7 @@ _SAFE_CUT = regex.compile(r"(?r)(?<=\S\n)(?=\S)|(?<=\p{L})(?= \p{L})")
 
 
 def _replace_but_keep_surrogates(err: UnicodeDecodeError) -> tuple[str, int]:
-    """Decode error handler: like "replace" (U+FFFD for broken bytes), except that the 3-byte
+    r"""Decode error handler: like "replace" (U+FFFD for broken bytes), except that the 3-byte
     form of a lone surrogate, which encode writes for strs such as "\ud800", decodes back to it."""
     b = err.object[err.start : err.start + 3]
     if len(b) == 3 and b[0] == 0xED and 0xA0 <= b[1] <= 0xBF and 0x80 <= b[2] <= 0xBF:

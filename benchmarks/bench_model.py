@@ -43,6 +43,10 @@ def make_models(vocab_size: int):
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=vocab_size, n_layer=6, n_head=6, n_embd=384, block_size=256)
     ours = GPT2(config)
+    with torch.no_grad():
+        # GPT-2's small init gives 50257 nearly equal logits, where two correct implementations
+        # can pick different greedy tokens on a near-tie; larger weights make the ids comparable.
+        ours.wte.weight.mul_(10)
     with tempfile.TemporaryDirectory() as folder:
         ours.save_hf(folder)
         theirs = GPT2LMHeadModel.from_pretrained(folder, attn_implementation="sdpa")
@@ -129,6 +133,8 @@ def main(argv=None):
         args.steps, args.gen_runs, args.new_tokens = 2, 2, 50
     import transformers
 
+    transformers.logging.set_verbosity_error()  # its notes on our config's defaults are not results
+    transformers.utils.logging.disable_progress_bar()
     config, ours, theirs = make_models(args.vocab_size)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}")  # fmt: skip
