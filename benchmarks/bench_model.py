@@ -148,7 +148,8 @@ def main(argv=None):
     rows.append((f"generation, fp32, batch 1, {args.new_tokens} new tokens (same ids: {same})", tps))
     config, ours, theirs = make_models(args.small_vocab)
     tps, same = bench_generation(ours, theirs, config, args.gen_runs, args.new_tokens)
-    rows.append((f"generation, vocab {args.small_vocab}, fp32, batch 1, {args.new_tokens} new tokens (same ids: {same})", tps))
+    name = f"generation, vocab {args.small_vocab}, fp32, batch 1, {args.new_tokens} new tokens (same ids: {same})"
+    rows.append((name, tps))
 
     print("\n| measurement | ours (tokens/s) | transformers (tokens/s) | ratio |")
     print("|---|---:|---:|---:|")

@@ -73,13 +73,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         # Arbitrary bytes fail in arbitrary ways (UnpicklingError for a pickle that would run code,
         # RuntimeError for a truncated zip, KeyError or EOFError for garbage): all mean "unusable".
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupt or not a torch file): {reason}") from None
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated, corrupt or not a torch file): {reason}"
+        ) from None
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
         raise CheckpointError(f"{path} is not a gpt2_llm checkpoint (no format_version)")
     version = checkpoint["format_version"]
     if version != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has checkpoint format version {version}, but this version of gpt2_llm reads version {FORMAT_VERSION}"
+            f"{path} has checkpoint format version {version}, "
+            f"but this version of gpt2_llm reads version {FORMAT_VERSION}"
         )
     missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
     if missing:

@@ -74,8 +74,9 @@ class GPT2Decoder(nn.Module):
         super().__init__()
         self.h = nn.ModuleList(
             DecoderBlock(
-                embedding_dim, num_heads, feedforward_dim, dropout, bias, use_rope, rope_max_seq_len, rope_base, layer_norm_eps
-            )
+                embedding_dim, num_heads, feedforward_dim, dropout, bias,
+                use_rope, rope_max_seq_len, rope_base, layer_norm_eps,
+            )  # fmt: skip
             for _ in range(num_layers)
         )
 

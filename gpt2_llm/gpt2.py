@@ -92,6 +92,8 @@ class GPT2(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def _check_ids(self, ids: torch.Tensor) -> None:
+        if ids.numel() == 0:
+            return
         low, high = torch.aminmax(ids)
         low, high = low.item(), high.item()  # one small copy to the host
         if low < 0 or high >= self.config.vocab_size:
@@ -150,7 +152,7 @@ class GPT2(nn.Module):
         return ids
 
     @torch.inference_mode()
-    def _generate_steps(self, ids, max_new_tokens, temperature, top_k, top_p, stop_token, seed) -> Iterator[torch.Tensor]:
+    def _generate_steps(self, ids, max_new_tokens, temperature, top_k, top_p, stop_token, seed) -> Iterator:
         """Yield the next token of every row, (B,), max_new_tokens times (fewer when all rows stop)."""
         generator = None
         if seed is not None:
@@ -271,7 +273,9 @@ class GPT2(nn.Module):
 
         c = self.config
         if c.rope or not c.bias:
-            raise ValueError("Hugging Face GPT-2 has learned positions and biases: a model with rope or without bias cannot be exported")
+            raise ValueError(
+                "Hugging Face GPT-2 has learned positions and biases: a model with rope or without bias cannot be exported"
+            )
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         hf_config = {
@@ -309,50 +313,52 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of logits (N, vocab) against targets (N,); targets of -100 are ignored.
 
     Equal to F.cross_entropy (tested), but when a backward pass will follow, eagerly, it takes the
-    fused path below: on a CPU that is the largest single saving of a training step.
+    chunked path below: on a CPU that is the largest single saving of a training step.
     """
     if torch.compiler.is_compiling() or not (torch.is_grad_enabled() and logits.requires_grad):
         return F.cross_entropy(logits, targets)  # the compiler fuses this itself
-    return _FusedCrossEntropy.apply(logits, targets)
+    return _ChunkedCrossEntropy.apply(logits, targets)
 
 
-class _FusedCrossEntropy(torch.autograd.Function):
-    """Cross-entropy whose gradient, softmax(logits) - one_hot(target), is made in the forward pass.
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Cross-entropy computed a few rows at a time, keeping only each row's log-sum-exp.
 
-    F.cross_entropy casts the logits to float32, keeps their log-softmax for the backward pass and
-    reads both back there: several passes over N x vocab floats (400 MB at batch 8 x 256 with
-    GPT-2's vocab), far more than fits in a cache. Here a few rows at a time are taken to float32,
-    their loss and gradient computed while they are in the cache, and the gradient is stored once
-    in the logits' own dtype.
+    F.cross_entropy casts all the logits to float32, keeps their log-softmax for the backward pass,
+    then reads it back with a gradient tensor of the same size: several passes over N x vocab
+    floats (400 MB at batch 8 x 256 with GPT-2's vocab), far more than any cache. Here each chunk of
+    rows is taken to float32 while it sits in the cache, the backward pass recomputes its softmax
+    from the saved log-sum-exp, and the gradient is written once, in the logits' own dtype.
     """
 
-    CHUNK_ELEMENTS = 1 << 19  # float32 rows per chunk: about 2 MB, the size of a core's L2 cache
+    CHUNK_ELEMENTS = 1 << 19  # float32 values per chunk: 2 MB, about a core's L2 cache
 
     @staticmethod
     def forward(ctx, logits, targets):
         N, V = logits.shape
-        kept = targets != -100  # (N,), positions that count
+        step = max(1, _ChunkedCrossEntropy.CHUNK_ELEMENTS // V)
+        kept = targets != -100  # (N,), the positions that count
         count = kept.sum().clamp(min=1)  # stays a tensor: no wait for the device
-        safe_targets = targets.masked_fill(~kept, 0).unsqueeze(1)  # (N, 1), ignored ones point at 0
-        losses = torch.empty(N, dtype=torch.float32, device=logits.device)
-        grad = torch.empty_like(logits)
-        step = max(1, _FusedCrossEntropy.CHUNK_ELEMENTS // V)
+        safe_targets = targets.masked_fill(~kept, 0).unsqueeze(1)  # (N, 1); ignored rows point at 0
+        lse = torch.empty(N, 1, dtype=torch.float32, device=logits.device)
         for i in range(0, N, step):
-            rows = logits[i : i + step].float()  # (n, V)
-            target = safe_targets[i : i + step]  # (n, 1)
-            lse = rows.logsumexp(dim=1, keepdim=True)  # (n, 1)
-            losses[i : i + step] = (lse - rows.gather(1, target)).squeeze(1)
-            probs = (rows - lse).exp_()  # softmax (a new chunk: in float32, rows are the logits)
-            probs.scatter_add_(1, target, torch.full_like(target, -1.0, dtype=probs.dtype))
-            probs.mul_((kept[i : i + step].unsqueeze(1) / count))  # mean over kept positions
-            grad[i : i + step] = probs
-        ctx.save_for_backward(grad)
-        return (losses * kept).sum() / count
+            lse[i : i + step] = logits[i : i + step].float().logsumexp(dim=1, keepdim=True)
+        losses = lse - logits.gather(1, safe_targets).float()  # (N, 1): -log p(target)
+        ctx.save_for_backward(logits, safe_targets, kept, count, lse)
+        ctx.step = step
+        return (losses.squeeze(1) * kept).sum() / count
 
     @staticmethod
     def backward(ctx, grad_loss):
-        (grad,) = ctx.saved_tensors
-        return grad * grad_loss.to(grad.dtype), None
+        logits, safe_targets, kept, count, lse = ctx.saved_tensors
+        # d loss / d logits of row i = (softmax(row i) - one_hot(target i)) * kept_i / count.
+        scale = (kept / count * grad_loss).unsqueeze(1)  # (N, 1)
+        grad = torch.empty_like(logits)
+        for i in range(0, len(logits), ctx.step):
+            rows = slice(i, i + ctx.step)
+            probs = (logits[rows].float() - lse[rows]).exp_()  # (n, V) softmax, a new float32 chunk
+            probs.scatter_add_(1, safe_targets[rows], torch.full_like(lse[rows], -1.0))
+            grad[rows] = probs.mul_(scale[rows])
+        return grad, None
 
 
 # ---- Hugging Face weights: the same names, but Conv1D layers store their matrices transposed ----

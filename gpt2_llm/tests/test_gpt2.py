@@ -82,7 +82,8 @@ def test_hf_state_dict_loads_into_ours(hf_model):
 
 def test_hf_shapes_are_read_from_a_bare_state_dict():
     transformers = pytest.importorskip("transformers")
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=128, n_layer=3, n_head=2))
+    shape = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=128, n_layer=3, n_head=2)
+    hf = transformers.GPT2LMHeadModel(shape)
     config = GPT2.from_hf(hf.state_dict()).config
     assert (config.vocab_size, config.block_size, config.n_embd, config.n_layer, config.n_head) == (50, 16, 128, 3, 2)
 
@@ -100,7 +101,8 @@ def test_ours_exports_to_hf(tmp_path):
     assert_same_as_hf(ours, hf)
     # ...and back again, through the file transformers writes.
     hf.save_pretrained(tmp_path / "again")
-    assert torch.equal(GPT2.from_hf(tmp_path / "again").decoder.h[1].attn.c_attn.weight, ours.decoder.h[1].attn.c_attn.weight)
+    again = GPT2.from_hf(tmp_path / "again")
+    assert torch.equal(again.decoder.h[1].attn.c_attn.weight, ours.decoder.h[1].attn.c_attn.weight)
 
 
 def test_export_refuses_what_hf_gpt2_cannot_hold(tmp_path):
@@ -112,7 +114,8 @@ def test_export_refuses_what_hf_gpt2_cannot_hold(tmp_path):
 
 
 def test_importing_the_package_never_imports_transformers():
-    code = "import sys, gpt2_llm; print(sorted(m for m in ('transformers', 'safetensors', 'tiktoken') if m in sys.modules))"
+    optional = "('transformers', 'safetensors', 'tiktoken')"
+    code = f"import sys, gpt2_llm; print(sorted(m for m in {optional} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
