@@ -23,10 +23,17 @@ def report(checkpoint_path: str, vocab_path: str | None) -> tuple[list[str], lis
 
     ckpt = load_checkpoint(checkpoint_path)
     cfg = ckpt["model_config"]
+    stored = given = None
+    if "tokenizer" in ckpt:  # written by main.py train: the tokenizer travels with the model
+        stored = bpe.BPE.from_text(ckpt["tokenizer"]["text"], f"{checkpoint_path} (its tokenizer)")
+    if vocab_path is not None:
+        given = bpe.BPE.load(vocab_path)
+    tokenizer = given or stored
     params = sum(t.numel() for name, t in ckpt["model"].items() if name != "lm_head.weight")  # tied to wte
     size_mb = os.path.getsize(checkpoint_path) / 1e6
     lines = [
         f"checkpoint:       {checkpoint_path} ({size_mb:.1f} MB, format version {ckpt['format_version']})",
+        f"vocab size:       {tokenizer.vocab_size:,}" if tokenizer else "vocab size:       unknown (no tokenizer)",
         f"model vocab size: {cfg['vocab_size']:,}",
         f"embedding dim:    {cfg['n_embd']}",
         f"layers x heads:   {cfg['n_layer']} x {cfg['n_head']}",
@@ -38,28 +45,23 @@ def report(checkpoint_path: str, vocab_path: str | None) -> tuple[list[str], lis
         best = state.get("best_val_loss", math.inf)
         best_text = f"{best:.4f}" if math.isfinite(best) else "none yet"
         total = f" of {state['total_steps']:,}" if state.get("total_steps") else ""
-        lines += [f"training:         step {state['step']:,}{total}, {state['tokens_seen']:,} tokens seen, "
-                  f"best val loss {best_text}"]
+        lines.append(f"training:         step {state['step']:,}{total}, {state['tokens_seen']:,} tokens seen, "
+                     f"best val loss {best_text}")
     else:
-        lines += ["training:         no training state (weights only)"]
+        lines.append("training:         no training state (weights only)")
+    if stored is not None:
+        lines.append(f"tokenizer (in the checkpoint): {stored.vocab_size:,} tokens, hash {stored.hash[:16]}")
+    if given is not None:
+        lines.append(f"vocab file:       {vocab_path}: {given.vocab_size:,} tokens, hash {given.hash[:16]}")
 
     problems = []
-    stored = None
-    if "tokenizer" in ckpt:
-        stored = bpe.BPE.from_text(ckpt["tokenizer"]["text"], f"{checkpoint_path} (its tokenizer)")
-        lines.append(f"tokenizer (in the checkpoint): {stored.vocab_size:,} tokens, hash {stored.hash[:16]}")
-        if stored.vocab_size > cfg["vocab_size"]:
-            problems.append(f"its tokenizer has {stored.vocab_size} tokens but the model only {cfg['vocab_size']}")
-    if vocab_path is not None:
-        given = bpe.BPE.load(vocab_path)
-        lines.append(f"vocab file:       {vocab_path}: {given.vocab_size:,} tokens, hash {given.hash[:16]}")
-        if stored is not None and stored.hash != given.hash:
-            problems.append(f"{vocab_path} is not the tokenizer the model was trained with (hash {given.hash[:16]} "
-                            f"vs {stored.hash[:16]})")
-        if given.vocab_size > cfg["vocab_size"]:
-            problems.append(f"{vocab_path} has {given.vocab_size} tokens but the model's embedding has {cfg['vocab_size']}")
-        elif stored is None and given.vocab_size != cfg["vocab_size"]:
-            problems.append(f"{vocab_path} has {given.vocab_size} tokens, the model {cfg['vocab_size']}")
+    if stored is not None and given is not None and stored.hash != given.hash:
+        problems.append(f"{vocab_path} is not the tokenizer the model was trained with "
+                        f"(hash {given.hash[:16]} vs {stored.hash[:16]})")
+    if tokenizer is not None and tokenizer.vocab_size > cfg["vocab_size"]:
+        problems.append(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding only {cfg['vocab_size']}")
+    elif stored is None and given is not None and given.vocab_size != cfg["vocab_size"]:
+        problems.append(f"{vocab_path} has {given.vocab_size} tokens, the model {cfg['vocab_size']}")
     return lines, problems
 
 

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+import typing
 from dataclasses import fields
 
 import bpe
@@ -110,8 +111,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gpt2_llm import GPT2, GPT2Config
-    from gpt2_llm.trainer import Trainer, TrainConfig
+    from gpt2_llm import GPT2, GPT2Config, TrainConfig, Trainer
 
     read_text_file(args.file)
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
@@ -132,7 +132,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                             f"or choose another --out")
         tokenizer = get_or_train_tokenizer(args)
         shape = {"vocab_size": tokenizer.vocab_size}
-        for flag, name in (("context", "block_size"), ("dropout", "dropout"), ("rope", "rope")):
+        for flag, name in (("context", "block_size"), ("dropout", "dropout"), ("attn_dropout", "attn_dropout"),
+                           ("rope", "rope")):
             if getattr(args, flag) is not None:
                 shape[name] = getattr(args, flag)
         config = GPT2Config.from_preset(args.preset, **shape)
@@ -211,7 +212,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     prompts = iter(lambda: input("> "), None) if args.interactive else [args.prompt]
     try:
         for prompt in prompts:
-            generate_text(model, tokenizer, prompt, args)
+            if prompt or not args.interactive:
+                generate_text(model, tokenizer, prompt, args)
     except EOFError:
         print(file=sys.stderr)
 
@@ -311,8 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_train_parser(sub) -> None:
-    from gpt2_llm.config import PRESETS
-    from gpt2_llm.trainer import TrainConfig
+    from gpt2_llm.config import PRESETS, TrainConfig
 
     p = sub.add_parser("train", help="train a GPT-2 model on a text file", description=(
         "Train a GPT-2 model on a UTF-8 text file. The vocab file is made from the text if it does not exist; "
@@ -326,16 +327,24 @@ def add_train_parser(sub) -> None:
     p.add_argument("--preset", default="small", choices=list(PRESETS), help="model shape (default: small)")
     p.add_argument("--context", type=int, default=None, help="context length in tokens (default: the preset's)")
     p.add_argument("--dropout", type=float, default=None, help="dropout rate (default: the preset's)")
+    p.add_argument("--attn-dropout", type=float, default=None, help="dropout on attention weights alone (default: as --dropout)")
     p.add_argument("--rope", action="store_true", default=None, help="rotary position embeddings instead of learned positions")
     p.add_argument("--vocab-size", type=int, default=None, help="size of a tokenizer made from the text (default: recommended for its size)")
-    for f in fields(TrainConfig):
+    for f in fields(TrainConfig):  # one flag per field: the defaults live in TrainConfig alone
         flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
+        kind = typing.get_args(f.type)[0] if typing.get_args(f.type) else f.type  # int | None -> int
+        if kind is bool:
             p.add_argument(flag, action="store_true", default=None, help=f.metadata["help"])
         else:
-            kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0].removesuffix("|").strip()]
             p.add_argument(flag, type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default})")
     p.set_defaults(func=cmd_train)
+
+
+def is_user_error(e: Exception) -> bool:
+    """Errors that bad input causes (invalid values, files, checkpoints, a diverging run), as
+    opposed to bugs. The library raises ValueError subclasses for the first kinds."""
+    training = sys.modules.get("gpt2_llm.trainer")
+    return isinstance(e, (UserError, ValueError)) or (training is not None and isinstance(e, training.TrainingError))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,11 +354,13 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(encoding="utf-8", errors="replace")
     try:
         return args.func(args) or 0
-    except (UserError, bpe.TokenizerError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     except OSError as e:
         print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+    except Exception as e:
+        if not is_user_error(e):
+            raise  # a bug: show the traceback
+        print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

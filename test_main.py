@@ -351,3 +351,30 @@ def test_negative_num_tokens(trained):
 def test_help_of_model_commands(command):
     result = run(command, "--help")
     assert result.returncode == 0 and b"usage:" in result.stdout
+
+
+def test_kill_9_while_training_and_saving_never_loses_the_checkpoint(corpus, tmp_path):
+    """SIGKILL `main.py train` at random moments while it saves at every step: the checkpoint on
+    disk always loads, and is a whole checkpoint of some step (the old one or the new one)."""
+    import random
+
+    from gpt2_llm import load_checkpoint
+
+    (tmp_path / "t.txt").write_bytes(corpus.read_bytes())
+    rng = random.Random(1)
+    args = ["train", tmp_path / "t.txt", tmp_path / "v.txt", "--out", tmp_path / "m.pt", "--resume", "auto",
+            "--steps", "100000", *TRAIN, "--eval-every", "1"]
+    last_step = -1
+    for attempt in range(6):
+        proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *map(str, args)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "m.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.2, 1.5))
+        proc.kill()
+        proc.wait()
+        step = load_checkpoint(tmp_path / "m.pt")["state"]["step"]
+        assert step >= last_step  # never an older state than one already on disk
+        last_step = step
+    assert last_step > 0

@@ -1,17 +1,26 @@
 """gpt2_llm: GPT-2 in PyTorch, written to be read.
 
-Read leaf to root: config.py (the shape), attention.py, decoder.py, gpt2.py (the model,
-generation, Hugging Face weights), checkpoint.py (saving and loading).
-Importing the package never imports transformers: it is loaded only by the tests and benchmarks.
+Read leaf to root: config.py (the shape, and how to train), attention.py, decoder.py, gpt2.py (the
+model, generation, Hugging Face weights), checkpoint.py (saving and loading), data.py (text to
+batches), trainer.py (the training loop).
+
+Names are imported on first use, so `gpt2_llm.config` loads without torch (the command line's
+tokenizer commands stay fast), and importing the package never imports transformers.
 """
 
-from .attention import KVCache, QKVAttention, RotaryPositionEmbedding
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import PRESETS, GPT2Config
-from .decoder import MLP, DecoderBlock, GPT2Decoder
-from .gpt2 import GPT2
+import importlib
 
-__all__ = [
-    "GPT2", "GPT2Config", "PRESETS", "GPT2Decoder", "DecoderBlock", "MLP", "QKVAttention",
-    "RotaryPositionEmbedding", "KVCache", "CheckpointError", "load_checkpoint", "save_checkpoint",
-]  # fmt: skip
+_WHERE = {
+    "GPT2": "gpt2", "GPT2Config": "config", "TrainConfig": "config", "PRESETS": "config",
+    "GPT2Decoder": "decoder", "DecoderBlock": "decoder", "MLP": "decoder",
+    "QKVAttention": "attention", "RotaryPositionEmbedding": "attention", "KVCache": "attention",
+    "CheckpointError": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "Trainer": "trainer",
+}  # fmt: skip
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

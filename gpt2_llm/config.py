@@ -4,14 +4,16 @@ Every module of the package is built from a `GPT2Config`. Checkpoints store it a
 (plain ints, floats and bools), so a checkpoint never needs this class to be read.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 # The presets give a shape; `vocab_size` normally comes from the tokenizer and overrides it.
 # tiny: for tests (136,960 parameters with its 512-token vocabulary).
+# mini: the 10-minute CPU recipe for a text of about 1 MB (see README).
 # small: the original tool's training default.
 # gpt2*: OpenAI's published sizes, parameter for parameter (GPT-2's own 50257-token vocabulary).
 PRESETS = {
     "tiny": dict(vocab_size=512, n_layer=2, n_head=2, n_embd=64, block_size=64),
+    "mini": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.1, attn_dropout=0.0),
     "small": dict(n_layer=12, n_head=12, n_embd=480, block_size=256),
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
@@ -29,6 +31,8 @@ class GPT2Config:
     block_size: int = 1024  # context length: the most tokens the model sees at once
     n_inner: int | None = None  # MLP hidden width; None means 4 * n_embd, as in GPT-2
     dropout: float = 0.0  # on embeddings, attention weights and residual branches
+    attn_dropout: float | None = None  # on attention weights alone; None: the same as dropout (GPT-2).
+    # 0 keeps the fast fused attention kernel on the CPU, where dropout inside attention is slow.
     bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
     rope: bool = False  # rotary positions instead of learned ones
     rope_base: float = 10000.0  # RoPE's frequency base
@@ -52,7 +56,9 @@ class GPT2Config:
         if self.n_inner is not None and self.n_inner < 1:
             problems.append(f"n_inner must be at least 1 (or None for 4 * n_embd), got {self.n_inner}")
         if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+            problems.append(f"dropout (--dropout) must be in [0, 1), got {self.dropout}")
+        if self.attn_dropout is not None and not 0.0 <= self.attn_dropout < 1.0:
+            problems.append(f"attn_dropout (--attn-dropout) must be in [0, 1), got {self.attn_dropout}")
         if self.rope_base <= 1.0:
             problems.append(f"rope_base must be greater than 1, got {self.rope_base}")
         if self.layer_norm_eps <= 0.0:
@@ -74,3 +80,62 @@ class GPT2Config:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r} (--preset); choose one of: {', '.join(PRESETS)}")
         return replace(cls(**PRESETS[name]), **overrides)
+
+
+def _opt(default, help: str):
+    """A TrainConfig field with its command-line help (main.py makes one flag per field)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Each field is a `main.py train` flag of the same name (dashes for underscores)."""
+
+    batch_size: int = _opt(16, 'sequences per micro-step')
+    grad_accum: int = _opt(1, 'micro-steps per optimizer step')
+    lr: float = _opt(6e-4, 'peak learning rate')
+    min_lr_ratio: float = _opt(0.1, 'the cosine decays to lr * min_lr_ratio')
+    warmup_steps: int = _opt(100, 'linear warm-up from lr / warmup_steps')
+    steps: int | None = _opt(None, "total optimizer steps (the schedule's length)")
+    minutes: float | None = _opt(None, 'wall-clock budget of this run')
+    epochs: float | None = _opt(None, 'passes over the training tokens (used when steps is not given)')
+    weight_decay: float = _opt(0.1, 'on matrices only (not on biases, LayerNorms)')
+    beta1: float = _opt(0.9, "AdamW's beta1")
+    beta2: float = _opt(0.95, "AdamW's beta2")
+    grad_clip: float = _opt(1.0, 'clip the gradient norm to this')
+    eval_every: int = _opt(250, 'steps between evaluations and checkpoints')
+    eval_tokens: int = _opt(200_000, 'validation tokens per evaluation (at most)')
+    log_every: int = _opt(10, 'steps between metrics-log lines')
+    val_fraction: float = _opt(0.1, 'the last part of the text held out for validation')
+    batch_mode: str = _opt("random", 'random windows, or epoch: every window once per epoch')
+    stride: int | None = _opt(None, 'window stride in epoch mode (default: the context length)')
+    device: str = _opt("auto", 'auto | cpu | cuda | mps')
+    dtype: str = _opt("auto", 'auto | float32 | bfloat16 | float16')
+    compile: bool = _opt(False, 'torch.compile the model')
+    seed: int = _opt(1337, 'seed of the weights, the batches and dropout')
+
+    def __post_init__(self):
+        problems = []
+        for name in ("batch_size", "grad_accum", "eval_every", "log_every", "eval_tokens"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            problems.append(f"--lr must be positive, got {self.lr}")
+        if self.warmup_steps < 0:
+            problems.append(f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
+        if self.steps is not None and self.steps < 1:
+            problems.append(f"--steps must be at least 1, got {self.steps}")
+        if self.minutes is not None and self.minutes <= 0:
+            problems.append(f"--minutes must be positive, got {self.minutes}")
+        if self.epochs is not None and self.epochs <= 0:
+            problems.append(f"--epochs must be positive, got {self.epochs}")
+        if not 0 <= self.val_fraction < 1:
+            problems.append(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            problems.append(f"--device must be auto, cpu, cuda or mps, got {self.device!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            problems.append(f"--dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.batch_mode not in ("random", "epoch"):
+            problems.append(f"--batch-mode must be random or epoch, got {self.batch_mode!r}")
+        if problems:
+            raise ValueError("; ".join(problems))

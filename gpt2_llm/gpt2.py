@@ -69,6 +69,9 @@ class GPT2(nn.Module):
             config.n_layer, config.n_embd, config.n_head, config.mlp_size, config.dropout, config.bias,
             config.rope, config.block_size, config.rope_base, config.layer_norm_eps,
         )  # fmt: skip
+        if config.attn_dropout is not None:
+            for block in self.decoder.h:
+                block.attn.dropout = config.attn_dropout  # the probability SDPA drops attention weights with
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: one matrix both embeds tokens and scores them; its gradient sums both uses.
@@ -282,7 +285,8 @@ class GPT2(nn.Module):
             "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
             "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_ctx": c.block_size,
             "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": c.n_inner,
-            "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
+            "resid_pdrop": c.dropout, "embd_pdrop": c.dropout,
+            "attn_pdrop": c.dropout if c.attn_dropout is None else c.attn_dropout,
             "layer_norm_epsilon": c.layer_norm_eps, "initializer_range": 0.02, "tie_word_embeddings": True,
         }  # fmt: skip
         (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")

@@ -22,78 +22,19 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import GPT2Config
+from .config import GPT2Config, TrainConfig
 from .data import Batches, eval_windows, load_tokens, split_tokens
 from .gpt2 import GPT2
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss, say); the message is one line."""
-
-
-def _opt(default, help: str):
-    """A TrainConfig field with its command-line help (main.py makes one flag per field)."""
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class TrainConfig:
-    """How to train. Each field is a `main.py train` flag of the same name (dashes for underscores)."""
-
-    batch_size: int = _opt(16, 'sequences per micro-step')
-    grad_accum: int = _opt(1, 'micro-steps per optimizer step')
-    lr: float = _opt(6e-4, 'peak learning rate')
-    min_lr_ratio: float = _opt(0.1, 'the cosine decays to lr * min_lr_ratio')
-    warmup_steps: int = _opt(100, 'linear warm-up from lr / warmup_steps')
-    steps: int | None = _opt(None, "total optimizer steps (the schedule's length)")
-    minutes: float | None = _opt(None, 'wall-clock budget of this run')
-    epochs: float | None = _opt(None, 'passes over the training tokens (used when steps is not given)')
-    weight_decay: float = _opt(0.1, 'on matrices only (not on biases, LayerNorms)')
-    beta1: float = _opt(0.9, "AdamW's beta1")
-    beta2: float = _opt(0.95, "AdamW's beta2")
-    grad_clip: float = _opt(1.0, 'clip the gradient norm to this')
-    eval_every: int = _opt(250, 'steps between evaluations and checkpoints')
-    eval_tokens: int = _opt(200_000, 'validation tokens per evaluation (at most)')
-    log_every: int = _opt(10, 'steps between metrics-log lines')
-    val_fraction: float = _opt(0.1, 'the last part of the text held out for validation')
-    batch_mode: str = _opt("random", 'random windows, or epoch: every window once per epoch')
-    stride: int | None = _opt(None, 'window stride in epoch mode (default: the context length)')
-    device: str = _opt("auto", 'auto | cpu | cuda | mps')
-    dtype: str = _opt("auto", 'auto | float32 | bfloat16 | float16')
-    compile: bool = _opt(False, 'torch.compile the model')
-    seed: int = _opt(1337, 'seed of the weights, the batches and dropout')
-
-    def __post_init__(self):
-        problems = []
-        for name in ("batch_size", "grad_accum", "eval_every", "log_every", "eval_tokens"):
-            if getattr(self, name) < 1:
-                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            problems.append(f"--lr must be positive, got {self.lr}")
-        if self.warmup_steps < 0:
-            problems.append(f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
-        if self.steps is not None and self.steps < 1:
-            problems.append(f"--steps must be at least 1, got {self.steps}")
-        if self.minutes is not None and self.minutes <= 0:
-            problems.append(f"--minutes must be positive, got {self.minutes}")
-        if self.epochs is not None and self.epochs <= 0:
-            problems.append(f"--epochs must be positive, got {self.epochs}")
-        if not 0 <= self.val_fraction < 1:
-            problems.append(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
-            problems.append(f"--device must be auto, cpu, cuda or mps, got {self.device!r}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            problems.append(f"--dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.batch_mode not in ("random", "epoch"):
-            problems.append(f"--batch-mode must be random or epoch, got {self.batch_mode!r}")
-        if problems:
-            raise ValueError("; ".join(problems))
 
 
 # ---- pure helpers ------------------------------------------------------------------------------
@@ -253,15 +194,23 @@ class Trainer:
         metrics_path = save_path.with_suffix(".metrics.jsonl")
         deadline = time.monotonic() + 60 * minutes if minutes else math.inf
         start_step, start_time = self.step, time.monotonic()
+        fit_schedule = self.total_steps is None  # the budget decides the schedule's length
+        refit_at = start_time + 6 * minutes if fit_schedule else math.inf  # a tenth of the budget in
         result: dict = {}
         bar = _progress_bar(self.total_steps, self.step, progress)
         self._install_signal_handlers()
         try:
             while True:
                 step = self.step
-                if self.total_steps is None and step - start_step == 5:
-                    self.total_steps = self._steps_in_budget(step, start_step, start_time, deadline)
+                if step - start_step == 1:
+                    first_step_done = time.monotonic()  # the first step also warms up: time the next ones
+                # With a time budget, fit the schedule to the speed of the first steps, then once
+                # more a tenth of the way in, with a better measurement.
+                done = step - start_step
+                if fit_schedule and done >= 2 and (done == 10 or time.monotonic() >= refit_at):
+                    self.total_steps = self._steps_in_budget(done - 1, first_step_done, deadline, val)
                     bar.total = self.total_steps
+                    fit_schedule = done < 10 or time.monotonic() < refit_at
                 last = self.total_steps is not None and step >= self.total_steps
                 out_of_time = time.monotonic() >= deadline
                 stop = last or out_of_time or self._stop_signal is not None
@@ -323,13 +272,14 @@ class Trainer:
             raise TrainingError(f"the loss became {loss} at step {step + 1}: training stopped{kept} "
                                 f"(try a lower --lr)")
 
-    def _steps_in_budget(self, step: int, start_step: int, start_time: float, deadline: float) -> int:
-        """Total steps that fit the time budget, from the speed of the steps so far (evaluations
-        are counted at the cost of a forward pass, a third of a training step)."""
-        per_step = (time.monotonic() - start_time) / max(1, step - start_step)
-        eval_share = self.config.eval_tokens / self.tokens_per_step / self.config.eval_every / 3
+    def _steps_in_budget(self, timed_steps: int, since: float, deadline: float, val) -> int:
+        """Total steps that fit the time budget, from the speed of the last `timed_steps` steps
+        (evaluations are counted at the cost of their forward passes, a third of a training step)."""
+        per_step = (time.monotonic() - since) / timed_steps
+        eval_tokens = 0 if val is None else val[:, 1:].numel()
+        eval_share = eval_tokens / self.tokens_per_step / self.config.eval_every / 3
         remaining = max(0.0, deadline - time.monotonic())
-        return step + max(1, int(remaining / (per_step * (1 + eval_share))))
+        return self.step + max(1, int(remaining / (per_step * (1 + eval_share))))
 
     def _compile_if_asked(self):
         if not self.config.compile:

@@ -33,9 +33,9 @@ def test_from_preset_overrides_and_validates():
 
 
 def test_unknown_preset_lists_the_choices():
-    with pytest.raises(ValueError, match=r"unknown preset 'huge' \(--preset\); choose one of: tiny, small, gpt2,"):
+    with pytest.raises(ValueError, match=r"unknown preset 'huge' \(--preset\); choose one of: tiny, mini, small, gpt2,"):
         GPT2Config.from_preset("huge")
-    assert list(PRESETS) == ["tiny", "small", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
+    assert list(PRESETS) == ["tiny", "mini", "small", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
 
 
 def test_every_problem_is_reported_at_once():
@@ -45,7 +45,7 @@ def test_every_problem_is_reported_at_once():
     for part in ("vocab_size must be at least 1 (the tokenizer's --vocab-size), got 0",
                  "n_embd (100) must be a positive multiple of n_head (3)",
                  "block_size (--context) must be at least 1, got -1",
-                 "dropout must be in [0, 1), got 1.5"):  # fmt: skip
+                 "dropout (--dropout) must be in [0, 1), got 1.5"):  # fmt: skip
         assert part in message
     assert "\n" not in message  # one line
 
@@ -63,3 +63,14 @@ def test_derived_sizes_and_plain_asdict():
     # Stored in checkpoints as plain values, so weights_only loading reads them.
     assert all(v is None or type(v) in (int, float, bool) for v in asdict(config).values())
     assert GPT2Config(**asdict(config)) == config
+
+
+def test_attention_dropout_can_differ_from_dropout():
+    from gpt2_llm import GPT2
+
+    model = GPT2(GPT2Config.from_preset("mini", vocab_size=300))
+    assert all(block.attn.dropout == 0.0 and block.attn.resid_dropout.p == 0.1 for block in model.decoder.h)
+    same = GPT2(GPT2Config.from_preset("tiny", dropout=0.2))
+    assert all(block.attn.dropout == 0.2 for block in same.decoder.h)  # None: as dropout, like GPT-2
+    with pytest.raises(ValueError, match="--attn-dropout"):
+        GPT2Config(attn_dropout=1.5)

@@ -16,7 +16,8 @@ import torch
 
 from bpe import BPE
 from gpt2_llm import GPT2, GPT2Config, CheckpointError, load_checkpoint
-from gpt2_llm.trainer import Trainer, TrainConfig, TrainingError, best_path, get_lr, pick_dtype
+from gpt2_llm import TrainConfig
+from gpt2_llm.trainer import Trainer, TrainingError, best_path, get_lr, pick_dtype
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -251,8 +252,9 @@ def test_time_budget_stops_training(corpus, tmp_path):
     trainer = tiny_trainer(corpus[1], eval_every=1000)
     result = trainer.train(corpus[0], save_path=tmp_path / "m.pt", max_minutes=0.02, progress=False)
     assert result["stopped_by"] in ("time", "steps")
-    assert trainer.total_steps is not None and trainer.step >= 5
-    assert (tmp_path / "m.pt").exists()
+    assert trainer.step >= 1 and (tmp_path / "m.pt").exists()
+    if trainer.step > 10:  # the schedule's length was fitted to the budget after 10 steps
+        assert trainer.total_steps is not None
 
 
 def test_epochs_set_the_schedule(corpus, tmp_path):
@@ -260,3 +262,24 @@ def test_epochs_set_the_schedule(corpus, tmp_path):
     trainer.train(corpus[0], num_epochs=0.05, save_path=tmp_path / "m.pt", progress=False)
     train_tokens = int(len(np.fromfile(next(corpus[0].parent.glob("*.tokens.bin")), dtype=np.uint16)) * 0.9)
     assert trainer.step == math.ceil(0.05 * train_tokens / trainer.tokens_per_step)
+
+
+def test_original_python_api(corpus, tmp_path):
+    text, tokenizer = corpus
+    tokenizer.save(tmp_path / "vocab.txt")
+    trainer = Trainer.create_trainer_from_vocab(tmp_path / "vocab.txt", preset="tiny", model_config={"block_size": 32},
+                                                batch_size=4, device="cpu", dtype="float32", eval_every=1000)
+    assert trainer.model.config.vocab_size == tokenizer.vocab_size
+    result = trainer.train(text, num_epochs=0.02, save_path=tmp_path / "m.pt", progress=False)
+    assert result["stopped_by"] == "steps" and (tmp_path / "m.pt").exists()
+    model = GPT2.load(tmp_path / "m.pt")
+    assert model.config.block_size == 32
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_reduced_precision_training_runs_and_learns(corpus, tmp_path, dtype):
+    trainer = tiny_trainer(corpus[1], dtype=dtype, eval_every=1000)
+    assert trainer.scaler.is_enabled() == (dtype == "float16")  # fp16 needs loss scaling, bf16 does not
+    trainer.train(corpus[0], save_path=tmp_path / "m.pt", max_steps=20, progress=False)
+    first, last = losses(tmp_path / "m.metrics.jsonl")[0], losses(tmp_path / "m.metrics.jsonl")[-1]
+    assert last < first - 0.3
