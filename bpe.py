@@ -66,6 +66,7 @@ FORMAT_VERSION = 1
 _NO_MERGE = 1 << 62  # rank of a pair that is not a token: larger than any real rank
 _LONG_PIECE = 200  # bytes; longer pieces use the O(n log n) heap merge instead of the O(n^2) scan
 _CHUNK_BYTES = 1 << 20  # files are read and pre-tokenized in pieces of about this size
+_PARALLEL_BYTES = 8 << 20  # texts larger than this are pre-tokenized by several processes
 _CACHE_LIMIT = 500_000  # pre-tokens remembered by encode before the cache is cleared
 _CACHE_MAX_PIECE = 64  # characters; longer pieces are rare and not worth remembering
 
@@ -357,17 +358,42 @@ def recommended_vocab_size(num_bytes: int) -> int:
     return min(max(2**exponent, 512), 32768)
 
 
-def count_pretokens(chunks: Iterable[str], pattern: str, special_tokens: Collection[str] = ()) -> Counter:
-    """How often each pre-token occurs. Special tokens are cut out first, never counted."""
-    findall = _compile_findall(pattern)
-    split = _special_splitter(special_tokens)
+def count_pretokens(
+    chunks: Iterable[str], pattern: str, special_tokens: Collection[str] = (), workers: int = 1
+) -> Counter:
+    """How often each pre-token occurs. Special tokens are cut out first, never counted.
+
+    With workers > 1, chunks are counted by a pool of processes (the regex work is what takes
+    the time) and their counts summed here, in chunk order, so the result is the same.
+    """
     counts: Counter = Counter()
-    for chunk in chunks:
-        if split is not None and any(s in chunk for s in special_tokens):
-            for part in split(chunk):
-                counts.update(findall(part))
-        else:
-            counts.update(findall(chunk))  # Counter.update of a list counts in C
+    if workers <= 1:
+        for chunk in chunks:
+            _count_into(counts, chunk, pattern, tuple(special_tokens))
+        return counts
+    import multiprocessing
+
+    # fork where there is one (fast, and works from a notebook or stdin); spawn elsewhere.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(workers) as pool:
+        jobs = ((chunk, pattern, tuple(special_tokens)) for chunk in chunks)
+        for part in pool.imap(_count_chunk_job, jobs):
+            counts.update(part)
+    return counts
+
+
+def _count_into(counts: Counter, chunk: str, pattern: str, special_tokens: tuple[str, ...]) -> None:
+    findall = _compile_findall(pattern)
+    if special_tokens and any(s in chunk for s in special_tokens):
+        for part in _special_splitter(special_tokens)(chunk):
+            counts.update(findall(part))
+    else:
+        counts.update(findall(chunk))  # Counter.update of a list counts in C
+
+
+def _count_chunk_job(job: tuple) -> Counter:
+    counts: Counter = Counter()
+    _count_into(counts, *job)
     return counts
 
 
@@ -422,49 +448,59 @@ def train_merges(
             parents[new] = pair
             bar.update(1)
 
-        touched: set[tuple[int, int]] = set()  # pairs with the new token, whose counts grew
+        grown: set[tuple[int, int]] = set()  # pairs with the new token, whose counts grew
         for wi in where.pop(pair):
-            word = words[wi]
-            new_word = _merge_pair(word, a, b, new)
-            if new_word is None:
-                continue  # stale: this word no longer holds the pair
-            c = counts[wi]
-            for p in zip(word, word[1:]):
-                pair_count[p] -= c
-            for p in zip(new_word, new_word[1:]):
-                pair_count[p] = pair_count.get(p, 0) + c
-                if new in p:
-                    touched.add(p)
-                    if p in where:
-                        where[p].add(wi)
-                    else:
-                        where[p] = {wi}
-            words[wi] = new_word
+            new_word = _merge_in_word(words[wi], a, b, new, counts[wi], pair_count, grown, where, wi)
+            if new_word is not None:  # None: a stale entry, the word no longer holds the pair
+                words[wi] = new_word
         del pair_count[pair]
-        for p in touched:
+        for p in grown:
             heapq.heappush(heap, (-pair_count[p], p))
     bar.close()
     return parents
 
 
-def _merge_pair(word: list[int], a: int, b: int, new: int) -> list[int] | None:
-    """Replace each (a, b) in word, left to right, by `new`; None if the word holds no (a, b)."""
-    try:
-        i = word.index(a)
-    except ValueError:
-        return None
-    out = word[:i]
+def _merge_in_word(word: list[int], a: int, b: int, new: int, weight: int, pair_count: dict, grown: set,
+                   where: dict, wi: int) -> list[int] | None:
+    """Replace each (a, b) in word `wi`, left to right, by `new`; update the counts of the pairs
+    around each replacement (only those change) and note word `wi` under the pairs it gains.
+    Returns the new word, or None if the word no longer holds (a, b).
+
+    Around an occurrence with left neighbour x (already merged, if it was) and right neighbour y:
+        (x, a) and (b, y) lose `weight`; (x, new) and (new, y) gain it.
+    The count of (a, b) itself is dropped by the caller.
+    """
     n = len(word)
-    found = False
-    while i < n:
-        if word[i] == a and i + 1 < n and word[i + 1] == b:
-            out.append(new)
-            i += 2
-            found = True
-        else:
+    out: list[int] = []
+    i = 0
+    while i < n - 1:
+        if word[i] != a or word[i + 1] != b:
             out.append(word[i])
             i += 1
-    return out if found else None
+            continue
+        gained = []
+        if out:
+            x = out[-1]
+            pair_count[x, a] -= weight
+            gained.append((x, new))
+        if i + 2 < n:
+            y = word[i + 2]
+            pair_count[b, y] -= weight
+            gained.append((new, y))
+        for p in gained:
+            pair_count[p] = pair_count.get(p, 0) + weight
+            grown.add(p)
+            if p in where:
+                where[p].add(wi)
+            else:
+                where[p] = {wi}
+        out.append(new)
+        i += 2
+    if len(out) + (i < n) == n:
+        return None  # nothing merged
+    if i < n:
+        out.append(word[i])
+    return out
 
 
 def _special_splitter(special_tokens: Collection[str], keep: bool = False):
@@ -649,12 +685,15 @@ class BPE:
         pattern: str = "gpt2",
         special_tokens: Collection[str] = (ENDOFTEXT,),
         progress: bool = False,
+        workers: int | None = None,
     ) -> "BPE":
         """Learn a tokenizer from a text (a str) or a UTF-8 file (a Path, or a str naming a file).
 
         vocab_size counts everything: 256 bytes + merges + special tokens. None picks
         `recommended_vocab_size` for the corpus. Training may stop short of vocab_size on a
-        corpus too small to offer that many merges.
+        corpus too small to offer that many merges. workers: processes that pre-tokenize and
+        count (default: one per core for texts over 8 MB, where that pays for starting them);
+        the merges are the same whatever the number.
         """
         pattern = PATTERNS.get(pattern, pattern)
         special_tokens = list(dict.fromkeys(special_tokens))
@@ -672,7 +711,9 @@ class BPE:
             raise TokenizerError(f"vocab size {vocab_size} is too small: it must be at least 256 + {len(special_tokens)} special tokens")
         _compile_findall(pattern)  # a bad pattern fails here, before any reading
 
-        counts = count_pretokens(_progress_chunks(chunks, num_bytes, progress), pattern, special_tokens)
+        if workers is None:
+            workers = (os.cpu_count() or 1) if num_bytes > _PARALLEL_BYTES else 1
+        counts = count_pretokens(_progress_chunks(chunks, num_bytes, progress), pattern, special_tokens, workers)
         words = [list(piece.encode("utf-8", "surrogatepass")) for piece in counts]
         token_bytes = [bytes([b]) for b in range(256)]
         parents = train_merges(words, list(counts.values()), token_bytes, vocab_size - len(special_tokens), progress)

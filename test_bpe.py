@@ -428,3 +428,11 @@ def test_importing_bpe_imports_no_reference_library():
     code = "import sys, bpe; bad = {'tiktoken', 'tokenizers', 'transformers', 'torch'} & set(sys.modules); print(sorted(bad))"
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_parallel_counting_gives_the_same_tokenizer(data_dir, tmp_path):
+    path = tmp_path / "g.txt"
+    path.write_text(read(data_dir / "gutenberg_en.txt", 0, 3_000_000) + ENDOFTEXT + "tail", encoding="utf-8")
+    one = BPE.train(path, vocab_size=600, workers=1)
+    two = BPE.train(path, vocab_size=600, workers=2)
+    assert one.hash == two.hash and one.merges == two.merges
