@@ -164,9 +164,8 @@ class GPT2(nn.Module):
         # The head's matrix as (C, vocab), contiguous: a one-row product then streams through memory
         # in long runs instead of vocab short dot products; at batch 1 this matrix is most of the
         # bytes read per token. Made once per call, in the dtype autocast would give it every step.
-        head = self.lm_head.weight.t().contiguous()
-        if torch.is_autocast_enabled(ids.device.type):
-            head = head.to(torch.get_autocast_dtype(ids.device.type))
+        dtype = torch.get_autocast_dtype(ids.device.type) if torch.is_autocast_enabled(ids.device.type) else None
+        head = self._generation_head(dtype)
         was_training = self.training
         self.eval()
         try:
@@ -193,6 +192,16 @@ class GPT2(nn.Module):
                     logits = self._next_logits(context, caches, head)
         finally:
             self.train(was_training)
+
+    def _generation_head(self, dtype: torch.dtype | None) -> torch.Tensor:
+        """The head's matrix as (C, vocab), contiguous, kept between calls until the weights change
+        (an optimizer step bumps the tensor's version): copying it costs as much as ~10 tokens."""
+        weight = self.lm_head.weight
+        key = (weight.data_ptr(), weight._version, weight.device, dtype)
+        if getattr(self, "_head_cache", (None,))[0] != key:
+            head = weight.detach().t().contiguous()
+            self._head_cache = (key, head if dtype is None else head.to(dtype))
+        return self._head_cache[1]
 
     def generate(self, ids, max_new_tokens: int, temperature: float = 0.8, top_k: int | None = 40,
                  top_p: float | None = None, stop_token: int | None = None, seed: int | None = None,

@@ -331,3 +331,17 @@ def test_bad_generation_arguments_are_refused(tiny_model):
         tiny_model.generate([1], 2, stop_token=97)
     with pytest.raises(ValueError, match="30 tokens do not fit the context of 24 \\(--context\\)"):
         tiny_model(torch.zeros(1, 30, dtype=torch.long))
+
+
+def test_generation_head_cache_follows_weight_updates():
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config.from_preset("tiny", vocab_size=64)).eval()
+    prompt = torch.tensor([[1, 2, 3]])
+    first = model.generate(prompt, 5, temperature=0)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # an in-place update, as an optimizer step makes: every logit 0
+    again = model.generate(prompt, 5, temperature=0)
+    fresh = GPT2(model.config).eval()
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(again, fresh.generate(prompt, 5, temperature=0))
+    assert again[0, 3:].tolist() == [0] * 5 and not torch.equal(first, again)
