@@ -34,7 +34,6 @@ import codecs
 import functools
 import hashlib
 import heapq
-import itertools
 import json
 import math
 import operator

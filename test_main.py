@@ -1,8 +1,10 @@
 """End-to-end tests of the command line: the real main.py in a subprocess, as a user runs it."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -165,10 +167,6 @@ def test_vocab_size_too_small(data_dir):
 
 
 # ---- train, predict, eval -------------------------------------------------------------------------
-
-import os  # noqa: E402
-import signal  # noqa: E402
-import time  # noqa: E402
 
 TRAIN = ["--preset", "tiny", "--batch-size", "4", "--context", "32", "--eval-every", "20", "--eval-tokens", "2000",
          "--log-every", "1", "--dtype", "float32", "--device", "cpu", "--vocab-size", "300", "--warmup-steps", "5"]

@@ -52,8 +52,8 @@ def main() -> None:
     steps = [r for r in records if "loss" in r]
     last, best = evals[-1], min(evals, key=lambda r: r["val_bpb"])
     print()
-    print(f"| text | budget | wall (incl. tokenizer, eval) | steps | tokens/s | final val bpb | best val bpb | final nats/char |")
-    print(f"|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| text | budget | wall (incl. tokenizer, eval) | steps | tokens/s | final val bpb | best val bpb | final nats/char |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {args.text.name} | {args.minutes:g} min | {wall:.0f} s | {last['step']} | {steps[-1]['tokens_per_s']:,} | "
           f"{last['val_bpb']:.4f} | {best['val_bpb']:.4f} | {last['val_bpb'] * math.log(2):.4f} |")
     print(f"\nmachine: {platform.processor() or platform.machine()}, {platform.system()}; python {platform.python_version()}")
