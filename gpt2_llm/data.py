@@ -79,13 +79,16 @@ def load_tokens(text_path: str | os.PathLike, tokenizer, progress: bool = False)
 def _encode_to_file(text_path: Path, tokenizer, path: Path, dtype: np.dtype, progress: bool) -> None:
     from tqdm import tqdm
 
+    from bpe import iter_text_chunks  # the tokenizer module at the repository's top level
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f, tqdm(total=text_path.stat().st_size, unit="B", unit_scale=True,
                                              desc="encoding", delay=1.0, disable=not progress) as bar:
-            for ids in tokenizer.iter_encode_file(text_path, allowed_special="all"):
+            for chunk in iter_text_chunks(text_path, tokenizer.special_tokens):
+                ids = tokenizer.encode(chunk, allowed_special="all")
                 f.write(np.asarray(ids, dtype=dtype).tobytes())
-                bar.update(len(tokenizer.decode_bytes(ids)))
+                bar.update(len(chunk.encode("utf-8")))
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes files private; a cache is as readable as the text
