@@ -113,12 +113,15 @@ class TrainConfig:
     dtype: str = _opt("auto", 'auto | float32 | bfloat16 | float16')
     compile: bool = _opt(False, 'torch.compile the model')
     seed: int = _opt(1337, 'seed of the weights, the batches and dropout')
+    workers: int | None = _opt(None, 'processes that encode the text on first use (default: one per core)')
 
     def __post_init__(self):
         problems = []
         for name in ("batch_size", "grad_accum", "eval_every", "log_every", "eval_tokens"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.workers is not None and self.workers < 1:
+            problems.append(f"--workers must be at least 1, got {self.workers}")
         if self.lr <= 0:
             problems.append(f"--lr must be positive, got {self.lr}")
         if self.warmup_steps < 0:

@@ -54,7 +54,7 @@ def token_file_path(text_path: str | os.PathLike, tokenizer) -> Path:
     return folder / name
 
 
-def load_tokens(text_path: str | os.PathLike, tokenizer, progress: bool = False) -> np.ndarray:
+def load_tokens(text_path: str | os.PathLike, tokenizer, progress: bool = False, workers: int | None = None) -> np.ndarray:
     """The tokens of a text file as a read-only memmap, encoding (streamed) on first use.
 
     Special-token strings in the text (such as <|endoftext|> between documents) become their ids.

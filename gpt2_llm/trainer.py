@@ -172,7 +172,7 @@ class Trainer:
         save_path = Path(save_path)
         block = self.model.config.block_size
 
-        tokens = load_tokens(filepath, self.bpe, progress=progress)
+        tokens = load_tokens(filepath, self.bpe, progress=progress, workers=c.workers)
         train_tokens, val_tokens = split_tokens(tokens, c.val_fraction, block)
         self.batches = Batches(train_tokens, c.batch_size, block, c.seed, c.batch_mode, c.stride)
         if self._resume_data is not None:  # continue the same stream of batches
