@@ -30,6 +30,9 @@ def report(checkpoint_path: str, vocab_path: str | None) -> tuple[list[str], lis
         given = bpe.BPE.load(vocab_path)
     tokenizer = given or stored
     params = sum(t.numel() for name, t in ckpt["model"].items() if name != "lm_head.weight")  # tied to wte
+    wte = ckpt["model"].get("wte.weight")
+    if wte is not None:  # the embedding's padding rows (a multiple of 64 in all) are not parameters
+        params -= (wte.size(0) - cfg["vocab_size"]) * wte.size(1)
     size_mb = os.path.getsize(checkpoint_path) / 1e6
     lines = [
         f"checkpoint:       {checkpoint_path} ({size_mb:.1f} MB, format version {ckpt['format_version']})",

@@ -71,6 +71,17 @@ class GPT2Config:
         return self.n_embd // self.n_head
 
     @property
+    def padded_vocab_size(self) -> int:
+        """The rows of the embedding matrix: vocab_size rounded up to a multiple of 64.
+
+        Matrix kernels (AMX tiles, tensor cores) work in blocks of 16 to 64; an odd size such as
+        GPT-2's 50257 leaves a ragged edge on the largest product of the model. The extra rows
+        are never a target, their logits are cut off before the loss and before sampling, and
+        they are not counted as parameters.
+        """
+        return -(-self.vocab_size // 64) * 64
+
+    @property
     def mlp_size(self) -> int:
         return self.n_inner if self.n_inner is not None else 4 * self.n_embd
 

@@ -3,6 +3,9 @@ Hugging Face import and export.
 
     ids (B, T) -> wte(ids) + wpe[0..T) -> GPT2Decoder -> ln_f -> lm_head -> logits (B, T, vocab)
                  (no wpe with RoPE)       n_layer blocks            (the wte matrix itself)
+
+The embedding matrix has config.padded_vocab_size rows (a multiple of 64, for the matrix kernels);
+the rows past vocab_size stay zero and their logits are cut off, so nothing outside sees them.
 """
 
 import functools
@@ -62,7 +65,7 @@ class GPT2(nn.Module):
         # assert). That costs a sync per step on a GPU: a trainer whose data is known good may turn it off.
         self.check_ids = True
 
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
         self.wpe = None if config.rope else nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.decoder = GPT2Decoder(
@@ -73,7 +76,7 @@ class GPT2(nn.Module):
             for block in self.decoder.h:
                 block.attn.dropout = config.attn_dropout  # the probability SDPA drops attention weights with
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         # Weight tying: one matrix both embeds tokens and scores them; its gradient sums both uses.
         self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
@@ -82,17 +85,42 @@ class GPT2(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        with torch.no_grad():
+            self.wte.weight[config.vocab_size :] = 0.0  # the padding rows: never a token
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+    def _init_weights(self, module: nn.Module) -> None:
+        if module is self.wte or module is self.lm_head:  # the same matrix, drawn for its real rows
+            nn.init.normal_(module.weight[: self.config.vocab_size], mean=0.0, std=0.02)
+        elif isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
     def num_parameters(self) -> int:
-        """Parameters counted once each (the tied head is the token embedding)."""
-        return sum(p.numel() for p in self.parameters())
+        """Parameters counted once each (the tied head is the token embedding), padding rows left out."""
+        padding = (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
+        return sum(p.numel() for p in self.parameters()) - padding
+
+    def flops_per_token(self) -> int:
+        """Model FLOPs of one training token (forward and backward), for MFU.
+
+        Each weight of a matrix product costs 2 FLOPs per token forward and 4 backward: 6N, where N
+        counts the weights used in products (the head once, not the position table; PaLM's
+        appendix B). Attention adds 12 * layers * width * context for its scores and weighted sums.
+        """
+        c = self.config
+        n = self.num_parameters() - (0 if self.wpe is None else self.wpe.weight.numel())
+        return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As nn.Module's, and also takes an embedding of vocab_size rows (a Hugging Face model, or a
+        checkpoint made before the padding): the padding rows are added as zeros."""
+        state_dict = dict(state_dict)
+        for key in ("wte.weight", "lm_head.weight"):
+            weight = state_dict.get(key)
+            if weight is not None and weight.size(0) == self.config.vocab_size < self.config.padded_vocab_size:
+                state_dict[key] = pad_rows(weight, self.config.padded_vocab_size)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _check_ids(self, ids: torch.Tensor) -> None:
         if ids.numel() == 0:
@@ -121,11 +149,11 @@ class GPT2(nn.Module):
         if self.check_ids and not torch.compiler.is_compiling():
             self._check_ids(ids)
         x = self.ln_f(self.decoder(self._embed(ids, 0)))
-        logits = self.lm_head(x)  # (B, T, vocab)
+        logits = self.lm_head(x)  # (B, T, padded vocab)
         loss = None
         if targets is not None:
-            loss = cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
-        return logits, loss
+            loss = cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), self.config.vocab_size)
+        return logits[..., : self.config.vocab_size], loss
 
     # ---- generation --------------------------------------------------------------------------
 
@@ -199,7 +227,7 @@ class GPT2(nn.Module):
         weight = self.lm_head.weight
         key = (weight.data_ptr(), weight._version, weight.device, dtype)
         if getattr(self, "_head_cache", (None,))[0] != key:
-            head = weight.detach().t().contiguous()
+            head = weight.detach()[: self.config.vocab_size].t().contiguous()  # padding rows left out
             self._head_cache = (key, head if dtype is None else head.to(dtype))
         return self._head_cache[1]
 
@@ -299,7 +327,8 @@ class GPT2(nn.Module):
             "layer_norm_epsilon": c.layer_norm_eps, "initializer_range": 0.02, "tie_word_embeddings": True,
         }  # fmt: skip
         (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-        save_file(ours_state_to_hf(self.state_dict()), folder / "model.safetensors", metadata={"format": "pt"})
+        state = ours_state_to_hf(self.state_dict(), c.vocab_size)
+        save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
 
 
 def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
@@ -322,15 +351,17 @@ def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int | Non
     return indices.gather(-1, choice)
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits (N, vocab) against targets (N,); targets of -100 are ignored.
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy of logits (N, padded vocab) against targets (N,); targets of -100 are ignored.
+    Only the first vocab_size columns are classes (default: all); the rest are padding.
 
     Equal to F.cross_entropy (tested), but when a backward pass will follow, eagerly, it takes the
     chunked path below: on a CPU that is the largest single saving of a training step.
     """
+    vocab_size = vocab_size or logits.size(1)
     if torch.compiler.is_compiling() or not (torch.is_grad_enabled() and logits.requires_grad):
-        return F.cross_entropy(logits, targets)  # the compiler fuses this itself
-    return _ChunkedCrossEntropy.apply(logits, targets)
+        return F.cross_entropy(logits[:, :vocab_size], targets)  # the compiler fuses this itself
+    return _ChunkedCrossEntropy.apply(logits, targets, vocab_size)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
@@ -346,8 +377,9 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     CHUNK_ELEMENTS = 1 << 19  # float32 values per chunk: 2 MB, about a core's L2 cache
 
     @staticmethod
-    def forward(ctx, logits, targets):
-        N, V = logits.shape
+    def forward(ctx, logits, targets, V):
+        N, padded = logits.shape
+        logits = logits[:, :V]  # a view without the padding columns
         step = max(1, _ChunkedCrossEntropy.CHUNK_ELEMENTS // V)
         kept = targets != -100  # (N,), the positions that count
         count = kept.sum().clamp(min=1)  # stays a tensor: no wait for the device
@@ -357,7 +389,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             lse[i : i + step] = logits[i : i + step].float().logsumexp(dim=1, keepdim=True)
         losses = lse - logits.gather(1, safe_targets).float()  # (N, 1): -log p(target)
         ctx.save_for_backward(logits, safe_targets, kept, count, lse)
-        ctx.step = step
+        ctx.step, ctx.padded = step, padded
         return (losses.squeeze(1) * kept).sum() / count
 
     @staticmethod
@@ -365,13 +397,15 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         logits, safe_targets, kept, count, lse = ctx.saved_tensors
         # d loss / d logits of row i = (softmax(row i) - one_hot(target i)) * kept_i / count.
         scale = (kept / count * grad_loss).unsqueeze(1)  # (N, 1)
-        grad = torch.empty_like(logits)
+        V = logits.size(1)
+        grad = logits.new_empty(len(logits), ctx.padded)
+        grad[:, V:] = 0.0  # the padding columns are not classes
         for i in range(0, len(logits), ctx.step):
             rows = slice(i, i + ctx.step)
             probs = (logits[rows].float() - lse[rows]).exp_()  # (n, V) softmax, a new float32 chunk
             probs.scatter_add_(1, safe_targets[rows], torch.full_like(lse[rows], -1.0))
-            grad[rows] = probs.mul_(scale[rows])
-        return grad, None
+            grad[rows, :V] = probs.mul_(scale[rows])
+        return grad, None, None
 
 
 # ---- Hugging Face weights: the same names, but Conv1D layers store their matrices transposed ----
@@ -392,15 +426,22 @@ def hf_state_to_ours(state: dict) -> dict:
     return ours
 
 
-def ours_state_to_hf(state: dict) -> dict:
+def ours_state_to_hf(state: dict, vocab_size: int) -> dict:
     hf = {}
     for key, value in state.items():
         if key == "lm_head.weight":
             continue  # the same tensor as wte; transformers ties it again on load
+        if key == "wte.weight":
+            value = value[:vocab_size]  # without our padding rows
         if key.endswith(HF_CONV1D):
             value = value.t()
         hf["transformer." + key.removeprefix("decoder.")] = value.contiguous()
     return hf
+
+
+def pad_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """weight with zero rows added at the end, to `rows` rows."""
+    return torch.cat((weight, weight.new_zeros(rows - weight.size(0), *weight.shape[1:])))
 
 
 def read_hf_weights(folder: Path) -> dict:

@@ -177,7 +177,47 @@ def test_gpt2_initialisation():
         assert block.mlp.c_proj.weight.std().item() == pytest.approx(residual_std, rel=0.03)
         assert block.mlp.c_fc.weight.std().item() == pytest.approx(0.02, rel=0.03)
         assert not block.attn.c_attn.bias.any() and torch.equal(block.ln_1.weight, torch.ones(256))
-    assert model.wte.weight.std().item() == pytest.approx(0.02, rel=0.03)
+    assert model.wte.weight[:2000].std().item() == pytest.approx(0.02, rel=0.03)
+
+
+def test_vocab_is_padded_to_a_multiple_of_64_and_the_padding_is_invisible(tiny_config):
+    torch.manual_seed(0)
+    model = GPT2(tiny_config)  # vocab 97 -> 128 rows
+    assert tiny_config.padded_vocab_size == 128 and model.wte.weight.shape == (128, 32)
+    assert not model.wte.weight[97:].any()
+    assert GPT2Config(vocab_size=50257).padded_vocab_size == 50304
+    assert GPT2Config(vocab_size=50304).padded_vocab_size == 50304
+    ids = torch.randint(0, 97, (2, 10))
+    logits, loss = model(ids, ids)
+    assert logits.shape == (2, 10, 97)  # the user-facing vocabulary is unchanged
+    assert_close(loss, F.cross_entropy(logits.reshape(-1, 97), ids.reshape(-1)), atol=1e-6)
+    loss.backward()
+    assert not model.wte.weight.grad[97:].any()  # never a target, never an input: no gradient
+    # Even if the padding rows held large weights, no padded id could be sampled.
+    with torch.no_grad():
+        model.wte.weight[97:] = 100.0
+    out = model.generate(ids[:1], 20, temperature=1.0, top_k=None, seed=0)
+    assert out.max().item() < 97
+    assert model.generate(ids[:1], 5, temperature=0).max().item() < 97
+
+
+def test_an_unpadded_embedding_loads_with_zero_padding(tiny_config):
+    torch.manual_seed(0)
+    model = GPT2(tiny_config)
+    state = model.state_dict()
+    state["wte.weight"] = state["lm_head.weight"] = state["wte.weight"][:97].clone()  # as saved before padding
+    other = GPT2(tiny_config)
+    other.load_state_dict(state)
+    assert torch.equal(other.wte.weight, model.wte.weight) and other.lm_head.weight is other.wte.weight
+
+
+def test_flops_per_token_counts_6n_plus_attention():
+    config = GPT2Config(vocab_size=50257, n_layer=6, n_head=6, n_embd=384, block_size=256)
+    model = GPT2(config)
+    matmul_weights = model.num_parameters() - 256 * 384  # the position table is a lookup
+    assert model.flops_per_token() == 6 * matmul_weights + 12 * 6 * 384 * 256
+    assert GPT2(GPT2Config.from_preset("tiny", rope=True)).flops_per_token() == (
+        6 * GPT2(GPT2Config.from_preset("tiny", rope=True)).num_parameters() + 12 * 2 * 64 * 64)
 
 
 def test_the_original_keyword_arguments_build_the_same_config():

@@ -109,7 +109,7 @@ def test_pinned_first_losses(corpus, tmp_path):
     assert losses(tmp_path / "m.metrics.jsonl") == pytest.approx(PINNED, abs=2e-4)
 
 
-PINNED = [5.72471, 5.64394, 5.43121, 5.21385, 5.20262, 5.17092]
+PINNED = [5.74499, 5.61461, 5.43883, 5.23988, 5.20195, 5.18891]  # re-pinned when the embedding was padded to 64 rows (its init draws changed)
 
 
 # ---- resume and checkpoints -------------------------------------------------------------------
