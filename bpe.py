@@ -26,12 +26,17 @@ Worked example (no regex split, 3 merges):
 Special tokens such as "<|endoftext|>" are whole tokens with ids after the merged ones. Following
 tiktoken's safe policy, `encode` refuses text that contains one unless it is allowed explicitly,
 and `encode_ordinary` treats such text as ordinary characters.
+
+Corpora larger than memory: `BPE.train` and `BPE.iter_encode_file` take a file, a folder of .txt
+files or a list (see `text_files`), read it in chunks of about 1 MB, and share the chunks among
+one process per core (for inputs over 8 MB), a few chunks at a time.
 """
 
 from __future__ import annotations
 
 import codecs
 import functools
+import glob
 import hashlib
 import heapq
 import json
@@ -39,7 +44,8 @@ import math
 import operator
 import os
 import sys
-from collections import Counter
+from array import array
+from collections import Counter, deque
 from pathlib import Path
 from typing import Collection, Iterable, Iterator, Literal
 
@@ -65,7 +71,7 @@ FORMAT_VERSION = 1
 _NO_MERGE = 1 << 62  # rank of a pair that is not a token: larger than any real rank
 _LONG_PIECE = 200  # bytes; longer pieces use the O(n log n) heap merge instead of the O(n^2) scan
 _CHUNK_BYTES = 1 << 20  # files are read and pre-tokenized in pieces of about this size
-_PARALLEL_BYTES = 8 << 20  # texts larger than this are pre-tokenized by several processes
+_PARALLEL_BYTES = 8 << 20  # texts larger than this are pre-tokenized and encoded by several processes
 _CACHE_LIMIT = 500_000  # pre-tokens remembered by encode before the cache is cleared
 _CACHE_MAX_PIECE = 64  # characters; longer pieces are rare and not worth remembering
 
@@ -106,7 +112,40 @@ class TokenizerError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading text: streamed, lossless, with the byte offset of any invalid UTF-8.
+# Reading text: which files, then each streamed, lossless, with the byte offset of any invalid UTF-8.
+
+
+def text_files(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """The files a text input names, in the order they are read.
+
+    spec: a file; a folder (the *.txt files in it and its subfolders, in sorted path order); a glob
+    pattern such as "data/*.txt" (the files it matches, sorted); or a list of any of these.
+    """
+    if not isinstance(spec, (str, os.PathLike)):
+        files = [file for item in spec for file in text_files(item)]
+        if not files:
+            raise TokenizerError("no text files given")
+        return files
+    path = Path(spec)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise TokenizerError(f"{path} is a directory with no .txt files in it")
+        return files
+    if any(ch in str(spec) for ch in "*?["):
+        files = sorted(Path(m) for m in glob.glob(str(spec), recursive=True) if os.path.isfile(m))
+        if not files:
+            raise TokenizerError(f"no file matches {str(spec)!r}")
+        return files
+    raise TokenizerError(f"file not found: {spec}")
+
+
+def default_workers(num_bytes: int) -> int:
+    """Processes that pre-tokenize or encode `num_bytes` of text: one per core, but a single one
+    for texts up to 8 MB, which take a few seconds, about what starting the others would cost."""
+    return (os.cpu_count() or 1) if num_bytes > _PARALLEL_BYTES else 1
 
 
 def iter_text_chunks(
@@ -117,7 +156,9 @@ def iter_text_chunks(
     Line endings are kept as they are (no "\\r\\n" -> "\\n"), so encoding stays lossless. Bytes
     that are not UTF-8 raise TokenizerError naming their offset in the file.
     """
-    chunker = _SafeChunker(special_tokens, chunk_bytes)
+    # A read of chunk_bytes bytes decodes to at least chunk_bytes / 4 characters (UTF-8 takes at
+    # most 4 bytes a character), so asking for that many makes each read release about one chunk.
+    chunker = _SafeChunker(special_tokens, max(1, chunk_bytes // 4))
     with open(path, "rb") as f:
         decoder = codecs.getincrementaldecoder("utf-8")()
         offset = 0  # bytes of the file read before `data`
@@ -362,22 +403,17 @@ def count_pretokens(
 ) -> Counter:
     """How often each pre-token occurs. Special tokens are cut out first, never counted.
 
-    With workers > 1, chunks are counted by a pool of processes (the regex work is what takes
-    the time) and their counts summed here, in chunk order, so the result is the same.
+    With workers > 1, chunks are counted by that many processes (the regex work is what takes
+    the time) and their counts summed here. The counts do not depend on how the chunks were
+    shared out (only the order of the Counter's keys does, which training ignores), so neither
+    do the merges.
     """
+    special_tokens = tuple(special_tokens)
+    if workers > 1:
+        return _count_in_processes(chunks, pattern, special_tokens, workers)
     counts: Counter = Counter()
-    if workers <= 1:
-        for chunk in chunks:
-            _count_into(counts, chunk, pattern, tuple(special_tokens))
-        return counts
-    import multiprocessing
-
-    # fork where there is one (fast, and works from a notebook or stdin); spawn elsewhere.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(workers) as pool:
-        jobs = ((chunk, pattern, tuple(special_tokens)) for chunk in chunks)
-        for part in pool.imap(_count_chunk_job, jobs):
-            counts.update(part)
+    for chunk in chunks:
+        _count_into(counts, chunk, pattern, special_tokens)
     return counts
 
 
@@ -388,12 +424,6 @@ def _count_into(counts: Counter, chunk: str, pattern: str, special_tokens: tuple
             counts.update(findall(part))
     else:
         counts.update(findall(chunk))  # Counter.update of a list counts in C
-
-
-def _count_chunk_job(job: tuple) -> Counter:
-    counts: Counter = Counter()
-    _count_into(counts, *job)
-    return counts
 
 
 def train_merges(
@@ -508,6 +538,113 @@ def _special_splitter(special_tokens: Collection[str], keep: bool = False):
         return None
     alternatives = "|".join(regex.escape(s) for s in sorted(special_tokens, key=len, reverse=True))
     return regex.compile(f"({alternatives})" if keep else alternatives).split
+
+
+# ----------------------------------------------------------------------------------------------
+# Work shared among processes, chunk by chunk, in bounded memory. Reading stays in the main
+# process and never runs more than a few chunks ahead of the workers, so memory does not grow with
+# the size of the input (multiprocessing's Pool.imap would read the whole input into its queue).
+
+
+def _mp_context():
+    import multiprocessing
+
+    # fork where there is one (fast, and works from a notebook or stdin); spawn elsewhere.
+    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+
+
+def _ignore_ctrl_c() -> None:
+    import signal
+
+    # Ctrl-C reaches every process of the terminal; only the main one should handle it (it then
+    # stops the workers), or each worker would print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def imap_bounded(fn, items: Iterable, workers: int, initializer=None, initargs: tuple = (), ahead: int | None = None) -> Iterator:
+    """fn(item) for each item, computed by `workers` processes, yielded in the items' order.
+
+    At most `ahead` items (default: 2 per worker) are taken from `items` before their results
+    are yielded. initializer(*initargs) runs once in each worker, before its first item.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    ahead = ahead or 2 * workers
+    pool = ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=_init_worker,
+                               initargs=(initializer, initargs))
+    try:
+        pending: deque = deque()  # futures of the items taken, oldest first
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # also when the consumer stops early: drop the work not begun
+        pool.shutdown(cancel_futures=True)
+
+
+def _init_worker(initializer, initargs: tuple) -> None:
+    _ignore_ctrl_c()
+    if initializer is not None:
+        initializer(*initargs)
+
+
+_worker_tokenizer: "BPE | None" = None  # in an encoding worker process: the tokenizer it uses
+
+
+def _set_worker_tokenizer(tokenizer: "BPE") -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer
+
+
+def _encode_chunk_job(job: tuple) -> array:
+    return _worker_tokenizer._encode_chunk(*job)
+
+
+def _count_in_processes(chunks: Iterable[str], pattern: str, special_tokens: tuple[str, ...], workers: int) -> Counter:
+    """count_pretokens with workers: each worker counts the chunks it takes from a queue into a
+    Counter of its own and sends that back once, at the end. (A Counter sent back per chunk, as
+    imap_bounded would do, costs the main process, which receives and adds them, about a fifth of
+    the time the counting takes, and the main process shares the cores with the workers.)"""
+    ctx = _mp_context()
+    tasks = ctx.Queue(maxsize=2 * workers)  # put() waits while it is full: memory stays bounded
+    results = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_count_worker, args=(tasks, results, pattern, special_tokens), daemon=True)
+             for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    try:
+        for chunk in chunks:
+            tasks.put(chunk)
+        for _ in procs:
+            tasks.put(None)  # "no more chunks", once for each worker
+        counts: Counter = Counter()
+        for _ in procs:
+            part = results.get()
+            if isinstance(part, BaseException):
+                raise part
+            counts.update(part)
+        return counts
+    finally:
+        tasks.cancel_join_thread()  # on an error, do not wait to send chunks that no one will take
+        for proc in procs:
+            proc.terminate()  # they are done, or no longer needed
+            proc.join()
+
+
+def _count_worker(tasks, results, pattern: str, special_tokens: tuple[str, ...]) -> None:
+    _ignore_ctrl_c()
+    counts: Counter = Counter()
+    try:
+        for chunk in iter(tasks.get, None):
+            _count_into(counts, chunk, pattern, special_tokens)
+    except Exception as e:
+        results.put(e)
+        for _ in iter(tasks.get, None):
+            pass  # keep emptying the queue, so that the main process never waits on it
+        return
+    results.put(counts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -634,17 +771,67 @@ class BPE:
         return ids
 
     def iter_encode_file(
-        self, path: str | os.PathLike, allowed_special: Literal["all"] | Collection[str] = ()
-    ) -> Iterator[list[int]]:
-        """Encode a file chunk by chunk (about 1 MB each), yielding the ids of each chunk."""
-        allowed = self._special_set(allowed_special)
-        for chunk in iter_text_chunks(path, self.special_tokens):
-            yield self.encode(chunk, allowed_special=allowed)
+        self,
+        path: str | os.PathLike | Iterable[str | os.PathLike],
+        allowed_special: Literal["all"] | Collection[str] = (),
+        workers: int | None = None,
+        progress: bool = False,
+        chunk_bytes: int = _CHUNK_BYTES,
+    ) -> Iterator[array]:
+        """Encode a file, or several, chunk by chunk (about 1 MB each), yielding each chunk's ids
+        in order as a compact array (typecode "H": 2 bytes an id, or "I": 4 for a vocabulary
+        of more than 65,536 ids).
 
-    def encode_file(self, path: str | os.PathLike, allowed_special: Literal["all"] | Collection[str] = ()) -> list[int]:
-        """Encode a whole file, streamed: the text is never held in memory all at once."""
+        path: anything text_files takes. Several files are joined with <|endoftext|> between
+            documents (empty files are skipped): the ids are those of their texts concatenated
+            that way, encoded with that special token allowed between them.
+        workers: processes that encode (default: one per core for inputs over 8 MB). The ids are
+            the same whatever the number; at most 2 chunks per worker are read ahead of the
+            results, so memory does not grow with the size of the input.
+        progress: show a bar in bytes on stderr.
+        """
+        files = text_files(path)
+        allowed = self._special_set(allowed_special)
+        if len(files) > 1 and ENDOFTEXT not in self.special_tokens:
+            raise TokenizerError(f"several files are joined with {ENDOFTEXT} between documents, "
+                                 f"but this tokenizer has no such special token")
+        num_bytes = sum(file.stat().st_size for file in files)
+        workers = default_workers(num_bytes) if workers is None else workers
+        with _byte_bar(num_bytes, "encoding", progress) as bar:
+            jobs = self._encode_jobs(files, allowed, chunk_bytes, bar)
+            if workers <= 1:
+                yield from (self._encode_chunk(*job) for job in jobs)
+            else:
+                # Each worker gets the tokenizer once, when it starts (with fork, without copying).
+                yield from imap_bounded(_encode_chunk_job, jobs, workers, _set_worker_tokenizer, (self,))
+
+    def _encode_jobs(self, files: list[Path], allowed: set[str], chunk_bytes: int, bar) -> Iterator[tuple]:
+        """(text, allowed specials, whether <|endoftext|> goes first) for each chunk of the files."""
+        seen_text = False
+        for file in files:
+            new_document = seen_text  # every file after one with text starts with the separator
+            for chunk in iter_text_chunks(file, self.special_tokens, chunk_bytes):
+                yield chunk, allowed, new_document
+                new_document, seen_text = False, True
+                bar.update(_utf8_size(chunk))
+
+    def _encode_chunk(self, text: str, allowed: set[str], new_document: bool) -> array:
+        ids = array("H" if self.vocab_size <= 1 << 16 else "I")  # "I" is 4 bytes wherever CPython runs
+        if new_document:
+            ids.append(self.special_tokens[ENDOFTEXT])
+        ids.extend(self.encode(text, allowed_special=allowed))
+        return ids
+
+    def encode_file(
+        self,
+        path: str | os.PathLike | Iterable[str | os.PathLike],
+        allowed_special: Literal["all"] | Collection[str] = (),
+        workers: int | None = None,
+    ) -> list[int]:
+        """Encode a file, or several (see iter_encode_file), streamed: the text is never held in
+        memory all at once, though the list of ids is."""
         ids: list[int] = []
-        for chunk_ids in self.iter_encode_file(path, allowed_special):
+        for chunk_ids in self.iter_encode_file(path, allowed_special, workers):
             ids.extend(chunk_ids)
         return ids
 
@@ -679,27 +866,30 @@ class BPE:
     @classmethod
     def train(
         cls,
-        text_or_path: str | os.PathLike,
+        text_or_path: str | os.PathLike | Iterable[str | os.PathLike],
         vocab_size: int | None = None,
         pattern: str = "gpt2",
         special_tokens: Collection[str] = (ENDOFTEXT,),
         progress: bool = False,
         workers: int | None = None,
     ) -> "BPE":
-        """Learn a tokenizer from a text (a str) or a UTF-8 file (a Path, or a str naming a file).
+        """Learn a tokenizer from a text (a str) or from UTF-8 files: a Path, a str naming a file
+        or a folder, or a list of them (see text_files).
 
         vocab_size counts everything: 256 bytes + merges + special tokens. None picks
         `recommended_vocab_size` for the corpus. Training may stop short of vocab_size on a
-        corpus too small to offer that many merges. workers: processes that pre-tokenize and
-        count (default: one per core for texts over 8 MB, where that pays for starting them);
-        the merges are the same whatever the number.
+        corpus too small to offer that many merges. Several files train as their texts joined
+        with <|endoftext|> would: no pre-token spans two files. workers: processes that
+        pre-tokenize and count (default: see default_workers); the merges are the same whatever
+        the number.
         """
         pattern = PATTERNS.get(pattern, pattern)
         special_tokens = list(dict.fromkeys(special_tokens))
-        if _names_file(text_or_path):
-            path = Path(text_or_path)
-            num_bytes = path.stat().st_size
-            chunks = iter_text_chunks(path, special_tokens)
+        if _names_path(text_or_path):
+            files = text_files(text_or_path)
+            num_bytes = sum(file.stat().st_size for file in files)
+            # Chunks end where files end, which is all that a separator between them would do.
+            chunks = (chunk for file in files for chunk in iter_text_chunks(file, special_tokens))
         else:
             text = str(text_or_path)
             num_bytes = len(text.encode("utf-8", "surrogatepass"))
@@ -711,7 +901,7 @@ class BPE:
         _compile_findall(pattern)  # a bad pattern fails here, before any reading
 
         if workers is None:
-            workers = (os.cpu_count() or 1) if num_bytes > _PARALLEL_BYTES else 1
+            workers = default_workers(num_bytes)
         counts = count_pretokens(_progress_chunks(chunks, num_bytes, progress), pattern, special_tokens, workers)
         words = [list(piece.encode("utf-8", "surrogatepass")) for piece in counts]
         token_bytes = [bytes([b]) for b in range(256)]
@@ -864,22 +1054,31 @@ class BPE:
         return cls(ordinary, specials, GPT2_PATTERN, parents)
 
 
-def _names_file(text_or_path) -> bool:
-    """A Path is a file name; a str is one when it is a single line naming an existing file."""
-    if isinstance(text_or_path, os.PathLike):
+def _names_path(text_or_path) -> bool:
+    """Is this a name of files rather than text? A Path or a list is; a str is when it is a
+    single line naming an existing file or folder."""
+    if isinstance(text_or_path, os.PathLike) or not isinstance(text_or_path, str):
         return True
-    s = str(text_or_path)
-    return len(s) < 4096 and "\n" not in s and os.path.isfile(s)
+    return len(text_or_path) < 4096 and "\n" not in text_or_path and os.path.exists(text_or_path)
+
+
+def _byte_bar(total: int, desc: str, progress: bool):
+    """A progress bar in bytes on stderr, shown when the work takes over a second."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, delay=1.0, disable=not progress, file=sys.stderr)
+
+
+def _utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _progress_chunks(chunks: Iterable[str], num_bytes: int, progress: bool) -> Iterator[str]:
-    """Pass chunks through, showing a bar in bytes on stderr when the work takes over a second."""
-    from tqdm import tqdm
-
-    with tqdm(total=num_bytes, desc="pre-tokenizing", unit="B", unit_scale=True, delay=1.0, disable=not progress, file=sys.stderr) as bar:
+    """Pass chunks through, counting their bytes on a progress bar."""
+    with _byte_bar(num_bytes, "pre-tokenizing", progress) as bar:
         for chunk in chunks:
             yield chunk
-            bar.update(len(chunk) if chunk.isascii() else len(chunk.encode("utf-8", "surrogatepass")))
+            bar.update(_utf8_size(chunk))
 
 
 def _atomic_write_text(path: str | os.PathLike, text: str) -> None:

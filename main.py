@@ -1,6 +1,7 @@
 """Command-line tool: tokenizer, training, generation and evaluation.
 
     python main.py tokenize corpus.txt --vocab-size 4096      # writes vocab.txt
+    python main.py tokenize books/                            # every .txt file in a folder ('books/*.txt': a glob)
     python main.py encode "Hello world"                       # prints [..ids..]
     python main.py decode "[15496, 995]"                      # prints the text
     python main.py train corpus.txt                           # vocab.txt (made if missing) -> gpt2_model.pt
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 import typing
@@ -25,6 +27,8 @@ import bpe
 
 DEFAULT_VOCAB = "vocab.txt"
 DEFAULT_MODEL = "gpt2_model.pt"
+TEXT_INPUT_HELP = ("UTF-8 text to %s: a file, a folder (all its .txt files, joined with <|endoftext|> between "
+                   "them), or a quoted glob pattern such as 'data/*.txt'")
 
 
 class UserError(Exception):
@@ -34,14 +38,18 @@ class UserError(Exception):
 # ---- helpers ---------------------------------------------------------------------------------
 
 
-def read_text_file(path: str) -> None:
-    """Check that `path` is a readable, non-empty file (its text is streamed later)."""
-    if not os.path.exists(path):
-        raise UserError(f"file not found: {path}")
-    if os.path.isdir(path):
-        raise UserError(f"{path} is a directory, not a text file")
-    if os.path.getsize(path) == 0:
-        raise UserError(f"{path} is empty: there is no text to learn from")
+def text_inputs(spec: str) -> list:
+    """The files a text argument names (a file, a folder of .txt files, or a quoted glob pattern),
+    checked to hold some text (they are streamed later)."""
+    files = bpe.text_files(spec)
+    if all(os.path.getsize(f) == 0 for f in files):
+        raise UserError(f"{spec} is empty: there is no text to learn from")
+    return files
+
+
+def check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
 
 
 def load_tokenizer(path: str) -> bpe.BPE:
@@ -76,11 +84,12 @@ def parse_ids(text: str) -> list[int]:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> None:
-    read_text_file(args.file)
-    size = os.path.getsize(args.file)
+    check_workers(args.workers)
+    files = text_inputs(args.file)
+    size = sum(os.path.getsize(f) for f in files)
     vocab_size = args.vocab_size or bpe.recommended_vocab_size(size)
     start = time.perf_counter()
-    tok = bpe.BPE.train(args.file, vocab_size, pattern=args.pattern, progress=True)
+    tok = bpe.BPE.train(files, vocab_size, pattern=args.pattern, progress=True, workers=args.workers)
     seconds = time.perf_counter() - start
     if tok.vocab_size < vocab_size:
         print(f"note: the text offers only {tok.vocab_size} tokens' worth of merges", file=sys.stderr)
@@ -113,8 +122,9 @@ def cmd_decode(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from gpt2_llm import GPT2, GPT2Config, TrainConfig, Trainer
 
-    read_text_file(args.file)
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    TrainConfig(**overrides)  # checks every flag now, before any slow work such as training a tokenizer
+    files = text_inputs(args.file)
     resume_from = args.checkpoint
     out = args.out or args.checkpoint or DEFAULT_MODEL
     if resume_from is None and args.resume == "auto" and os.path.exists(out):
@@ -130,7 +140,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if os.path.exists(out) and not args.overwrite:
             raise UserError(f"{out} already exists: continue it with --resume auto, or pass --overwrite to start afresh, "
                             f"or choose another --out")
-        tokenizer = get_or_train_tokenizer(args)
+        tokenizer = get_or_train_tokenizer(args, files)
         shape = {"vocab_size": tokenizer.vocab_size}
         for flag, name in (("context", "block_size"), ("dropout", "dropout"), ("attn_dropout", "attn_dropout"),
                            ("rope", "rope")):
@@ -143,8 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = trainer.train(args.file, save_path=out)
     if result.get("stopped_by") == "signal":
         signum = result["signal"]
-        print(f"stopped at step {result['step']}; saved {out}. Resume with: python main.py train {args.file} "
-              f"{args.vocab_file} {out}", file=sys.stderr)
+        command = shlex.join(["python", "main.py", "train", args.file, args.vocab_file, out])  # quotes a glob
+        print(f"stopped at step {result['step']}; saved {out}. Resume with: {command}", file=sys.stderr)
         return 128 + signum
     if "val_bpb" in result:
         print(f"step {result['step']}: val loss {result['val_loss']:.4f}, {result['val_bpb']:.4f} bits per byte; saved {out}")
@@ -153,14 +163,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def get_or_train_tokenizer(args) -> bpe.BPE:
+def get_or_train_tokenizer(args, files: list) -> bpe.BPE:
     """The vocab file if it exists; otherwise a new tokenizer learned from the training text."""
     if os.path.exists(args.vocab_file):
         return load_tokenizer(args.vocab_file)
-    size = os.path.getsize(args.file)
+    size = sum(os.path.getsize(f) for f in files)
     vocab_size = args.vocab_size or bpe.recommended_vocab_size(size)
     print(f"{args.vocab_file} not found: training a tokenizer of {vocab_size} tokens on {args.file}", file=sys.stderr)
-    tokenizer = bpe.BPE.train(args.file, vocab_size, progress=True)
+    tokenizer = bpe.BPE.train(files, vocab_size, progress=True, workers=args.workers)
     tokenizer.save(args.vocab_file)
     return tokenizer
 
@@ -247,7 +257,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from gpt2_llm.data import eval_windows, load_tokens
     from gpt2_llm.trainer import Trainer
 
-    read_text_file(args.file)
+    text_inputs(args.file)
     model, tokenizer = load_model(args.model_file, args.device)
     tokens = load_tokens(args.file, tokenizer)
     if len(tokens) < 2:
@@ -267,11 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="main.py", description="A GPT-2 toolkit: byte-level BPE tokenizer.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
-    p = sub.add_parser("tokenize", help="train a BPE tokenizer on a text file", description="Train a byte-level BPE tokenizer on a UTF-8 text file and write its vocab file.")
-    p.add_argument("file", help="UTF-8 text file to learn from")
+    p = sub.add_parser("tokenize", help="train a BPE tokenizer on a text file", description="Train a byte-level BPE tokenizer on UTF-8 text and write its vocab file.")
+    p.add_argument("file", help=TEXT_INPUT_HELP % "learn from")
     p.add_argument("--vocab-size", type=int, default=None, help="tokens in all: 256 bytes + merges + special tokens (default: chosen from the file size, see bpe.recommended_vocab_size)")
     p.add_argument("--pattern", choices=sorted(bpe.PATTERNS), default="gpt2", help="pre-tokenization regex (default: gpt2)")
     p.add_argument("-o", "--output", default=DEFAULT_VOCAB, help=f"vocab file to write (default: {DEFAULT_VOCAB})")
+    p.add_argument("--workers", type=int, default=None, help="processes that pre-tokenize the text (default: one per core for texts over 8 MB)")
     p.set_defaults(func=cmd_tokenize)
 
     p = sub.add_parser("encode", help="text -> JSON list of token ids", description="Encode text and print the JSON list of token ids.")
@@ -303,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a model on a text", description="Evaluate a trained model on a text file.")
-    p.add_argument("file", help="UTF-8 text file")
+    p.add_argument("file", help=TEXT_INPUT_HELP % "evaluate on")
     p.add_argument("model_file", nargs="?", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (default auto)")
@@ -316,9 +327,9 @@ def add_train_parser(sub) -> None:
     from gpt2_llm.config import PRESETS, TrainConfig
 
     p = sub.add_parser("train", help="train a GPT-2 model on a text file", description=(
-        "Train a GPT-2 model on a UTF-8 text file. The vocab file is made from the text if it does not exist; "
+        "Train a GPT-2 model on UTF-8 text. The vocab file is made from the text if it does not exist; "
         "a checkpoint given as the third argument (or --resume auto) is continued."))
-    p.add_argument("file", help="UTF-8 text file to train on")
+    p.add_argument("file", help=TEXT_INPUT_HELP % "train on")
     p.add_argument("vocab_file", nargs="?", default=DEFAULT_VOCAB, help=f"vocab file, created from the text if missing (default: {DEFAULT_VOCAB})")
     p.add_argument("checkpoint", nargs="?", default=None, help="a checkpoint to continue (written back unless --out says otherwise)")
     p.add_argument("--out", default=None, help=f"checkpoint to write (default: the continued checkpoint, else {DEFAULT_MODEL}); the best one is kept beside it as NAME.best.pt")

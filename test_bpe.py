@@ -1,8 +1,11 @@
 """Tests of bpe.py: exact worked examples, round trips, and parity with tiktoken and HF tokenizers."""
 
+import multiprocessing
 import os
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -430,9 +433,124 @@ def test_importing_bpe_imports_no_reference_library():
     assert out.stdout.strip() == "[]", out.stderr
 
 
+# ---- several files, several processes --------------------------------------------------------
+
+
 def test_parallel_counting_gives_the_same_tokenizer(data_dir, tmp_path):
     path = tmp_path / "g.txt"
     path.write_text(read(data_dir / "gutenberg_en.txt", 0, 3_000_000) + ENDOFTEXT + "tail", encoding="utf-8")
     one = BPE.train(path, vocab_size=600, workers=1)
     two = BPE.train(path, vocab_size=600, workers=2)
     assert one.hash == two.hash and one.merges == two.merges
+
+
+@pytest.mark.parametrize("pattern", [bpe.GPT2_PATTERN, bpe.GPT4_PATTERN])
+def test_parallel_counting_gives_the_same_counts(data_dir, pattern):
+    path = data_dir / "multilingual.txt"
+    chunks = list(bpe.iter_text_chunks(path, [ENDOFTEXT], chunk_bytes=40_000))
+    assert len(chunks) > 20
+    one = bpe.count_pretokens(chunks, pattern, [ENDOFTEXT], workers=1)
+    assert bpe.count_pretokens(iter(chunks), pattern, [ENDOFTEXT], workers=3) == one
+    assert one == Counter(regex.findall(pattern, read(path)))
+
+
+@pytest.mark.parametrize("name", ["tinyshakespeare.txt", "multilingual.txt"])
+def test_parallel_encoding_gives_the_same_ids(data_dir, gpt2, trained, name):
+    path = data_dir / name
+    text = read(path)
+    for tok in (gpt2, trained):
+        chunks = list(tok.iter_encode_file(path, workers=2, chunk_bytes=100_000))
+        assert len(chunks) > 4
+        assert [i for ids in chunks for i in ids] == tok.encode(text)
+
+
+def test_parallel_encoding_passes_errors_on(tmp_path, trained):
+    path = tmp_path / "t.txt"
+    path.write_text("plain text\n" * 20_000 + ENDOFTEXT + "\nmore", encoding="utf-8")
+    with pytest.raises(TokenizerError, match="allowed_special"):
+        list(trained.iter_encode_file(path, workers=2, chunk_bytes=10_000))
+
+
+def test_spawned_workers_give_the_same_results(monkeypatch, tmp_path, data_dir, trained):
+    """Where there is no fork (Windows, and macOS by choice), workers start afresh: the tokenizer
+    and the worker functions travel by pickle."""
+    path = tmp_path / "t.txt"
+    path.write_text(read(data_dir / "multilingual.txt", 0, 200_000), encoding="utf-8")
+    expected_ids = trained.encode_file(path, workers=1)
+    expected_vocab = BPE.train(path, vocab_size=400, workers=1)
+    monkeypatch.setattr(bpe, "_mp_context", lambda: multiprocessing.get_context("spawn"))
+    assert [i for ids in trained.iter_encode_file(path, workers=2, chunk_bytes=20_000) for i in ids] == expected_ids
+    assert BPE.train(path, vocab_size=400, workers=2).hash == expected_vocab.hash
+
+
+def test_imap_bounded_reads_only_a_few_items_ahead():
+    """Pool.imap would read all 40 items at once (a thread of its own reads them); a file's
+    chunks read that way would all be in memory together."""
+    taken = 0
+
+    def items():
+        nonlocal taken
+        for i in range(40):
+            taken += 1
+            yield -i
+
+    consumed = 0
+    for result in bpe.imap_bounded(abs, items(), workers=2):
+        assert result == consumed  # in order
+        consumed += 1
+        if consumed == 1:
+            time.sleep(0.3)  # time for a reading thread, if there were one, to take every item
+        assert taken <= consumed + 2 * 2  # at most 2 items per worker ahead
+    assert consumed == 40
+
+
+def test_text_files_takes_a_file_folder_glob_or_list(tmp_path):
+    for name in ["b.txt", "a.txt", "sub/c.txt", "sub/deeper/d.txt", "notes.md"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name, encoding="utf-8")
+    a, b, c, d = (tmp_path / n for n in ["a.txt", "b.txt", "sub/c.txt", "sub/deeper/d.txt"])
+    assert bpe.text_files(a) == [a]
+    assert bpe.text_files(tmp_path) == [a, b, c, d]  # .txt only, subfolders too, sorted
+    assert bpe.text_files(str(tmp_path / "*.txt")) == [a, b]
+    assert bpe.text_files(str(tmp_path / "**" / "?.txt")) == [a, b, c, d]
+    assert bpe.text_files([b, tmp_path / "sub"]) == [b, c, d]  # a list keeps its order
+    (tmp_path / "empty").mkdir()
+    for spec, message in [(tmp_path / "nope.txt", "file not found"), (tmp_path / "empty", "no .txt files"),
+                          (str(tmp_path / "*.csv"), "no file matches"), ([], "no text files")]:
+        with pytest.raises(TokenizerError, match=message):
+            bpe.text_files(spec)
+
+
+@pytest.fixture
+def corpus(tmp_path, shakespeare) -> tuple[Path, list[str]]:
+    """A folder of four documents, one of them empty, and their texts in sorted path order."""
+    docs = {"1.txt": shakespeare[:30_000], "2.txt": "no newline at the end", "3.txt": "",
+            "sub/4.txt": "a special" + ENDOFTEXT + "inside\n" + shakespeare[30_000:50_000]}
+    folder = tmp_path / "corpus"
+    for name, text in docs.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder, list(docs.values())
+
+
+def test_several_files_encode_as_their_joined_text(corpus, trained):
+    folder, texts = corpus
+    expected = trained.encode(ENDOFTEXT.join(texts[:2] + texts[3:]), allowed_special="all")  # empty: skipped
+    assert trained.encode_file(folder, allowed_special="all") == expected
+    assert trained.encode_file(folder, allowed_special="all", workers=2) == expected
+    assert trained.encode_file(sorted(folder.rglob("*.txt")), allowed_special="all") == expected
+    top_level = trained.encode(ENDOFTEXT.join(texts[:2]), allowed_special="all")
+    assert trained.encode_file(str(folder / "*.txt")) == top_level  # the separator needs no allowing
+    with pytest.raises(TokenizerError, match="allowed_special"):  # but a file's own special token does
+        trained.encode_file(folder)
+    no_special = BPE.train("some text", vocab_size=260, special_tokens=())
+    with pytest.raises(TokenizerError, match="no such special token"):
+        no_special.encode_file(folder)
+
+
+def test_several_files_train_as_their_joined_text(corpus):
+    folder, texts = corpus
+    expected = BPE.train(ENDOFTEXT.join(texts), vocab_size=500)
+    assert BPE.train(folder, vocab_size=500).hash == expected.hash
+    assert BPE.train(str(folder), vocab_size=500, workers=2).hash == expected.hash
+    assert BPE.train(sorted(folder.rglob("*.txt")), vocab_size=500).hash == expected.hash

@@ -7,8 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import bpe
 import main
 
 ROOT = Path(__file__).resolve().parent
@@ -115,8 +117,44 @@ def test_empty_file(tmp_path):
     assert "is empty" in one_line_error(run("tokenize", tmp_path / "empty.txt"))
 
 
-def test_directory_instead_of_file(tmp_path):
-    assert "is a directory" in one_line_error(run("tokenize", tmp_path))
+def test_folders_and_globs_without_text(tmp_path):
+    (tmp_path / "notes.md").write_text("no .txt file here")
+    assert "is a directory with no .txt files" in one_line_error(run("tokenize", tmp_path))
+    assert "no file matches" in one_line_error(run("tokenize", tmp_path / "*.txt"))
+    (tmp_path / "a.txt").write_bytes(b"")
+    (tmp_path / "b.txt").write_bytes(b"")
+    assert "is empty" in one_line_error(run("tokenize", tmp_path))
+
+
+def test_non_utf8_file_in_a_folder_is_named(tmp_path):
+    (tmp_path / "a.txt").write_text("good text " * 100, encoding="utf-8")
+    (tmp_path / "b.txt").write_bytes("naïve café".encode("latin-1"))
+    line = one_line_error(run("tokenize", tmp_path, "-o", tmp_path / "v.vocab"))
+    assert f"{tmp_path / 'b.txt'} is not UTF-8 text: invalid byte 0xef at byte offset 2" in line
+
+
+def test_tokenize_a_folder_or_a_glob_as_their_joined_text(tmp_path, data_dir):
+    text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    files = {"plays/0.txt": text[:40_000], "plays/act/1.txt": text[40_000:70_000], "plays/act/2.txt": text[70_000:100_000]}
+    for name, part in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(part, encoding="utf-8")
+    (tmp_path / "joined.txt").write_text("<|endoftext|>".join(files.values()), encoding="utf-8")
+    for name, source, *flags in [("joined", "joined.txt"), ("folder", "plays"), ("glob", "plays/**/*.txt", "--workers", 2)]:
+        result = run("tokenize", source, "--vocab-size", 400, "-o", f"{name}.vocab", *flags, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "folder.vocab").read_bytes() == (tmp_path / "joined.vocab").read_bytes()
+    assert (tmp_path / "glob.vocab").read_bytes() == (tmp_path / "joined.vocab").read_bytes()
+
+
+def test_workers_must_be_at_least_one(tmp_path, data_dir):
+    text = data_dir / "tinyshakespeare.txt"
+    line = one_line_error(run("tokenize", text, "--workers", 0, "-o", tmp_path / "v.txt"))
+    assert line == "error: --workers must be at least 1, got 0"
+    assert run("tokenize", text, "--workers", "two").returncode == 2
+    line = one_line_error(run("train", text, tmp_path / "v.txt", "--workers", 0, *TRAIN, cwd=tmp_path))
+    assert "--workers must be at least 1, got 0" in line
+    assert not (tmp_path / "v.txt").exists()  # checked before any tokenizer was trained
 
 
 def test_non_utf8_file_names_the_offset(tmp_path):
@@ -294,8 +332,18 @@ def test_bad_training_text(tmp_path, content, message):
     assert not (tmp_path / "gpt2_model.pt").exists()
 
 
-def test_training_on_a_directory(tmp_path):
-    assert "is a directory" in one_line_error(run("train", tmp_path, *TRAIN, cwd=tmp_path))
+def test_training_on_a_folder(tmp_path, corpus):
+    assert "no .txt files" in one_line_error(run("train", tmp_path, *TRAIN, cwd=tmp_path))
+    text = corpus.read_text(encoding="utf-8")
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "1.txt").write_text(text[:40_000], encoding="utf-8")
+    (tmp_path / "texts" / "2.txt").write_text(text[40_000:], encoding="utf-8")
+    result = run("train", "texts", "--steps", 2, *TRAIN, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
+    [cache] = tmp_path.glob("texts.*.tokens.bin")  # beside the folder, not inside it
+    tokenizer = bpe.BPE.load(tmp_path / "vocab.txt")
+    expected = tokenizer.encode(text[:40_000] + "<|endoftext|>" + text[40_000:], allowed_special="all")
+    assert np.fromfile(cache, dtype=np.uint16).tolist() == expected
 
 
 def test_vocab_of_another_size_is_refused(trained, tmp_path):

@@ -1,11 +1,23 @@
-"""Training data: a text file -> a cached token file (memmap) -> (x, y) batches.
+"""Training data: text files -> a cached token file (memmap) -> (x, y) batches.
 
     corpus.txt --BPE.iter_encode_file--> corpus.txt.<key>.tokens.bin   (uint16, or uint32 for big vocabs)
     tokens: [ train ............................................ | val (last part) ]
     batch:  x = tokens[i : i+T],  y = tokens[i+1 : i+T+1]   for B window starts i
 
+The input is a text file, a folder (its *.txt files, recursively, in sorted order), a glob pattern
+such as "data/*.txt", or a list of these; several files are joined with <|endoftext|> between
+documents. Encoding is streamed, in parallel (one process per core for inputs over 8 MB), and
+written as it goes, so memory does not grow with the corpus.
+
 The token file's name carries a key made of the text's SHA-256 and the tokenizer's hash, so a
 second run on the same text starts at once, and a changed text or vocabulary is encoded afresh.
+Where it goes:
+  - one file: beside it, as FILE.<key>.tokens.bin;
+  - several files: beside the deepest folder that holds them all, as FOLDER.<key>.tokens.bin
+    (for a folder given as input, that is next to it in its parent, so the cache is not inside
+    the corpus); the key covers every file's SHA-256, in order;
+  - in the cache folder ($GPT2_TOOLKIT_CACHE, or ~/.cache/gpt2-toolkit) when that place is not
+    writable.
 """
 
 from __future__ import annotations
@@ -42,53 +54,64 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "gpt2-toolkit")
 
 
-def token_file_path(text_path: str | os.PathLike, tokenizer) -> Path:
-    """Where the tokens of `text_path` under `tokenizer` are cached: beside the text when that
-    folder is writable, else in the cache folder ($GPT2_TOOLKIT_CACHE or ~/.cache/gpt2-toolkit)."""
-    text_path = Path(text_path)
-    key = hashlib.sha256((file_sha256(text_path) + tokenizer.hash).encode()).hexdigest()[:16]
-    name = f"{text_path.name}.{key}.tokens.bin"
-    folder = text_path.resolve().parent
+def input_files(text_path) -> list[Path]:
+    """The files of a training input (see bpe.text_files), or a DataError saying what is wrong."""
+    from bpe import TokenizerError, text_files  # the tokenizer module at the repository's top level
+
+    try:
+        return text_files(text_path)
+    except TokenizerError as e:
+        raise DataError(str(e)) from None
+
+
+def token_file_path(text_path, tokenizer) -> Path:
+    """Where the tokens of a training input (a file, folder, glob or list) under `tokenizer` are
+    cached (see the module's docstring)."""
+    return _token_file_path(input_files(text_path), tokenizer)
+
+
+def _token_file_path(files: list[Path], tokenizer) -> Path:
+    if len(files) == 1:
+        key = hashlib.sha256((file_sha256(files[0]) + tokenizer.hash).encode()).hexdigest()[:16]
+        folder, name = files[0].resolve().parent, files[0].name
+    else:
+        digests = "".join(file_sha256(f) + "\n" for f in files)  # the files' order matters too
+        key = hashlib.sha256((digests + tokenizer.hash).encode()).hexdigest()[:16]
+        common = Path(os.path.commonpath([f.resolve().parent for f in files]))
+        folder, name = common.parent, common.name or "corpus"  # "corpus" if the common folder is /
     if not os.access(folder, os.W_OK):
         folder = default_cache_dir()
-    return folder / name
+    return folder / f"{name}.{key}.tokens.bin"
 
 
-def load_tokens(text_path: str | os.PathLike, tokenizer, progress: bool = False, workers: int | None = None) -> np.ndarray:
-    """The tokens of a text file as a read-only memmap, encoding (streamed) on first use.
+def load_tokens(text_path, tokenizer, progress: bool = False, workers: int | None = None) -> np.ndarray:
+    """The tokens of a training input as a read-only memmap, encoding it on first use.
 
-    Special-token strings in the text (such as <|endoftext|> between documents) become their ids.
-    The file is written to a temporary name and renamed when complete, so an interrupted run
-    never leaves a truncated cache behind.
+    text_path: a text file, a folder, a glob pattern, or a list of these (see the module's
+    docstring). Special-token strings in the text (such as <|endoftext|> between documents)
+    become their ids. workers: processes that encode (default: one per core for inputs over
+    8 MB); the tokens are the same whatever the number. The file is written to a temporary name
+    and renamed when complete, so an interrupted run never leaves a truncated cache behind.
     """
-    text_path = Path(text_path)
-    if not text_path.exists():
-        raise DataError(f"training file not found: {text_path}")
-    if text_path.is_dir():
-        raise DataError(f"{text_path} is a directory, not a text file")
-    if text_path.stat().st_size == 0:
+    files = input_files(text_path)
+    if all(f.stat().st_size == 0 for f in files):
         raise DataError(f"{text_path} is empty: there is no text to train on")
-    path = token_file_path(text_path, tokenizer)
+    path = _token_file_path(files, tokenizer)
     dtype = token_dtype(tokenizer.vocab_size)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        _encode_to_file(text_path, tokenizer, path, dtype, progress)
+        _encode_to_file(files, tokenizer, path, dtype, progress, workers)
     return np.memmap(path, dtype=dtype, mode="r")
 
 
-def _encode_to_file(text_path: Path, tokenizer, path: Path, dtype: np.dtype, progress: bool) -> None:
-    from tqdm import tqdm
-
-    from bpe import iter_text_chunks  # the tokenizer module at the repository's top level
-
+def _encode_to_file(files: list[Path], tokenizer, path: Path, dtype: np.dtype, progress: bool,
+                    workers: int | None) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f, tqdm(total=text_path.stat().st_size, unit="B", unit_scale=True,
-                                             desc="encoding", delay=1.0, disable=not progress) as bar:
-            for chunk in iter_text_chunks(text_path, tokenizer.special_tokens):
-                ids = tokenizer.encode(chunk, allowed_special="all")
+        with os.fdopen(fd, "wb") as f:
+            # Each chunk's ids (about 1 MB of text) are written as they come, in order.
+            for ids in tokenizer.iter_encode_file(files, allowed_special="all", workers=workers, progress=progress):
                 f.write(np.asarray(ids, dtype=dtype).tobytes())
-                bar.update(len(chunk.encode("utf-8")))
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes files private; a cache is as readable as the text
@@ -120,36 +143,56 @@ class Batches:
     mode "random": each window starts at a random token (nanoGPT's way; best for large texts).
     mode "epoch":  the windows tokens[k*stride : k*stride + T + 1] are visited in a fresh random
                    order every epoch (for small texts: every part is seen equally often).
+
+    Streams: an optimizer step takes one micro-batch from each of `num_streams` streams
+    (processes x accumulation micro-steps); a process uses those in `mine`, one per call, in order.
+    In random mode each stream has its own generator (stream s is seeded with seed + s); in epoch
+    mode stream s takes the s-th share of every num_streams * batch_size windows of the epoch's
+    order. Every process advances all the streams, so each holds the whole state, and one process
+    with grad_accum = N draws exactly the windows of N processes with grad_accum = 1.
     """
 
     def __init__(self, tokens: np.ndarray, batch_size: int, block_size: int, seed: int,
-                 mode: str = "random", stride: int | None = None):
+                 mode: str = "random", stride: int | None = None, num_streams: int = 1, mine=None):
         if mode not in ("random", "epoch"):
             raise ValueError(f"unknown batch mode {mode!r}: use 'random' or 'epoch'")
         self.tokens, self.batch_size, self.block_size, self.mode = tokens, batch_size, block_size, mode
         self.stride = stride or block_size
         self.num_windows = len(tokens) - block_size  # possible window starts
-        self.generator = torch.Generator().manual_seed(seed)
+        self.mine = list(range(num_streams) if mine is None else mine)
+        self.generators = [torch.Generator().manual_seed(seed + s) for s in range(num_streams)]
         self.epoch, self.position, self.order = 0, 0, None
+        self.turn = 0  # the next of `mine` to hand out
+        self.round: list[torch.Tensor] = []  # this step's window starts of every stream
 
     def __iter__(self):
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.windows(self._starts())
+        if self.turn == 0:
+            self.round = self._draw_round()
+        starts = self.round[self.mine[self.turn]]
+        self.turn = (self.turn + 1) % len(self.mine)
+        return self.windows(starts)
 
-    def _starts(self) -> torch.Tensor:
+    def _draw_round(self) -> list[torch.Tensor]:
+        """The window starts of every stream for one optimizer step."""
+        B = self.batch_size
         if self.mode == "random":
-            return torch.randint(self.num_windows, (self.batch_size,), generator=self.generator)
+            return [torch.randint(self.num_windows, (B,), generator=g) for g in self.generators]
+        starts = self._epoch_starts(B * len(self.generators))
+        return list(starts.split(B))
+
+    def _epoch_starts(self, n: int) -> torch.Tensor:
         starts = []
-        while len(starts) < self.batch_size:
+        while len(starts) < n:
             if self.order is None or self.position >= len(self.order):
                 if self.order is not None:
                     self.epoch += 1
                 count = math.ceil(self.num_windows / self.stride)
-                self.order = torch.randperm(count, generator=self.generator) * self.stride
+                self.order = torch.randperm(count, generator=self.generators[0]) * self.stride
                 self.position = 0
-            take = self.order[self.position : self.position + self.batch_size - len(starts)]
+            take = self.order[self.position : self.position + n - len(starts)]
             starts += take.tolist()
             self.position += len(take)
         return torch.tensor(starts)
@@ -168,12 +211,19 @@ class Batches:
         return float("nan")
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "epoch": self.epoch, "position": self.position,
-                "order": self.order}
+        """The position at a step boundary (checkpoints are taken between optimizer steps)."""
+        return {"generators": [g.get_state() for g in self.generators], "epoch": self.epoch,
+                "position": self.position, "order": self.order}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        states = state.get("generators") or [state["generator"]]  # one generator before streams
+        if len(states) != len(self.generators):
+            raise ValueError(f"the checkpoint's data position has {len(states)} batch streams, this run "
+                             f"{len(self.generators)} (processes x --grad-accum must stay the same to resume)")
+        for generator, saved in zip(self.generators, states):
+            generator.set_state(saved)
         self.epoch, self.position, self.order = state["epoch"], state["position"], state["order"]
+        self.turn, self.round = 0, []
 
 
 def eval_windows(tokens: np.ndarray, block_size: int, max_tokens: int | None = None) -> torch.Tensor:

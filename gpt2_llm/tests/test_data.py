@@ -1,5 +1,7 @@
 """Tests of gpt2_llm/data.py: the token-file cache, the split, and reproducible, resumable batches."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -42,6 +44,18 @@ def test_read_only_folder_uses_the_cache_dir(tmp_path, tokenizer, monkeypatch):
     assert tokens.tolist() == tokenizer.encode("a b c " * 50)
 
 
+@pytest.mark.slow
+def test_encoding_a_1gb_text_takes_under_1_5gb_of_memory(monkeypatch):
+    """Memory does not grow with the corpus: measured as `benchmarks/bench_scale.py --memory` does
+    (a 1 GB text, load_tokens in a child process, its memory and its workers' added up)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_scale
+
+    report = bench_scale.measure_memory(1 << 30)
+    assert report["bytes"] > 1e9 and report["tokens"] > 2e8
+    assert report["peak_rss"] < 1.5e9, f"peak RSS {report['peak_rss'] / 1e9:.2f} GB"
+
+
 def test_token_dtype():
     assert token_dtype(65536) == np.uint16
     assert token_dtype(65537) == np.uint32
@@ -54,8 +68,61 @@ def test_bad_training_files(tmp_path, tokenizer, content, message):
         path.write_text(content)
     with pytest.raises(DataError, match=message):
         load_tokens(path, tokenizer)
-    with pytest.raises(DataError, match="is a directory"):
+
+
+def test_bad_training_folders_and_globs(tmp_path, tokenizer):
+    (tmp_path / "notes.md").write_text("not a .txt file")
+    with pytest.raises(DataError, match="no .txt files"):
         load_tokens(tmp_path, tokenizer)
+    with pytest.raises(DataError, match="no file matches"):
+        load_tokens(str(tmp_path / "*.txt"), tokenizer)
+    (tmp_path / "a.txt").write_text("")
+    (tmp_path / "b.txt").write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        load_tokens(tmp_path, tokenizer)
+
+
+def write_corpus(folder, texts: dict) -> None:
+    for name, text in texts.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text, encoding="utf-8")
+
+
+def test_a_folder_is_cached_beside_it_and_keyed_by_every_file(tmp_path, tokenizer):
+    folder = tmp_path / "books"
+    texts = {"a.txt": "the quick brown fox\n" * 50, "b.txt": "", "more/c.txt": "the lazy dog" * 40}
+    write_corpus(folder, texts)
+    tokens = load_tokens(folder, tokenizer)
+    path = token_file_path(folder, tokenizer)
+    assert path.parent == tmp_path and path.name.startswith("books.") and path.exists()
+    joined = texts["a.txt"] + "<|endoftext|>" + texts["more/c.txt"]  # the empty file adds nothing
+    assert tokens.tolist() == tokenizer.encode(joined, allowed_special="all")
+    assert token_file_path(str(folder / "**" / "*.txt"), tokenizer) == path  # the same files: the same cache
+    assert token_file_path([folder / "more" / "c.txt", folder / "a.txt"], tokenizer) != path  # another order
+    stamp = path.stat().st_mtime_ns
+    load_tokens(folder, tokenizer)
+    assert path.stat().st_mtime_ns == stamp  # not encoded again
+    (folder / "more" / "c.txt").write_text("changed", encoding="utf-8")
+    assert token_file_path(folder, tokenizer) != path
+
+
+def test_parallel_encoding_writes_the_same_tokens(tmp_path, tokenizer):
+    texts = {f"{k}.txt": f"document {k}: the quick brown fox<|endoftext|>jumps\n" * (100 + k) for k in range(6)}
+    write_corpus(tmp_path / "one", texts)
+    write_corpus(tmp_path / "two", texts)
+    one = load_tokens(tmp_path / "one", tokenizer, workers=1)
+    two = load_tokens(tmp_path / "two", tokenizer, workers=2)
+    assert token_file_path(tmp_path / "one", tokenizer) != token_file_path(tmp_path / "two", tokenizer)
+    assert two.tolist() == one.tolist() == tokenizer.encode("<|endoftext|>".join(texts.values()), allowed_special="all")
+
+
+def test_read_only_folder_of_several_files_uses_the_cache_dir(tmp_path, tokenizer, monkeypatch):
+    write_corpus(tmp_path / "books", {"a.txt": "a b c " * 50, "b.txt": "d e f " * 50})
+    monkeypatch.setenv("GPT2_TOOLKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("gpt2_llm.data.os.access", lambda path, mode: False)
+    tokens = load_tokens(tmp_path / "books", tokenizer)
+    assert token_file_path(tmp_path / "books", tokenizer).parent == tmp_path / "cache"
+    assert tokens.tolist() == tokenizer.encode("a b c " * 50 + "<|endoftext|>" + "d e f " * 50, allowed_special="all")
 
 
 def test_split_takes_the_last_part_for_validation():
