@@ -471,6 +471,15 @@ def test_parallel_encoding_passes_errors_on(tmp_path, trained):
         list(trained.iter_encode_file(path, workers=2, chunk_bytes=10_000))
 
 
+def test_parallel_work_stops_at_invalid_utf8(tmp_path, trained):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"good text\n" * 300_000 + b"\xff" + b"more\n")  # chunks go to the workers first
+    with pytest.raises(TokenizerError, match="byte offset 3000000$"):
+        BPE.train(path, vocab_size=300, workers=2)
+    with pytest.raises(TokenizerError, match="byte offset 3000000$"):
+        list(trained.iter_encode_file(path, workers=2, chunk_bytes=100_000))
+
+
 def test_spawned_workers_give_the_same_results(monkeypatch, tmp_path, data_dir, trained):
     """Where there is no fork (Windows, and macOS by choice), workers start afresh: the tokenizer
     and the worker functions travel by pickle."""
