@@ -121,10 +121,13 @@ def cmd_decode(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from gpt2_llm import GPT2, GPT2Config, TrainConfig, Trainer
+    from gpt2_llm.trainer import Distributed
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     TrainConfig(**overrides)  # checks every flag now, before any slow work such as training a tokenizer
     files = text_inputs(args.file)
+    ranks = Distributed()  # under torchrun: join the other processes; else a world of one
+    say = print if ranks.is_main else _silent
     resume_from = args.checkpoint
     out = args.out or args.checkpoint or DEFAULT_MODEL
     if resume_from is None and args.resume == "auto" and os.path.exists(out):
@@ -135,12 +138,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer.from_checkpoint(resume_from, **overrides)
         if os.path.exists(args.vocab_file):
             check_same_tokenizer(trainer.bpe, load_tokenizer(args.vocab_file), args.vocab_file, resume_from)
-        print(f"continuing {resume_from} from step {trainer.step}", file=sys.stderr)
+        say(f"continuing {resume_from} from step {trainer.step}", file=sys.stderr)
     else:
         if os.path.exists(out) and not args.overwrite:
             raise UserError(f"{out} already exists: continue it with --resume auto, or pass --overwrite to start afresh, "
                             f"or choose another --out")
+        if not ranks.is_main:
+            ranks.barrier()  # rank 0 trains the tokenizer if there is none yet; the others then load it
         tokenizer = get_or_train_tokenizer(args, files)
+        if ranks.is_main:
+            ranks.barrier()
         shape = {"vocab_size": tokenizer.vocab_size}
         for flag, name in (("context", "block_size"), ("dropout", "dropout"), ("attn_dropout", "attn_dropout"),
                            ("rope", "rope")):
@@ -149,18 +156,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = GPT2Config.from_preset(args.preset, **shape)
         torch_seed(overrides.get("seed", TrainConfig.seed))
         trainer = Trainer(GPT2(config), tokenizer, **overrides)
-    print(trainer.describe(), file=sys.stderr)
+    say(trainer.describe(), file=sys.stderr)
     result = trainer.train(args.file, save_path=out)
     if result.get("stopped_by") == "signal":
         signum = result["signal"]
-        command = shlex.join(["python", "main.py", "train", args.file, args.vocab_file, out])  # quotes a glob
-        print(f"stopped at step {result['step']}; saved {out}. Resume with: {command}", file=sys.stderr)
+        launcher = ["python"] if ranks.world_size == 1 else ["torchrun", f"--nproc_per_node={ranks.local_world_size}"]
+        command = shlex.join([*launcher, "main.py", "train", args.file, args.vocab_file, out])  # quotes a glob
+        say(f"stopped at step {result['step']}; saved {out}. Resume with: {command}", file=sys.stderr)
         return 128 + signum
     if "val_bpb" in result:
-        print(f"step {result['step']}: val loss {result['val_loss']:.4f}, {result['val_bpb']:.4f} bits per byte; saved {out}")
+        say(f"step {result['step']}: val loss {result['val_loss']:.4f}, {result['val_bpb']:.4f} bits per byte; saved {out}")
     else:
-        print(f"step {result.get('step')}: saved {out}")
+        say(f"step {result.get('step')}: saved {out}")
     return 0
+
+
+def _silent(*args, **kwargs) -> None:
+    """print() for the ranks other than 0 under torchrun: rank 0 speaks for the run."""
 
 
 def get_or_train_tokenizer(args, files: list) -> bpe.BPE:

@@ -283,3 +283,166 @@ def test_reduced_precision_training_runs_and_learns(corpus, tmp_path, dtype):
     trainer.train(corpus[0], save_path=tmp_path / "m.pt", max_steps=20, progress=False)
     first, last = losses(tmp_path / "m.metrics.jsonl")[0], losses(tmp_path / "m.metrics.jsonl")[-1]
     assert last < first - 0.3
+
+
+# ---- the fast path and MFU ------------------------------------------------------------------------
+
+
+def test_fused_adamw_on_cpu_and_mfu_in_the_metrics(corpus, tmp_path):
+    trainer = tiny_trainer(corpus[1], eval_every=1000)
+    assert all(group["fused"] for group in trainer.optimizer.param_groups)
+    trainer.train(corpus[0], save_path=tmp_path / "m.pt", max_steps=3, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "m.metrics.jsonl").read_text().splitlines()]
+    peak, source = trainer.peak_flops()
+    assert "measured float32 matrix product" in source
+    for r in records:
+        if "loss" in r:
+            steps_per_s = r["tokens_per_s"] / trainer.tokens_per_step
+            expected = steps_per_s * trainer.model.flops_per_token() * trainer.tokens_per_step / peak
+            assert r["mfu"] == pytest.approx(expected, rel=0.02, abs=2e-4)
+
+
+def test_peak_flops_is_measured_once_and_cached(tmp_path, monkeypatch):
+    from gpt2_llm import hardware
+
+    calls = []
+    monkeypatch.setattr(hardware, "measure_matmul_flops", lambda device, dtype: calls.append(dtype) or 1.5e12)
+    cpu = torch.device("cpu")
+    assert hardware.peak_flops(cpu, torch.bfloat16, tmp_path)[0] == 1.5e12
+    assert hardware.peak_flops(cpu, torch.bfloat16, tmp_path)[0] == 1.5e12  # from the cache file
+    assert calls == [torch.bfloat16]
+    hardware.peak_flops(cpu, torch.float32, tmp_path)  # another dtype is another entry
+    assert calls == [torch.bfloat16, torch.float32]
+    assert len(json.loads((tmp_path / "peak_flops.json").read_text())) == 2
+
+
+def test_gpu_peaks_come_from_the_table(monkeypatch):
+    from gpt2_llm import hardware
+
+    monkeypatch.setattr(hardware, "device_name", lambda device: "NVIDIA H100 80GB HBM3")
+    flops, source = hardware.peak_flops(torch.device("cuda"), torch.bfloat16)
+    assert flops == 989e12 and "data sheet" in source
+    assert hardware.peak_flops(torch.device("cuda"), torch.float32)[0] == 989e12 / 2  # TF32
+    monkeypatch.setattr(hardware, "device_name", lambda device: "NVIDIA H100 PCIe")
+    assert hardware.peak_flops(torch.device("cuda"), torch.bfloat16)[0] == 756e12
+
+
+def test_measured_matmul_flops_is_plausible():
+    flops = __import__("gpt2_llm.hardware", fromlist=["x"]).measure_matmul_flops(torch.device("cpu"), torch.float32, 0.05)
+    assert 1e9 < flops < 1e14
+
+
+# ---- several processes: torchrun with gloo on the loopback ---------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int, *args, env=None):
+    """`torchrun --nproc_per_node=nproc main.py train ...` on this machine, as a Popen."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(ROOT / "main.py"), "train",
+               *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+
+
+def train_args(corpus, tmp_path, *extra):
+    vocab = tmp_path / "vocab.txt"
+    if not vocab.exists():
+        corpus[1].save(vocab)
+    return [corpus[0], vocab, "--preset", "tiny", "--context", "32", "--batch-size", "4", "--dtype", "float32",
+            "--device", "cpu", "--warmup-steps", "2", "--lr", "3e-3", "--eval-tokens", "2000", "--log-every", "1",
+            *extra]
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(corpus, tmp_path):
+    args = train_args(corpus, tmp_path, "--steps", "6", "--eval-every", "3")
+    ddp = torchrun(2, *args, "--out", tmp_path / "ddp.pt")
+    _, err = ddp.communicate(timeout=300)
+    assert ddp.returncode == 0, err.decode()[-3000:]
+    assert b"global batch 4 x 1 accumulation x 2 processes x 32 tokens = 256 tokens per step" in err
+    assert err.count(b"step 6: val loss") == 1  # rank 0 alone reports
+    one = subprocess.run([sys.executable, str(ROOT / "main.py"), "train", *map(str, args), "--grad-accum", "2",
+                          "--out", str(tmp_path / "one.pt")], capture_output=True, cwd=ROOT, timeout=300)
+    assert one.returncode == 0, one.stderr.decode()[-3000:]
+    a, b = load_checkpoint(tmp_path / "ddp.pt"), load_checkpoint(tmp_path / "one.pt")
+    assert a["state"]["step"] == b["state"]["step"] == 6
+    for name, weight in a["model"].items():
+        torch.testing.assert_close(weight, b["model"][name], atol=2e-5, rtol=1e-4, msg=name)
+    assert losses(tmp_path / "ddp.metrics.jsonl") == pytest.approx(losses(tmp_path / "one.metrics.jsonl"), abs=1e-4)
+
+
+def test_resume_under_torchrun_matches_an_uninterrupted_run(corpus, tmp_path):
+    import signal
+    import time
+
+    args = train_args(corpus, tmp_path, "--steps", "400", "--eval-every", "50")
+    straight = torchrun(2, *args, "--out", tmp_path / "a.pt")
+    _, err = straight.communicate(timeout=300)
+    assert straight.returncode == 0, err.decode()[-3000:]
+
+    stopped = torchrun(2, *args, "--out", tmp_path / "b.pt")
+    metrics = tmp_path / "b.metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 30) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stopped.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
+    _, err = stopped.communicate(timeout=120)
+    assert stopped.returncode != 0
+    stopped_at = load_checkpoint(tmp_path / "b.pt")["state"]["step"]
+    assert 30 <= stopped_at < 400, err.decode()[-3000:]
+
+    resumed = torchrun(2, *args, "--out", tmp_path / "b.pt", "--resume", "auto")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-3000:]
+    a, b = load_checkpoint(tmp_path / "a.pt"), load_checkpoint(tmp_path / "b.pt")
+    assert b["state"]["step"] == 400
+    for name, weight in a["model"].items():
+        torch.testing.assert_close(weight, b["model"][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_a_rank_that_dies_ends_the_run_with_an_error(corpus, tmp_path):
+    import signal
+    import time
+    import uuid
+
+    marker = uuid.uuid4().hex
+    run = torchrun(2, *train_args(corpus, tmp_path, "--steps", "100000", "--eval-every", "1000"),
+                   "--out", tmp_path / "m.pt", env={"GPT2_TEST_RUN": marker})
+    metrics = tmp_path / "m.metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 5) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rank1 = [pid for pid in _pids_with_env(f"GPT2_TEST_RUN={marker}") if f"RANK=1" in _environ(pid)]
+    assert len(rank1) == 1
+    os.kill(rank1[0], signal.SIGKILL)
+    try:
+        _, err = run.communicate(timeout=120)  # torchrun stops the other rank: no hang
+    finally:
+        run.kill()
+    assert run.returncode != 0
+    assert b"main.py FAILED" in err or b"ChildFailedError" in err or b"exitcode" in err
+
+
+def _environ(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _pids_with_env(entry: str) -> list[int]:
+    """Worker processes (python ... main.py train) whose environment holds `entry`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and entry in _environ(int(proc.name)):
+            cmdline = (proc / "cmdline").read_bytes()
+            if b"main.py" in cmdline and b"torch.distributed.run" not in cmdline:
+                pids.append(int(proc.name))
+    return pids
