@@ -116,10 +116,8 @@ class QKVAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         nh = self.num_heads
-        q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
-        q = q.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
+        # (B, T, 3C) -> (3, B, nh, T, hs): q, k and v, each split into heads
+        q, k, v = self.c_attn(x).view(B, T, 3, nh, C // nh).permute(2, 0, 3, 1, 4).unbind(0)
 
         past = 0 if cache is None else cache.length  # tokens already in the cache
         if self.rope is not None:

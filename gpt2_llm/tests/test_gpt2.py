@@ -385,3 +385,25 @@ def test_generation_head_cache_follows_weight_updates():
     fresh.load_state_dict(model.state_dict())
     assert torch.equal(again, fresh.generate(prompt, 5, temperature=0))
     assert again[0, 3:].tolist() == [0] * 5 and not torch.equal(first, again)
+
+
+@pytest.mark.parametrize("variant", [{}, {"rope": True}, {"bias": False}, {"n_inner": 40}])
+def test_the_one_token_generation_step_equals_the_general_one(tiny_config, variant):
+    from dataclasses import replace
+
+    from gpt2_llm.attention import KVCache
+
+    torch.manual_seed(0)
+    model = GPT2(replace(tiny_config, **variant)).eval()
+    head = model._generation_head(None)
+    prompt, new = torch.randint(0, 97, (3, 7)), torch.randint(0, 97, (3, 1))
+    general, lean = ([KVCache(24) for _ in model.decoder.h] for _ in range(2))
+    with torch.no_grad():
+        model._next_logits(prompt, general, head)
+        model._next_logits(prompt, lean, head)
+        for _ in range(3):  # a few steps, so the cached positions move on alike
+            expected = model._next_logits(new, general, head)
+            got = model._next_logits_one(new, lean, head)
+            assert_close(got, expected, atol=1e-5)
+            new = got.argmax(-1, keepdim=True)
+    assert lean[0].length == general[0].length == 10
