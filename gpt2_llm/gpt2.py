@@ -380,13 +380,21 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int |
     """Mean cross-entropy of logits (N, padded vocab) against targets (N,); targets of -100 are ignored.
     Only the first vocab_size columns are classes (default: all); the rest are padding.
 
-    Equal to F.cross_entropy (tested), but when a backward pass will follow, eagerly, it takes the
-    chunked path below: on a CPU that is the largest single saving of a training step.
+    Equal to F.cross_entropy (tested), but on a CPU, eagerly, when a backward pass will follow, it
+    takes the chunked path below: there that is the largest single saving of a training step. A
+    GPU's memory is fast enough for torch's fused kernel, and a loop of small chunks would only
+    add kernel launches.
     """
     vocab_size = vocab_size or logits.size(1)
-    if torch.compiler.is_compiling() or not (torch.is_grad_enabled() and logits.requires_grad):
-        return F.cross_entropy(logits[:, :vocab_size], targets)  # the compiler fuses this itself
-    return _ChunkedCrossEntropy.apply(logits, targets, vocab_size)
+    chunked = (logits.device.type == "cpu" and not torch.compiler.is_compiling()  # the compiler fuses on its own
+               and torch.is_grad_enabled() and logits.requires_grad)
+    if chunked:
+        return _ChunkedCrossEntropy.apply(logits, targets, vocab_size)
+    if logits.size(1) > vocab_size:
+        # A GPU's fused kernel wants the rows whole: rule the padding columns out with -inf logits
+        # (probability 0, gradient 0) rather than copy the first vocab_size columns out.
+        logits = logits.index_fill(1, torch.arange(vocab_size, logits.size(1), device=logits.device), float("-inf"))
+    return F.cross_entropy(logits, targets)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):

@@ -407,3 +407,20 @@ def test_the_one_token_generation_step_equals_the_general_one(tiny_config, varia
             assert_close(got, expected, atol=1e-5)
             new = got.argmax(-1, keepdim=True)
     assert lean[0].length == general[0].length == 10
+
+
+@pytest.mark.parametrize("path", ["chunked", "fused kernel"])
+def test_cross_entropy_leaves_the_padding_columns_out(path, monkeypatch):
+    if path == "fused kernel":  # the path a GPU or the compiler takes
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    torch.manual_seed(0)
+    padded = torch.randn(40, 128).requires_grad_()
+    targets = torch.randint(0, 97, (40,))
+    loss = cross_entropy(padded, targets, 97)
+    loss.backward()
+    real = padded.detach()[:, :97].clone().requires_grad_()
+    expected = F.cross_entropy(real, targets)
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert_close(padded.grad[:, :97], real.grad, atol=1e-7)
+    assert not padded.grad[:, 97:].any()
