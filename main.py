@@ -158,6 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer(GPT2(config), tokenizer, **overrides)
     say(trainer.describe(), file=sys.stderr)
     result = trainer.train(args.file, save_path=out)
+    ranks.close()
     if result.get("stopped_by") == "signal":
         signum = result["signal"]
         launcher = ["python"] if ranks.world_size == 1 else ["torchrun", f"--nproc_per_node={ranks.local_world_size}"]

@@ -114,6 +114,13 @@ class Distributed:
         if self.world_size > 1:
             dist.barrier(self.control)
 
+    def close(self) -> None:
+        """Leave together: wait for every rank, then take the process group down (a rank that
+        exits while another still holds a connection can make the other abort)."""
+        if self.world_size > 1 and dist.is_initialized():
+            dist.barrier(self.control)
+            dist.destroy_process_group()
+
     def max(self, values: list[float]) -> list[float]:
         """The elementwise maximum over all ranks of a few numbers (one small message)."""
         if self.world_size == 1:
