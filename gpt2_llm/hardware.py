@@ -137,7 +137,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype, cache_dir: Path | None 
         for part, bf16 in GPU_PEAK_BF16:
             if part in name:
                 flops = bf16 / 2 if dtype == torch.float32 else bf16
-                return flops, f"data sheet of the {name}, dense {'TF32' if dtype == torch.float32 else 'bf16'}"
+                return flops, f"the data sheet of the {name}, dense {'TF32' if dtype == torch.float32 else 'bf16'}"
     threads = torch.get_num_threads() if device.type == "cpu" else 0
     key = f"{name} | {str(dtype).removeprefix('torch.')} | {threads} threads"
     if cache_dir is None:
@@ -155,7 +155,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype, cache_dir: Path | None 
             _write_json_atomically(path, known)
         except OSError:
             pass  # an unwritable cache only costs the probe again next time
-    return known[key], f"measured {str(dtype).removeprefix('torch.')} matrix product ({key}), cached in {path}"
+    return known[key], f"a {str(dtype).removeprefix('torch.')} matrix product measured on {name} with {threads} threads, cached in {path}"
 
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, budget_s: float = 0.3) -> float:

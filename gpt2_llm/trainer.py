@@ -262,7 +262,7 @@ class Trainer:
         model = self._model_for_training()
         flops_per_step = self.model.flops_per_token() * self.tokens_per_step
         peak, source = self.peak_flops()
-        self.log(f"MFU is model FLOPs over {self.dist.world_size} x {peak / 1e12:.1f} TFLOP/s ({source})")
+        self.log(f"MFU: model FLOPs over a peak of {peak / 1e12:.1f} TFLOP/s per device, from {source}")
         metrics_path = save_path.with_suffix(".metrics.jsonl")
         deadline = time.monotonic() + 60 * minutes if minutes else math.inf
         start_step, start_time = self.step, time.monotonic()
