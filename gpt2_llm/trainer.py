@@ -396,8 +396,14 @@ class Trainer:
                 from torch.nn.parallel import DistributedDataParallel
 
                 device_ids = [self.device.index] if self.device.type == "cuda" else None
-                # The only buffers are RoPE's fixed tables: nothing to broadcast each step.
-                model = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+                # The only buffers are RoPE's fixed tables: nothing to send before each forward pass
+                # (the option's name changed in torch 2.13).
+                import inspect
+
+                no_sync = ({"forward_sync_buffers": False}
+                           if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                           else {"broadcast_buffers": False})  # fmt: skip
+                model = DistributedDataParallel(model, device_ids=device_ids, **no_sync)
             self._training_model = model
         return self._training_model
 
