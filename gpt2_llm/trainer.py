@@ -19,6 +19,7 @@ non-finite loss) and on the schedule's length, so they always leave the loop tog
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -398,8 +399,6 @@ class Trainer:
                 device_ids = [self.device.index] if self.device.type == "cuda" else None
                 # The only buffers are RoPE's fixed tables: nothing to send before each forward pass
                 # (the option's name changed in torch 2.13).
-                import inspect
-
                 no_sync = ({"forward_sync_buffers": False}
                            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                            else {"broadcast_buffers": False})  # fmt: skip
