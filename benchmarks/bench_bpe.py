@@ -54,6 +54,20 @@ def hf_trainer(vocab_size: int):
     return tok, trainer
 
 
+
+def training_times(path: Path, vocab_size: int, repeats: int) -> dict:
+    """Median seconds to train a tokenizer on `path`: ours (default workers) and HF's (default threads)."""
+
+    def ours():
+        bpe.BPE.train(path, vocab_size)
+
+    def theirs():
+        tok, trainer = hf_trainer(vocab_size)
+        tok.train([str(path)], trainer)
+
+    return medians({"ours": ours, "hf": theirs}, repeats)
+
+
 def bench_training(corpora: list[str], vocab_sizes: list[int], repeats: int) -> None:
     print("\n### Training time (s, median of %d), same corpus file, same vocab size\n" % repeats)
     print("| corpus | vocab | bpe.py | HF tokenizers | ratio (ours / HF) |")
@@ -61,14 +75,7 @@ def bench_training(corpora: list[str], vocab_sizes: list[int], repeats: int) -> 
     for name in corpora:
         path = DATA / name
         for vocab_size in vocab_sizes:
-            def ours():
-                bpe.BPE.train(path, vocab_size)
-
-            def theirs():
-                tok, trainer = hf_trainer(vocab_size)
-                tok.train([str(path)], trainer)
-
-            m = medians({"ours": ours, "hf": theirs}, repeats)
+            m = training_times(path, vocab_size, repeats)
             print(f"| {name} | {vocab_size} | {m['ours']:.2f} | {m['hf']:.2f} | {m['ours'] / m['hf']:.2f} |", flush=True)
 
 

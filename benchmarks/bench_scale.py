@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_bpe import DATA, hf_trainer, medians  # bench_bpe puts the repository on sys.path
+from bench_bpe import DATA, medians, training_times  # bench_bpe puts the repository on sys.path
 
 import bpe  # noqa: E402
 
@@ -70,14 +70,7 @@ def bench_training(path: Path, vocab_sizes: list[int], repeats: int) -> None:
     print("| corpus | vocab | bpe.py | HF tokenizers | ours / HF | bar (< 1) |")
     print("|---|---:|---:|---:|---:|---|")
     for vocab_size in vocab_sizes:
-        def ours():
-            bpe.BPE.train(path, vocab_size)
-
-        def theirs():
-            tok, trainer = hf_trainer(vocab_size)
-            tok.train([str(path)], trainer)
-
-        m = medians({"ours": ours, "hf": theirs}, repeats)
+        m = training_times(path, vocab_size, repeats)
         ratio = m["ours"] / m["hf"]
         print(f"| {path.name} | {vocab_size} | {m['ours']:.2f} | {m['hf']:.2f} | {ratio:.2f} | {verdict(ratio < 1)} |", flush=True)
 
