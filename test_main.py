@@ -311,7 +311,11 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(corpus, tmp_path, 
 
     resumed = run("train", tmp_path / "t.txt", tmp_path / "v.txt", "--out", tmp_path / "b.pt", "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr.decode()
-    assert step_losses(metrics) == step_losses(tmp_path / "a.metrics.jsonl")
+    ours, straight = step_losses(metrics), step_losses(tmp_path / "a.metrics.jsonl")
+    assert [step for step, _ in ours] == [step for step, _ in straight]
+    # Two processes can differ in the last bit of a float32 sum, which flips the 5th decimal of
+    # the logged loss now and then; the API test in test_trainer.py checks bit-identical weights.
+    assert [loss for _, loss in ours] == pytest.approx([loss for _, loss in straight], abs=1e-4)
 
 
 def test_existing_checkpoint_is_not_overwritten(trained, corpus):

@@ -403,8 +403,10 @@ def test_resume_under_torchrun_matches_an_uninterrupted_run(corpus, tmp_path):
     assert resumed.returncode == 0, err.decode()[-3000:]
     a, b = load_checkpoint(tmp_path / "a.pt"), load_checkpoint(tmp_path / "b.pt")
     assert b["state"]["step"] == 400
+    # Separate processes may differ in the last bit of a float32 sum (see test_main.py); a resume
+    # that lost anything (data position, optimizer, random state) differs by far more.
     for name, weight in a["model"].items():
-        torch.testing.assert_close(weight, b["model"][name], atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(weight, b["model"][name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_a_rank_that_dies_ends_the_run_with_an_error(corpus, tmp_path):
