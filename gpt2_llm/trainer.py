@@ -39,7 +39,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import GPT2Config, TrainConfig
 from .data import Batches, eval_windows, load_tokens, split_tokens
 from .gpt2 import GPT2
-from .hardware import cpu_has_bf16, peak_flops, pick_device, pick_dtype, setup_device  # noqa: F401 (re-exported)
+from .hardware import peak_flops, pick_device, pick_dtype, setup_device
 
 
 class TrainingError(RuntimeError):

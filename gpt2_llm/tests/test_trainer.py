@@ -421,7 +421,7 @@ def test_a_rank_that_dies_ends_the_run_with_an_error(corpus, tmp_path):
     deadline = time.monotonic() + 120
     while (not metrics.exists() or len(metrics.read_text().splitlines()) < 5) and time.monotonic() < deadline:
         time.sleep(0.05)
-    rank1 = [pid for pid in _pids_with_env(f"GPT2_TEST_RUN={marker}") if f"RANK=1" in _environ(pid)]
+    rank1 = [pid for pid in _pids_with_env(f"GPT2_TEST_RUN={marker}") if "RANK=1" in _environ(pid)]
     assert len(rank1) == 1
     os.kill(rank1[0], signal.SIGKILL)
     try:
