@@ -67,7 +67,7 @@ def test_dtype_choice():
     assert pick_dtype("float32", torch.device("cpu")) == torch.float32
     assert pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     auto = pick_dtype("auto", torch.device("cpu"))
-    from gpt2_llm.trainer import cpu_has_bf16
+    from gpt2_llm.hardware import cpu_has_bf16
     assert auto == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
 
 
