@@ -427,12 +427,14 @@ def _count_into(counts: Counter, chunk: str, pattern: str, special_tokens: tuple
 
 
 def train_merges(
-    words: list[list[int]], counts: list[int], token_bytes: list[bytes], num_tokens: int, progress: bool = False
+    words: list[str], counts: list[int], token_bytes: list[bytes], num_tokens: int, progress: bool = False
 ) -> dict[int, tuple[int, int]]:
     """Merge until there are `num_tokens` tokens (or no pair is left); return {new id: pair}.
 
-    words are lists of token ids with their counts, merged in place; `token_bytes` (id -> bytes)
-    grows as tokens are made.
+    Each distinct pre-token is a "word" with its count. A word is held as a str with one character
+    per token, chr(id), so merging a pair everywhere in it is one str.replace, done in C, and a
+    pair is a 2-character string (which sorts like (left id, right id)). `words` are merged in
+    place; `token_bytes` (id -> bytes) grows as tokens are made.
     Each step merges the most frequent adjacent pair. Tie-break rule: among pairs with the same
     count, the one with the smallest (left id, right id) wins, so training is deterministic.
     A merge whose bytes already form a token (reached earlier by another pair) reuses that id.
@@ -441,15 +443,17 @@ def train_merges(
       pair_count[p]  how often pair p occurs, weighted by word counts
       where[p]       the words that may hold p (a superset: stale entries are skipped)
       heap           (-count, pair) entries; an entry is trusted only if it matches pair_count
-    and after merging (a, b) we update only the words that held it.
+    and after merging (a, b) we update only the words that held it: around an occurrence with
+    left neighbour x and right neighbour y, (x, a) and (b, y) lose the word's count, (x, new)
+    and (new, y) gain it.
     """
     from tqdm import tqdm
 
-    pair_count: dict[tuple[int, int], int] = {}
-    where: dict[tuple[int, int], set[int]] = {}
+    pair_count: dict[str, int] = {}
+    where: dict[str, set[int]] = {}
     for wi, word in enumerate(words):
         c = counts[wi]
-        for pair in zip(word, word[1:]):
+        for pair in map(operator.add, word, word[1:]):  # its adjacent pairs, as 2-character strings
             pair_count[pair] = pair_count.get(pair, 0) + c
             if pair in where:
                 where[pair].add(wi)
@@ -469,19 +473,18 @@ def train_merges(
                 heapq.heappush(heap, (-c, pair))
             continue
         a, b = pair
-        merged = token_bytes[a] + token_bytes[b]
+        merged = token_bytes[ord(a)] + token_bytes[ord(b)]
         new = token_id.get(merged)
         if new is None:
             new = token_id[merged] = len(token_bytes)
             token_bytes.append(merged)
-            parents[new] = pair
+            parents[new] = (ord(a), ord(b))
             bar.update(1)
 
-        grown: set[tuple[int, int]] = set()  # pairs with the new token, whose counts grew
+        grown: set[str] = set()  # pairs with the new token, whose counts grew
         for wi in where.pop(pair):
-            new_word = _merge_in_word(words[wi], a, b, new, counts[wi], pair_count, grown, where, wi)
-            if new_word is not None:  # None: a stale entry, the word no longer holds the pair
-                words[wi] = new_word
+            if pair in words[wi]:  # else a stale entry: an earlier merge took the pair away
+                words[wi] = _merge_in_word(words[wi], a, b, chr(new), counts[wi], pair_count, grown, where, wi)
         del pair_count[pair]
         for p in grown:
             heapq.heappush(heap, (-pair_count[p], p))
@@ -489,33 +492,34 @@ def train_merges(
     return parents
 
 
-def _merge_in_word(word: list[int], a: int, b: int, new: int, weight: int, pair_count: dict, grown: set,
-                   where: dict, wi: int) -> list[int] | None:
+_SITE = chr(0x10FFFF)  # marks merge sites inside a word; never a token (ids stay far below)
+
+
+def _merge_in_word(word: str, a: str, b: str, new: str, weight: int, pair_count: dict, grown: set,
+                   where: dict, wi: int) -> str:
     """Replace each (a, b) in word `wi`, left to right, by `new`; update the counts of the pairs
     around each replacement (only those change) and note word `wi` under the pairs it gains.
-    Returns the new word, or None if the word no longer holds (a, b).
-
-    Around an occurrence with left neighbour x (already merged, if it was) and right neighbour y:
-        (x, a) and (b, y) lose `weight`; (x, new) and (new, y) gain it.
     The count of (a, b) itself is dropped by the caller.
+
+    Neighbours are taken as they are after the merges to their left: a site right after another
+    has x = new, and a site followed by another has y = a (that (b, a) is lost, and the (new, a)
+    gained there is taken back by the next site, which gains (new, new) instead).
     """
-    n = len(word)
-    out: list[int] = []
-    i = 0
-    while i < n - 1:
-        if word[i] != a or word[i + 1] != b:
-            out.append(word[i])
-            i += 1
-            continue
+    marked = word.replace(a + b, _SITE)  # non-overlapping, left to right: BPE's own rule
+    last = len(marked) - 1
+    i = marked.find(_SITE)
+    while i >= 0:
         gained = []
-        if out:
-            x = out[-1]
-            pair_count[x, a] -= weight
-            gained.append((x, new))
-        if i + 2 < n:
-            y = word[i + 2]
-            pair_count[b, y] -= weight
-            gained.append((new, y))
+        if i > 0:
+            x = marked[i - 1]
+            x = new if x == _SITE else x
+            pair_count[x + a] -= weight
+            gained.append(x + new)
+        if i < last:
+            y = marked[i + 1]
+            y = a if y == _SITE else y
+            pair_count[b + y] -= weight
+            gained.append(new + y)
         for p in gained:
             pair_count[p] = pair_count.get(p, 0) + weight
             grown.add(p)
@@ -523,13 +527,8 @@ def _merge_in_word(word: list[int], a: int, b: int, new: int, weight: int, pair_
                 where[p].add(wi)
             else:
                 where[p] = {wi}
-        out.append(new)
-        i += 2
-    if len(out) + (i < n) == n:
-        return None  # nothing merged
-    if i < n:
-        out.append(word[i])
-    return out
+        i = marked.find(_SITE, i + 1)
+    return marked.replace(_SITE, new)
 
 
 def _special_splitter(special_tokens: Collection[str], keep: bool = False):
@@ -896,6 +895,8 @@ class BPE:
             chunks = iter_str_chunks(text, special_tokens)
         if vocab_size is None:
             vocab_size = recommended_vocab_size(num_bytes)
+        if vocab_size >= 0x10FFFF:  # training writes each token as one character (see train_merges)
+            raise TokenizerError(f"vocab size {vocab_size} is too large: it must be below {0x10FFFF:,}")
         if vocab_size < 256 + len(special_tokens):
             raise TokenizerError(f"vocab size {vocab_size} is too small: it must be at least 256 + {len(special_tokens)} special tokens")
         _compile_findall(pattern)  # a bad pattern fails here, before any reading
@@ -903,7 +904,8 @@ class BPE:
         if workers is None:
             workers = default_workers(num_bytes)
         counts = count_pretokens(_progress_chunks(chunks, num_bytes, progress), pattern, special_tokens, workers)
-        words = [list(piece.encode("utf-8", "surrogatepass")) for piece in counts]
+        # Each word as a str of one character per byte (latin-1 maps byte k to chr(k)); see train_merges.
+        words = [piece.encode("utf-8", "surrogatepass").decode("latin-1") for piece in counts]
         token_bytes = [bytes([b]) for b in range(256)]
         parents = train_merges(words, list(counts.values()), token_bytes, vocab_size - len(special_tokens), progress)
         specials = {s: len(token_bytes) + k for k, s in enumerate(special_tokens)}
