@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import gc
 import glob
 import hashlib
 import heapq
@@ -560,6 +561,13 @@ def _ignore_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _leave_inherited_objects_alone() -> None:
+    """In a forked worker: keep the garbage collector off the objects inherited from the parent.
+    Its passes write to every object they visit, so each would copy the parent's pages into the
+    worker, one by one (a parent that has imported torch holds hundreds of MB of them)."""
+    gc.freeze()
+
+
 def imap_bounded(fn, items: Iterable, workers: int, initializer=None, initargs: tuple = (), ahead: int | None = None) -> Iterator:
     """fn(item) for each item, computed by `workers` processes, yielded in the items' order.
 
@@ -585,6 +593,7 @@ def imap_bounded(fn, items: Iterable, workers: int, initializer=None, initargs: 
 
 def _init_worker(initializer, initargs: tuple) -> None:
     _ignore_ctrl_c()
+    _leave_inherited_objects_alone()
     if initializer is not None:
         initializer(*initargs)
 
@@ -634,6 +643,7 @@ def _count_in_processes(chunks: Iterable[str], pattern: str, special_tokens: tup
 
 def _count_worker(tasks, results, pattern: str, special_tokens: tuple[str, ...]) -> None:
     _ignore_ctrl_c()
+    _leave_inherited_objects_alone()
     counts: Counter = Counter()
     try:
         for chunk in iter(tasks.get, None):
@@ -775,7 +785,7 @@ class BPE:
         allowed_special: Literal["all"] | Collection[str] = (),
         workers: int | None = None,
         progress: bool = False,
-        chunk_bytes: int = _CHUNK_BYTES,
+        chunk_bytes: int | None = None,
     ) -> Iterator[array]:
         """Encode a file, or several, chunk by chunk (about 1 MB each), yielding each chunk's ids
         in order as a compact array (typecode "H": 2 bytes an id, or "I": 4 for a vocabulary
@@ -788,6 +798,9 @@ class BPE:
             the same whatever the number; at most 2 chunks per worker are read ahead of the
             results, so memory does not grow with the size of the input.
         progress: show a bar in bytes on stderr.
+        chunk_bytes: the size of the pieces read (default 1 MB, or 512 KB with several workers:
+            smaller pieces share the work out more evenly at the end, 1.80x against 1.72x faster
+            than one worker on the Gutenberg corpus with 2).
         """
         files = text_files(path)
         allowed = self._special_set(allowed_special)
@@ -796,6 +809,7 @@ class BPE:
                                  f"but this tokenizer has no such special token")
         num_bytes = sum(file.stat().st_size for file in files)
         workers = default_workers(num_bytes) if workers is None else workers
+        chunk_bytes = chunk_bytes or (_CHUNK_BYTES if workers <= 1 else _CHUNK_BYTES // 2)
         with _byte_bar(num_bytes, "encoding", progress) as bar:
             jobs = self._encode_jobs(files, allowed, chunk_bytes, bar)
             if workers <= 1:

@@ -15,8 +15,9 @@
     that process and its workers, added up, is sampled from /proc every 50 ms (bar: peak RSS
     under 1.5 GB). Linux only. The text and its token file are deleted afterwards.
 
-Timings are medians of --repeats runs, the compared sides alternating in one process so that
-the machine's noise hits both alike. Prints Markdown tables.
+Parts (a) and (b) each run in a fresh process. Timings are medians of --repeats runs, the
+compared sides alternating in that process so that the machine's noise hits both alike.
+Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -201,9 +202,14 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="run (c) alone, on a 1 GB text")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--encode-in-child", metavar="PATH", help=argparse.SUPPRESS)  # measure_memory's child
+    parser.add_argument("--section", choices=["training", "encoding"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.encode_in_child:
         encode_in_child(args.encode_in_child)
+    elif args.section == "training":
+        bench_training(GUTENBERG, [4096, 8192, 16384], args.repeats)
+    elif args.section == "encoding":
+        bench_encoding(GUTENBERG, args.repeats)
     elif args.memory:
         bench_memory(1 << 30)
     elif args.quick:
@@ -213,8 +219,11 @@ def main() -> None:
             bench_encoding(head, repeats=1)
         bench_memory(40_000_000)
     else:
-        bench_training(GUTENBERG, [4096, 8192, 16384], args.repeats)
-        bench_encoding(GUTENBERG, args.repeats)
+        # Each part in a fresh process, as a user's command would run: forked workers copy their
+        # parent's memory page by page as they touch it, so a process grown by the part before
+        # (HF's trainer, large counts) would make the next part's workers start slower.
+        for section in ("training", "encoding"):
+            subprocess.run([sys.executable, __file__, "--section", section, "--repeats", str(args.repeats)], check=True)
 
 
 if __name__ == "__main__":
