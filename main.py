@@ -157,7 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         torch_seed(overrides.get("seed", TrainConfig.seed))
         trainer = Trainer(GPT2(config), tokenizer, **overrides)
     say(trainer.describe(), file=sys.stderr)
-    result = trainer.train(args.file, save_path=out)
+    result = trainer.train(files, save_path=out)
     ranks.close()
     if result.get("stopped_by") == "signal":
         signum = result["signal"]
@@ -270,9 +270,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from gpt2_llm.data import eval_windows, load_tokens
     from gpt2_llm.trainer import Trainer
 
-    text_inputs(args.file)
+    files = text_inputs(args.file)
     model, tokenizer = load_model(args.model_file, args.device)
-    tokens = load_tokens(args.file, tokenizer)
+    tokens = load_tokens(files, tokenizer)
     if len(tokens) < 2:
         raise UserError(f"{args.file} is too short to evaluate: it encodes to {len(tokens)} token")
     windows = eval_windows(tokens, min(model.config.block_size, len(tokens) - 1))

@@ -38,23 +38,33 @@ def parse_args(argv=None):
 
 def make_models(vocab_size: int):
     """Our model with a fixed seed, and transformers' model loaded from our export of it."""
-    from transformers import GPT2LMHeadModel
-
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=vocab_size, n_layer=6, n_head=6, n_embd=384, block_size=256)
     ours = GPT2(config)
-    with torch.no_grad():
-        # GPT-2's small init gives 50257 nearly equal logits, where two correct implementations
-        # can pick different greedy tokens on a near-tie; larger weights make the ids comparable.
-        ours.wte.weight.mul_(10)
-    with tempfile.TemporaryDirectory() as folder:
-        ours.save_hf(folder)
-        theirs = GPT2LMHeadModel.from_pretrained(folder, attn_implementation="sdpa")
+    sharpen(ours)
+    theirs = to_transformers(ours)
     ids = torch.randint(0, vocab_size, (2, 64))
     with torch.no_grad():
         diff = (ours.eval()(ids)[0] - theirs.eval()(ids).logits).abs().max().item()
     assert diff < 1e-4, f"the two models disagree: logits differ by {diff}"
     return config, ours, theirs
+
+
+def sharpen(model: GPT2) -> None:
+    """Scale the token embedding 10x. GPT-2's small init gives 50257 nearly equal logits, where two
+    correct implementations can pick different greedy tokens on a near-tie; larger weights make
+    the generated ids comparable."""
+    with torch.no_grad():
+        model.wte.weight.mul_(10)
+
+
+def to_transformers(model: GPT2):
+    """transformers' GPT2LMHeadModel (SDPA attention) with our model's weights, through save_hf."""
+    from transformers import GPT2LMHeadModel
+
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_hf(folder)
+        return GPT2LMHeadModel.from_pretrained(folder, attn_implementation="sdpa")
 
 
 def train_step_fns(ours, theirs, x, y):

@@ -30,7 +30,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import types
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench_model import sharpen, to_transformers  # noqa: E402 (this script's folder)
 from gpt2_llm import GPT2, GPT2Config, hardware  # noqa: E402
 
 GPU_BATCHES = (64, 48, 32, 24, 16, 12, 8, 4, 2, 1)
@@ -59,33 +59,36 @@ def model_config(device: str) -> GPT2Config:
     return GPT2Config(vocab_size=50257, n_layer=6, n_head=6, n_embd=384, block_size=256)
 
 
-def make_model(config: GPT2Config, impl: str, sharpen: bool = False):
+def make_model(config: GPT2Config, impl: str, sharpened: bool = False):
     """Ours from a fixed seed; transformers' loaded from our export of the same weights.
-
-    sharpen: scale the token embedding 10x. GPT-2's small init gives 50257 nearly equal logits,
-    where two correct implementations can pick different greedy tokens on a near-tie; larger
-    weights make the generated ids comparable.
-    """
-    torch.manual_seed(0)
-    ours = GPT2(config)
-    if sharpen:
-        with torch.no_grad():
-            ours.wte.weight.mul_(10)
-    if impl == "ours":
-        return ours
-    from transformers import GPT2LMHeadModel
+    sharpened: the token embedding scaled 10x, so greedy ids can be compared (bench_model.sharpen)."""
     from transformers.utils import logging
 
+    torch.manual_seed(0)
+    ours = GPT2(config)
+    if sharpened:
+        sharpen(ours)
+    if impl == "ours":
+        return ours
     logging.set_verbosity_error()
     logging.disable_progress_bar()
-    with tempfile.TemporaryDirectory() as folder:
-        ours.save_hf(folder)
-        return GPT2LMHeadModel.from_pretrained(folder, attn_implementation="sdpa")
+    return to_transformers(ours)
 
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def median_time(fn, runs: int, device: torch.device) -> tuple[float, object]:
+    """The median seconds of `runs` calls of fn (waiting for the GPU each time), and its last result."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
 
 
 # ---- one row, in its own process -------------------------------------------------------------------
@@ -148,13 +151,7 @@ def train_row(spec: dict) -> dict:
         return {"error": "out of memory at every batch size"}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(spec["steps"]):
-        start = time.perf_counter()
-        loss = step()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds, loss = median_time(step, spec["steps"], device)
     tok_s = batch * config.block_size / seconds
     peak, source = hardware.peak_flops(device, dtype)
     memory = (torch.cuda.max_memory_allocated() if device.type == "cuda"
@@ -166,7 +163,7 @@ def train_row(spec: dict) -> dict:
 def generate_row(spec: dict) -> dict:
     device = torch.device(spec["device"])
     config = model_config(device.type)
-    model = make_model(config, spec["impl"], sharpen=True).to(device).eval()
+    model = make_model(config, spec["impl"], sharpened=True).to(device).eval()
     prompt = torch.randint(0, config.vocab_size, (spec["batch"], 16), generator=torch.Generator().manual_seed(2))
     prompt = prompt.to(device)
     new = spec["new_tokens"]
@@ -179,13 +176,8 @@ def generate_row(spec: dict) -> dict:
                               pad_token_id=0, attention_mask=torch.ones_like(prompt))  # fmt: skip
 
     run()  # warm-up
-    times = []
-    for _ in range(spec["runs"]):
-        start = time.perf_counter()
-        out = run()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return {"tokens_per_s": spec["batch"] * new / statistics.median(times), "ids": out[:, 16:].tolist()}
+    seconds, out = median_time(run, spec["runs"], device)
+    return {"tokens_per_s": spec["batch"] * new / seconds, "ids": out[:, 16:].tolist()}
 
 
 # ---- the table --------------------------------------------------------------------------------------

@@ -109,9 +109,11 @@ def _encode_to_file(files: list[Path], tokenizer, path: Path, dtype: np.dtype, p
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            # Each chunk's ids (about 1 MB of text) are written as they come, in order.
+            # Each chunk's ids (about 1 MB of text) are written as they come, in order: arrays of
+            # 2-byte ids up to 65,536 tokens and 4-byte ones above, as `dtype` (token_dtype).
             for ids in tokenizer.iter_encode_file(files, allowed_special="all", workers=workers, progress=progress):
-                f.write(np.asarray(ids, dtype=dtype).tobytes())
+                assert ids.itemsize == dtype.itemsize
+                f.write(ids)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes files private; a cache is as readable as the text

@@ -87,19 +87,22 @@ class Distributed:
     exchange every step, so that agreeing on them never waits for the GPU.
     """
 
+    _control = None  # the gloo group, made once per process (every rank must make it, in step)
+
     def __init__(self):
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        self.control = None
         if self.world_size > 1:
             if not dist.is_initialized():
                 backend = "nccl" if torch.cuda.is_available() else "gloo"
                 if backend == "nccl":
                     torch.cuda.set_device(self.local_rank)
                 dist.init_process_group(backend)
-            self.control = dist.new_group(backend="gloo")
+            if Distributed._control is None:
+                Distributed._control = dist.new_group(backend="gloo")
+        self.control = Distributed._control
 
     @property
     def is_main(self) -> bool:
@@ -121,20 +124,21 @@ class Distributed:
         if self.world_size > 1 and dist.is_initialized():
             dist.barrier(self.control)
             dist.destroy_process_group()
+            Distributed._control = None
 
     def max(self, values: list[float]) -> list[float]:
         """The elementwise maximum over all ranks of a few numbers (one small message)."""
-        if self.world_size == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control)
-        return t.tolist()
+        return self._all_reduce(values, dist.ReduceOp.MAX)
 
     def sum(self, values: list[float]) -> list[float]:
+        """The elementwise sum over all ranks of a few numbers."""
+        return self._all_reduce(values, dist.ReduceOp.SUM)
+
+    def _all_reduce(self, values: list[float], op) -> list[float]:
         if self.world_size == 1:
             return values
         t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.control)
+        dist.all_reduce(t, op=op, group=self.control)
         return t.tolist()
 
     def gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -364,7 +368,7 @@ class Trainer:
         if self.dist.world_size == 1:
             return out_of_time
         total = self.total_steps if self.dist.is_main and self.total_steps is not None else -1
-        bad_step, bad_loss = self._nonfinite or (-1, 0.0)
+        bad_step = self._nonfinite[0] if self._nonfinite is not None else -1
         total, out_of_time, signum, bad_step = self.dist.max(
             [total, float(out_of_time), self._stop_signal or 0, bad_step])
         self.total_steps = None if total < 0 else int(total)
