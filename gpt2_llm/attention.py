@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import GPT2Config
+
 
 class RotaryPositionEmbedding(nn.Module):
     """RoPE: rotate each pair of channels of q and k by an angle proportional to the position.
@@ -91,27 +93,18 @@ def plain_products_are_faster(q: torch.Tensor) -> bool:
 class QKVAttention(nn.Module):
     """Multi-head causal self-attention with one fused projection for queries, keys and values."""
 
-    def __init__(
-        self,
-        embedding_dim: int,
-        num_heads: int,
-        dropout: float = 0.0,
-        use_rope: bool = False,
-        rope_max_seq_len: int = 1024,
-        bias: bool = True,
-        rope_base: float = 10000.0,
-    ):
+    def __init__(self, config: GPT2Config):
         super().__init__()
-        if embedding_dim % num_heads:
-            raise ValueError(f"embedding_dim ({embedding_dim}) must be a multiple of num_heads ({num_heads})")
-        self.num_heads = num_heads
-        self.dropout = dropout
+        C = config.n_embd
+        self.num_heads = config.n_head
+        self.dropout = config.attn_dropout_prob  # on the attention weights, inside SDPA
         # One matrix product makes q, k and v side by side: fewer, larger kernels than three.
-        self.c_attn = nn.Linear(embedding_dim, 3 * embedding_dim, bias=bias)
-        self.c_proj = nn.Linear(embedding_dim, embedding_dim, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
-        head_size = embedding_dim // num_heads
-        self.rope = RotaryPositionEmbedding(head_size, rope_max_seq_len, rope_base) if use_rope else None
+        self.c_attn = nn.Linear(C, 3 * C, bias=config.bias)
+        self.c_proj = nn.Linear(C, C, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.rope = None  # positions are then learned, added to the embeddings by GPT2
+        if config.rope:
+            self.rope = RotaryPositionEmbedding(config.head_size, config.block_size, config.rope_base)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape

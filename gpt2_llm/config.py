@@ -85,12 +85,51 @@ class GPT2Config:
     def mlp_size(self) -> int:
         return self.n_inner if self.n_inner is not None else 4 * self.n_embd
 
+    @property
+    def attn_dropout_prob(self) -> float:
+        """The probability attention weights are dropped with: attn_dropout, or dropout where that is None."""
+        return self.dropout if self.attn_dropout is None else self.attn_dropout
+
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "GPT2Config":
         """The preset `name` (see PRESETS), with any field replaced by `overrides`."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r} (--preset); choose one of: {', '.join(PRESETS)}")
         return replace(cls(**PRESETS[name]), **overrides)
+
+
+# The original tool's keyword arguments (GPT2's, and GPT2Decoder's extras), and the field each sets.
+ORIGINAL_ARGS = {
+    "vocab_size": "vocab_size",
+    "embedding_dim": "n_embd",
+    "num_layers": "n_layer",
+    "num_heads": "n_head",
+    "max_seq_len": "block_size",
+    "rope_max_seq_len": "block_size",  # the decoder's name for it: the positions RoPE covers
+    "feedforward_dim": "n_inner",
+    "dropout": "dropout",
+    "bias": "bias",
+    "use_rope": "rope",
+    "rope_base": "rope_base",
+    "layer_norm_eps": "layer_norm_eps",
+}
+
+
+def config_from_original_args(caller: str, config: GPT2Config | None, original_args: dict) -> GPT2Config:
+    """The config of a module built as `caller(config)` or `caller(**original_args)`: GPT2 and
+    GPT2Decoder take either. Fields no argument names keep their defaults (the decoder's
+    vocab_size among them: it never reads it)."""
+    if not original_args:
+        return config or GPT2Config()
+    if config is not None:
+        raise TypeError(f"{caller}() takes a GPT2Config or keyword arguments, not both")
+    unknown = sorted(original_args.keys() - ORIGINAL_ARGS.keys())
+    if unknown:
+        raise TypeError(f"{caller}() got unexpected arguments {unknown}; it takes {sorted(ORIGINAL_ARGS)}")
+    fields = {ORIGINAL_ARGS[name]: value for name, value in original_args.items()}
+    if len(fields) < len(original_args):  # the one field with two names
+        raise TypeError(f"{caller}() takes max_seq_len or rope_max_seq_len, not both: each sets block_size")
+    return GPT2Config(**fields)
 
 
 def _opt(default, help: str):

@@ -7,19 +7,19 @@ import torch
 from torch import nn
 
 from .attention import KVCache, QKVAttention
+from .config import GPT2Config, config_from_original_args
 
 
 class MLP(nn.Module):
     """Position-wise feed-forward: widen (4x in GPT-2), GELU, project back."""
 
-    def __init__(self, embedding_dim: int, feedforward_dim: int | None = None, dropout: float = 0.0, bias: bool = True):
+    def __init__(self, config: GPT2Config):
         super().__init__()
-        feedforward_dim = feedforward_dim or 4 * embedding_dim
-        self.c_fc = nn.Linear(embedding_dim, feedforward_dim, bias=bias)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_size, bias=config.bias)
         # GPT-2 was trained with the tanh approximation of GELU; one fused kernel in torch.
         self.gelu = nn.GELU(approximate="tanh")
-        self.c_proj = nn.Linear(feedforward_dim, embedding_dim, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.c_proj = nn.Linear(config.mlp_size, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
@@ -31,23 +31,12 @@ class DecoderBlock(nn.Module):
     The residual stream x itself is never normalised, so gradients reach early layers undamped.
     """
 
-    def __init__(
-        self,
-        embedding_dim: int,
-        num_heads: int,
-        feedforward_dim: int | None = None,
-        dropout: float = 0.0,
-        bias: bool = True,
-        use_rope: bool = False,
-        rope_max_seq_len: int = 1024,
-        rope_base: float = 10000.0,
-        layer_norm_eps: float = 1e-5,
-    ):
+    def __init__(self, config: GPT2Config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(embedding_dim, eps=layer_norm_eps, bias=bias)
-        self.attn = QKVAttention(embedding_dim, num_heads, dropout, use_rope, rope_max_seq_len, bias, rope_base)
-        self.ln_2 = nn.LayerNorm(embedding_dim, eps=layer_norm_eps, bias=bias)
-        self.mlp = MLP(embedding_dim, feedforward_dim, dropout, bias)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.attn = QKVAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache)  # tokens exchange information
@@ -58,27 +47,12 @@ class DecoderBlock(nn.Module):
 class GPT2Decoder(nn.Module):
     """The stack of decoder blocks, kept in `h` as GPT-2 names it."""
 
-    def __init__(
-        self,
-        num_layers: int,
-        embedding_dim: int,
-        num_heads: int,
-        feedforward_dim: int | None = None,
-        dropout: float = 0.0,
-        bias: bool = True,
-        use_rope: bool = False,
-        rope_max_seq_len: int = 1024,
-        rope_base: float = 10000.0,
-        layer_norm_eps: float = 1e-5,
-    ):
+    def __init__(self, config: GPT2Config | None = None, **original_args):
+        """GPT2Decoder(config), or with the original tool's keyword arguments (see config.ORIGINAL_ARGS):
+        GPT2Decoder(num_layers=2, embedding_dim=64, num_heads=4)."""
         super().__init__()
-        self.h = nn.ModuleList(
-            DecoderBlock(
-                embedding_dim, num_heads, feedforward_dim, dropout, bias,
-                use_rope, rope_max_seq_len, rope_base, layer_norm_eps,
-            )  # fmt: skip
-            for _ in range(num_layers)
-        )
+        config = config_from_original_args("GPT2Decoder", config, original_args)
+        self.h = nn.ModuleList(DecoderBlock(config) for _ in range(config.n_layer))
 
     def forward(self, x: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); `caches` holds one KVCache per block during generation."""

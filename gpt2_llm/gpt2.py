@@ -22,20 +22,9 @@ from torch import nn
 
 from .attention import KVCache
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import GPT2Config
+from .config import GPT2Config, config_from_original_args
 from .decoder import GPT2Decoder
 
-# The original tool's keyword arguments, and the config field each one sets.
-ORIGINAL_ARGS = {
-    "vocab_size": "vocab_size",
-    "embedding_dim": "n_embd",
-    "num_layers": "n_layer",
-    "num_heads": "n_head",
-    "max_seq_len": "block_size",
-    "feedforward_dim": "n_inner",
-    "dropout": "dropout",
-    "use_rope": "rope",
-}
 # Config fields that decide the shapes of the weights: a checkpoint must agree on all of them.
 SHAPE_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "n_inner", "bias", "rope")
 
@@ -53,14 +42,7 @@ class _class_or_instance_method:
 class GPT2(nn.Module):
     def __init__(self, config: GPT2Config | None = None, **original_args):
         super().__init__()
-        if original_args:
-            unknown = sorted(original_args.keys() - ORIGINAL_ARGS.keys())
-            if unknown:
-                raise TypeError(f"GPT2() got unexpected arguments {unknown}; it takes {sorted(ORIGINAL_ARGS)}")
-            if config is not None:
-                raise TypeError("GPT2() takes a GPT2Config or keyword arguments, not both")
-            config = GPT2Config(**{ORIGINAL_ARGS[name]: value for name, value in original_args.items()})
-        self.config = config = config or GPT2Config()
+        self.config = config = config_from_original_args("GPT2", config, original_args)
         # forward() checks ids on the host before the embedding (a clear error, never a device-side
         # assert). That costs a sync per step on a GPU: a trainer whose data is known good may turn it off.
         self.check_ids = True
@@ -68,13 +50,7 @@ class GPT2(nn.Module):
         self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
         self.wpe = None if config.rope else nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
-        self.decoder = GPT2Decoder(
-            config.n_layer, config.n_embd, config.n_head, config.mlp_size, config.dropout, config.bias,
-            config.rope, config.block_size, config.rope_base, config.layer_norm_eps,
-        )  # fmt: skip
-        if config.attn_dropout is not None:
-            for block in self.decoder.h:
-                block.attn.dropout = config.attn_dropout  # the probability SDPA drops attention weights with
+        self.decoder = GPT2Decoder(config)
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         # Weight tying: one matrix both embeds tokens and scores them; its gradient sums both uses.
@@ -348,7 +324,7 @@ class GPT2(nn.Module):
             "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_ctx": c.block_size,
             "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": c.n_inner,
             "resid_pdrop": c.dropout, "embd_pdrop": c.dropout,
-            "attn_pdrop": c.dropout if c.attn_dropout is None else c.attn_dropout,
+            "attn_pdrop": c.attn_dropout_prob,
             "layer_norm_epsilon": c.layer_norm_eps, "initializer_range": 0.02, "tie_word_embeddings": True,
         }  # fmt: skip
         (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from gpt2_llm import GPT2, PRESETS, GPT2Config
+from gpt2_llm.config import ORIGINAL_ARGS, config_from_original_args
 
 # OpenAI's published sizes, as transformers counts them (the tied head counted once).
 PUBLISHED = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168, "gpt2-large": 774_030_080, "gpt2-xl": 1_557_611_200}
@@ -74,3 +75,25 @@ def test_attention_dropout_can_differ_from_dropout():
     assert all(block.attn.dropout == 0.2 for block in same.decoder.h)  # None: as dropout, like GPT-2
     with pytest.raises(ValueError, match="--attn-dropout"):
         GPT2Config(attn_dropout=1.5)
+
+
+def test_original_arguments_name_config_fields():
+    assert set(ORIGINAL_ARGS.values()) <= set(asdict(GPT2Config()))
+    config = config_from_original_args(
+        "GPT2Decoder", None, dict(num_layers=3, embedding_dim=32, num_heads=4, feedforward_dim=80, dropout=0.1,
+                                  bias=False, use_rope=True, rope_max_seq_len=16, rope_base=500.0, layer_norm_eps=1e-3),
+    )  # fmt: skip
+    assert config == GPT2Config(n_layer=3, n_embd=32, n_head=4, n_inner=80, dropout=0.1, bias=False, rope=True,
+                                block_size=16, rope_base=500.0, layer_norm_eps=1e-3)  # fmt: skip
+    given = GPT2Config.from_preset("tiny")
+    assert config_from_original_args("GPT2", given, {}) is given
+    assert config_from_original_args("GPT2", None, {}) == GPT2Config()
+
+
+def test_original_arguments_refuse_unknown_and_conflicting_names():
+    with pytest.raises(TypeError, match=r"GPT2Decoder\(\) got unexpected arguments \['n_layer'\]; it takes \['bias', "):
+        config_from_original_args("GPT2Decoder", None, dict(n_layer=2))
+    with pytest.raises(TypeError, match="not both"):
+        config_from_original_args("GPT2Decoder", GPT2Config(), dict(num_layers=2))
+    with pytest.raises(TypeError, match="max_seq_len or rope_max_seq_len, not both"):
+        config_from_original_args("GPT2Decoder", None, dict(max_seq_len=8, rope_max_seq_len=16))
