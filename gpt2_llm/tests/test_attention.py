@@ -6,11 +6,7 @@ import torch.nn.functional as F
 
 from gpt2_llm import GPT2Config
 from gpt2_llm.attention import KVCache, QKVAttention, RotaryPositionEmbedding, manual_attention
-
-
-def assert_close(actual, expected, atol=1e-6):
-    diff = (actual - expected).abs().max().item()
-    assert diff <= atol, f"largest difference {diff:.3g} > {atol}"
+from gpt2_llm.tests.conftest import assert_close
 
 
 def test_rope_rotates_each_pair_by_position_times_frequency():

@@ -6,11 +6,7 @@ from torch import nn
 from gpt2_llm import GPT2Config
 from gpt2_llm.attention import KVCache
 from gpt2_llm.decoder import MLP, DecoderBlock, GPT2Decoder
-
-
-def assert_close(actual, expected, atol=1e-6):
-    diff = (actual - expected).abs().max().item()
-    assert diff <= atol, f"largest difference {diff:.3g} > {atol}"
+from gpt2_llm.tests.conftest import assert_close
 
 
 def test_mlp_is_gpt2s_tanh_gelu_between_two_projections():

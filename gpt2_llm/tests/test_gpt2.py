@@ -9,11 +9,7 @@ from torch import nn
 
 from gpt2_llm import GPT2, GPT2Config
 from gpt2_llm.gpt2 import cross_entropy, sample_next_token
-
-
-def assert_close(actual, expected, atol):
-    diff = (actual.float() - expected.float()).abs().max().item()
-    assert diff <= atol, f"largest difference {diff:.3g} > {atol}"
+from gpt2_llm.tests.conftest import assert_close
 
 
 def greedy_by_full_recompute(model, ids, n):
