@@ -84,9 +84,8 @@ def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout:
 
 def plain_products_are_faster(q: torch.Tensor) -> bool:
     """On a CPU in bf16 with a short context, two batched matrix products and a softmax beat the
-    fused attention kernel, whose blocks suit long sequences: fwd+bwd of a 6-head layer at context
-    256 takes 11.7 ms against 15.0 (128: 7.0 against 18.6). In float32, or from 512 tokens, the
-    kernel wins, and on a GPU it always does."""
+    fused attention kernel, whose blocks suit long sequences. In float32, or from 512 tokens, the
+    kernel wins, and on a GPU it always does (BENCHMARKS.md has the measurements)."""
     return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and q.size(-2) <= 256
 
 

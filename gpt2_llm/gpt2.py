@@ -140,9 +140,9 @@ class GPT2(nn.Module):
 
     def _next_logits_one(self, ids: torch.Tensor, caches: list[KVCache], head: torch.Tensor) -> torch.Tensor:
         """_next_logits for one new token per row, ids (B, 1): the same arithmetic, spelled out as
-        plain function calls on the blocks' weights. At batch 1 a token's matrix products take
-        about 3 ms on a CPU, and the general path's ~80 module calls, reshapes and mask checks add
-        a tenth to that; this path leaves them out (tested equal to _next_logits)."""
+        plain function calls on the blocks' weights. At batch 1 the general path's ~80 module calls,
+        reshapes and mask checks are a visible share of a token's time next to its matrix products;
+        this path leaves them out (tested equal to _next_logits)."""
         B, C, nh = ids.size(0), self.config.n_embd, self.config.n_head
         position = caches[0].length
         x = self.wte.weight[ids[:, 0]]  # (B, C)
@@ -224,7 +224,7 @@ class GPT2(nn.Module):
 
     def _generation_head(self, dtype: torch.dtype | None) -> torch.Tensor:
         """The head's matrix as (C, vocab), contiguous, kept between calls until the weights change
-        (an optimizer step bumps the tensor's version): copying it costs as much as ~10 tokens."""
+        (an optimizer step bumps the tensor's version): copying it costs as much as several tokens."""
         weight = self.lm_head.weight
         key = (weight.data_ptr(), weight._version, weight.device, dtype)
         if getattr(self, "_head_cache", (None,))[0] != key:
@@ -336,7 +336,7 @@ def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int | Non
                       generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
     """Pick the next token from logits (B, vocab); returns ids (B, 1)."""
     if temperature == 0:
-        return logits.max(dim=-1, keepdim=True).indices  # the first of equal maxima, as argmax; 3x faster on CPU
+        return logits.max(dim=-1, keepdim=True).indices  # the first of equal maxima, as argmax, but faster on CPU
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
         values, indices = logits.topk(top_k, dim=-1)  # (B, k), most likely first
