@@ -108,7 +108,13 @@ _REPLACE = "bpe.replace"
 codecs.register_error(_REPLACE, _replace_but_keep_surrogates)
 
 
-class TokenizerError(ValueError):
+class UserError(ValueError):
+    """A problem the user can fix (a bad file, flag or value): the command line prints its one-line
+    message and exits 1. The whole toolkit raises this type (or a subclass) for such problems, so
+    that any other exception is a bug and keeps its traceback."""
+
+
+class TokenizerError(UserError):
     """A user-facing problem with a tokenizer file or with input text (one-line message)."""
 
 

@@ -3,7 +3,10 @@ whether they belong together.
 
     python check_checkpoint.py gpt2_model.pt [vocab.txt]
 
-Exit code: 0 compatible, 1 not compatible, 2 a file cannot be read (the reason is printed).
+The checkpoint is read through the toolkit's one loader (gpt2_llm/loading.py), exactly as
+`main.py predict` would read it. Exit code: 0 usable and compatible; 1 not: a file that cannot be
+read or used (the reason on one `error:` line), or a vocab file that does not fit the model (the
+verdict says why); 2 a malformed command line.
 """
 
 from __future__ import annotations
@@ -18,33 +21,26 @@ import bpe
 
 def report(checkpoint_path: str, vocab_path: str | None) -> tuple[list[str], list[str]]:
     """Lines of the report, and the reasons the pair is incompatible (empty: compatible).
-    Raises CheckpointError / TokenizerError when a file cannot be read."""
-    from gpt2_llm import load_checkpoint
+    Raises a bpe.UserError (CheckpointError, TokenizerError) when a file cannot be used."""
+    from gpt2_llm.loading import load
 
-    ckpt = load_checkpoint(checkpoint_path)
-    cfg = ckpt["model_config"]
-    stored = given = None
-    if "tokenizer" in ckpt:  # written by main.py train: the tokenizer travels with the model
-        stored = bpe.BPE.from_text(ckpt["tokenizer"]["text"], f"{checkpoint_path} (its tokenizer)")
-    if vocab_path is not None:
-        given = bpe.BPE.load(vocab_path)
+    loaded = load(checkpoint_path)
+    cfg, stored = loaded.model.config, loaded.tokenizer
+    given = bpe.BPE.load(vocab_path) if vocab_path is not None else None
     tokenizer = given or stored
-    params = sum(t.numel() for name, t in ckpt["model"].items() if name != "lm_head.weight")  # tied to wte
-    wte = ckpt["model"].get("wte.weight")
-    if wte is not None:  # the embedding's padding rows (a multiple of 64 in all) are not parameters
-        params -= (wte.size(0) - cfg["vocab_size"]) * wte.size(1)
     size_mb = os.path.getsize(checkpoint_path) / 1e6
+    options = [name for name, on in (("RoPE", cfg.rope), ("no bias", not cfg.bias)) if on]
     lines = [
-        f"checkpoint:       {checkpoint_path} ({size_mb:.1f} MB, format version {ckpt['format_version']})",
+        f"checkpoint:       {checkpoint_path} ({size_mb:.1f} MB, format version {loaded.checkpoint['format_version']})",
         f"vocab size:       {tokenizer.vocab_size:,}" if tokenizer else "vocab size:       unknown (no tokenizer)",
-        f"model vocab size: {cfg['vocab_size']:,}",
-        f"embedding dim:    {cfg['n_embd']}",
-        f"layers x heads:   {cfg['n_layer']} x {cfg['n_head']}",
-        f"context:          {cfg['block_size']} tokens{' (RoPE)' if cfg.get('rope') else ''}",
-        f"parameters:       {params:,}",
+        f"model vocab size: {cfg.vocab_size:,}",
+        f"embedding dim:    {cfg.n_embd}",
+        f"layers x heads:   {cfg.n_layer} x {cfg.n_head}",
+        f"context:          {cfg.block_size} tokens{''.join(f' ({o})' for o in options)}",
+        f"parameters:       {loaded.model.num_parameters():,}",
     ]
-    state = ckpt.get("state")
-    if state:
+    state = loaded.checkpoint.get("state")
+    if state and loaded.can_resume:
         best = state.get("best_val_loss", math.inf)
         best_text = f"{best:.4f}" if math.isfinite(best) else "none yet"
         total = f" of {state['total_steps']:,}" if state.get("total_steps") else ""
@@ -61,10 +57,8 @@ def report(checkpoint_path: str, vocab_path: str | None) -> tuple[list[str], lis
     if stored is not None and given is not None and stored.hash != given.hash:
         problems.append(f"{vocab_path} is not the tokenizer the model was trained with "
                         f"(hash {given.hash[:16]} vs {stored.hash[:16]})")
-    if tokenizer is not None and tokenizer.vocab_size > cfg["vocab_size"]:
-        problems.append(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding only {cfg['vocab_size']}")
-    elif stored is None and given is not None and given.vocab_size != cfg["vocab_size"]:
-        problems.append(f"{vocab_path} has {given.vocab_size} tokens, the model {cfg['vocab_size']}")
+    elif given is not None and given.vocab_size > cfg.vocab_size:
+        problems.append(f"{vocab_path} has {given.vocab_size} tokens but the model's embedding only {cfg.vocab_size}")
     return lines, problems
 
 
@@ -73,13 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="checkpoint written by main.py train (or GPT2.save)")
     parser.add_argument("vocab_file", nargs="?", default=None, help="vocab file to check against the checkpoint")
     args = parser.parse_args(argv)
-    from gpt2_llm import CheckpointError
-
     try:
         lines, problems = report(args.checkpoint, args.vocab_file)
-    except (CheckpointError, bpe.TokenizerError, OSError) as e:
+    except (bpe.UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        print("verdict:          unusable")
+        return 1
     print("\n".join(lines))
     if problems:
         print("verdict:          NOT compatible: " + "; ".join(problems))

@@ -7,6 +7,7 @@
     python main.py train corpus.txt                           # vocab.txt (made if missing) -> gpt2_model.pt
     python main.py predict "Once upon a time" 50              # streams 50 new tokens
     python main.py eval held_out.txt                          # loss, perplexity, bits per byte
+    python main.py plot gpt2_model.metrics.jsonl -o loss.png  # a picture of one run, or several compared
 
 This file only parses arguments, calls the library and prints. Every error a user can cause
 ends with one line on stderr and exit code 1 (2 for a malformed command line).
@@ -31,8 +32,7 @@ TEXT_INPUT_HELP = ("UTF-8 text to %s: a file, a folder (all its .txt files, join
                    "them), or a quoted glob pattern such as 'data/*.txt'")
 
 
-class UserError(Exception):
-    """An error caused by the user's input: reported as one line, exit code 1."""
+UserError = bpe.UserError  # any error the user can fix: one line, exit code 1 (see main())
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -121,7 +121,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from gpt2_llm import GPT2, GPT2Config, TrainConfig, Trainer
-    from gpt2_llm.trainer import Distributed
+    from gpt2_llm.distributed import Distributed
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     TrainConfig(**overrides)  # checks every flag now, before any slow work such as training a tokenizer
@@ -132,34 +132,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = args.out or args.checkpoint or DEFAULT_MODEL
     if resume_from is None and args.resume == "auto" and os.path.exists(out):
         resume_from = out
+    continuing_out = resume_from is not None and os.path.exists(resume_from) and os.path.exists(out) \
+        and os.path.samefile(out, resume_from)
+    if os.path.exists(out) and not continuing_out and not args.overwrite:
+        raise UserError(f"{out} already exists: continue it with --resume auto, or pass --overwrite to replace it, "
+                        f"or choose another --out")
     if resume_from is not None:
         if not os.path.exists(resume_from):
             raise UserError(f"checkpoint not found: {resume_from}")
         trainer = Trainer.from_checkpoint(resume_from, **overrides)
+        check_continued_shape(args, trainer.model.config, trainer.bpe, resume_from)
         if os.path.exists(args.vocab_file):
             check_same_tokenizer(trainer.bpe, load_tokenizer(args.vocab_file), args.vocab_file, resume_from)
-        say(f"continuing {resume_from} from step {trainer.step}", file=sys.stderr)
+        say(f"continuing {resume_from} from step {trainer.step} (its model, tokenizer and settings; "
+            f"flags given now override the settings)", file=sys.stderr)
     else:
-        if os.path.exists(out) and not args.overwrite:
-            raise UserError(f"{out} already exists: continue it with --resume auto, or pass --overwrite to start afresh, "
-                            f"or choose another --out")
         if not ranks.is_main:
             ranks.barrier()  # rank 0 trains the tokenizer if there is none yet; the others then load it
         tokenizer = get_or_train_tokenizer(args, files)
         if ranks.is_main:
             ranks.barrier()
         shape = {"vocab_size": tokenizer.vocab_size}
-        for flag, name in (("context", "block_size"), ("dropout", "dropout"), ("attn_dropout", "attn_dropout"),
-                           ("rope", "rope")):
-            if getattr(args, flag) is not None:
-                shape[name] = getattr(args, flag)
-        config = GPT2Config.from_preset(args.preset, **shape)
+        shape.update({name: getattr(args, flag) for flag, name in SHAPE_FLAGS.items() if getattr(args, flag) is not None})
+        config = GPT2Config.from_preset(args.preset or DEFAULT_PRESET, **shape)
         torch_seed(overrides.get("seed", TrainConfig.seed))
         trainer = Trainer(GPT2(config), tokenizer, **overrides)
     say(trainer.describe(), file=sys.stderr)
     result = trainer.train(files, save_path=out)
     ranks.close()
-    if result.get("stopped_by") == "signal":
+    if result["stopped_by"] == "done":
+        say(f"nothing left to train: {resume_from} is at step {result['step']}, the end of its schedule "
+            f"(give a larger --steps to go on); nothing was written")
+        return 0
+    if result["stopped_by"] == "signal":
         signum = result["signal"]
         launcher = ["python"] if ranks.world_size == 1 else ["torchrun", f"--nproc_per_node={ranks.local_world_size}"]
         command = shlex.join([*launcher, "main.py", "train", args.file, args.vocab_file, out])  # quotes a glob
@@ -168,8 +173,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "val_bpb" in result:
         say(f"step {result['step']}: val loss {result['val_loss']:.4f}, {result['val_bpb']:.4f} bits per byte; saved {out}")
     else:
-        say(f"step {result.get('step')}: saved {out}")
+        say(f"step {result['step']}: saved {out}")
     return 0
+
+
+# The model-shape flags of `train`, and the GPT2Config field each sets.
+SHAPE_FLAGS = {"context": "block_size", "dropout": "dropout", "attn_dropout": "attn_dropout", "rope": "rope"}
+DEFAULT_PRESET = "small"
+
+
+def check_continued_shape(args: argparse.Namespace, stored, tokenizer: bpe.BPE, path: str) -> None:
+    """A continued run keeps its model: a shape flag given with a checkpoint must agree with it."""
+    from gpt2_llm.config import PRESETS
+
+    wanted = []  # (flag as given, field, value it asks for)
+    if args.preset is not None:
+        wanted += [(f"--preset {args.preset}", name, value) for name, value in PRESETS[args.preset].items()
+                   if name != "vocab_size" and not (name == "block_size" and args.context is not None)]
+    for flag, name in SHAPE_FLAGS.items():
+        if getattr(args, flag) is not None:
+            wanted.append((f"--{flag.replace('_', '-')} {getattr(args, flag)}", name, getattr(args, flag)))
+    for flag, name, value in wanted:
+        if getattr(stored, name) != value:
+            raise UserError(f"{flag} does not fit {path}, whose {name} is {getattr(stored, name)}: a continued run "
+                            f"keeps its model (leave the flag out, or start afresh with another --out)")
+    if args.vocab_size is not None and args.vocab_size != tokenizer.vocab_size:
+        raise UserError(f"--vocab-size {args.vocab_size} does not fit {path}, whose tokenizer has "
+                        f"{tokenizer.vocab_size} tokens: a continued run keeps its tokenizer")
 
 
 def _silent(*args, **kwargs) -> None:
@@ -203,35 +233,35 @@ def torch_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_model(path: str, device: str):
-    """A checkpoint's model (eval mode) and its tokenizer."""
-    from gpt2_llm import GPT2, GPT2Config, load_checkpoint
-    from gpt2_llm.trainer import pick_device
+def load_model(path: str, device: str, vocab_file: str | None = None):
+    """A model (eval mode, on `device`) and its tokenizer, through the one loader. A vocab file
+    given beside a checkpoint must be the tokenizer stored in it; it stands in for a missing one."""
+    from gpt2_llm.hardware import pick_device
+    from gpt2_llm.loading import load
 
     if not os.path.exists(path):
         hint = " (train one with: python main.py train <text file>)" if path == DEFAULT_MODEL else ""
         raise UserError(f"model file not found: {path}{hint}")
-    ckpt = load_checkpoint(path)
-    if "tokenizer" not in ckpt:
-        raise UserError(f"{path} holds no tokenizer: it was not written by main.py train")
-    tokenizer = bpe.BPE.from_text(ckpt["tokenizer"]["text"], f"{path} (its tokenizer)")
-    model = GPT2(GPT2Config(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(pick_device(device)).eval(), tokenizer
+    loaded = load(path, pick_device(device))
+    tokenizer = loaded.tokenizer
+    if vocab_file is not None:
+        given = load_tokenizer(vocab_file)
+        if tokenizer is not None:
+            check_same_tokenizer(tokenizer, given, vocab_file, path)
+        elif given.vocab_size > loaded.model.config.vocab_size:
+            raise UserError(f"{vocab_file} has {given.vocab_size} tokens, more than the {loaded.model.config.vocab_size} "
+                            f"rows of {path}'s embedding")
+        tokenizer = given
+    if tokenizer is None:
+        raise UserError(f"{path} holds no tokenizer (it was saved by GPT2.save): give its vocab file after it")
+    return loaded.model, tokenizer
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    if args.num_tokens < 0:
-        raise UserError(f"num_tokens must be 0 or more, got {args.num_tokens}")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be 0 or more, got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-    model, tokenizer = load_model(args.model_file, args.device)
-    if args.vocab_file is not None:
-        check_same_tokenizer(tokenizer, load_tokenizer(args.vocab_file), args.vocab_file, args.model_file)
+    from gpt2_llm.gpt2 import check_sampling
+
+    check_sampling(args.num_tokens, args.temperature, args.top_k, args.top_p)  # before the slow load
+    model, tokenizer = load_model(args.model_file, args.device, args.vocab_file)
     prompts = iter(lambda: input("> "), None) if args.interactive else [args.prompt]
     try:
         for prompt in prompts:
@@ -267,20 +297,29 @@ def generate_text(model, tokenizer: bpe.BPE, prompt: str, args: argparse.Namespa
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from gpt2_llm.data import eval_windows, load_tokens
-    from gpt2_llm.trainer import Trainer
+    from gpt2_llm.data import load_tokens, validation_windows
+    from gpt2_llm.hardware import pick_dtype
+    from gpt2_llm.trainer import evaluate
 
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     files = text_inputs(args.file)
     model, tokenizer = load_model(args.model_file, args.device)
     tokens = load_tokens(files, tokenizer)
     if len(tokens) < 2:
         raise UserError(f"{args.file} is too short to evaluate: it encodes to {len(tokens)} token")
-    windows = eval_windows(tokens, min(model.config.block_size, len(tokens) - 1))
-    num_bytes = len(tokenizer.decode_bytes(windows[:, 1:].flatten().tolist()))
-    trainer = Trainer(model, tokenizer, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
-    r = trainer.evaluate(windows, num_bytes)
+    windows, num_bytes = validation_windows(tokens, min(model.config.block_size, len(tokens) - 1), tokenizer)
+    device = next(model.parameters()).device
+    r = evaluate(model, windows, num_bytes, args.batch_size, pick_dtype(args.dtype, device))
     print(f"{args.file}: {windows[:, 1:].numel():,} tokens, loss {r['val_loss']:.4f}, perplexity {r['val_ppl']:.2f}, "
           f"{r['val_bpb']:.4f} bits per byte")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from gpt2_llm.plot import plot_runs
+
+    plot_runs(args.metrics, args.output, labels=args.label)
+    print(f"wrote {args.output}")
 
 
 # ---- the parser ------------------------------------------------------------------------------
@@ -333,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (default auto)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plot", help="draw the loss curves of training runs", description=(
+        "Draw training and validation loss against tokens seen (and the learning rate) from the "
+        "metrics logs that train writes beside each checkpoint (NAME.metrics.jsonl); several logs are compared."))
+    p.add_argument("metrics", nargs="+", help="metrics logs (NAME.metrics.jsonl)")
+    p.add_argument("-o", "--output", default="loss.png", help="PNG file to write (default: loss.png)")
+    p.add_argument("--label", action="append", default=None, help="a run's name in the legend, once per log (default: file names)")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 
@@ -348,7 +395,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--out", default=None, help=f"checkpoint to write (default: the continued checkpoint, else {DEFAULT_MODEL}); the best one is kept beside it as NAME.best.pt")
     p.add_argument("--resume", choices=["auto", "never"], default="never", help="auto: continue from --out when a checkpoint is there")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if --out exists")
-    p.add_argument("--preset", default="small", choices=list(PRESETS), help="model shape (default: small)")
+    p.add_argument("--preset", default=None, choices=list(PRESETS), help=f"model shape (default: {DEFAULT_PRESET})")
     p.add_argument("--context", type=int, default=None, help="context length in tokens (default: the preset's)")
     p.add_argument("--dropout", type=float, default=None, help="dropout rate (default: the preset's)")
     p.add_argument("--attn-dropout", type=float, default=None, help="dropout on attention weights alone (default: as --dropout)")
@@ -364,13 +411,6 @@ def add_train_parser(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def is_user_error(e: Exception) -> bool:
-    """Errors that bad input causes (invalid values, files, checkpoints, a diverging run), as
-    opposed to bugs. The library raises ValueError subclasses for the first kinds."""
-    training = sys.modules.get("gpt2_llm.trainer")
-    return isinstance(e, (UserError, ValueError)) or (training is not None and isinstance(e, training.TrainingError))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for stream in (sys.stdout, sys.stderr):  # UTF-8 output whatever the locale
@@ -381,9 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
-    except Exception as e:
-        if not is_user_error(e):
-            raise  # a bug: show the traceback
+    except UserError as e:  # bad input (a value, a file, a checkpoint, a diverging run); anything else is a bug
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,8 +1,9 @@
 """gpt2_llm: GPT-2 in PyTorch, written to be read.
 
 Read leaf to root: config.py (the shape, and how to train), attention.py, decoder.py, gpt2.py (the
-model, generation, Hugging Face weights), checkpoint.py (saving and loading), data.py (text to
-batches), trainer.py (the training loop).
+model, generation, Hugging Face weights), checkpoint.py (the file format), loading.py (the one way
+to load a model), data.py (text to batches), hardware.py (device, precision, peak FLOP/s),
+distributed.py (torchrun), trainer.py (the training loop), plot.py (a picture of a run).
 
 Names are imported on first use, so `gpt2_llm.config` loads without torch (the command line's
 tokenizer commands stay fast), and importing the package never imports transformers.
@@ -11,11 +12,12 @@ tokenizer commands stay fast), and importing the package never imports transform
 import importlib
 
 _WHERE = {
-    "GPT2": "gpt2", "GPT2Config": "config", "TrainConfig": "config", "PRESETS": "config",
+    "GPT2": "gpt2", "GPT2Config": "config", "TrainConfig": "config", "PRESETS": "config", "ConfigError": "config",
     "GPT2Decoder": "decoder", "DecoderBlock": "decoder", "MLP": "decoder",
     "QKVAttention": "attention", "RotaryPositionEmbedding": "attention", "KVCache": "attention",
     "CheckpointError": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
-    "Trainer": "trainer",
+    "load": "loading", "Loaded": "loading",
+    "Trainer": "trainer", "evaluate": "trainer",
 }  # fmt: skip
 __all__ = list(_WHERE)
 

@@ -1,10 +1,21 @@
 """The model's shape in one dataclass, and the named presets.
 
 Every module of the package is built from a `GPT2Config`. Checkpoints store it as `asdict(config)`
-(plain ints, floats and bools), so a checkpoint never needs this class to be read.
+(plain ints, floats and bools), so a checkpoint never needs this class to be read, and
+`GPT2Config.from_dict` reads it back, checking every field.
 """
 
-from dataclasses import dataclass, field, replace
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+
+from bpe import UserError
+
+
+class ConfigError(UserError):
+    """A model or training setting that cannot be used; the message names the flag or field."""
+
 
 # The presets give a shape; `vocab_size` normally comes from the tokenizer and overrides it.
 # tiny: for tests (136,960 parameters with its 512-token vocabulary).
@@ -59,12 +70,12 @@ class GPT2Config:
             problems.append(f"dropout (--dropout) must be in [0, 1), got {self.dropout}")
         if self.attn_dropout is not None and not 0.0 <= self.attn_dropout < 1.0:
             problems.append(f"attn_dropout (--attn-dropout) must be in [0, 1), got {self.attn_dropout}")
-        if self.rope_base <= 1.0:
+        if not self.rope_base > 1.0:
             problems.append(f"rope_base must be greater than 1, got {self.rope_base}")
-        if self.layer_norm_eps <= 0.0:
+        if not self.layer_norm_eps > 0.0:
             problems.append(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
         if problems:
-            raise ValueError("invalid model config: " + "; ".join(problems))
+            raise ConfigError("invalid model config: " + "; ".join(problems))
 
     @property
     def head_size(self) -> int:
@@ -94,8 +105,71 @@ class GPT2Config:
     def from_preset(cls, name: str, **overrides) -> "GPT2Config":
         """The preset `name` (see PRESETS), with any field replaced by `overrides`."""
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r} (--preset); choose one of: {', '.join(PRESETS)}")
+            raise ConfigError(f"unknown preset {name!r} (--preset); choose one of: {', '.join(PRESETS)}")
         return replace(cls(**PRESETS[name]), **overrides)
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> "GPT2Config":
+        """The config stored in a checkpoint (`asdict` of one), or a ConfigError saying what is wrong
+        (see config_from_dict). Fields added after the first version may be missing: their
+        defaults give the model as it was before them."""
+        return config_from_dict(cls, stored, "model config", REQUIRED_FIELDS)
+
+
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def is_device_name(name: str) -> bool:
+    """Is this a --device value (whether or not that device is here: hardware.pick_device says)?"""
+    return name in ("auto", "cpu", "cuda", "mps") or (name.startswith("cuda:") and name[5:].isdigit())
+
+
+# Fields every stored model config has had since the first version. Fields added later must have
+# a default that gives the model as it was before them (see GPT2Config.from_dict).
+REQUIRED_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size")
+
+
+def config_from_dict(cls, stored: dict, what: str, required: tuple[str, ...] = ()):
+    """A config dataclass from the plain dict a file holds, every field checked: a field this
+    version does not know means a newer version wrote the file; `required` fields must be there,
+    others take their defaults; each value must have its field's type, then __post_init__ checks it."""
+    if not isinstance(stored, dict):
+        raise ConfigError(f"the {what} is a {type(stored).__name__}, not a dict of fields")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(str(k) for k in stored if k not in known)
+    if unknown:
+        raise ConfigError(f"the {what} has fields this version does not know ({', '.join(unknown)}): "
+                          f"it was written by a newer version of the toolkit")
+    missing = [name for name in required if name not in stored]
+    if missing:
+        raise ConfigError(f"the {what} lacks {', '.join(missing)}")
+    for name, value in stored.items():
+        if not _has_type(value, known[name].type):
+            raise ConfigError(f"the {what}'s {name} is {value!r}, not {_type_name(known[name].type)}")
+    return cls(**stored)
+
+
+def _has_type(value, annotation) -> bool:
+    """Does a value read from a file fit a field's annotation (int, float, bool, str, or X | None)?
+    An int fits a float field; a bool fits no number field."""
+    choices = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    for kind in choices:
+        if kind is type(None) and value is None:
+            return True
+        if kind is bool and type(value) is bool:
+            return True
+        if kind is int and type(value) is int:
+            return True
+        if kind is float and type(value) in (int, float):
+            return True
+        if kind is str and type(value) is str:
+            return True
+    return False
+
+
+def _type_name(annotation) -> str:
+    choices = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    return " or ".join("None" if kind is type(None) else f"a {kind.__name__}" for kind in choices)
 
 
 # The original tool's keyword arguments (GPT2's, and GPT2Decoder's extras), and the field each sets.
@@ -164,14 +238,25 @@ class TrainConfig:
     compile: bool = _opt(False, 'torch.compile the model')
     seed: int = _opt(1337, 'seed of the weights, the batches and dropout')
     workers: int | None = _opt(None, 'processes that encode the text on first use (default: one per core)')
+    sample_prompt: str | None = _opt(None, 'prompt of the sample printed at each evaluation '
+                                           '(default: the start of the validation text)')
+    sample_tokens: int = _opt(64, 'tokens of that sample (0: no samples)')
 
     def __post_init__(self):
         problems = []
+        for f in fields(self):  # NaN and infinity pass comparisons such as "lr <= 0" unnoticed
+            value = getattr(self, f.name)
+            if type(value) is float and not math.isfinite(value):
+                problems.append(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        if problems:
+            raise ConfigError("; ".join(problems))
         for name in ("batch_size", "grad_accum", "eval_every", "log_every", "eval_tokens"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.workers is not None and self.workers < 1:
             problems.append(f"--workers must be at least 1, got {self.workers}")
+        if self.sample_tokens < 0:
+            problems.append(f"--sample-tokens must be 0 or more, got {self.sample_tokens}")
         if self.lr <= 0:
             problems.append(f"--lr must be positive, got {self.lr}")
         if self.warmup_steps < 0:
@@ -184,11 +269,11 @@ class TrainConfig:
             problems.append(f"--epochs must be positive, got {self.epochs}")
         if not 0 <= self.val_fraction < 1:
             problems.append(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
-            problems.append(f"--device must be auto, cpu, cuda or mps, got {self.device!r}")
+        if not is_device_name(self.device):
+            problems.append(f"--device must be {DEVICE_NAMES}, got {self.device!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             problems.append(f"--dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.batch_mode not in ("random", "epoch"):
             problems.append(f"--batch-mode must be random or epoch, got {self.batch_mode!r}")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigError("; ".join(problems))

@@ -31,10 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bpe import UserError
+
 CACHE_ENV = "GPT2_TOOLKIT_CACHE"  # where token files go when the text's own folder is read-only
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A problem with the training text that the user can fix (one-line message)."""
 
 
@@ -124,9 +126,7 @@ def _encode_to_file(files: list[Path], tokenizer, path: Path, dtype: np.dtype, p
 
 
 def split_tokens(tokens: np.ndarray, val_fraction: float, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train on the first part, validate on the last `val_fraction` of the tokens."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    """Train on the first part, validate on the last `val_fraction` (checked by TrainConfig) of the tokens."""
     n_val = int(len(tokens) * val_fraction)
     train, val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
     need = block_size + 1
@@ -220,12 +220,23 @@ class Batches:
     def load_state_dict(self, state: dict) -> None:
         states = state.get("generators") or [state["generator"]]  # one generator before streams
         if len(states) != len(self.generators):
-            raise ValueError(f"the checkpoint's data position has {len(states)} batch streams, this run "
+            raise DataError(f"the checkpoint's data position has {len(states)} batch streams, this run "
                              f"{len(self.generators)} (processes x --grad-accum must stay the same to resume)")
         for generator, saved in zip(self.generators, states):
             generator.set_state(saved)
         self.epoch, self.position, self.order = state["epoch"], state["position"], state["order"]
         self.turn, self.round = 0, []
+
+
+def validation_windows(tokens: np.ndarray, block_size: int, tokenizer, max_tokens: int | None = None
+                       ) -> tuple[torch.Tensor, int]:  # fmt: skip
+    """Windows to evaluate on (see eval_windows) and the bytes of text their predicted tokens stand
+    for: the denominator of bits per byte. Special tokens (the <|endoftext|> between documents)
+    are not text and count no bytes."""
+    windows = eval_windows(tokens, block_size, max_tokens)
+    specials = set(getattr(tokenizer, "special_tokens", {}).values())
+    predicted = [i for i in windows[:, 1:].flatten().tolist() if i not in specials]
+    return windows, len(tokenizer.decode_bytes(predicted))
 
 
 def eval_windows(tokens: np.ndarray, block_size: int, max_tokens: int | None = None) -> torch.Tensor:

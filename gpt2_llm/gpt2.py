@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bpe import UserError
+
 from .attention import KVCache
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, save_checkpoint
 from .config import GPT2Config, config_from_original_args
 from .decoder import GPT2Decoder
 
@@ -105,7 +107,7 @@ class GPT2(nn.Module):
         low, high = low.item(), high.item()  # one small copy to the host
         if low < 0 or high >= self.config.vocab_size:
             bad = low if low < 0 else high
-            raise ValueError(
+            raise UserError(
                 f"token id {bad} is out of range for a model with vocab_size {self.config.vocab_size} "
                 f"(valid ids: 0 to {self.config.vocab_size - 1}); were the ids made with another vocab?"
             )
@@ -121,7 +123,7 @@ class GPT2(nn.Module):
         """ids (B, T) -> (logits (B, T, vocab), mean cross-entropy against targets (B, T) or None)."""
         B, T = ids.shape
         if T > self.config.block_size:
-            raise ValueError(f"{T} tokens do not fit the context of {self.config.block_size} (--context)")
+            raise UserError(f"{T} tokens do not fit the context of {self.config.block_size} (--context)")
         if self.check_ids and not torch.compiler.is_compiling():
             self._check_ids(ids)
         x = self.ln_f(self.decoder(self._embed(ids, 0)))
@@ -165,21 +167,14 @@ class GPT2(nn.Module):
 
     def _prepare_prompt(self, ids, max_new_tokens: int, temperature: float, top_k, top_p, stop_token):
         """Check the arguments of generate(); return the prompt as a (B, T) tensor on the model's device."""
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature (--temperature) must be 0 (greedy) or more, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k (--top-k) must be at least 1, got {top_k}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p (--top-p) must be in (0, 1], got {top_p}")
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
         if stop_token is not None and not 0 <= stop_token < self.config.vocab_size:
-            raise ValueError(f"stop_token {stop_token} is out of range for vocab_size {self.config.vocab_size}")
+            raise UserError(f"stop_token {stop_token} is out of range for vocab_size {self.config.vocab_size}")
         ids = torch.as_tensor(ids, dtype=torch.long, device=self.wte.weight.device)
         if ids.dim() == 1:
             ids = ids.unsqueeze(0)  # (T,) -> (1, T)
         if ids.dim() != 2 or ids.size(1) == 0:
-            raise ValueError(f"the prompt must hold at least one token id, got shape {tuple(ids.shape)}")
+            raise UserError(f"the prompt must hold at least one token id, got shape {tuple(ids.shape)}")
         self._check_ids(ids)
         return ids
 
@@ -255,7 +250,7 @@ class GPT2(nn.Module):
         """generate() for one prompt, yielding each new token id as soon as it is made."""
         prompt = self._prepare_prompt(ids, max_new_tokens, temperature, top_k, top_p, stop_token)
         if prompt.size(0) != 1:
-            raise ValueError(f"generate_stream takes one prompt, got a batch of {prompt.size(0)}")
+            raise UserError(f"generate_stream takes one prompt, got a batch of {prompt.size(0)}")
         temperature = 0.0 if greedy else temperature
         for token in self._generate_steps(prompt, max_new_tokens, temperature, top_k, top_p, stop_token, seed):
             yield token.item()
@@ -268,22 +263,21 @@ class GPT2(nn.Module):
 
     @_class_or_instance_method
     def load(cls, self, path: str | os.PathLike, map_location=None):
-        """GPT2.load(path) returns a new model; model.load(path) loads into this one (shapes must agree)."""
+        """GPT2.load(path) returns a new model; model.load(path) loads into this one (shapes must agree).
+        Both read the file through the one loader (loading.py), which checks it."""
+        from .loading import load
+
         if map_location is None:
             map_location = "cpu" if self is None else self.wte.weight.device
-        checkpoint = load_checkpoint(path, map_location=map_location)
-        try:
-            stored = GPT2Config(**checkpoint["model_config"])
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{path} holds an unusable model config: {e}") from None
+        loaded = load(path, map_location)
         if self is None:
-            self = cls(stored)
-        else:
-            differ = [f"{name} {getattr(stored, name)} in the checkpoint, {getattr(self.config, name)} in the model"
-                      for name in SHAPE_FIELDS if getattr(stored, name) != getattr(self.config, name)]  # fmt: skip
-            if differ:
-                raise CheckpointError(f"{path} does not fit this model: " + "; ".join(differ))
-        self.load_state_dict(checkpoint["model"])
+            return loaded.model
+        stored = loaded.model.config
+        differ = [f"{name} {getattr(stored, name)} in the checkpoint, {getattr(self.config, name)} in the model"
+                  for name in SHAPE_FIELDS if getattr(stored, name) != getattr(self.config, name)]  # fmt: skip
+        if differ:
+            raise CheckpointError(f"{path} does not fit this model: " + "; ".join(differ))
+        self.load_state_dict(loaded.model.state_dict())
         return self
 
     # ---- Hugging Face interop ------------------------------------------------------------------
@@ -314,7 +308,7 @@ class GPT2(nn.Module):
 
         c = self.config
         if c.rope or not c.bias:
-            raise ValueError(
+            raise UserError(
                 "Hugging Face GPT-2 has learned positions and biases: a model with rope or without bias cannot be exported"
             )
         folder = Path(folder)
@@ -330,6 +324,18 @@ class GPT2(nn.Module):
         (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         state = ours_state_to_hf(self.state_dict(), c.vocab_size)
         save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """The one check of generation settings (generate() and the command line's predict both use it)."""
+    if max_new_tokens < 0:
+        raise UserError(f"max_new_tokens (num_tokens) must be 0 or more, got {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise UserError(f"temperature (--temperature) must be 0 (greedy) or a positive number, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"top_k (--top-k) must be at least 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise UserError(f"top_p (--top-p) must be in (0, 1], got {top_p}")
 
 
 def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
@@ -467,17 +473,17 @@ def read_hf_weights(folder: Path) -> dict:
     elif (folder / "pytorch_model.bin").is_file():
         state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
     else:
-        raise ValueError(f"no model.safetensors or pytorch_model.bin in {folder}")
+        raise UserError(f"no model.safetensors or pytorch_model.bin in {folder}")
     return {k.removeprefix("transformer."): v for k, v in state.items()}
 
 
 def hf_config_to_ours(hf: dict) -> GPT2Config:
     if hf.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"not a GPT-2 config: model_type is {hf['model_type']!r}")
+        raise UserError(f"not a GPT-2 config: model_type is {hf['model_type']!r}")
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"unsupported activation_function {hf['activation_function']!r}: GPT-2 uses gelu_new")
+        raise UserError(f"unsupported activation_function {hf['activation_function']!r}: GPT-2 uses gelu_new")
     if hf.get("scale_attn_by_inverse_layer_idx") or not hf.get("scale_attn_weights", True):
-        raise ValueError("unsupported attention scaling in config.json: only GPT-2's 1/sqrt(head size) is implemented")
+        raise UserError("unsupported attention scaling in config.json: only GPT-2's 1/sqrt(head size) is implemented")
     return GPT2Config(
         vocab_size=hf["vocab_size"], n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
         block_size=hf["n_positions"], n_inner=hf.get("n_inner"), dropout=hf.get("resid_pdrop", 0.0),

@@ -21,6 +21,10 @@ from pathlib import Path
 
 import torch
 
+from bpe import UserError
+
+from .config import DEVICE_NAMES, is_device_name
+
 # Dense bf16/fp16 tensor-core peaks from NVIDIA's data sheets (FLOP/s), by a part of the name
 # torch.cuda.get_device_name gives; the first match wins, so more specific names come first.
 # float32 runs use TF32 on these GPUs, whose peak is half the bf16 one.
@@ -48,16 +52,21 @@ def cpu_has_bf16() -> bool:
 
 
 def pick_device(name: str) -> torch.device:
+    """The device a --device flag names, or a UserError when it names none that is here."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    if not is_device_name(name):
+        raise UserError(f"--device must be {DEVICE_NAMES}, got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is available here (try --device auto)")
+        raise UserError(f"--device {name}: no CUDA GPU is available here (try --device auto)")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPUs")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("--device mps: MPS is not available here (try --device auto)")
+        raise UserError("--device mps: MPS is not available here (try --device auto)")
     return torch.device(name)
 
 
@@ -70,6 +79,13 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed precision for a forward pass: autocast to dtype, or nothing for float32."""
+    from contextlib import nullcontext
+
+    return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 
 
 def setup_device(device: torch.device, local_processes: int = 1) -> list[str]:

@@ -1,25 +1,27 @@
 """Training: AdamW, warm-up then cosine decay, gradient accumulation, mixed precision, evaluation,
-checkpoints that never lose work, and a progress line.
+checkpoints that never lose work, and a view of the run as it goes.
 
-The loop (Trainer.train) reads top to bottom:
+Trainer.train reads like this:
 
-    for step in range(start, total):
-        set the learning rate: get_lr(step)
-        every eval_every steps (and at the end): evaluate, log, save the checkpoint (and the best)
-        grad_accum times: next batch -> forward under autocast -> loss / grad_accum -> backward
-        clip the gradient norm to 1.0, optimizer step, zero the gradients
-        stop early on Ctrl-C / SIGTERM (after saving), on a non-finite loss, or when time is up
+    prepare the run                 the token file, the batches, the validation windows  (_prepare)
+    plan the schedule               its length from steps or epochs, or fitted to minutes (_plan_schedule)
+    until a reason to stop          the schedule's end, Ctrl-C / SIGTERM, the time budget  (_reason_to_stop)
+        every eval_every steps      evaluate, print a sample, save, draw the loss picture (_evaluate_and_save)
+        one optimizer step          lr from get_lr, grad_accum micro-batches, clip, AdamW  (_train_step)
+        every log_every steps       the metrics log and the progress display              (_log_step)
+    (and once more when stopping: evaluate and save)
 
-Under torchrun (WORLD_SIZE > 1) the same loop runs in every process with DistributedDataParallel:
-each rank draws its own micro-batches, the gradients are averaged across ranks on the last
-micro-step only (no_sync before it), and rank 0 alone writes checkpoints, metrics and progress.
-The ranks agree once per step, over a small gloo channel, on whether to stop (signal, time, a
-non-finite loss) and on the schedule's length, so they always leave the loop together.
+A non-finite loss stops the run with an error and keeps the last good checkpoint.
+
+Under torchrun (WORLD_SIZE > 1) the same loop runs in every process with DistributedDataParallel
+(see distributed.py): each rank draws its own micro-batches, the gradients are averaged across
+ranks on the last micro-step only (no_sync before it), and rank 0 alone writes checkpoints,
+metrics and progress. The ranks agree once per step on whether to stop and on the schedule's
+length, so they always leave the loop together.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -28,21 +30,26 @@ import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
-from dataclasses import asdict, fields
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import GPT2Config, TrainConfig
-from .data import Batches, eval_windows, load_tokens, split_tokens
+from bpe import UserError
+
+from .checkpoint import CheckpointError, save_checkpoint
+from .config import GPT2Config, TrainConfig, config_from_dict
+from .data import Batches, load_tokens, split_tokens, validation_windows
+from .distributed import Distributed, wrap_for_ddp
 from .gpt2 import GPT2
-from .hardware import peak_flops, pick_device, pick_dtype, setup_device
+from .hardware import autocast, peak_flops, pick_device, pick_dtype, setup_device
+
+DEFAULT_SAVE_PATH = "gpt2_model.pt"
+PLOT_INTERVAL_S = 10.0  # the loss picture is redrawn at most this often (and always at the end)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError):
     """Training cannot go on (a non-finite loss, say); the message is one line."""
 
 
@@ -76,81 +83,58 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=fused or None)
 
 
-# ---- several processes (torchrun) ----------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, windows: torch.Tensor, num_bytes: int, batch_size: int = 16,
+             dtype: torch.dtype = torch.float32, dist: Distributed | None = None) -> dict:  # fmt: skip
+    """Mean loss over windows (n, T+1), its perplexity, and bits per byte of the text they cover.
 
-
-class Distributed:
-    """This process's place in a torchrun job; world_size 1 (and no process group) otherwise.
-
-    torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; the process group uses NCCL between GPUs and
-    gloo between CPU processes. `control` is a gloo group for the small messages the ranks
-    exchange every step, so that agreeing on them never waits for the GPU.
+    bits per byte = (total nats over all predicted tokens) / ln 2 / num_bytes, where num_bytes
+    counts the text of those tokens (data.validation_windows): a number that compares models with
+    different tokenizers. The model runs on its own device, under autocast when dtype is not
+    float32. Under torchrun each rank evaluates its share and the sums are added up.
     """
-
-    _control = None  # the gloo group, made once per process (every rank must make it, in step)
-
-    def __init__(self):
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        if self.world_size > 1:
-            if not dist.is_initialized():
-                backend = "nccl" if torch.cuda.is_available() else "gloo"
-                if backend == "nccl":
-                    torch.cuda.set_device(self.local_rank)
-                dist.init_process_group(backend)
-            if Distributed._control is None:
-                Distributed._control = dist.new_group(backend="gloo")
-        self.control = Distributed._control
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def device_name(self, name: str) -> str:
-        """Each rank on its own GPU: "auto" or "cuda" becomes cuda:LOCAL_RANK."""
-        if self.world_size > 1 and torch.cuda.is_available() and name in ("auto", "cuda"):
-            return f"cuda:{self.local_rank}"
-        return name
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier(self.control)
-
-    def close(self) -> None:
-        """Leave together: wait for every rank, then take the process group down (a rank that
-        exits while another still holds a connection can make the other abort)."""
-        if self.world_size > 1 and dist.is_initialized():
-            dist.barrier(self.control)
-            dist.destroy_process_group()
-            Distributed._control = None
-
-    def max(self, values: list[float]) -> list[float]:
-        """The elementwise maximum over all ranks of a few numbers (one small message)."""
-        return self._all_reduce(values, dist.ReduceOp.MAX)
-
-    def sum(self, values: list[float]) -> list[float]:
-        """The elementwise sum over all ranks of a few numbers."""
-        return self._all_reduce(values, dist.ReduceOp.SUM)
-
-    def _all_reduce(self, values: list[float], op) -> list[float]:
-        if self.world_size == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t, op=op, group=self.control)
-        return t.tolist()
-
-    def gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
-        """Every rank's copy of a CPU tensor of the same shape, in rank order."""
-        if self.world_size == 1:
-            return [tensor]
-        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(parts, tensor, group=self.control)
-        return parts
+    device = next(model.parameters()).device
+    ranks, rank = (1, 0) if dist is None else (dist.world_size, dist.rank)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in windows[rank::ranks].split(batch_size):
+        batch = batch.to(device)
+        with autocast(device, dtype):
+            _, loss = model(batch[:, :-1], batch[:, 1:])
+        total += loss.float().item() * batch[:, 1:].numel()
+        count += batch[:, 1:].numel()
+    model.train(was_training)
+    if dist is not None:
+        total, count = dist.sum([total, count])
+    loss = total / max(1, count)
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_bpb": total / math.log(2) / max(1, num_bytes)}
 
 
 # ---- the trainer -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What one call of Trainer.train works with, besides the trainer's own lasting state."""
+
+    save_path: Path
+    metrics_path: Path
+    model: torch.nn.Module  # what the steps run: compiled and/or wrapped for DDP
+    val: torch.Tensor | None  # validation windows (n, T+1), None with --val-fraction 0
+    val_bytes: int
+    sample_prompt: list[int]  # token ids; empty: no samples
+    progress: "Progress"
+    start_step: int
+    start_time: float
+    deadline: float  # clock time when the budget is spent (inf without --minutes)
+    fitting: bool  # is the schedule's length still being fitted to the budget?
+    refit_at: float  # when to fit it once more, with a better measurement
+    first_step_done: float = 0.0
+    flops_per_step: int = 0
+    peak: float = 1.0
+    plotted_at: float = -math.inf
+    result: dict = field(default_factory=dict)
 
 
 class Trainer:
@@ -165,7 +149,8 @@ class Trainer:
         self.config = config = _replace(config or TrainConfig(), overrides)
         self.bpe = bpe
         if model.config.vocab_size < bpe.vocab_size:
-            raise ValueError(f"the model's vocab_size {model.config.vocab_size} is smaller than the tokenizer's {bpe.vocab_size}")
+            raise UserError(f"the model's vocab_size {model.config.vocab_size} is smaller than the tokenizer's "
+                            f"{bpe.vocab_size}")
         self.dist = Distributed()
         self.device = pick_device(self.dist.device_name(config.device))
         self.dtype = pick_dtype(config.dtype, self.device)
@@ -184,9 +169,10 @@ class Trainer:
         self.batches: Batches | None = None
         self._resume_data: dict | None = None  # the data position of a checkpoint, until train()
         self.log = (log or _log_line) if self.dist.is_main else _quiet
+        self.clock = time.monotonic  # tests replace it to make time budgets deterministic
         self._stop_signal: int | None = None
         self._nonfinite: tuple[int, float] | None = None  # (step, loss) of a loss that was not finite
-        self._training_model = None  # the model the steps run: compiled and/or DDP-wrapped
+        self._training_model = None
         self._peak: tuple[float, str] | None = None
         if self.dist.world_size > 1:
             # The model was made from the same seed on every rank (DDP also copies rank 0's
@@ -219,29 +205,43 @@ class Trainer:
         c = self.config
         return c.batch_size * c.grad_accum * self.dist.world_size * self.model.config.block_size
 
-    def autocast(self):
-        if self.dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+    # ---- the loop ----------------------------------------------------------------------------
 
-    # ---- training ----------------------------------------------------------------------------
+    def train(self, text, save_path: str | os.PathLike = DEFAULT_SAVE_PATH, progress: bool = True, **stop) -> dict:
+        """Train on a text (a file, folder, glob or a list of them). `stop` may set this run's steps,
+        minutes or epochs (num_epochs is the original tool's name for epochs).
 
-    def train(self, filepath, num_epochs: float | None = None, save_path: str | os.PathLike = "gpt2_model.pt",
-              max_steps: int | None = None, max_minutes: float | None = None, progress: bool = True) -> dict:
-        """Train on a text file; returns the last evaluation plus `stopped_by` (why it ended)."""
-        c = self.config
-        steps = max_steps if max_steps is not None else c.steps
-        minutes = max_minutes if max_minutes is not None else c.minutes
-        epochs = num_epochs if num_epochs is not None else c.epochs
-        save_path = Path(save_path)
-        block = self.model.config.block_size
-        progress = progress and self.dist.is_main
+        Returns the last evaluation (when there is a validation split) with `step` and `stopped_by`:
+        "steps", "time", "signal" (and `signal`, its number), or "done" when the schedule had
+        already ended before this call.
+        """
+        self.config = _replace(self.config, _stop_settings(stop))
+        run = self._prepare(text, Path(save_path), progress)
+        if self.total_steps is not None and self.step >= self.total_steps:
+            self.log(f"nothing left to train: step {self.step} is the end of the schedule ({self.total_steps} steps)")
+            return {"stopped_by": "done", "step": self.step}
+        with self._signals_caught(), run.progress:
+            while True:
+                self._fit_schedule_to_budget(run)
+                reason = self._reason_to_stop(run)
+                if reason or self._checkpoint_due(run):
+                    self._evaluate_and_save(run, last=reason is not None)
+                if reason:
+                    return {**run.result, "stopped_by": reason, "signal": self._stop_signal, "step": self.step}
+                self._set_lr(self.step)
+                loss = self._train_step(run.model)
+                self.step += 1
+                self.tokens_seen += self.tokens_per_step
+                self._log_step(run, loss)
 
+    def _prepare(self, text, save_path: Path, progress: bool) -> _Run:
+        """Read the tokens, split them, make the batches and the validation windows; plan the schedule."""
+        c, block = self.config, self.model.config.block_size
         # One process per machine encodes the text (the others would race to write the same
         # token file); the rest open it once it is there.
         for turn in (True, False):
             if (self.dist.local_rank == 0) == turn:
-                tokens = load_tokens(filepath, self.bpe, progress=progress, workers=c.workers)
+                tokens = load_tokens(text, self.bpe, progress=progress and self.dist.is_main, workers=c.workers)
             self.dist.barrier()
         train_tokens, val_tokens = split_tokens(tokens, c.val_fraction, block)
         # Each optimizer step takes one micro-batch from each of world_size x grad_accum streams;
@@ -252,87 +252,78 @@ class Trainer:
         if self._resume_data is not None:  # continue the same stream of batches
             self.batches.load_state_dict(self._resume_data)
             self._resume_data = None
-        val = eval_windows(val_tokens, block, c.eval_tokens) if len(val_tokens) else None
-        val_bytes = len(self.bpe.decode_bytes(val[:, 1:].flatten().tolist())) if val is not None else 0
-        if self.total_steps is None or steps is not None:
-            if steps is None and minutes is None:
-                epochs = epochs or 1.0
-            if steps is None and epochs is not None:
-                steps = max(1, math.ceil(epochs * len(train_tokens) / self.tokens_per_step))
-            self.total_steps = steps  # None: set from the measured speed once the budget is known
-        if self.step >= (self.total_steps or math.inf):
-            self.log(f"already trained for {self.step} steps (the schedule's end); nothing to do")
-            return {"stopped_by": "done", "step": self.step}
+        val, val_bytes = validation_windows(val_tokens, block, self.bpe, c.eval_tokens) if len(val_tokens) else (None, 0)
+        self._plan_schedule(len(train_tokens))
 
-        model = self._model_for_training()
-        flops_per_step = self.model.flops_per_token() * self.tokens_per_step
-        peak, source = self.peak_flops()
-        self.log(f"MFU: model FLOPs over a peak of {peak / 1e12:.1f} TFLOP/s per device, from {source}")
-        metrics_path = save_path.with_suffix(".metrics.jsonl")
-        deadline = time.monotonic() + 60 * minutes if minutes else math.inf
-        start_step, start_time = self.step, time.monotonic()
-        fit_schedule = self.total_steps is None  # the budget decides the schedule's length
-        refit_at = start_time + 6 * minutes if fit_schedule else math.inf  # a tenth of the budget in
-        result: dict = {}
-        bar = _progress_bar(self.total_steps, self.step, progress)
-        self._install_signal_handlers()
-        try:
-            while True:
-                step = self.step
-                if step - start_step == 1:
-                    first_step_done = time.monotonic()  # the first step also warms up: time the next ones
-                # With a time budget, fit the schedule to the speed of the first steps, then once
-                # more a tenth of the way in, with a better measurement.
-                done = step - start_step
-                if fit_schedule and done >= 2 and (done == 10 or time.monotonic() >= refit_at):
-                    self.total_steps = self._steps_in_budget(done - 1, first_step_done, deadline, val)
-                    fit_schedule = done < 10 or time.monotonic() < refit_at
-                out_of_time = self._agree(time.monotonic() >= deadline)  # every rank decides alike
-                bar.total = self.total_steps
-                if self._nonfinite is not None:
-                    bad_step, bad_loss = self._nonfinite
-                    kept = f"; the last good checkpoint {save_path} is kept" if save_path.exists() else ""
-                    raise TrainingError(f"the loss became {bad_loss} at step {bad_step + 1}: training stopped{kept} "
-                                        f"(try a lower --lr)")
-                last = self.total_steps is not None and step >= self.total_steps
-                stop = last or out_of_time or self._stop_signal is not None
-                if val is not None and (stop or (step % c.eval_every == 0 and step > start_step)):
-                    result = self._eval_and_save(model, val, val_bytes, save_path, metrics_path, step)
-                elif stop and step > start_step:
-                    self.save(save_path)
-                if stop:
-                    result["stopped_by"] = ("signal" if self._stop_signal is not None else
-                                            "time" if out_of_time and not last else "steps")
-                    result["signal"] = self._stop_signal
-                    result["step"] = step
-                    return result
+        now = self.clock()
+        fitting = self.total_steps is None  # the budget decides the schedule's length
+        run = _Run(save_path=save_path, metrics_path=save_path.with_suffix(".metrics.jsonl"),
+                   model=self._model_for_training(), val=val, val_bytes=val_bytes,
+                   sample_prompt=self._sample_prompt(val_tokens if len(val_tokens) else train_tokens),
+                   progress=Progress(self.total_steps, self.step, progress and self.dist.is_main),
+                   start_step=self.step, start_time=now,
+                   deadline=now + 60 * c.minutes if c.minutes else math.inf,
+                   fitting=fitting, refit_at=now + 6 * c.minutes if fitting else math.inf)  # a tenth of the budget in
+        run.flops_per_step = self.model.flops_per_token() * self.tokens_per_step
+        run.peak, source = self.peak_flops()
+        self.log(f"MFU: model FLOPs over a peak of {run.peak / 1e12:.1f} TFLOP/s per device, from {source}")
+        return run
 
-                lr = get_lr(step, c.lr, c.warmup_steps, self.total_steps or 10**9, c.min_lr_ratio)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                loss = self._train_step(model)
-                self.step += 1
-                self.tokens_seen += self.tokens_per_step
-                if self.step % c.log_every == 0 or self.step == 1:
-                    loss_value = loss.item()  # the only host sync of the step, at log time
-                    self._note_if_nonfinite(loss_value, step)
-                    loss_value = self.dist.sum([loss_value])[0] / self.dist.world_size  # over all ranks
-                    elapsed = time.monotonic() - start_time
-                    steps_per_s = (self.step - start_step) / elapsed
-                    tok_s = steps_per_s * self.tokens_per_step
-                    mfu = steps_per_s * flops_per_step / (peak * self.dist.world_size)
-                    if self.dist.is_main:
-                        _append_jsonl(metrics_path, {"step": self.step, "loss": round(loss_value, 5), "lr": lr,
-                                                     "tokens_per_s": round(tok_s), "mfu": round(mfu, 4),
-                                                     "elapsed_s": round(elapsed, 2)})
-                    bar.set_postfix_str(f"loss {loss_value:.3f} lr {lr:.1e} {tok_s:,.0f} tok/s mfu {mfu:.1%}",
-                                        refresh=False)
-                elif self.device.type == "cpu":
-                    self._note_if_nonfinite(loss.item(), step)  # free on CPU: catch it at once
-                bar.update(1)
-        finally:
-            bar.close()
-            self._restore_signal_handlers()
+    def _plan_schedule(self, train_tokens: int) -> None:
+        """The schedule's length: steps if given, else from epochs (one by default), else None,
+        left to be fitted to the time budget. A continued run keeps its length unless steps say otherwise."""
+        c = self.config
+        if self.total_steps is None or c.steps is not None:
+            steps = c.steps
+            if steps is None and (c.epochs is not None or c.minutes is None):
+                steps = max(1, math.ceil((c.epochs or 1.0) * train_tokens / self.tokens_per_step))
+            self.total_steps = steps
+
+    def _fit_schedule_to_budget(self, run: _Run) -> None:
+        """With a time budget, fit the schedule to the speed of the first steps (the very first one
+        also warms up, so it is not timed), then once more a tenth of the way in."""
+        done = self.step - run.start_step
+        if done == 1:
+            run.first_step_done = self.clock()
+        if run.fitting and done >= 2 and (done == 10 or self.clock() >= run.refit_at):
+            self.total_steps = self._steps_in_budget(done - 1, run)
+            run.fitting = done < 10 or self.clock() < run.refit_at
+            run.progress.total = self.total_steps
+
+    def _steps_in_budget(self, timed_steps: int, run: _Run) -> int:
+        """Total steps that fit the time budget, from the speed of the last `timed_steps` steps
+        (evaluations are counted at the cost of their forward passes, a third of a training step)."""
+        per_step = (self.clock() - run.first_step_done) / timed_steps
+        eval_tokens = 0 if run.val is None else run.val[:, 1:].numel()
+        eval_share = eval_tokens / self.tokens_per_step / self.config.eval_every / 3
+        remaining = max(0.0, run.deadline - self.clock())
+        return self.step + max(1, int(remaining / (per_step * (1 + eval_share))))
+
+    def _reason_to_stop(self, run: _Run) -> str | None:
+        """"signal", "steps" or "time" when the run must stop before another step; None to go on.
+        A non-finite loss raises a TrainingError instead. Every rank decides alike."""
+        out_of_time = self._agree(self.clock() >= run.deadline)
+        if self._nonfinite is not None:
+            bad_step, bad_loss = self._nonfinite
+            kept = f"; the last good checkpoint {run.save_path} is kept" if run.save_path.exists() else ""
+            raise TrainingError(f"the loss became {bad_loss} at step {bad_step + 1}: training stopped{kept} "
+                                f"(try a lower --lr)")
+        if self._stop_signal is not None:
+            return "signal"
+        if self.total_steps is not None and self.step >= self.total_steps:
+            return "steps"
+        return "time" if out_of_time else None
+
+    def _checkpoint_due(self, run: _Run) -> bool:
+        """Every eval_every steps: evaluate (if there is a validation split) and save (always)."""
+        return self.step > run.start_step and self.step % self.config.eval_every == 0
+
+    def _set_lr(self, step: int) -> float:
+        c = self.config
+        lr = get_lr(step, c.lr, c.warmup_steps, self.total_steps or 10**9, c.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
 
     def _train_step(self, model) -> torch.Tensor:
         """One optimizer step over grad_accum micro-batches; returns the mean loss (on device).
@@ -350,7 +341,7 @@ class Trainer:
             y = y.to(self.device, non_blocking=True)
             local_only = micro < c.grad_accum - 1 and hasattr(model, "no_sync")
             with model.no_sync() if local_only else nullcontext():
-                with self.autocast():
+                with autocast(self.device, self.dtype):
                     _, loss = model(x, y)
                 loss = loss / c.grad_accum  # the gradients of the micro-batches add up to the mean's
                 self.scaler.scale(loss).backward()
@@ -361,6 +352,27 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return total
+
+    def _log_step(self, run: _Run, loss: torch.Tensor) -> None:
+        """Every log_every steps (and after the first): the metrics log and the progress display.
+        Reading the loss is the step's only wait for the device, so other steps skip it (on a CPU
+        it costs nothing: there a non-finite loss is caught at once)."""
+        if self.step % self.config.log_every and self.step != 1:
+            if self.device.type == "cpu":
+                self._note_if_nonfinite(loss.item(), self.step - 1)
+            run.progress.advance(self.step)
+            return
+        loss_value = loss.item()
+        self._note_if_nonfinite(loss_value, self.step - 1)
+        loss_value = self.dist.sum([loss_value])[0] / self.dist.world_size  # the mean over all ranks
+        elapsed = max(1e-9, self.clock() - run.start_time)
+        steps_per_s = (self.step - run.start_step) / elapsed
+        record = {"step": self.step, "loss": round(loss_value, 5), "lr": self.optimizer.param_groups[0]["lr"],
+                  "tokens": self.tokens_seen, "tokens_per_s": round(steps_per_s * self.tokens_per_step),
+                  "mfu": round(steps_per_s * run.flops_per_step / (run.peak * self.dist.world_size), 4),
+                  "elapsed_s": round(elapsed, 2)}
+        self._append_metrics(run, record)
+        run.progress.report(record, steps_per_s)
 
     def _agree(self, out_of_time: bool) -> bool:
         """Make every rank take the same decisions before the step: rank 0's schedule length, and
@@ -398,70 +410,72 @@ class Trainer:
                 except Exception as e:  # no compiler here: train uncompiled rather than fail
                     self.log(f"torch.compile is not available ({type(e).__name__}: {e}); training uncompiled")
             if self.dist.world_size > 1:
-                from torch.nn.parallel import DistributedDataParallel
-
-                device_ids = [self.device.index] if self.device.type == "cuda" else None
-                # The only buffers are RoPE's fixed tables: nothing to send before each forward pass
-                # (the option's name changed in torch 2.13).
-                no_sync = ({"forward_sync_buffers": False}
-                           if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                           else {"broadcast_buffers": False})  # fmt: skip
-                model = DistributedDataParallel(model, device_ids=device_ids, **no_sync)
+                model = wrap_for_ddp(model, self.device)
             self._training_model = model
         return self._training_model
 
-    def _steps_in_budget(self, timed_steps: int, since: float, deadline: float, val) -> int:
-        """Total steps that fit the time budget, from the speed of the last `timed_steps` steps
-        (evaluations are counted at the cost of their forward passes, a third of a training step)."""
-        per_step = (time.monotonic() - since) / timed_steps
-        eval_tokens = 0 if val is None else val[:, 1:].numel()
-        eval_share = eval_tokens / self.tokens_per_step / self.config.eval_every / 3
-        remaining = max(0.0, deadline - time.monotonic())
-        return self.step + max(1, int(remaining / (per_step * (1 + eval_share))))
+    # ---- evaluation, samples, checkpoints, the loss picture ----------------------------------
 
-    # ---- evaluation --------------------------------------------------------------------------
+    def _evaluate_and_save(self, run: _Run, last: bool) -> None:
+        """Evaluate (with a validation split), show a sample, save the checkpoint (and the best
+        one), and draw the loss picture."""
+        improved = False
+        if run.val is not None:
+            result = evaluate(self.model, run.val, run.val_bytes, self.config.batch_size, self.dtype, self.dist)
+            run.result = result
+            self._append_metrics(run, {"step": self.step, "eval": True, "tokens": self.tokens_seen,
+                                       **{k: round(v, 5) for k, v in result.items()}})
+            self.log(f"step {self.step}: val loss {result['val_loss']:.4f}, perplexity {result['val_ppl']:.2f}, "
+                     f"{result['val_bpb']:.4f} bits per byte")
+            if not math.isfinite(result["val_loss"]):
+                raise TrainingError(f"the validation loss is {result['val_loss']} at step {self.step}: training stopped")
+            improved = result["val_loss"] < self.best_val_loss
+            self.best_val_loss = min(self.best_val_loss, result["val_loss"])
+        self._show_sample(run)
+        self.save(run.save_path)
+        if improved:
+            self.save(best_path(run.save_path))
+        self._draw_loss_picture(run, last)
 
-    @torch.no_grad()
-    def evaluate(self, windows: torch.Tensor, num_bytes: int, model=None) -> dict:
-        """Mean loss over windows (n, T+1), its perplexity, and bits per byte of the text they cover.
+    def _sample_prompt(self, tokens) -> list[int]:
+        """The prompt of the samples: --sample-prompt, or the first tokens of the validation text
+        (of the training text without one)."""
+        c = self.config
+        if c.sample_tokens == 0 or c.sample_prompt == "":
+            return []
+        if c.sample_prompt is not None:
+            return self.bpe.encode(c.sample_prompt, allowed_special="all")[-self.model.config.block_size:]
+        return [int(t) for t in tokens[: min(16, self.model.config.block_size)]]
 
-        bits per byte = (total nats over all predicted tokens) / ln 2 / (bytes of those tokens):
-        a number that compares models with different tokenizers.
-        """
-        model = getattr(model, "module", model) or self.model  # DDP's wrapper is for training steps
-        was_training = model.training
-        model.eval()
-        total, count = 0.0, 0
-        mine = windows[self.dist.rank :: self.dist.world_size]  # each rank evaluates its share
-        for batch in mine.split(self.config.batch_size):
-            batch = batch.to(self.device)
-            with self.autocast():
-                _, loss = model(batch[:, :-1], batch[:, 1:])
-            total += loss.float().item() * batch[:, 1:].numel()
-            count += batch[:, 1:].numel()
-        model.train(was_training)
-        total, count = self.dist.sum([total, count])
-        loss = total / count
-        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_bpb": total / math.log(2) / max(1, num_bytes)}
+    def _show_sample(self, run: _Run) -> None:
+        """A short continuation of the fixed prompt, so the user sees what the model has learned.
+        Drawn with a seeded generator of its own, so it never changes the training's random numbers."""
+        if not run.sample_prompt or not self.dist.is_main:
+            return
+        with autocast(self.device, self.dtype):
+            new = self.model.generate(run.sample_prompt, self.config.sample_tokens, seed=self.config.seed)
+        prompt, text = self.bpe.decode(run.sample_prompt), self.bpe.decode(new[len(run.sample_prompt):])
+        self._append_metrics(run, {"step": self.step, "sample_prompt": prompt, "sample": text})
+        self.log(f"sample at step {self.step}: {prompt!r} -> {text!r}")
 
-    def _eval_and_save(self, model, val, val_bytes, save_path, metrics_path, step) -> dict:
-        result = self.evaluate(val, val_bytes, model)
-        result["step"] = step
+    def _draw_loss_picture(self, run: _Run, last: bool) -> None:
+        """NAME.loss.png beside the checkpoint: losses and learning rate against tokens seen."""
+        if not self.dist.is_main or not run.metrics_path.exists():
+            return
+        if not last and self.clock() - run.plotted_at < PLOT_INTERVAL_S:
+            return
+        from .plot import plot_runs
+
+        run.plotted_at = self.clock()
+        try:
+            plot_runs([run.metrics_path], loss_picture_path(run.save_path))
+        except ImportError as e:  # matplotlib is missing: the run matters more than its picture
+            self.log(f"no loss picture: {e}")
+
+    def _append_metrics(self, run: _Run, record: dict) -> None:
         if self.dist.is_main:
-            _append_jsonl(metrics_path, {"step": step, "eval": True, **{k: round(v, 5) for k, v in result.items()}})
-        self.log(f"step {step}: val loss {result['val_loss']:.4f}, perplexity {result['val_ppl']:.2f}, "
-                 f"{result['val_bpb']:.4f} bits per byte")
-        if not math.isfinite(result["val_loss"]):
-            raise TrainingError(f"the validation loss is {result['val_loss']} at step {step}: training stopped")
-        improved = result["val_loss"] < self.best_val_loss
-        if improved:
-            self.best_val_loss = result["val_loss"]
-        self.save(save_path)
-        if improved:
-            self.save(best_path(save_path))
-        return result
-
-    # ---- checkpoints -------------------------------------------------------------------------
+            with open(run.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
 
     def checkpoint(self) -> dict:
         """Everything needed to resume exactly, as plain types and tensors (no pickled objects).
@@ -494,38 +508,42 @@ class Trainer:
     def from_checkpoint(cls, path, log=None, **overrides) -> "Trainer":
         """A trainer that continues exactly where the checkpoint stopped. `overrides` may change
         how the rest of the run goes (steps, minutes, eval_every, ...), not the model's shape."""
-        from bpe import BPE
+        from .loading import load
 
-        ckpt = load_checkpoint(path)
-        for key in ("optimizer", "train_config", "state", "rng", "tokenizer"):
-            if key not in ckpt:
-                raise CheckpointError(f"{path} holds a model but no training state ({key}): it cannot be resumed")
-        tokenizer = BPE.from_text(ckpt["tokenizer"]["text"], f"{path} (its tokenizer)")
-        model = GPT2(GPT2Config(**ckpt["model_config"]))
-        model.load_state_dict(ckpt["model"])
-        config = TrainConfig(**{**ckpt["train_config"], **overrides})
-        trainer = cls(model, tokenizer, config, log=log)
+        loaded = load(path)
+        if not loaded.can_resume:
+            raise CheckpointError(f"{path} holds a model but no training state: it cannot be continued")
+        ckpt = loaded.checkpoint
+        try:
+            config = config_from_dict(TrainConfig, {**ckpt["train_config"], **overrides}, "training config")
+        except UserError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        trainer = cls(loaded.model.train(), loaded.tokenizer, config, log=log)
         trainer.optimizer.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
         trainer.step, trainer.tokens_seen = state["step"], state["tokens_seen"]
         trainer.best_val_loss, trainer.total_steps = state["best_val_loss"], state["total_steps"]
-        rng, rank = ckpt["rng"], trainer.dist.rank
-        random.setstate(rng["python"])
-        same_world = len(rng.get("torch_ranks", [])) == trainer.dist.world_size > 1
-        torch.set_rng_state(rng["torch_ranks"][rank] if same_world else rng["torch"])
-        if trainer.device.type == "cuda" and same_world and "cuda_ranks" in rng:
-            torch.cuda.set_rng_state(rng["cuda_ranks"][rank], trainer.device)
-        elif rng["cuda"] and torch.cuda.is_available() and trainer.dist.world_size == 1:
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        trainer._restore_rng(ckpt["rng"])
         trainer._resume_data = ckpt.get("data")
         return trainer
 
+    def _restore_rng(self, rng: dict) -> None:
+        random.setstate(rng["python"])
+        rank = self.dist.rank
+        same_world = len(rng.get("torch_ranks", [])) == self.dist.world_size > 1
+        torch.set_rng_state(rng["torch_ranks"][rank] if same_world else rng["torch"])
+        if self.device.type == "cuda" and same_world and "cuda_ranks" in rng:
+            torch.cuda.set_rng_state(rng["cuda_ranks"][rank], self.device)
+        elif rng["cuda"] and torch.cuda.is_available() and self.dist.world_size == 1:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
     # ---- signals -----------------------------------------------------------------------------
 
-    def _install_signal_handlers(self) -> None:
+    @contextmanager
+    def _signals_caught(self):
         """First Ctrl-C or SIGTERM: finish the step, save, stop. A second Ctrl-C: stop at once."""
-        self._old_handlers = {}
         if threading.current_thread() is not threading.main_thread():
+            yield  # signals reach the main thread only
             return
 
         def handler(signum, frame):
@@ -536,18 +554,85 @@ class Trainer:
                 print(f"\n{signal.Signals(signum).name}: finishing this step and saving (press Ctrl-C again to abort)",
                       file=sys.stderr, flush=True)
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old_handlers[sig] = signal.signal(sig, handler)
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, previous in old.items():
+                signal.signal(sig, previous)
 
-    def _restore_signal_handlers(self) -> None:
-        for sig, old in self._old_handlers.items():
-            signal.signal(sig, old)
+
+class Progress:
+    """How a run shows itself on stderr: a redrawn progress bar on a terminal; elsewhere (a file,
+    CI, nohup) a plain line per metrics-log line, as nanoGPT prints, instead of bar redraws."""
+
+    def __init__(self, total: int | None, initial: int, enabled: bool, stream=None):
+        self.stream = stream or sys.stderr
+        self.total, self.enabled = total, enabled
+        self.bar = None
+        if enabled and self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=self.stream)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+    def advance(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.update(step - self.bar.n)
+
+    def report(self, record: dict, steps_per_s: float) -> None:
+        """A step of the metrics log: shown on the bar, or printed as one line."""
+        if not self.enabled:
+            return
+        speed = f"{record['tokens_per_s']:,} tok/s | mfu {record['mfu']:.1%}"
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {record['loss']:.3f} lr {record['lr']:.1e} {speed}", refresh=False)
+            self.advance(record["step"])
+            return
+        total = f"/{self.total}" if self.total else ""
+        left = ""
+        if self.total and steps_per_s > 0:
+            left = f", {_clock_time((self.total - record['step']) / steps_per_s)} left"
+        print(f"step {record['step']}{total} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | {speed} | "
+              f"{_clock_time(record['elapsed_s'])} elapsed{left}", file=self.stream, flush=True)
+
+
+def _clock_time(seconds: float) -> str:
+    """1:02:03 or 2:03."""
+    seconds = int(seconds)
+    hours, minutes = divmod(seconds // 60, 60)
+    return f"{hours}:{minutes:02d}:{seconds % 60:02d}" if hours else f"{minutes}:{seconds % 60:02d}"
 
 
 def best_path(save_path) -> Path:
     """gpt2_model.pt -> gpt2_model.best.pt: the checkpoint with the lowest validation loss."""
     save_path = Path(save_path)
     return save_path.with_name(f"{save_path.stem}.best{save_path.suffix}")
+
+
+def loss_picture_path(save_path) -> Path:
+    """gpt2_model.pt -> gpt2_model.loss.png."""
+    return Path(save_path).with_suffix(".loss.png")
+
+
+# The stop settings of train(), and the original tool's name for one of them.
+STOP_SETTINGS = ("steps", "minutes", "epochs")
+ORIGINAL_STOP_NAMES = {"num_epochs": "epochs"}
+
+
+def _stop_settings(stop: dict) -> dict:
+    settings = {ORIGINAL_STOP_NAMES.get(name, name): value for name, value in stop.items() if value is not None}
+    unknown = sorted(set(settings) - set(STOP_SETTINGS))
+    if unknown:
+        raise TypeError(f"train() got unexpected arguments {unknown}; it takes {', '.join(STOP_SETTINGS)}")
+    return settings
 
 
 def _replace(config: TrainConfig, overrides: dict) -> TrainConfig:
@@ -567,14 +652,3 @@ def _log_line(text: str) -> None:
 
 def _quiet(text: str) -> None:
     """The log of ranks other than 0."""
-
-
-def _append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _progress_bar(total, initial, enabled):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not enabled, file=sys.stderr)
