@@ -430,7 +430,7 @@ def _count_into(counts: Counter, chunk: str, pattern: str, special_tokens: tuple
 def train_merges(
     words: list[str], counts: list[int], token_bytes: list[bytes], num_tokens: int, progress: bool = False
 ) -> dict[int, tuple[int, int]]:
-    """Merge until there are `num_tokens` tokens (or no pair is left); return {new id: pair}.
+    """Merge until there are `num_tokens` tokens or no pair occurs any more; return {new id: pair}.
 
     Each distinct pre-token is a "word" with its count. A word is held as a str with one character
     per token, chr(id), so merging a pair everywhere in it is one str.replace, done in C, and a
@@ -443,7 +443,7 @@ def train_merges(
     Rather than recount every pair after each merge, we keep:
       pair_count[p]  how often pair p occurs, weighted by word counts
       where[p]       the words that may hold p (a superset: stale entries are skipped)
-      heap           (-count, pair) entries; an entry is trusted only if it matches pair_count
+      heap           (-count, pair) entries; an entry is trusted only if it matches a positive pair_count
     and after merging (a, b) we update only the words that held it: around an occurrence with
     left neighbour x and right neighbour y, (x, a) and (b, y) lose the word's count, (x, new)
     and (new, y) gain it.
@@ -469,9 +469,10 @@ def train_merges(
     while len(token_bytes) < num_tokens and heap:
         neg, pair = heapq.heappop(heap)
         c = pair_count.get(pair, 0)
+        if c <= 0:  # the pair no longer occurs (merges around it took every occurrence away)
+            continue
         if c != -neg:  # stale entry: put the pair back with its true count
-            if c > 0:
-                heapq.heappush(heap, (-c, pair))
+            heapq.heappush(heap, (-c, pair))
             continue
         a, b = pair
         merged = token_bytes[ord(a)] + token_bytes[ord(b)]
@@ -488,7 +489,9 @@ def train_merges(
                 words[wi] = _merge_in_word(words[wi], a, b, chr(new), counts[wi], pair_count, grown, where, wi)
         del pair_count[pair]
         for p in grown:
-            heapq.heappush(heap, (-pair_count[p], p))
+            # A pair can be gained at one site and lost at the next ("aaaa": (new, a) nets 0).
+            if pair_count[p] > 0:
+                heapq.heappush(heap, (-pair_count[p], p))
     bar.close()
     return parents
 

@@ -100,6 +100,60 @@ def test_duplicate_merge_reuses_the_token():
     assert len(tokens) == len(set(tokens))
 
 
+def test_training_stops_when_no_pair_occurs():
+    # "aaaa" -> "aa"+"aa" -> "aaaa": then the word is one token and no pair is left to merge.
+    tok = BPE.train("aaaa", vocab_size=300, pattern=r".+", special_tokens=())
+    assert tok.merges == [(97, 97), (256, 256)]
+    assert tok.vocab_size == 258
+
+
+def reference_train(text: str, vocab_size: int, pattern: str) -> tuple[list[bytes], dict[int, tuple[int, int]]]:
+    """BPE training the slow, obvious way: recount every pair each round, merge the most frequent
+    (smallest (left id, right id) on ties), stop when no pair occurs. As train_merges' docstring
+    says, a merge whose bytes already form a token reuses that id instead of adding one."""
+    words = Counter(tuple(piece.encode("utf-8")) for piece in regex.findall(pattern, text))
+    tokens = [bytes([b]) for b in range(256)]
+    parents: dict[int, tuple[int, int]] = {}
+    while len(tokens) < vocab_size:
+        pairs: Counter = Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merged = tokens[best[0]] + tokens[best[1]]
+        if merged in tokens:
+            new = tokens.index(merged)
+        else:
+            new = len(tokens)
+            tokens.append(merged)
+            parents[new] = best
+        merged_words: Counter = Counter()
+        for word, count in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if word[i : i + 2] == best:
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged_words[tuple(out)] += count
+        words = merged_words
+    return tokens, parents
+
+
+@settings(HYPOTHESIS, max_examples=150)
+@given(text=st.text(alphabet=st.sampled_from(list("ab \né")), max_size=60),
+       vocab_size=st.integers(256, 280), pattern=st.sampled_from([r".+", bpe.GPT2_PATTERN]))
+def test_training_equals_reference_trainer(text, vocab_size, pattern):
+    tok = BPE.train(text, vocab_size=vocab_size, pattern=pattern, special_tokens=())
+    tokens, parents = reference_train(text, vocab_size, pattern)
+    assert [tok.decode_bytes([i]) for i in range(tok.vocab_size)] == tokens
+    assert tok.merges == [parents[i] for i in sorted(parents)]
+
+
 def test_training_is_deterministic_and_path_equals_text(tmp_path, shakespeare):
     text = shakespeare[:100_000]
     path = tmp_path / "corpus.txt"
