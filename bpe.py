@@ -665,6 +665,12 @@ def _count_worker(tasks, results, pattern: str, special_tokens: tuple[str, ...])
 # The tokenizer
 
 
+def token_typecode(vocab_size: int) -> str:
+    """The array typecode that holds the ids of a vocabulary: "H" (2 bytes) while every id fits
+    in 16 bits, "I" (4 bytes) above. numpy reads the same codes (np.dtype("H") is uint16)."""
+    return "H" if vocab_size <= 1 << 16 else "I"  # "I" is 4 bytes wherever CPython runs
+
+
 class BPE:
     """A byte-level BPE tokenizer: pattern + tokens (id -> bytes) + special tokens.
 
@@ -794,7 +800,7 @@ class BPE:
     ) -> Iterator[array]:
         """Encode a file, or several, chunk by chunk (about 1 MB each), yielding each chunk's ids
         in order as a compact array (typecode "H": 2 bytes an id, or "I": 4 for a vocabulary
-        of more than 65,536 ids).
+        of more than 65,536 ids; see token_typecode).
 
         path: anything text_files takes. Several files are joined with <|endoftext|> between
             documents (empty files are skipped): the ids are those of their texts concatenated
@@ -834,7 +840,7 @@ class BPE:
                 bar.update(_utf8_size(chunk))
 
     def _encode_chunk(self, text: str, allowed: set[str], new_document: bool) -> array:
-        ids = array("H" if self.vocab_size <= 1 << 16 else "I")  # "I" is 4 bytes wherever CPython runs
+        ids = array(token_typecode(self.vocab_size))
         if new_document:
             ids.append(self.special_tokens[ENDOFTEXT])
         ids.extend(self.encode(text, allowed_special=allowed))

@@ -377,6 +377,18 @@ def test_encode_file_equals_encode(tmp_path, data_dir, gpt2, trained):
         gpt2.encode_file(path)
 
 
+def test_token_width_follows_the_vocab_size(tmp_path):
+    assert bpe.token_typecode(1 << 16) == "H"  # ids 0..65535 fit in 2 bytes
+    assert bpe.token_typecode((1 << 16) + 1) == "I"
+    path = tmp_path / "t.txt"
+    path.write_text("hello world")
+    small = BPE.train("hello world", vocab_size=300)
+    big = BPE([bytes([b]) for b in range(256)] + [b"%d" % k for k in range(1000, 1000 + (1 << 16))])
+    for tok, width in ((small, 2), (big, 4)):
+        (ids,) = tok.iter_encode_file(path)
+        assert ids.typecode == bpe.token_typecode(tok.vocab_size) and ids.itemsize == width
+
+
 def test_long_text_is_encoded_in_slices(gpt2, data_dir, tiktoken_gpt2):
     text = read(data_dir / "gutenberg_en.txt", 0, 3_000_000)  # longer than one slice
     assert gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bpe import TokenizerError, atomic_write, text_files  # the tokenizer module at the repository's top level
+# The tokenizer module at the repository's top level.
+from bpe import TokenizerError, atomic_write, text_files, token_typecode
 
 CACHE_ENV = "GPT2_TOOLKIT_CACHE"  # where token files go when the text's own folder is read-only
 
@@ -48,7 +49,8 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+    """The numpy dtype of the token file: that of the arrays the tokenizer yields (uint16 or uint32)."""
+    return np.dtype(token_typecode(vocab_size))
 
 
 def default_cache_dir() -> Path:
@@ -107,7 +109,7 @@ def _encode_to_file(files: list[Path], tokenizer, path: Path, dtype: np.dtype, p
                     workers: int | None) -> None:
     with atomic_write(path) as f:  # an interrupted run never leaves a truncated cache behind
         # Each chunk's ids (about 1 MB of text) are written as they come, in order: arrays of
-        # 2-byte ids up to 65,536 tokens and 4-byte ones above, as `dtype` (token_dtype).
+        # 2-byte ids up to 65,536 tokens and 4-byte ones above, as `dtype` (bpe.token_typecode).
         for ids in tokenizer.iter_encode_file(files, allowed_special="all", workers=workers, progress=progress):
             assert ids.itemsize == dtype.itemsize
             f.write(ids)
