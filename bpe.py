@@ -114,6 +114,21 @@ class TokenizerError(ValueError):
     """A user-facing problem with a tokenizer file or with input text (one-line message)."""
 
 
+class SpecialTokenError(TokenizerError):
+    """Text holds the string of a special token that `encode` was not allowed to encode.
+
+    `token` is that special token, so a caller can word its own advice (main.py names its flag).
+    """
+
+    def __init__(self, message: str, token: str):
+        super().__init__(message)
+        self.token = token
+
+    def __reduce__(self):
+        # Pickled when raised in an encoding worker; the default would call cls(message) alone.
+        return type(self), (str(self), self.token)
+
+
 # ----------------------------------------------------------------------------------------------
 # Reading text: which files, then each streamed, lossless, with the byte offset of any invalid UTF-8.
 
@@ -771,11 +786,11 @@ class BPE:
         """
         allowed = self._special_set(allowed_special)
         disallowed = self._special_set(disallowed_special, default=set(self.special_tokens) - allowed)
-        for s in disallowed:
-            if s in text:
-                raise TokenizerError(
+        for s in self.special_tokens:  # in id order, so the first one named is always the same
+            if s in disallowed and s in text:
+                raise SpecialTokenError(
                     f"the text contains the special token {s!r}; pass allowed_special={{{s!r}}} (or 'all') "
-                    f"to encode it as one token, or disallowed_special=() to encode it as plain text"
+                    f"to encode it as one token, or disallowed_special=() to encode it as plain text", s
                 )
         present = [s for s in allowed if s in text]
         if not present:

@@ -399,8 +399,9 @@ def test_long_text_is_encoded_in_slices(gpt2, data_dir, tiktoken_gpt2):
 
 def test_special_token_policy(trained):
     text = "a <|endoftext|> b"
-    with pytest.raises(TokenizerError, match=r"allowed_special=\{'<\|endoftext\|>'\}"):
+    with pytest.raises(bpe.SpecialTokenError, match=r"allowed_special=\{'<\|endoftext\|>'\}") as refused:
         trained.encode(text)
+    assert refused.value.token == ENDOFTEXT and isinstance(refused.value, TokenizerError)
     eot = trained.special_tokens[ENDOFTEXT]
     ids = trained.encode(text, allowed_special="all")
     assert ids.count(eot) == 1
@@ -581,8 +582,9 @@ def test_parallel_encoding_gives_the_same_ids(data_dir, gpt2, trained, name):
 def test_parallel_encoding_passes_errors_on(tmp_path, trained):
     path = tmp_path / "t.txt"
     path.write_text("plain text\n" * 20_000 + ENDOFTEXT + "\nmore", encoding="utf-8")
-    with pytest.raises(TokenizerError, match="allowed_special"):
+    with pytest.raises(bpe.SpecialTokenError, match="allowed_special") as refused:
         list(trained.iter_encode_file(path, workers=2, chunk_bytes=10_000))
+    assert refused.value.token == ENDOFTEXT  # the error crossed from a worker process whole
 
 
 def test_parallel_work_stops_at_invalid_utf8(tmp_path, trained):
