@@ -78,9 +78,9 @@ _PARALLEL_BYTES = 8 << 20  # texts larger than this are pre-tokenized and encode
 _CACHE_LIMIT = 500_000  # pre-tokens remembered by encode before the cache is cleared
 _CACHE_MAX_PIECE = 64  # characters; longer pieces are rare and not worth remembering
 
-# GPT-2's pattern restricted to ASCII text, for the standard library's `re`, which runs about twice
-# as fast as `regex` on it. On ASCII input, \s is [\t\n\v\f\r ], \p{L} is [A-Za-z] and \p{N} is
-# [0-9], so this finds exactly the same pieces (test_bpe.py checks that on random ASCII text).
+# GPT-2's pattern restricted to ASCII text, for the standard library's `re`, which is faster than
+# `regex` on it. On ASCII input, \s is [\t\n\v\f\r ], \p{L} is [A-Za-z] and \p{N} is [0-9], so this
+# finds exactly the same pieces (test_bpe.py checks that on random ASCII text).
 _W = r"\t\n\v\f\r "
 _GPT2_ASCII = _re.compile(
     rf"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^{_W}A-Za-z0-9]+|[{_W}]+(?![^{_W}])|[{_W}]+"""
@@ -88,7 +88,9 @@ _GPT2_ASCII = _re.compile(
 # Under GPT-2's pattern a whitespace character that is followed by a non-space always starts a
 # new piece, and the pieces before it do not depend on what follows (see _gpt2_findall).
 _GPT2_CUT = regex.compile(r"\s(?=\S)")
-_BLOCK = 256  # characters: blocks that _gpt2_findall sorts into ASCII or not (256 measured best)
+# Characters: blocks that _gpt2_findall sorts into ASCII or not. Larger blocks mean fewer cuts to
+# find; smaller ones mean that one non-ASCII character sends less ASCII text to the slower `regex`.
+_BLOCK = 256
 
 # A place where a file may be cut into chunks without changing any pre-token: right after a
 # newline that sits between two non-space characters ("end.\nNext"), or, for text without
@@ -162,7 +164,7 @@ def text_files(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
 
 def default_workers(num_bytes: int) -> int:
     """Processes that pre-tokenize or encode `num_bytes` of text: one per core, but a single one
-    for texts up to 8 MB, which take a few seconds, about what starting the others would cost."""
+    for texts up to 8 MB, whose work is too short to repay starting the others."""
     return (os.cpu_count() or 1) if num_bytes > _PARALLEL_BYTES else 1
 
 
@@ -633,8 +635,8 @@ def _encode_chunk_job(job: tuple) -> array:
 def _count_in_processes(chunks: Iterable[str], pattern: str, special_tokens: tuple[str, ...], workers: int) -> Counter:
     """count_pretokens with workers: each worker counts the chunks it takes from a queue into a
     Counter of its own and sends that back once, at the end. (A Counter sent back per chunk, as
-    imap_bounded would do, costs the main process, which receives and adds them, about a fifth of
-    the time the counting takes, and the main process shares the cores with the workers.)"""
+    imap_bounded would do, would have the main process receive and add one Counter per chunk, on
+    the cores that the workers need.)"""
     ctx = _mp_context()
     tasks = ctx.Queue(maxsize=2 * workers)  # put() waits while it is full: memory stays bounded
     results = ctx.SimpleQueue()
@@ -825,8 +827,7 @@ class BPE:
             results, so memory does not grow with the size of the input.
         progress: show a bar in bytes on stderr.
         chunk_bytes: the size of the pieces read (default 1 MB, or 512 KB with several workers:
-            smaller pieces share the work out more evenly at the end, 1.80x against 1.72x faster
-            than one worker on the Gutenberg corpus with 2).
+            smaller pieces share the work out more evenly at the end).
         """
         files = text_files(path)
         allowed = self._special_set(allowed_special)
