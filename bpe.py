@@ -35,6 +35,7 @@ one process per core (for inputs over 8 MB), a few chunks at a time.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import functools
 import gc
 import glob
@@ -45,10 +46,11 @@ import math
 import operator
 import os
 import sys
+import tempfile
 from array import array
 from collections import Counter, deque
 from pathlib import Path
-from typing import Collection, Iterable, Iterator, Literal
+from typing import IO, Collection, Iterable, Iterator, Literal
 
 import re as _re
 
@@ -76,9 +78,9 @@ _PARALLEL_BYTES = 8 << 20  # texts larger than this are pre-tokenized and encode
 _CACHE_LIMIT = 500_000  # pre-tokens remembered by encode before the cache is cleared
 _CACHE_MAX_PIECE = 64  # characters; longer pieces are rare and not worth remembering
 
-# GPT-2's pattern restricted to ASCII text, for the standard library's `re`, which runs about twice
-# as fast as `regex` on it. On ASCII input, \s is [\t\n\v\f\r ], \p{L} is [A-Za-z] and \p{N} is
-# [0-9], so this finds exactly the same pieces (test_bpe.py checks that on random ASCII text).
+# GPT-2's pattern restricted to ASCII text, for the standard library's `re`, which is faster than
+# `regex` on it. On ASCII input, \s is [\t\n\v\f\r ], \p{L} is [A-Za-z] and \p{N} is [0-9], so this
+# finds exactly the same pieces (test_bpe.py checks that on random ASCII text).
 _W = r"\t\n\v\f\r "
 _GPT2_ASCII = _re.compile(
     rf"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^{_W}A-Za-z0-9]+|[{_W}]+(?![^{_W}])|[{_W}]+"""
@@ -86,7 +88,9 @@ _GPT2_ASCII = _re.compile(
 # Under GPT-2's pattern a whitespace character that is followed by a non-space always starts a
 # new piece, and the pieces before it do not depend on what follows (see _gpt2_findall).
 _GPT2_CUT = regex.compile(r"\s(?=\S)")
-_BLOCK = 256  # characters: blocks that _gpt2_findall sorts into ASCII or not (256 measured best)
+# Characters: blocks that _gpt2_findall sorts into ASCII or not. Larger blocks mean fewer cuts to
+# find; smaller ones mean that one non-ASCII character sends less ASCII text to the slower `regex`.
+_BLOCK = 256
 
 # A place where a file may be cut into chunks without changing any pre-token: right after a
 # newline that sits between two non-space characters ("end.\nNext"), or, for text without
@@ -116,6 +120,21 @@ class UserError(ValueError):
 
 class TokenizerError(UserError):
     """A user-facing problem with a tokenizer file or with input text (one-line message)."""
+
+
+class SpecialTokenError(TokenizerError):
+    """Text holds the string of a special token that `encode` was not allowed to encode.
+
+    `token` is that special token, so a caller can word its own advice (main.py names its flag).
+    """
+
+    def __init__(self, message: str, token: str):
+        super().__init__(message)
+        self.token = token
+
+    def __reduce__(self):
+        # Pickled when raised in an encoding worker; the default would call cls(message) alone.
+        return type(self), (str(self), self.token)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,7 +170,7 @@ def text_files(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
 
 def default_workers(num_bytes: int) -> int:
     """Processes that pre-tokenize or encode `num_bytes` of text: one per core, but a single one
-    for texts up to 8 MB, which take a few seconds, about what starting the others would cost."""
+    for texts up to 8 MB, whose work is too short to repay starting the others."""
     return (os.cpu_count() or 1) if num_bytes > _PARALLEL_BYTES else 1
 
 
@@ -436,7 +455,7 @@ def _count_into(counts: Counter, chunk: str, pattern: str, special_tokens: tuple
 def train_merges(
     words: list[str], counts: list[int], token_bytes: list[bytes], num_tokens: int, progress: bool = False
 ) -> dict[int, tuple[int, int]]:
-    """Merge until there are `num_tokens` tokens (or no pair is left); return {new id: pair}.
+    """Merge until there are `num_tokens` tokens or no pair occurs any more; return {new id: pair}.
 
     Each distinct pre-token is a "word" with its count. A word is held as a str with one character
     per token, chr(id), so merging a pair everywhere in it is one str.replace, done in C, and a
@@ -449,7 +468,7 @@ def train_merges(
     Rather than recount every pair after each merge, we keep:
       pair_count[p]  how often pair p occurs, weighted by word counts
       where[p]       the words that may hold p (a superset: stale entries are skipped)
-      heap           (-count, pair) entries; an entry is trusted only if it matches pair_count
+      heap           (-count, pair) entries; an entry is trusted only if it matches a positive pair_count
     and after merging (a, b) we update only the words that held it: around an occurrence with
     left neighbour x and right neighbour y, (x, a) and (b, y) lose the word's count, (x, new)
     and (new, y) gain it.
@@ -475,9 +494,10 @@ def train_merges(
     while len(token_bytes) < num_tokens and heap:
         neg, pair = heapq.heappop(heap)
         c = pair_count.get(pair, 0)
+        if c <= 0:  # the pair no longer occurs (merges around it took every occurrence away)
+            continue
         if c != -neg:  # stale entry: put the pair back with its true count
-            if c > 0:
-                heapq.heappush(heap, (-c, pair))
+            heapq.heappush(heap, (-c, pair))
             continue
         a, b = pair
         merged = token_bytes[ord(a)] + token_bytes[ord(b)]
@@ -494,7 +514,9 @@ def train_merges(
                 words[wi] = _merge_in_word(words[wi], a, b, chr(new), counts[wi], pair_count, grown, where, wi)
         del pair_count[pair]
         for p in grown:
-            heapq.heappush(heap, (-pair_count[p], p))
+            # A pair can be gained at one site and lost at the next ("aaaa": (new, a) nets 0).
+            if pair_count[p] > 0:
+                heapq.heappush(heap, (-pair_count[p], p))
     bar.close()
     return parents
 
@@ -619,8 +641,8 @@ def _encode_chunk_job(job: tuple) -> array:
 def _count_in_processes(chunks: Iterable[str], pattern: str, special_tokens: tuple[str, ...], workers: int) -> Counter:
     """count_pretokens with workers: each worker counts the chunks it takes from a queue into a
     Counter of its own and sends that back once, at the end. (A Counter sent back per chunk, as
-    imap_bounded would do, costs the main process, which receives and adds them, about a fifth of
-    the time the counting takes, and the main process shares the cores with the workers.)"""
+    imap_bounded would do, would have the main process receive and add one Counter per chunk, on
+    the cores that the workers need.)"""
     ctx = _mp_context()
     tasks = ctx.Queue(maxsize=2 * workers)  # put() waits while it is full: memory stays bounded
     results = ctx.SimpleQueue()
@@ -664,6 +686,12 @@ def _count_worker(tasks, results, pattern: str, special_tokens: tuple[str, ...])
 
 # ----------------------------------------------------------------------------------------------
 # The tokenizer
+
+
+def token_typecode(vocab_size: int) -> str:
+    """The array typecode that holds the ids of a vocabulary: "H" (2 bytes) while every id fits
+    in 16 bits, "I" (4 bytes) above. numpy reads the same codes (np.dtype("H") is uint16)."""
+    return "H" if vocab_size <= 1 << 16 else "I"  # "I" is 4 bytes wherever CPython runs
 
 
 class BPE:
@@ -766,11 +794,11 @@ class BPE:
         """
         allowed = self._special_set(allowed_special)
         disallowed = self._special_set(disallowed_special, default=set(self.special_tokens) - allowed)
-        for s in disallowed:
-            if s in text:
-                raise TokenizerError(
+        for s in self.special_tokens:  # in id order, so the first one named is always the same
+            if s in disallowed and s in text:
+                raise SpecialTokenError(
                     f"the text contains the special token {s!r}; pass allowed_special={{{s!r}}} (or 'all') "
-                    f"to encode it as one token, or disallowed_special=() to encode it as plain text"
+                    f"to encode it as one token, or disallowed_special=() to encode it as plain text", s
                 )
         present = [s for s in allowed if s in text]
         if not present:
@@ -795,7 +823,7 @@ class BPE:
     ) -> Iterator[array]:
         """Encode a file, or several, chunk by chunk (about 1 MB each), yielding each chunk's ids
         in order as a compact array (typecode "H": 2 bytes an id, or "I": 4 for a vocabulary
-        of more than 65,536 ids).
+        of more than 65,536 ids; see token_typecode).
 
         path: anything text_files takes. Several files are joined with <|endoftext|> between
             documents (empty files are skipped): the ids are those of their texts concatenated
@@ -805,8 +833,7 @@ class BPE:
             results, so memory does not grow with the size of the input.
         progress: show a bar in bytes on stderr.
         chunk_bytes: the size of the pieces read (default 1 MB, or 512 KB with several workers:
-            smaller pieces share the work out more evenly at the end, 1.80x against 1.72x faster
-            than one worker on the Gutenberg corpus with 2).
+            smaller pieces share the work out more evenly at the end).
         """
         files = text_files(path)
         allowed = self._special_set(allowed_special)
@@ -835,7 +862,7 @@ class BPE:
                 bar.update(_utf8_size(chunk))
 
     def _encode_chunk(self, text: str, allowed: set[str], new_document: bool) -> array:
-        ids = array("H" if self.vocab_size <= 1 << 16 else "I")  # "I" is 4 bytes wherever CPython runs
+        ids = array(token_typecode(self.vocab_size))
         if new_document:
             ids.append(self.special_tokens[ENDOFTEXT])
         ids.extend(self.encode(text, allowed_special=allowed))
@@ -935,7 +962,8 @@ class BPE:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the vocab file (UTF-8, atomically: a reader never sees half a file)."""
-        _atomic_write_text(path, self.to_text())
+        with atomic_write(path, "w") as f:
+            f.write(self.to_text())
 
     def to_text(self) -> str:
         """The vocab file's content (checkpoints embed it, so a model carries its tokenizer).
@@ -1103,16 +1131,77 @@ def _progress_chunks(chunks: Iterable[str], num_bytes: int, progress: bool) -> I
             bar.update(_utf8_size(chunk))
 
 
-def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temporary file beside `path`, fsync it, then rename it over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+# ----------------------------------------------------------------------------------------------
+# Writing files atomically: the one helper the project uses (vocab files, checkpoints, token caches).
+
+
+def _umask_from_proc() -> int | None:
+    """The umask as Linux shows it, read without changing it; None where /proc does not show it."""
     try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next((int(line.split()[1], 8) for line in f if line.startswith("Umask:")), None)
+    except OSError:
+        return None
+
+
+def _umask_by_setting() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Without /proc the umask can only be read by setting it and putting it back, and a file another
+# thread created in between would get the wrong mode; so there it is read once, at import.
+_UMASK_AT_IMPORT = None if _umask_from_proc() is not None else _umask_by_setting()
+
+
+def _umask() -> int:
+    mask = _umask_from_proc()
+    return _UMASK_AT_IMPORT if mask is None else mask
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: Literal["wb", "w"] = "wb") -> Iterator[IO]:
+    """Write a file so that readers see the old content or the new, never half of it.
+
+        with atomic_write("vocab.txt", "w") as f:
             f.write(text)
+
+    The block writes a temporary file in the same folder (so the final rename stays on one file
+    system); when it ends, the file is flushed to disk, given the permissions a newly created file
+    would have, and renamed over `path`, and the folder is synced so the rename survives a crash.
+    If the block raises anything (Ctrl-C included), the temporary file is removed and `path` is
+    left as it was. mode "wb" gives a binary file; "w" a text file, UTF-8 with "\n" line ends
+    whatever the platform and locale.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write mode must be 'wb' or 'w', not {mode!r}")
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        text = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}
+        with os.fdopen(fd, mode, **text) as f:
+            yield f
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        # mkstemp makes the file private (0600); the output should be as readable as any other.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        os.close(fd)

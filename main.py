@@ -102,11 +102,11 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
 def cmd_encode(args: argparse.Namespace) -> None:
     tok = load_tokenizer(args.vocab_file)
     text = read_arg_or_stdin(args.text)
-    if not args.allow_special:
-        for special in tok.special_tokens:
-            if special in text:
-                raise UserError(f"the text contains the special token {special!r}; add --allow-special to encode it as one token")
-    ids = tok.encode(text, allowed_special="all" if args.allow_special else ())
+    try:
+        ids = tok.encode(text, allowed_special="all" if args.allow_special else ())
+    except bpe.SpecialTokenError as e:  # bpe's message names its keyword arguments; say the flag instead
+        raise UserError(f"the text contains the special token {e.token!r}; "
+                        f"add --allow-special to encode it as one token") from None
     print(json.dumps(ids))
 
 

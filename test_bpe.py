@@ -2,6 +2,7 @@
 
 import multiprocessing
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -98,6 +99,60 @@ def test_duplicate_merge_reuses_the_token():
     tok = BPE.train("abc " * 3 + "xab xab xab xbc xbc xbc", vocab_size=400, special_tokens=(), pattern=r"\S+")
     tokens = [tok.decode_bytes([i]) for i in range(tok.vocab_size)]
     assert len(tokens) == len(set(tokens))
+
+
+def test_training_stops_when_no_pair_occurs():
+    # "aaaa" -> "aa"+"aa" -> "aaaa": then the word is one token and no pair is left to merge.
+    tok = BPE.train("aaaa", vocab_size=300, pattern=r".+", special_tokens=())
+    assert tok.merges == [(97, 97), (256, 256)]
+    assert tok.vocab_size == 258
+
+
+def reference_train(text: str, vocab_size: int, pattern: str) -> tuple[list[bytes], dict[int, tuple[int, int]]]:
+    """BPE training the slow, obvious way: recount every pair each round, merge the most frequent
+    (smallest (left id, right id) on ties), stop when no pair occurs. As train_merges' docstring
+    says, a merge whose bytes already form a token reuses that id instead of adding one."""
+    words = Counter(tuple(piece.encode("utf-8")) for piece in regex.findall(pattern, text))
+    tokens = [bytes([b]) for b in range(256)]
+    parents: dict[int, tuple[int, int]] = {}
+    while len(tokens) < vocab_size:
+        pairs: Counter = Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merged = tokens[best[0]] + tokens[best[1]]
+        if merged in tokens:
+            new = tokens.index(merged)
+        else:
+            new = len(tokens)
+            tokens.append(merged)
+            parents[new] = best
+        merged_words: Counter = Counter()
+        for word, count in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if word[i : i + 2] == best:
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged_words[tuple(out)] += count
+        words = merged_words
+    return tokens, parents
+
+
+@settings(HYPOTHESIS, max_examples=150)
+@given(text=st.text(alphabet=st.sampled_from(list("ab \né")), max_size=60),
+       vocab_size=st.integers(256, 280), pattern=st.sampled_from([r".+", bpe.GPT2_PATTERN]))
+def test_training_equals_reference_trainer(text, vocab_size, pattern):
+    tok = BPE.train(text, vocab_size=vocab_size, pattern=pattern, special_tokens=())
+    tokens, parents = reference_train(text, vocab_size, pattern)
+    assert [tok.decode_bytes([i]) for i in range(tok.vocab_size)] == tokens
+    assert tok.merges == [parents[i] for i in sorted(parents)]
 
 
 def test_training_is_deterministic_and_path_equals_text(tmp_path, shakespeare):
@@ -248,12 +303,19 @@ def test_gpt2_known_ids(gpt2):
     assert gpt2.special_tokens == {ENDOFTEXT: 50256}
 
 
-def test_long_pretoken_parity_and_speed(gpt2, tiktoken_gpt2):
-    # One piece of 100,000 letters (no spaces): the heap merge keeps this near-linear.
-    text = ("abcdefghij" * 10_000)
-    assert gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
-    digits = "1234567890" * 2000
-    assert gpt2.encode_ordinary(digits) == tiktoken_gpt2.encode_ordinary(digits)
+def test_very_long_piece_equals_tiktoken_and_takes_the_heap_merge(monkeypatch, gpt2, tiktoken_gpt2):
+    """One pre-token of 100,000 letters (no spaces), and one of 20,000 digits. Pieces that long
+    must go to _merge_long (O(n log n)), never to the quadratic _merge_short; how long they take
+    is measured by benchmarks/bench_bpe.py (bench_long_piece), not here."""
+    short = bpe._merge_short
+
+    def short_only(piece, ranks):
+        assert len(piece) <= bpe._LONG_PIECE, f"a piece of {len(piece)} bytes went to the quadratic merge"
+        return short(piece, ranks)
+
+    monkeypatch.setattr(bpe, "_merge_short", short_only)
+    for text in ("abcdefghij" * 10_000, "1234567890" * 2000):
+        assert gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
 
 
 @HYPOTHESIS
@@ -322,6 +384,18 @@ def test_encode_file_equals_encode(tmp_path, data_dir, gpt2, trained):
         gpt2.encode_file(path)
 
 
+def test_token_width_follows_the_vocab_size(tmp_path):
+    assert bpe.token_typecode(1 << 16) == "H"  # ids 0..65535 fit in 2 bytes
+    assert bpe.token_typecode((1 << 16) + 1) == "I"
+    path = tmp_path / "t.txt"
+    path.write_text("hello world")
+    small = BPE.train("hello world", vocab_size=300)
+    big = BPE([bytes([b]) for b in range(256)] + [b"%d" % k for k in range(1000, 1000 + (1 << 16))])
+    for tok, width in ((small, 2), (big, 4)):
+        (ids,) = tok.iter_encode_file(path)
+        assert ids.typecode == bpe.token_typecode(tok.vocab_size) and ids.itemsize == width
+
+
 def test_long_text_is_encoded_in_slices(gpt2, data_dir, tiktoken_gpt2):
     text = read(data_dir / "gutenberg_en.txt", 0, 3_000_000)  # longer than one slice
     assert gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
@@ -332,8 +406,9 @@ def test_long_text_is_encoded_in_slices(gpt2, data_dir, tiktoken_gpt2):
 
 def test_special_token_policy(trained):
     text = "a <|endoftext|> b"
-    with pytest.raises(TokenizerError, match=r"allowed_special=\{'<\|endoftext\|>'\}"):
+    with pytest.raises(bpe.SpecialTokenError, match=r"allowed_special=\{'<\|endoftext\|>'\}") as refused:
         trained.encode(text)
+    assert refused.value.token == ENDOFTEXT and isinstance(refused.value, TokenizerError)
     eot = trained.special_tokens[ENDOFTEXT]
     ids = trained.encode(text, allowed_special="all")
     assert ids.count(eot) == 1
@@ -427,6 +502,53 @@ def test_load_gpt2_folder(data_dir, gpt2):
     assert BPE.load(data_dir / "gpt2").hash == gpt2.hash
 
 
+# ---- atomic_write: the one way files are replaced (vocab files, checkpoints, token caches) -------
+
+
+def test_atomic_write_replaces_the_file_when_the_block_ends(tmp_path):
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old")
+    with bpe.atomic_write(path) as f:
+        f.write(b"new")
+        assert path.read_bytes() == b"old"  # nothing shows until the block is done
+    assert path.read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["out.bin"]
+
+
+@pytest.mark.parametrize("error", [ValueError, KeyboardInterrupt])
+def test_atomic_write_interrupted_keeps_the_old_file(tmp_path, error):
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old")
+    with pytest.raises(error):
+        with bpe.atomic_write(path) as f:
+            f.write(b"half")
+            raise error()
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["out.bin"]  # no temporary file left behind
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="the umask is read from /proc (Linux)")
+def test_atomic_write_permissions_are_those_of_a_normal_file(tmp_path):
+    old = os.umask(0o027)
+    try:
+        with bpe.atomic_write(tmp_path / "atomic") as f:
+            f.write(b"x")
+        (tmp_path / "plain").write_bytes(b"x")
+    finally:
+        os.umask(old)
+    modes = [stat.S_IMODE(os.stat(tmp_path / name).st_mode) for name in ("atomic", "plain")]
+    assert modes == [0o640, 0o640]  # not mkstemp's private 0600
+
+
+def test_atomic_write_text_mode_is_utf8_with_newlines(tmp_path):
+    with bpe.atomic_write(tmp_path / "t.txt", "w") as f:
+        f.write("ünï 日本\nend\n")
+    assert (tmp_path / "t.txt").read_bytes() == "ünï 日本\nend\n".encode("utf-8")
+    with pytest.raises(ValueError, match="mode"):
+        with bpe.atomic_write(tmp_path / "t.txt", "a"):
+            pass
+
+
 def test_importing_bpe_imports_no_reference_library():
     code = "import sys, bpe; bad = {'tiktoken', 'tokenizers', 'transformers', 'torch'} & set(sys.modules); print(sorted(bad))"
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True)
@@ -467,8 +589,9 @@ def test_parallel_encoding_gives_the_same_ids(data_dir, gpt2, trained, name):
 def test_parallel_encoding_passes_errors_on(tmp_path, trained):
     path = tmp_path / "t.txt"
     path.write_text("plain text\n" * 20_000 + ENDOFTEXT + "\nmore", encoding="utf-8")
-    with pytest.raises(TokenizerError, match="allowed_special"):
+    with pytest.raises(bpe.SpecialTokenError, match="allowed_special") as refused:
         list(trained.iter_encode_file(path, workers=2, chunk_bytes=10_000))
+    assert refused.value.token == ENDOFTEXT  # the error crossed from a worker process whole
 
 
 def test_parallel_work_stops_at_invalid_utf8(tmp_path, trained):

@@ -11,10 +11,11 @@ torch.load(weights_only=True), which refuses any pickle that would run code.
 """
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from bpe import atomic_write  # the tokenizer module at the repository's top level
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_config", "model")
@@ -31,33 +32,8 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
     if "model" in checkpoint:
         # A state dict taken from torch.compile's wrapper prefixes every key; store the plain names.
         checkpoint["model"] = {k.removeprefix("_orig_mod."): v for k, v in checkpoint["model"].items()}
-    # The temporary file lives in the target's folder, so os.replace is a rename on one file system.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:
-        # Also on Ctrl-C: never leave a half-written temporary file behind.
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path) as f:  # a crash or Ctrl-C mid-save leaves the previous file as it was
+        torch.save(checkpoint, f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

@@ -25,13 +25,12 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bpe import UserError
+from bpe import TokenizerError, UserError, atomic_write, text_files, token_typecode
 
 CACHE_ENV = "GPT2_TOOLKIT_CACHE"  # where token files go when the text's own folder is read-only
 
@@ -49,7 +48,8 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+    """The numpy dtype of the token file: that of the arrays the tokenizer yields (uint16 or uint32)."""
+    return np.dtype(token_typecode(vocab_size))
 
 
 def default_cache_dir() -> Path:
@@ -58,8 +58,6 @@ def default_cache_dir() -> Path:
 
 def input_files(text_path) -> list[Path]:
     """The files of a training input (see bpe.text_files), or a DataError saying what is wrong."""
-    from bpe import TokenizerError, text_files  # the tokenizer module at the repository's top level
-
     try:
         return text_files(text_path)
     except TokenizerError as e:
@@ -108,21 +106,12 @@ def load_tokens(text_path, tokenizer, progress: bool = False, workers: int | Non
 
 def _encode_to_file(files: list[Path], tokenizer, path: Path, dtype: np.dtype, progress: bool,
                     workers: int | None) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # Each chunk's ids (about 1 MB of text) are written as they come, in order: arrays of
-            # 2-byte ids up to 65,536 tokens and 4-byte ones above, as `dtype` (token_dtype).
-            for ids in tokenizer.iter_encode_file(files, allowed_special="all", workers=workers, progress=progress):
-                assert ids.itemsize == dtype.itemsize
-                f.write(ids)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; a cache is as readable as the text
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:  # an interrupted run never leaves a truncated cache behind
+        # Each chunk's ids (about 1 MB of text) are written as they come, in order: arrays of
+        # 2-byte ids up to 65,536 tokens and 4-byte ones above, as `dtype` (bpe.token_typecode).
+        for ids in tokenizer.iter_encode_file(files, allowed_special="all", workers=workers, progress=progress):
+            assert ids.itemsize == dtype.itemsize
+            f.write(ids)
 
 
 def split_tokens(tokens: np.ndarray, val_fraction: float, block_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,13 +15,12 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from bpe import UserError
+from bpe import UserError, atomic_write
 
 from .config import DEVICE_NAMES, is_device_name
 
@@ -168,7 +167,9 @@ def peak_flops(device: torch.device, dtype: torch.dtype, cache_dir: Path | None 
     if key not in known:
         known[key] = measure_matmul_flops(device, dtype)
         try:
-            _write_json_atomically(path, known)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path, "w") as f:
+                json.dump(known, f, indent=1)
         except OSError:
             pass  # an unwritable cache only costs the probe again next time
     return known[key], f"a {str(dtype).removeprefix('torch.')} matrix product measured on {name} with {threads} threads, cached in {path}"
@@ -199,14 +200,3 @@ def _sync(device: torch.device) -> None:
     elif device.type == "mps":
         torch.mps.synchronize()
 
-
-def _write_json_atomically(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
