@@ -168,6 +168,14 @@ def text_files(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
     raise TokenizerError(f"file not found: {spec}")
 
 
+def workers_problem(workers: int | None) -> str | None:
+    """What is wrong with a number of worker processes (the --workers flag), or None: the one check
+    of it, used by training and encoding here and by the trainer's config."""
+    if workers is not None and workers < 1:
+        return f"--workers must be at least 1, got {workers}"
+    return None
+
+
 def default_workers(num_bytes: int) -> int:
     """Processes that pre-tokenize or encode `num_bytes` of text: one per core, but a single one
     for texts up to 8 MB, whose work is too short to repay starting the others."""
@@ -841,6 +849,8 @@ class BPE:
             raise TokenizerError(f"several files are joined with {ENDOFTEXT} between documents, "
                                  f"but this tokenizer has no such special token")
         num_bytes = sum(file.stat().st_size for file in files)
+        if workers_problem(workers):
+            raise TokenizerError(workers_problem(workers))
         workers = default_workers(num_bytes) if workers is None else workers
         chunk_bytes = chunk_bytes or (_CHUNK_BYTES if workers <= 1 else _CHUNK_BYTES // 2)
         with _byte_bar(num_bytes, "encoding", progress) as bar:
@@ -948,6 +958,8 @@ class BPE:
             raise TokenizerError(f"vocab size {vocab_size} is too small: it must be at least 256 + {len(special_tokens)} special tokens")
         _compile_findall(pattern)  # a bad pattern fails here, before any reading
 
+        if workers_problem(workers):
+            raise TokenizerError(workers_problem(workers))
         if workers is None:
             workers = default_workers(num_bytes)
         counts = count_pretokens(_progress_chunks(chunks, num_bytes, progress), pattern, special_tokens, workers)

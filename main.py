@@ -47,11 +47,6 @@ def text_inputs(spec: str) -> list:
     return files
 
 
-def check_workers(workers: int | None) -> None:
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
-
-
 def load_tokenizer(path: str) -> bpe.BPE:
     if not os.path.exists(path):
         hint = " (make one with: python main.py tokenize <text file>)" if path == DEFAULT_VOCAB else ""
@@ -84,7 +79,6 @@ def parse_ids(text: str) -> list[int]:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> None:
-    check_workers(args.workers)
     files = text_inputs(args.file)
     size = sum(os.path.getsize(f) for f in files)
     vocab_size = args.vocab_size or bpe.recommended_vocab_size(size)
@@ -166,8 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if result["stopped_by"] == "signal":
         signum = result["signal"]
-        launcher = ["python"] if ranks.world_size == 1 else ["torchrun", f"--nproc_per_node={ranks.local_world_size}"]
-        command = shlex.join([*launcher, "main.py", "train", args.file, args.vocab_file, out])  # quotes a glob
+        command = shlex.join([*resume_launcher(ranks), "train", args.file, args.vocab_file, out])  # quotes a glob
         say(f"stopped at step {result['step']}; saved {out}. Resume with: {command}", file=sys.stderr)
         return 128 + signum
     if "val_bpb" in result:
@@ -175,6 +168,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         say(f"step {result['step']}: saved {out}")
     return 0
+
+
+def resume_launcher(ranks) -> list[str]:
+    """How this run was started: `python main.py`, the installed `gpt2-toolkit`, or under torchrun."""
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "main.py"
+    if ranks.world_size > 1:
+        return ["torchrun", f"--nproc_per_node={ranks.local_world_size}", "main.py"]
+    return ["python", program] if program.endswith(".py") else [program]
 
 
 # The model-shape flags of `train`, and the GPT2Config field each sets.
@@ -326,7 +327,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="main.py", description="A GPT-2 toolkit: byte-level BPE tokenizer.")
+    parser = argparse.ArgumentParser(description="A GPT-2 toolkit: byte-level BPE tokenizer, training, generation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     p = sub.add_parser("tokenize", help="train a BPE tokenizer on a text file", description="Train a byte-level BPE tokenizer on UTF-8 text and write its vocab file.")

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from bpe import atomic_write  # the tokenizer module at the repository's top level
+from bpe import UserError, atomic_write
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_config", "model")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message is one line that says why."""
 
 

@@ -10,7 +10,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 
-from bpe import UserError
+from bpe import UserError, workers_problem
 
 
 class ConfigError(UserError):
@@ -253,8 +253,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "eval_every", "log_every", "eval_tokens"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.workers is not None and self.workers < 1:
-            problems.append(f"--workers must be at least 1, got {self.workers}")
+        if workers_problem(self.workers):
+            problems.append(workers_problem(self.workers))
         if self.sample_tokens < 0:
             problems.append(f"--sample-tokens must be 0 or more, got {self.sample_tokens}")
         if self.lr <= 0:

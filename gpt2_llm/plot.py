@@ -16,8 +16,9 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
+
+from bpe import UserError, atomic_write
 
 # The fields drawn; a record without them is not one of the two kinds.
 TRAIN_FIELDS = ("step", "loss")
@@ -29,12 +30,12 @@ def read_metrics(path: str | os.PathLike) -> dict:
 
     Returns {"train": {field: [values]}, "eval": {field: [values]}}, ordered by step. A series has a
     column for each field that every one of its records holds, so "tokens" is there only when the
-    whole series recorded it. Raises ValueError when the file is missing or holds no record of
+    whole series recorded it. Raises UserError when the file is missing or holds no record of
     either kind.
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such metrics file")
+        raise UserError(f"{path}: no such metrics file")
     kept: list[tuple[tuple[int, int], dict]] = []  # (place in the run, record), in run order
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
@@ -54,7 +55,7 @@ def read_metrics(path: str | os.PathLike) -> dict:
                 kept.pop()
             kept.append((place, record))
     if not kept:
-        raise ValueError(f"{path}: no training or evaluation records")
+        raise UserError(f"{path}: no training or evaluation records")
     return {"train": _columns([r for (_, e), r in kept if not e], TRAIN_FIELDS),
             "eval": _columns([r for (_, e), r in kept if e], EVAL_FIELDS)}
 
@@ -81,7 +82,7 @@ def plot_runs(paths: str | os.PathLike | list, out: str | os.PathLike, labels: l
     if labels is None:
         labels = [Path(p).name.removesuffix(".jsonl").removesuffix(".metrics") for p in paths]
     if len(labels) != len(paths):
-        raise ValueError(f"{len(labels)} labels for {len(paths)} runs: give one label per metrics file")
+        raise UserError(f"{len(labels)} labels for {len(paths)} runs: give one label per metrics file")
     runs = [read_metrics(p) for p in paths]
     by_tokens = all("tokens" in s for run in runs for s in run.values() if s["step"])
     x = "tokens" if by_tokens else "step"
@@ -113,7 +114,8 @@ def plot_runs(paths: str | os.PathLike | list, out: str | os.PathLike, labels: l
         ax.grid(True, alpha=0.3)
     buffer = io.BytesIO()
     FigureCanvasAgg(fig).print_png(buffer)
-    _write_bytes(Path(out), buffer.getvalue())
+    with atomic_write(out) as f:  # a reader (an image viewer refreshing) never sees half a PNG
+        f.write(buffer.getvalue())
 
 
 def _loss_limits(runs: list[dict]) -> tuple[float, float]:
@@ -143,16 +145,3 @@ def _short_rate(v: float) -> str:
         return "0"
     mantissa, exponent = f"{v:.2e}".split("e")
     return f"{float(mantissa):g}e{int(exponent)}"
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder, so a reader never sees half a PNG."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; a picture is as readable as its log
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

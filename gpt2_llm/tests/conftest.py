@@ -1,3 +1,8 @@
+"""Shared fixtures and helpers of the package's tests."""
+
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -21,3 +26,24 @@ def tiny_config() -> GPT2Config:
 def tiny_model(tiny_config) -> GPT2:
     torch.manual_seed(0)
     return GPT2(tiny_config).eval()
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory, data_dir):
+    """(a 60 KB slice of Tiny Shakespeare as a file, a 300-token tokenizer learned from it)."""
+    from bpe import BPE
+
+    folder = tmp_path_factory.mktemp("corpus")
+    text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000]
+    (folder / "text.txt").write_text(text, encoding="utf-8")
+    return folder / "text.txt", BPE.train(text, vocab_size=300)
+
+
+def records(metrics: Path) -> list[dict]:
+    """The records of a metrics log (NAME.metrics.jsonl)."""
+    return [json.loads(line) for line in Path(metrics).read_text().splitlines()]
+
+
+def losses(metrics: Path) -> list[float]:
+    """The training losses of a metrics log, in order."""
+    return [r["loss"] for r in records(metrics) if "loss" in r]

@@ -1,12 +1,20 @@
 import os
 import pickle
+import random
+import subprocess
+import sys
+import time
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
 
 from gpt2_llm import GPT2, CheckpointError, GPT2Config, load_checkpoint, save_checkpoint
+from bpe import UserError
 from gpt2_llm.checkpoint import FORMAT_VERSION
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_model_save_and_load_round_trip(tiny_model, tmp_path):
@@ -105,8 +113,39 @@ def test_a_pickle_that_would_run_code_is_refused_unrun(tmp_path, monkeypatch):
     torch.save({"format_version": FORMAT_VERSION, "model_config": {}, "model": RunsCode()}, path, pickle_module=pickle)
     with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
         load_checkpoint(path)
+    with open(tmp_path / "plain.pkl", "wb") as f:  # a bare pickle, not even a torch file
+        pickle.dump(RunsCode(), f)
+    with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
+        load_checkpoint(tmp_path / "plain.pkl")
     assert not (tmp_path / "pwned").exists()
 
 
-def test_checkpoint_error_is_a_value_error():
-    assert issubclass(CheckpointError, ValueError)
+def test_checkpoint_error_is_a_user_error():
+    assert issubclass(CheckpointError, UserError)
+
+
+SAVER = """
+import sys, torch
+from gpt2_llm.checkpoint import save_checkpoint
+k = 0
+while True:
+    k += 1
+    save_checkpoint(sys.argv[1], {"model_config": {}, "model": {"w": torch.full((400_000,), float(k))}})
+    print(k, flush=True)
+"""
+
+
+def test_kill_during_save_never_corrupts(tmp_path):
+    """SIGKILL a process that saves in a loop, at random moments: the file always loads, whole."""
+    path = tmp_path / "ckpt.pt"
+    rng = random.Random(0)
+    for _ in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        proc.stdout.readline()  # at least one save is complete
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.kill()
+        proc.wait()
+        value = load_checkpoint(path)["model"]["w"]
+        assert torch.all(value == value[0]) and value[0] >= 1  # one save's data, never a mix
+        for leftover in tmp_path.glob(".*.tmp"):  # a killed writer may leave its temporary file; never the checkpoint
+            leftover.unlink()

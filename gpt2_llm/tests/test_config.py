@@ -3,8 +3,9 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from gpt2_llm import GPT2, PRESETS, GPT2Config
-from gpt2_llm.config import ORIGINAL_ARGS, config_from_original_args
+from bpe import UserError
+from gpt2_llm import GPT2, PRESETS, GPT2Config, TrainConfig
+from gpt2_llm.config import ORIGINAL_ARGS, ConfigError, config_from_original_args
 
 # OpenAI's published sizes, as transformers counts them (the tied head counted once).
 PUBLISHED = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168, "gpt2-large": 774_030_080, "gpt2-xl": 1_557_611_200}
@@ -97,3 +98,69 @@ def test_original_arguments_refuse_unknown_and_conflicting_names():
         config_from_original_args("GPT2Decoder", GPT2Config(), dict(num_layers=2))
     with pytest.raises(TypeError, match="max_seq_len or rope_max_seq_len, not both"):
         config_from_original_args("GPT2Decoder", None, dict(max_seq_len=8, rope_max_seq_len=16))
+
+
+# ---- a config read from a file -----------------------------------------------------------------
+
+
+def test_a_stored_config_reads_back_exactly():
+    config = GPT2Config(vocab_size=300, n_layer=3, n_head=2, n_embd=32, block_size=16, rope=True, dropout=0.1)
+    assert GPT2Config.from_dict(asdict(config)) == config
+
+
+def test_fields_added_later_take_the_defaults_that_give_the_old_model():
+    # A config as the first version wrote it: the shape only. Every later field has a default
+    # that reproduces the model of that time (learned positions, biases, GPT-2's LayerNorm eps).
+    old = {"vocab_size": 300, "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16}
+    config = GPT2Config.from_dict(old)
+    assert (config.rope, config.bias, config.n_inner, config.layer_norm_eps, config.attn_dropout) == (
+        False, True, None, 1e-5, None)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"n_experts": 8}, r"fields this version does not know \(n_experts\): it was written by a newer version"),
+    ({"n_layer": None}, "n_layer is None, not a int"),
+    ({"n_embd": "768"}, "n_embd is '768', not a int"),
+    ({"rope": 1}, "rope is 1, not a bool"),
+    ({"dropout": True}, "dropout is True, not a float"),
+    ({"n_head": 5}, r"n_embd \(32\) must be a positive multiple of n_head \(5\)"),
+    ({"dropout": float("nan")}, r"dropout \(--dropout\) must be in \[0, 1\)"),
+])  # fmt: skip
+def test_a_stored_config_with_a_bad_field_is_one_clear_error(change, message):
+    stored = {**asdict(GPT2Config(vocab_size=300, n_layer=2, n_head=2, n_embd=32, block_size=16)), **change}
+    with pytest.raises(ConfigError, match=message) as info:
+        GPT2Config.from_dict(stored)
+    assert "\n" not in str(info.value)
+
+
+def test_a_stored_config_must_have_the_shape():
+    with pytest.raises(ConfigError, match="the model config lacks n_embd, block_size"):
+        GPT2Config.from_dict({"vocab_size": 300, "n_layer": 2, "n_head": 2})
+    with pytest.raises(ConfigError, match="the model config is a list, not a dict"):
+        GPT2Config.from_dict([1, 2])
+
+
+def test_user_errors_are_their_own_type_not_any_value_error():
+    assert issubclass(ConfigError, UserError) and issubclass(UserError, ValueError)
+    assert not issubclass(ValueError, UserError)  # a bug's ValueError keeps its traceback in main.py
+
+
+# ---- how to train ------------------------------------------------------------------------------
+
+
+def test_training_config_errors_name_every_flag_at_once():
+    with pytest.raises(ConfigError, match="--batch-size must be at least 1.*--lr must be positive"):
+        TrainConfig(batch_size=0, lr=-1)
+    with pytest.raises(ConfigError, match="--dtype"):
+        TrainConfig(dtype="float8")
+    with pytest.raises(ConfigError, match=r"--val-fraction must be in \[0, 1\), got 1.5"):
+        TrainConfig(val_fraction=1.5)
+    with pytest.raises(ConfigError, match="--device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"):
+        TrainConfig(device="gpu")
+
+
+@pytest.mark.parametrize("name", ["lr", "minutes", "epochs", "grad_clip", "min_lr_ratio", "val_fraction", "beta1"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_no_float_flag_takes_nan_or_infinity(name, value):
+    with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be a finite number"):
+        TrainConfig(**{name: value})

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from bpe import BPE
-from gpt2_llm.data import (Batches, DataError, eval_windows, load_tokens, split_tokens, token_dtype,
-                           token_file_path)
+from gpt2_llm.data import (Batches, DataError, eval_windows, load_tokens, split_tokens, token_dtype, token_file_path,
+                           validation_windows)
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +131,6 @@ def test_split_takes_the_last_part_for_validation():
     assert train.tolist() == list(range(900)) and val.tolist() == list(range(900, 1000))
     with pytest.raises(DataError, match="too short.*--context 200"):
         split_tokens(tokens, 0.1, 200)
-    with pytest.raises(DataError, match="--val-fraction"):
-        split_tokens(tokens, 1.5, 16)
 
 
 def test_random_batches_are_shifted_windows_and_reproducible():
@@ -177,3 +175,13 @@ def test_eval_windows_cover_the_tokens_in_order():
     assert w.shape == (4, 9)
     assert w[:, 1:].flatten().tolist() == list(range(1, 33))  # every target once
     assert eval_windows(tokens, 8, max_tokens=16).shape == (2, 9)
+
+
+def test_bits_per_byte_count_the_text_and_not_the_separators(tokenizer):
+    eot = tokenizer.special_tokens["<|endoftext|>"]
+    first, second = tokenizer.encode("To be, or not"), tokenizer.encode(" to be")
+    tokens = np.array(first + [eot] + second, dtype=np.uint16)
+    windows, num_bytes = validation_windows(tokens, len(tokens) - 1, tokenizer)
+    # The predicted tokens are all but the first: their text, without the 13 bytes of the separator.
+    assert windows.tolist() == [tokens.tolist()]
+    assert num_bytes == len("To be, or not to be".encode()) - len(tokenizer.decode_bytes(first[:1]))

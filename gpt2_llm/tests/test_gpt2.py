@@ -355,7 +355,7 @@ def test_out_of_range_ids_name_the_id_and_the_vocab_size(tiny_model):
 def test_bad_generation_arguments_are_refused(tiny_model):
     with pytest.raises(ValueError, match="at least one token id"):
         tiny_model.generate([], 5)
-    with pytest.raises(ValueError, match="max_new_tokens must be 0 or more, got -1"):
+    with pytest.raises(ValueError, match=r"max_new_tokens \(num_tokens\) must be 0 or more, got -1"):
         tiny_model.generate([1], -1)
     with pytest.raises(ValueError, match="--temperature"):
         tiny_model.generate([1], 2, temperature=-0.5)

@@ -1,34 +1,20 @@
 """Tests of gpt2_llm/trainer.py: the schedule, accumulation, pinned losses, exact resume, NaN
-handling and checkpoint safety."""
+handling, checkpoints on schedule, what a run shows (progress lines, samples, the loss picture),
+MFU, and evaluation as a plain function."""
 
-import json
+import io
 import math
-import os
-import pickle
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bpe import BPE
-from gpt2_llm import GPT2, GPT2Config, CheckpointError, load_checkpoint
-from gpt2_llm import TrainConfig
-from gpt2_llm.trainer import Trainer, TrainingError, best_path, get_lr, pick_dtype
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, data_dir):
-    folder = tmp_path_factory.mktemp("corpus")
-    text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000]
-    (folder / "text.txt").write_text(text, encoding="utf-8")
-    tokenizer = BPE.train(text, vocab_size=300)
-    return folder / "text.txt", tokenizer
+from gpt2_llm import GPT2, GPT2Config, load_checkpoint
+from gpt2_llm.data import validation_windows
+from gpt2_llm.tests.conftest import losses, records
+from gpt2_llm.trainer import Progress, Trainer, TrainingError, best_path, evaluate, get_lr, loss_picture_path
 
 
 def tiny_trainer(tokenizer, seed=0, **overrides) -> Trainer:
@@ -39,8 +25,18 @@ def tiny_trainer(tokenizer, seed=0, **overrides) -> Trainer:
     return Trainer(GPT2(config), tokenizer, log=lambda line: None, **{**options, **overrides})
 
 
-def losses(metrics: Path) -> list[float]:
-    return [r["loss"] for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r]
+def with_fake_clock(trainer: Trainer, seconds_per_step) -> list[float]:
+    """Make each optimizer step take `seconds_per_step(step)` seconds of a clock that nothing else moves."""
+    now = [0.0]
+    original = trainer._train_step
+
+    def timed_step(model):
+        now[0] += seconds_per_step(trainer.step)
+        return original(model)
+
+    trainer.clock = lambda: now[0]
+    trainer._train_step = timed_step
+    return now
 
 
 # ---- pure pieces --------------------------------------------------------------------------------
@@ -54,21 +50,6 @@ def test_get_lr_table():
                 0.1 + 0.45 * (1 + math.cos(3 * math.pi / 4)), 0.1, 0.1]
     assert table == pytest.approx(expected, abs=1e-12)
     assert get_lr(0, 3e-4, 0, 10) == pytest.approx(3e-4)  # no warm-up: start at the peak
-
-
-def test_config_errors_name_the_flag():
-    with pytest.raises(ValueError, match="--batch-size must be at least 1.*--lr must be positive"):
-        TrainConfig(batch_size=0, lr=-1)
-    with pytest.raises(ValueError, match="--dtype"):
-        TrainConfig(dtype="float8")
-
-
-def test_dtype_choice():
-    assert pick_dtype("float32", torch.device("cpu")) == torch.float32
-    assert pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
-    auto = pick_dtype("auto", torch.device("cpu"))
-    from gpt2_llm.hardware import cpu_has_bf16
-    assert auto == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
 
 
 def test_weight_decay_only_on_matrices(corpus):
@@ -105,7 +86,7 @@ def test_gradient_accumulation_equals_one_big_batch(corpus):
 def test_pinned_first_losses(corpus, tmp_path):
     """A seeded tiny model's first losses: any change in the math (init, loss, optimizer, data) fails here."""
     trainer = tiny_trainer(corpus[1], seed=0)
-    trainer.train(corpus[0], save_path=tmp_path / "m.pt", max_steps=6, progress=False)
+    trainer.train(corpus[0], save_path=tmp_path / "m.pt", steps=6, progress=False)
     assert losses(tmp_path / "m.metrics.jsonl") == pytest.approx(PINNED, abs=2e-4)
 
 
@@ -119,7 +100,7 @@ PINNED = [5.74499, 5.61461, 5.43883, 5.23988, 5.20195, 5.18891]  # re-pinned whe
 def test_resume_gives_the_same_losses(corpus, tmp_path, mode):
     text, tokenizer = corpus
     straight = tiny_trainer(tokenizer, batch_mode=mode)
-    straight.train(text, save_path=tmp_path / "a.pt", max_steps=12, progress=False)
+    straight.train(text, save_path=tmp_path / "a.pt", steps=12, progress=False)
     # Stop a second run after 7 of the 12 steps, as Ctrl-C would, then resume from its checkpoint.
     first = tiny_trainer(tokenizer, batch_mode=mode)
     _train_until(first, text, tmp_path / "b.pt", total=12, stop_at=7)
@@ -144,13 +125,13 @@ def _train_until(trainer, text, path, total, stop_at):
         return loss
 
     trainer._train_step = step_then_maybe_stop
-    result = trainer.train(text, save_path=path, max_steps=total, progress=False)
+    result = trainer.train(text, save_path=path, steps=total, progress=False)
     assert result["stopped_by"] == "signal" and result["step"] == stop_at
 
 
 def test_checkpoint_holds_everything_and_loads_without_pickles(corpus, tmp_path):
     trainer = tiny_trainer(corpus[1])
-    trainer.train(corpus[0], save_path=tmp_path / "m.pt", max_steps=5, progress=False)
+    trainer.train(corpus[0], save_path=tmp_path / "m.pt", steps=5, progress=False)
     ckpt = load_checkpoint(tmp_path / "m.pt")
     assert set(ckpt) >= {"format_version", "model_config", "model", "optimizer", "train_config", "state", "rng",
                          "data", "tokenizer"}
@@ -170,91 +151,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
 
     trainer._train_step = poisoned
     with pytest.raises(TrainingError, match="loss became nan at step 5.*last good checkpoint"):
-        trainer.train(corpus[0], save_path=tmp_path / "m.pt", max_steps=10, progress=False)
+        trainer.train(corpus[0], save_path=tmp_path / "m.pt", steps=10, progress=False)
     assert load_checkpoint(tmp_path / "m.pt")["state"]["step"] == 3  # the one saved at step 3
-
-
-def test_crafted_pickle_is_refused_and_never_runs(tmp_path):
-    marker = tmp_path / "pwned"
-
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    path = tmp_path / "evil.pt"
-    torch.save({"format_version": 1, "model_config": {}, "model": {}, "x": Exploit()}, path)
-    with pytest.raises(CheckpointError):
-        load_checkpoint(path)
-    assert not marker.exists()
-    with open(tmp_path / "plain.pkl", "wb") as f:
-        pickle.dump(Exploit(), f)
-    with pytest.raises(CheckpointError):
-        load_checkpoint(tmp_path / "plain.pkl")
-    assert not marker.exists()
-
-
-def test_truncated_checkpoint_is_refused(corpus, tmp_path):
-    trainer = tiny_trainer(corpus[1])
-    trainer.save(tmp_path / "m.pt")
-    data = (tmp_path / "m.pt").read_bytes()
-    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="cut.pt"):
-        load_checkpoint(tmp_path / "cut.pt")
-
-
-KILLER = textwrap.dedent("""
-    import sys, torch
-    sys.path.insert(0, {root!r})
-    from gpt2_llm.checkpoint import save_checkpoint
-    k = 0
-    while True:
-        k += 1
-        save_checkpoint(sys.argv[1], {{"model_config": {{}}, "model": {{"w": torch.full((400_000,), float(k))}}}})
-        print(k, flush=True)
-""")
-
-
-def test_kill_during_save_never_corrupts(tmp_path):
-    """SIGKILL a process that saves in a loop, many times: the file always loads, whole."""
-    script = tmp_path / "saver.py"
-    script.write_text(KILLER.format(root=str(ROOT)))
-    path = tmp_path / "ckpt.pt"
-    import random
-    import time
-
-    rng = random.Random(0)
-    seen = 0
-    for _ in range(8):
-        proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True)
-        proc.stdout.readline()  # at least one save is complete
-        time.sleep(rng.uniform(0.0, 0.3))
-        proc.kill()
-        proc.wait()
-        value = load_checkpoint(path)["model"]["w"]
-        assert torch.all(value == value[0])  # one save's data, never a mix
-        assert value[0] >= 1
-        seen += 1
-        leftovers = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-        for p in leftovers:  # a killed writer may leave its temporary file; never the checkpoint
-            p.unlink()
-    assert seen == 8
-
-
-def test_gpt2_save_load_round_trip_through_the_one_loader(corpus, tmp_path):
-    trainer = tiny_trainer(corpus[1])
-    trainer.model.save(tmp_path / "w.pt")
-    model = GPT2.load(tmp_path / "w.pt")
-    x = torch.randint(0, corpus[1].vocab_size, (2, 10))
-    torch.testing.assert_close(model(x)[0], trainer.model.eval()(x)[0])
-
-
-def test_time_budget_stops_training(corpus, tmp_path):
-    trainer = tiny_trainer(corpus[1], eval_every=1000)
-    result = trainer.train(corpus[0], save_path=tmp_path / "m.pt", max_minutes=0.02, progress=False)
-    assert result["stopped_by"] in ("time", "steps")
-    assert trainer.step >= 1 and (tmp_path / "m.pt").exists()
-    if trainer.step > 10:  # the schedule's length was fitted to the budget after 10 steps
-        assert trainer.total_steps is not None
 
 
 def test_epochs_set_the_schedule(corpus, tmp_path):
@@ -280,171 +178,143 @@ def test_original_python_api(corpus, tmp_path):
 def test_reduced_precision_training_runs_and_learns(corpus, tmp_path, dtype):
     trainer = tiny_trainer(corpus[1], dtype=dtype, eval_every=1000)
     assert trainer.scaler.is_enabled() == (dtype == "float16")  # fp16 needs loss scaling, bf16 does not
-    trainer.train(corpus[0], save_path=tmp_path / "m.pt", max_steps=20, progress=False)
+    trainer.train(corpus[0], save_path=tmp_path / "m.pt", steps=20, progress=False)
     first, last = losses(tmp_path / "m.metrics.jsonl")[0], losses(tmp_path / "m.metrics.jsonl")[-1]
     assert last < first - 0.3
 
 
-# ---- the fast path and MFU ------------------------------------------------------------------------
 
 
-def test_fused_adamw_on_cpu_and_mfu_in_the_metrics(corpus, tmp_path):
+def test_train_takes_one_spelling_of_the_stop_settings(corpus, tmp_path):
+    trainer = tiny_trainer(corpus[1])
+    with pytest.raises(TypeError, match="max_steps.*it takes steps, minutes, epochs"):
+        trainer.train(corpus[0], save_path=tmp_path / "m.pt", max_steps=3, progress=False)
+
+
+def test_nothing_left_to_train_writes_nothing(corpus, tmp_path):
     trainer = tiny_trainer(corpus[1], eval_every=1000)
-    assert all(group["fused"] for group in trainer.optimizer.param_groups)
-    trainer.train(corpus[0], save_path=tmp_path / "m.pt", max_steps=3, progress=False)
-    records = [json.loads(line) for line in (tmp_path / "m.metrics.jsonl").read_text().splitlines()]
-    peak, source = trainer.peak_flops()
-    assert "float32 matrix product measured on" in source
-    for r in records:
-        if "loss" in r:
-            steps_per_s = r["tokens_per_s"] / trainer.tokens_per_step
-            expected = steps_per_s * trainer.model.flops_per_token() * trainer.tokens_per_step / peak
-            assert r["mfu"] == pytest.approx(expected, rel=0.02, abs=2e-4)
+    trainer.train(corpus[0], save_path=tmp_path / "m.pt", steps=3, progress=False)
+    before = (tmp_path / "m.pt").read_bytes()
+    again = Trainer.from_checkpoint(tmp_path / "m.pt", log=lambda line: None)
+    result = again.train(corpus[0], save_path=tmp_path / "m.pt", progress=False)
+    assert result == {"stopped_by": "done", "step": 3}
+    assert (tmp_path / "m.pt").read_bytes() == before
 
 
-def test_peak_flops_is_measured_once_and_cached(tmp_path, monkeypatch):
-    from gpt2_llm import hardware
-
-    calls = []
-    monkeypatch.setattr(hardware, "measure_matmul_flops", lambda device, dtype: calls.append(dtype) or 1.5e12)
-    cpu = torch.device("cpu")
-    assert hardware.peak_flops(cpu, torch.bfloat16, tmp_path)[0] == 1.5e12
-    assert hardware.peak_flops(cpu, torch.bfloat16, tmp_path)[0] == 1.5e12  # from the cache file
-    assert calls == [torch.bfloat16]
-    hardware.peak_flops(cpu, torch.float32, tmp_path)  # another dtype is another entry
-    assert calls == [torch.bfloat16, torch.float32]
-    assert len(json.loads((tmp_path / "peak_flops.json").read_text())) == 2
+# ---- the time budget, with a clock the test controls ---------------------------------------------
 
 
-def test_gpu_peaks_come_from_the_table(monkeypatch):
-    from gpt2_llm import hardware
-
-    monkeypatch.setattr(hardware, "device_name", lambda device: "NVIDIA H100 80GB HBM3")
-    flops, source = hardware.peak_flops(torch.device("cuda"), torch.bfloat16)
-    assert flops == 989e12 and "data sheet" in source
-    assert hardware.peak_flops(torch.device("cuda"), torch.float32)[0] == 989e12 / 2  # TF32
-    monkeypatch.setattr(hardware, "device_name", lambda device: "NVIDIA H100 PCIe")
-    assert hardware.peak_flops(torch.device("cuda"), torch.bfloat16)[0] == 756e12
-
-
-def test_measured_matmul_flops_is_plausible():
-    flops = __import__("gpt2_llm.hardware", fromlist=["x"]).measure_matmul_flops(torch.device("cpu"), torch.float32, 0.05)
-    assert 1e9 < flops < 1e14
+def test_time_budget_fits_the_schedule_to_the_measured_speed(corpus, tmp_path):
+    trainer = tiny_trainer(corpus[1], eval_every=1000)
+    with_fake_clock(trainer, lambda step: 1.0)
+    result = trainer.train(corpus[0], save_path=tmp_path / "m.pt", minutes=0.5, progress=False)
+    # Fitted after 10 steps of 1 s: the 20 s left hold int(20 / (1 + eval share)) = 19 more steps,
+    # where evaluations cost 62 windows x 32 tokens / 128 tokens per step / 1000 steps / 3 = 0.5%.
+    assert trainer.total_steps == 29 and result["stopped_by"] == "steps" and result["step"] == 29
+    assert load_checkpoint(tmp_path / "m.pt")["state"]["step"] == 29
 
 
-# ---- several processes: torchrun with gloo on the loopback ---------------------------------------
+def test_time_budget_stops_a_run_that_slows_down(corpus, tmp_path):
+    trainer = tiny_trainer(corpus[1], eval_every=1000)
+    with_fake_clock(trainer, lambda step: 1.0 if step < 10 else 2.0)  # the schedule was fitted at 1 s a step
+    result = trainer.train(corpus[0], save_path=tmp_path / "m.pt", minutes=0.5, progress=False)
+    assert result["stopped_by"] == "time" and result["step"] == 20  # 10 x 1 s + 10 x 2 s = the 30 s budget
+    assert load_checkpoint(tmp_path / "m.pt")["state"]["step"] == 20
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(nproc: int, *args, env=None):
-    """`torchrun --nproc_per_node=nproc main.py train ...` on this machine, as a Popen."""
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-               "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(ROOT / "main.py"), "train",
-               *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+def test_mfu_in_the_metrics_is_the_hand_computed_figure(corpus, tmp_path):
+    trainer = tiny_trainer(corpus[1], eval_every=1000)
+    assert all(group["fused"] for group in trainer.optimizer.param_groups)  # fused AdamW on the CPU too
+    with_fake_clock(trainer, lambda step: 1.0)
+    trainer._peak = (1e8, "a test's figure")
+    trainer.train(corpus[0], save_path=tmp_path / "m.pt", steps=3, progress=False)
+    # The tiny preset at vocab 300, context 32: weights used in products N = 300x64 (the tied
+    # embedding) + 2 layers x (64x192 + 192 + 64x64 + 64 + 64x256 + 256 + 256x64 + 64 + 4 x 64)
+    # + the final norm's 128 = 119,296; FLOPs per token = 6N + 12 x 2 layers x 64 x 32 = 764,928.
+    # One step of 128 tokens a second on a peak of 1e8 FLOP/s: MFU = 764,928 x 128 / 1e8.
+    for r in (r for r in records(tmp_path / "m.metrics.jsonl") if "loss" in r):
+        assert r["tokens_per_s"] == 128 and r["mfu"] == 0.9791 and r["tokens"] == 128 * r["step"]
 
 
-def train_args(corpus, tmp_path, *extra):
-    vocab = tmp_path / "vocab.txt"
-    if not vocab.exists():
-        corpus[1].save(vocab)
-    return [corpus[0], vocab, "--preset", "tiny", "--context", "32", "--batch-size", "4", "--dtype", "float32",
-            "--device", "cpu", "--warmup-steps", "2", "--lr", "3e-3", "--eval-tokens", "2000", "--log-every", "1",
-            *extra]
+# ---- checkpoints on schedule, samples, the loss picture, progress lines -------------------------
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(corpus, tmp_path):
-    args = train_args(corpus, tmp_path, "--steps", "6", "--eval-every", "3")
-    ddp = torchrun(2, *args, "--out", tmp_path / "ddp.pt")
-    _, err = ddp.communicate(timeout=300)
-    assert ddp.returncode == 0, err.decode()[-3000:]
-    assert b"global batch 4 x 1 accumulation x 2 processes x 32 tokens = 256 tokens per step" in err
-    assert err.count(b"step 6: val loss") == 1  # rank 0 alone reports
-    one = subprocess.run([sys.executable, str(ROOT / "main.py"), "train", *map(str, args), "--grad-accum", "2",
-                          "--out", str(tmp_path / "one.pt")], capture_output=True, cwd=ROOT, timeout=300)
-    assert one.returncode == 0, one.stderr.decode()[-3000:]
-    a, b = load_checkpoint(tmp_path / "ddp.pt"), load_checkpoint(tmp_path / "one.pt")
-    assert a["state"]["step"] == b["state"]["step"] == 6
-    for name, weight in a["model"].items():
-        torch.testing.assert_close(weight, b["model"][name], atol=2e-5, rtol=1e-4, msg=name)
-    assert losses(tmp_path / "ddp.metrics.jsonl") == pytest.approx(losses(tmp_path / "one.metrics.jsonl"), abs=1e-4)
+def test_without_a_validation_split_checkpoints_are_still_saved_every_eval_every(corpus, tmp_path):
+    trainer = tiny_trainer(corpus[1], val_fraction=0.0, eval_every=3)
+    saved, original = [], trainer.save
+
+    def save(path):
+        original(path)
+        saved.append(load_checkpoint(path)["state"]["step"])  # what a kill -9 right now would leave
+
+    trainer.save = save
+    result = trainer.train(corpus[0], save_path=tmp_path / "m.pt", steps=10, progress=False)
+    assert saved == [3, 6, 9, 10] and result["stopped_by"] == "steps"
+    assert not [r for r in records(tmp_path / "m.metrics.jsonl") if r.get("eval")]
 
 
-def test_resume_under_torchrun_matches_an_uninterrupted_run(corpus, tmp_path):
-    import signal
-    import time
-
-    args = train_args(corpus, tmp_path, "--steps", "400", "--eval-every", "50")
-    straight = torchrun(2, *args, "--out", tmp_path / "a.pt")
-    _, err = straight.communicate(timeout=300)
-    assert straight.returncode == 0, err.decode()[-3000:]
-
-    stopped = torchrun(2, *args, "--out", tmp_path / "b.pt")
-    metrics = tmp_path / "b.metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 30) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stopped.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
-    _, err = stopped.communicate(timeout=120)
-    assert stopped.returncode != 0
-    stopped_at = load_checkpoint(tmp_path / "b.pt")["state"]["step"]
-    assert 30 <= stopped_at < 400, err.decode()[-3000:]
-
-    resumed = torchrun(2, *args, "--out", tmp_path / "b.pt", "--resume", "auto")
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err.decode()[-3000:]
-    a, b = load_checkpoint(tmp_path / "a.pt"), load_checkpoint(tmp_path / "b.pt")
-    assert b["state"]["step"] == 400
-    # Separate processes may differ in the last bit of a float32 sum (see test_main.py); a resume
-    # that lost anything (data position, optimizer, random state) differs by far more.
-    for name, weight in a["model"].items():
-        torch.testing.assert_close(weight, b["model"][name], atol=1e-5, rtol=1e-4, msg=name)
+def test_samples_at_each_evaluation_use_their_own_random_numbers(corpus, tmp_path):
+    trainer = tiny_trainer(corpus[1], eval_every=3, sample_tokens=8, sample_prompt="ROMEO:")
+    state = torch.get_rng_state()
+    trainer.train(corpus[0], save_path=tmp_path / "m.pt", steps=6, progress=False)
+    samples = [r for r in records(tmp_path / "m.metrics.jsonl") if "sample" in r]
+    assert [r["step"] for r in samples] == [3, 6] and {r["sample_prompt"] for r in samples} == {"ROMEO:"}
+    assert all(len(corpus[1].encode(r["sample"], allowed_special="all")) <= 8 for r in samples)
+    # The same run without samples draws the same batches and dropout masks: the same losses.
+    plain = tiny_trainer(corpus[1], eval_every=3, sample_tokens=0)
+    torch.set_rng_state(state)
+    plain.train(corpus[0], save_path=tmp_path / "p.pt", steps=6, progress=False)
+    assert losses(tmp_path / "p.metrics.jsonl") == losses(tmp_path / "m.metrics.jsonl")
+    assert not [r for r in records(tmp_path / "p.metrics.jsonl") if "sample" in r]
 
 
-def test_a_rank_that_dies_ends_the_run_with_an_error(corpus, tmp_path):
-    import signal
-    import time
-    import uuid
-
-    marker = uuid.uuid4().hex
-    run = torchrun(2, *train_args(corpus, tmp_path, "--steps", "100000", "--eval-every", "1000"),
-                   "--out", tmp_path / "m.pt", env={"GPT2_TEST_RUN": marker})
-    metrics = tmp_path / "m.metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 5) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    rank1 = [pid for pid in _pids_with_env(f"GPT2_TEST_RUN={marker}") if "RANK=1" in _environ(pid)]
-    assert len(rank1) == 1
-    os.kill(rank1[0], signal.SIGKILL)
-    try:
-        _, err = run.communicate(timeout=120)  # torchrun stops the other rank: no hang
-    finally:
-        run.kill()
-    assert run.returncode != 0
-    assert b"main.py FAILED" in err or b"ChildFailedError" in err or b"exitcode" in err
+def test_default_sample_prompt_is_the_start_of_the_validation_text(corpus, tmp_path):
+    text, tokenizer = corpus
+    trainer = tiny_trainer(tokenizer, eval_every=3, sample_tokens=4)
+    trainer.train(text, save_path=tmp_path / "m.pt", steps=3, progress=False)
+    [sample] = [r for r in records(tmp_path / "m.metrics.jsonl") if "sample" in r]
+    tokens = np.fromfile(next(text.parent.glob("text.txt.*.tokens.bin")), dtype=np.uint16)
+    val_start = tokens[len(tokens) - int(len(tokens) * 0.1):][:16].tolist()
+    assert sample["sample_prompt"] == tokenizer.decode(val_start)
 
 
-def _environ(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
+def test_loss_picture_is_drawn_beside_the_checkpoint(corpus, tmp_path):
+    trainer = tiny_trainer(corpus[1], eval_every=2)
+    trainer.train(corpus[0], save_path=tmp_path / "m.pt", steps=4, progress=False)
+    picture = loss_picture_path(tmp_path / "m.pt")
+    assert picture == tmp_path / "m.loss.png" and picture.read_bytes().startswith(b"\x89PNG")
 
 
-def _pids_with_env(entry: str) -> list[int]:
-    """Worker processes (python ... main.py train) whose environment holds `entry`."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and entry in _environ(int(proc.name)):
-            cmdline = (proc / "cmdline").read_bytes()
-            if b"main.py" in cmdline and b"torch.distributed.run" not in cmdline:
-                pids.append(int(proc.name))
-    return pids
+def test_progress_without_a_terminal_is_plain_lines():
+    stream = io.StringIO()
+    with Progress(total=10, initial=0, enabled=True, stream=stream) as progress:
+        progress.advance(3)  # between log steps nothing is printed
+        progress.report({"step": 4, "loss": 5.0, "lr": 1e-3, "tokens_per_s": 12800, "mfu": 0.012,
+                         "elapsed_s": 2.0}, steps_per_s=2.0)  # fmt: skip
+    assert stream.getvalue() == "step 4/10 | loss 5.0000 | lr 1.00e-03 | 12,800 tok/s | mfu 1.2% | 0:02 elapsed, 0:03 left\n"
+
+
+def test_a_run_logged_to_a_file_prints_one_line_per_log_step(corpus, tmp_path, capsys):
+    trainer = tiny_trainer(corpus[1], eval_every=1000, log_every=2)
+    trainer.train(corpus[0], save_path=tmp_path / "m.pt", steps=6, progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    assert [line.split(" |")[0] for line in lines] == ["step 1/6", "step 2/6", "step 4/6", "step 6/6"]
+    assert "\r" not in capsys.readouterr().err
+
+
+# ---- evaluation: a plain function --------------------------------------------------------------
+
+
+def test_evaluate_is_the_mean_loss_and_bits_per_byte_of_the_windows(corpus):
+    torch.manual_seed(0)
+    tokenizer = corpus[1]
+    model = GPT2(GPT2Config.from_preset("tiny", vocab_size=tokenizer.vocab_size, block_size=16))
+    tokens = np.array(tokenizer.encode("To be, or not to be, that is the question. " * 8), dtype=np.uint16)
+    windows, num_bytes = validation_windows(tokens, 16, tokenizer)
+    result = evaluate(model, windows, num_bytes, batch_size=3)
+    logits, _ = model(windows[:, :-1])
+    expected = F.cross_entropy(logits.reshape(-1, logits.size(-1)), windows[:, 1:].reshape(-1)).item()
+    assert result["val_loss"] == pytest.approx(expected, rel=1e-5)
+    assert result["val_ppl"] == pytest.approx(math.exp(expected), rel=1e-5)
+    assert result["val_bpb"] == pytest.approx(expected * windows[:, 1:].numel() / math.log(2) / num_bytes, rel=1e-5)
+    assert model.training  # left as it was

@@ -1,0 +1,130 @@
+"""Tests of gpt2_llm/distributed.py through real torchrun jobs: gloo processes on the loopback,
+launched by the test on a free port."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt2_llm import load_checkpoint
+from gpt2_llm.tests.conftest import losses
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int, *args, env=None):
+    """`torchrun --nproc_per_node=nproc main.py train ...` on this machine, as a Popen."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(ROOT / "main.py"), "train",
+               *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+
+
+def train_args(corpus, tmp_path, *extra):
+    vocab = tmp_path / "vocab.txt"
+    if not vocab.exists():
+        corpus[1].save(vocab)
+    return [corpus[0], vocab, "--preset", "tiny", "--context", "32", "--batch-size", "4", "--dtype", "float32",
+            "--device", "cpu", "--warmup-steps", "2", "--lr", "3e-3", "--eval-tokens", "2000", "--log-every", "1",
+            *extra]
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(corpus, tmp_path):
+    args = train_args(corpus, tmp_path, "--steps", "6", "--eval-every", "3")
+    ddp = torchrun(2, *args, "--out", tmp_path / "ddp.pt")
+    _, err = ddp.communicate(timeout=300)
+    assert ddp.returncode == 0, err.decode()[-3000:]
+    assert b"global batch 4 x 1 accumulation x 2 processes x 32 tokens = 256 tokens per step" in err
+    assert err.count(b"step 6: val loss") == 1  # rank 0 alone reports
+    one = subprocess.run([sys.executable, str(ROOT / "main.py"), "train", *map(str, args), "--grad-accum", "2",
+                          "--out", str(tmp_path / "one.pt")], capture_output=True, cwd=ROOT, timeout=300)
+    assert one.returncode == 0, one.stderr.decode()[-3000:]
+    a, b = load_checkpoint(tmp_path / "ddp.pt"), load_checkpoint(tmp_path / "one.pt")
+    assert a["state"]["step"] == b["state"]["step"] == 6
+    for name, weight in a["model"].items():
+        torch.testing.assert_close(weight, b["model"][name], atol=2e-5, rtol=1e-4, msg=name)
+    assert losses(tmp_path / "ddp.metrics.jsonl") == pytest.approx(losses(tmp_path / "one.metrics.jsonl"), abs=1e-4)
+
+
+def test_resume_under_torchrun_matches_an_uninterrupted_run(corpus, tmp_path):
+
+
+    args = train_args(corpus, tmp_path, "--steps", "400", "--eval-every", "50")
+    straight = torchrun(2, *args, "--out", tmp_path / "a.pt")
+    _, err = straight.communicate(timeout=300)
+    assert straight.returncode == 0, err.decode()[-3000:]
+
+    stopped = torchrun(2, *args, "--out", tmp_path / "b.pt")
+    metrics = tmp_path / "b.metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 30) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stopped.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
+    _, err = stopped.communicate(timeout=120)
+    assert stopped.returncode != 0
+    stopped_at = load_checkpoint(tmp_path / "b.pt")["state"]["step"]
+    assert 30 <= stopped_at < 400, err.decode()[-3000:]
+
+    resumed = torchrun(2, *args, "--out", tmp_path / "b.pt", "--resume", "auto")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-3000:]
+    a, b = load_checkpoint(tmp_path / "a.pt"), load_checkpoint(tmp_path / "b.pt")
+    assert b["state"]["step"] == 400
+    # Separate processes may differ in the last bit of a float32 sum (see test_main.py); a resume
+    # that lost anything (data position, optimizer, random state) differs by far more.
+    for name, weight in a["model"].items():
+        torch.testing.assert_close(weight, b["model"][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_rank_that_dies_ends_the_run_with_an_error(corpus, tmp_path):
+
+
+    marker = uuid.uuid4().hex
+    run = torchrun(2, *train_args(corpus, tmp_path, "--steps", "100000", "--eval-every", "1000"),
+                   "--out", tmp_path / "m.pt", env={"GPT2_TEST_RUN": marker})
+    metrics = tmp_path / "m.metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 5) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rank1 = [pid for pid in _pids_with_env(f"GPT2_TEST_RUN={marker}") if "RANK=1" in _environ(pid)]
+    assert len(rank1) == 1
+    os.kill(rank1[0], signal.SIGKILL)
+    try:
+        _, err = run.communicate(timeout=120)  # torchrun stops the other rank: no hang
+    finally:
+        run.kill()
+    assert run.returncode != 0
+    assert b"main.py FAILED" in err or b"ChildFailedError" in err or b"exitcode" in err
+
+
+def _environ(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _pids_with_env(entry: str) -> list[int]:
+    """Worker processes (python ... main.py train) whose environment holds `entry`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and entry in _environ(int(proc.name)):
+            cmdline = (proc / "cmdline").read_bytes()
+            if b"main.py" in cmdline and b"torch.distributed.run" not in cmdline:
+                pids.append(int(proc.name))
+    return pids

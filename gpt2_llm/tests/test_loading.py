@@ -1,0 +1,105 @@
+"""Tests of gpt2_llm/loading.py: the one loader, and every way a checkpoint can fail to fit."""
+
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from bpe import BPE
+from gpt2_llm import GPT2, CheckpointError, GPT2Config, load, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return BPE.train("the quick brown fox jumps over the lazy dog " * 20, vocab_size=280)
+
+
+def tiny(vocab_size=280, **changes) -> GPT2:
+    torch.manual_seed(0)
+    return GPT2(GPT2Config(vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32, block_size=16, **changes))
+
+
+def write(path, model: GPT2, tokenizer: BPE | None = None, config: dict | None = None, weights=None, **extra) -> None:
+    checkpoint = {"model_config": asdict(model.config) if config is None else config,
+                  "model": model.state_dict() if weights is None else weights, **extra}
+    if tokenizer is not None:
+        checkpoint["tokenizer"] = {"text": tokenizer.to_text(), "hash": tokenizer.hash}
+    save_checkpoint(path, checkpoint)
+
+
+def one_line(path, match: str) -> None:
+    with pytest.raises(CheckpointError, match=match) as info:
+        load(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_checkpoint_gives_the_model_its_tokenizer_and_the_rest(tmp_path, tokenizer):
+    model = tiny()
+    write(tmp_path / "m.pt", model, tokenizer, state={"step": 3})
+    loaded = load(tmp_path / "m.pt")
+    assert loaded.model.config == model.config and not loaded.model.training
+    ids = torch.randint(0, 280, (2, 10))
+    assert torch.equal(loaded.model(ids)[0], model.eval()(ids)[0])
+    assert loaded.tokenizer.hash == tokenizer.hash
+    assert loaded.checkpoint["state"] == {"step": 3} and not loaded.can_resume  # no optimizer, rng, ...
+
+
+def test_gpt2_save_and_load_go_through_the_one_loader(tmp_path):
+    model = tiny()
+    model.save(tmp_path / "w.pt")
+    assert load(tmp_path / "w.pt").tokenizer is None  # GPT2.save stores weights only
+    again = GPT2.load(tmp_path / "w.pt")
+    ids = torch.randint(0, 280, (2, 10))
+    assert torch.equal(again(ids)[0], model.eval()(ids)[0])
+    torch.save({"format_version": 1, "model_config": {"vocab_size": 280}, "model": {}}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="lacks n_layer"):
+        GPT2.load(tmp_path / "bad.pt")
+
+
+def test_a_checkpoint_written_before_later_fields_existed_still_loads(tmp_path):
+    model = tiny()
+    shape_only = {name: getattr(model.config, name) for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size")}
+    unpadded = {**model.state_dict(), "wte.weight": model.wte.weight[:280].detach().clone()}
+    unpadded["lm_head.weight"] = unpadded["wte.weight"]  # before the embedding was padded to 64 rows
+    write(tmp_path / "old.pt", model, config=shape_only, weights=unpadded)
+    loaded = load(tmp_path / "old.pt")
+    assert loaded.model.config == model.config
+    assert torch.equal(loaded.model.wte.weight, model.wte.weight)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"n_experts": 4}, "model config has fields this version does not know"),
+    ({"n_layer": "two"}, "n_layer is 'two', not a int"),
+    ({"n_head": 3}, r"must be a positive multiple of n_head \(3\)"),
+])  # fmt: skip
+def test_a_bad_model_config_is_one_line(tmp_path, change, message):
+    model = tiny()
+    write(tmp_path / "m.pt", model, config={**asdict(model.config), **change})
+    one_line(tmp_path / "m.pt", message)
+
+
+def test_weights_that_do_not_fit_the_config_are_one_line(tmp_path):
+    model = tiny()
+    write(tmp_path / "deeper.pt", model, config={**asdict(model.config), "n_layer": 3})
+    one_line(tmp_path / "deeper.pt", r"weights do not fit its model config: missing decoder\.h\.2\.ln_1\.weight, "
+                                     r"decoder\.h\.2\.ln_1\.bias, decoder\.h\.2\.attn\.c_attn\.weight and 9 more")
+    write(tmp_path / "wider.pt", model, config={**asdict(model.config), "n_embd": 64})
+    one_line(tmp_path / "wider.pt", r"wte\.weight is 320x32, the config needs 320x64")
+    weights = {**model.state_dict(), "extra.weight": torch.zeros(2)}
+    write(tmp_path / "extra.pt", model, weights=weights)
+    one_line(tmp_path / "extra.pt", "unexpected extra.weight")
+    write(tmp_path / "numbers.pt", model, weights={"wte.weight": 3})
+    one_line(tmp_path / "numbers.pt", "the weights are not a dict of tensors")
+
+
+def test_a_stored_tokenizer_is_checked_against_its_hash_and_the_model(tmp_path, tokenizer):
+    model = tiny()
+    write(tmp_path / "m.pt", model)
+    checkpoint = torch.load(tmp_path / "m.pt", weights_only=True)
+    save_checkpoint(tmp_path / "hash.pt", {**checkpoint, "tokenizer": {"text": tokenizer.to_text(), "hash": "0" * 64}})
+    one_line(tmp_path / "hash.pt", "does not match the hash recorded beside it")
+    save_checkpoint(tmp_path / "text.pt", {**checkpoint, "tokenizer": {"text": "not a vocab", "hash": "0"}})
+    one_line(tmp_path / "text.pt", r"\(its tokenizer\):1: not a vocab file")
+    small = tiny(vocab_size=270)
+    write(tmp_path / "small.pt", small, tokenizer)
+    one_line(tmp_path / "small.pt", "its tokenizer has 280 tokens but the model's embedding only 270 rows")

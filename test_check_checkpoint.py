@@ -1,0 +1,81 @@
+"""Tests of check_checkpoint.py, run as a user runs it (a subprocess)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bpe import BPE
+
+ROOT = Path(__file__).resolve().parent
+
+
+def check(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "check_checkpoint.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir) -> Path:
+    """A checkpoint written by the trainer after 3 steps of the tiny preset, and its vocab.txt beside it."""
+    from gpt2_llm import GPT2, GPT2Config, Trainer
+
+    folder = tmp_path_factory.mktemp("check")
+    text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:30_000]
+    (folder / "text.txt").write_text(text, encoding="utf-8")
+    tokenizer = BPE.train(text, vocab_size=300)
+    tokenizer.save(folder / "vocab.txt")
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config.from_preset("tiny", vocab_size=300, block_size=32))
+    trainer = Trainer(model, tokenizer, batch_size=4, device="cpu", dtype="float32", log=lambda line: None)
+    trainer.train(folder / "text.txt", save_path=folder / "model.pt", steps=3, progress=False)
+    return folder / "model.pt"
+
+
+def test_a_checkpoint_and_its_own_vocab_are_compatible(trained):
+    ok = check(trained, trained.parent / "vocab.txt")
+    assert ok.returncode == 0, ok.stderr
+    assert "step 3 of 3" in ok.stdout and "embedding dim:    64" in ok.stdout
+    assert "parameters:       121,344" in ok.stdout  # the tiny preset at vocab 300, context 32
+    assert ok.stdout.rstrip().endswith("verdict:          compatible")
+
+
+def test_another_vocab_is_not_compatible(trained, tmp_path):
+    BPE.train("a completely different text, " * 50, vocab_size=280).save(tmp_path / "other.txt")
+    bad = check(trained, tmp_path / "other.txt")
+    assert bad.returncode == 1 and "NOT compatible" in bad.stdout and "is not the tokenizer" in bad.stdout
+
+
+def test_weights_only_with_a_vocab_that_fits(tmp_path, trained):
+    from gpt2_llm import GPT2
+
+    GPT2.load(trained).save(tmp_path / "weights.pt")
+    result = check(tmp_path / "weights.pt", trained.parent / "vocab.txt")
+    assert result.returncode == 0 and "no training state (weights only)" in result.stdout
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda ckpt: b"junk", "is not a readable checkpoint"),
+    (lambda ckpt: {**ckpt, "model_config": {**ckpt["model_config"], "n_experts": 2}}, "fields this version does not know"),
+    (lambda ckpt: {**ckpt, "model_config": {**ckpt["model_config"], "n_layer": 3}}, "weights do not fit"),
+    (lambda ckpt: {**ckpt, "model_config": {**ckpt["model_config"], "dropout": 2.0}}, "dropout"),
+])  # fmt: skip
+def test_an_unusable_checkpoint_is_reported_as_such(trained, tmp_path, make, message):
+    from gpt2_llm import load_checkpoint, save_checkpoint
+
+    broken = make(load_checkpoint(trained))
+    path = tmp_path / "broken.pt"
+    if isinstance(broken, bytes):
+        path.write_bytes(broken)
+    else:
+        save_checkpoint(path, broken)
+    result = check(path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr and len(result.stderr.splitlines()) == 1
+    assert "verdict:          unusable" in result.stdout and "compatible" not in result.stdout
+
+
+def test_usage_errors_exit_2():
+    assert check().returncode == 2
