@@ -1,6 +1,7 @@
 """End-to-end tests of the command line: the real main.py in a subprocess, as a user runs it."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -509,3 +510,27 @@ def test_kill_9_of_a_run_without_validation_leaves_a_checkpoint_on_the_eval_ever
         assert step % 2 == 0 and step >= last_step  # on the schedule, never an older state than before
         last_step = step
     assert last_step > 0
+
+
+def test_pip_install_makes_the_modules_and_the_command_usable_from_anywhere(tmp_path, data_dir):
+    """`pip install .` (here into a target folder, without the network): bpe, gpt2_llm, main and
+    check_checkpoint import from another folder, and the console command does what main.py does."""
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pt", "build"))
+    site = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                              "--target", str(site), str(source)], capture_output=True, timeout=300)  # fmt: skip
+    assert install.returncode == 0, install.stderr.decode()[-2000:]
+    assert not (site / "gpt2_llm" / "tests").exists()  # the tests stay in the repository
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    imported = subprocess.run([sys.executable, "-c", "import bpe, gpt2_llm, main, check_checkpoint; "
+                               "from gpt2_llm import GPT2, Trainer, load; print(gpt2_llm.__file__)"],
+                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.strip() == str(site / "gpt2_llm" / "__init__.py")
+    command = subprocess.run([str(site / "bin" / "gpt2-toolkit"), "encode", "Hello world", data_dir / "gpt2"],
+                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert command.returncode == 0, command.stderr
+    assert command.stdout == "[15496, 995]\n"

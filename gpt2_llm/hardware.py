@@ -112,8 +112,7 @@ def keep_freed_memory() -> bool:
 
     A training step allocates the same large buffers (activations, logits, gradients) every time.
     By default glibc serves each block over 32 MB with a fresh mmap and unmaps it when freed, so
-    every step the kernel zeroes and maps those pages again: 15-20% of a bf16 step of the small
-    model here. With mmap off the blocks come from the heap, and a large trim threshold keeps the
+    every step the kernel zeroes and maps those pages again (BENCHMARKS.md says what that cost). With mmap off the blocks come from the heap, and a large trim threshold keeps the
     heap from shrinking between steps. (Threads with arenas of their own still get large blocks:
     glibc falls back to mmap when their capped heaps cannot grow.) Linux with glibc only.
     """

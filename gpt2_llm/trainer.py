@@ -438,14 +438,17 @@ class Trainer:
         self._draw_loss_picture(run, last)
 
     def _sample_prompt(self, tokens) -> list[int]:
-        """The prompt of the samples: --sample-prompt, or the first tokens of the validation text
-        (of the training text without one)."""
-        c = self.config
+        """The prompt of the samples: --sample-prompt, or 16 tokens of the validation text (of the
+        training text without one) from the start of its first whole line."""
+        c, block = self.config, self.model.config.block_size
         if c.sample_tokens == 0 or c.sample_prompt == "":
             return []
         if c.sample_prompt is not None:
-            return self.bpe.encode(c.sample_prompt, allowed_special="all")[-self.model.config.block_size:]
-        return [int(t) for t in tokens[: min(16, self.model.config.block_size)]]
+            return self.bpe.encode(c.sample_prompt, allowed_special="all")[-block:]
+        head = [int(t) for t in tokens[:64]]
+        line_ends = [i for i, t in enumerate(head[:-16]) if self.bpe.decode_bytes([t]).endswith(b"\n")]
+        start = line_ends[0] + 1 if line_ends else 0
+        return head[start : start + min(16, block)]
 
     def _show_sample(self, run: _Run) -> None:
         """A short continuation of the fixed prompt, so the user sees what the model has learned.

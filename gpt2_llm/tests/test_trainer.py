@@ -268,14 +268,15 @@ def test_samples_at_each_evaluation_use_their_own_random_numbers(corpus, tmp_pat
     assert not [r for r in records(tmp_path / "p.metrics.jsonl") if "sample" in r]
 
 
-def test_default_sample_prompt_is_the_start_of_the_validation_text(corpus, tmp_path):
+def test_default_sample_prompt_is_the_first_whole_line_of_the_validation_text(corpus, tmp_path):
     text, tokenizer = corpus
     trainer = tiny_trainer(tokenizer, eval_every=3, sample_tokens=4)
     trainer.train(text, save_path=tmp_path / "m.pt", steps=3, progress=False)
     [sample] = [r for r in records(tmp_path / "m.metrics.jsonl") if "sample" in r]
     tokens = np.fromfile(next(text.parent.glob("text.txt.*.tokens.bin")), dtype=np.uint16)
-    val_start = tokens[len(tokens) - int(len(tokens) * 0.1):][:16].tolist()
-    assert sample["sample_prompt"] == tokenizer.decode(val_start)
+    val_text = tokenizer.decode(tokens[len(tokens) - int(len(tokens) * 0.1):][:64].tolist())
+    line = val_text.split("\n", 1)[1]
+    assert line.startswith(sample["sample_prompt"]) and len(sample["sample_prompt"]) > 10
 
 
 def test_loss_picture_is_drawn_beside_the_checkpoint(corpus, tmp_path):
