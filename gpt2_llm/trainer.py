@@ -130,9 +130,9 @@ class _Run:
     deadline: float  # clock time when the budget is spent (inf without --minutes)
     fitting: bool  # is the schedule's length still being fitted to the budget?
     refit_at: float  # when to fit it once more, with a better measurement
+    flops_per_step: int  # model FLOPs of one optimizer step, over all processes
+    peak: float  # the device's peak FLOP/s
     first_step_done: float = 0.0
-    flops_per_step: int = 0
-    peak: float = 1.0
     plotted_at: float = -math.inf
     result: dict = field(default_factory=dict)
 
@@ -254,20 +254,19 @@ class Trainer:
             self._resume_data = None
         val, val_bytes = validation_windows(val_tokens, block, self.bpe, c.eval_tokens) if len(val_tokens) else (None, 0)
         self._plan_schedule(len(train_tokens))
+        peak, source = self.peak_flops()  # the denominator of MFU (measured once per machine, then cached)
+        self.log(f"MFU: model FLOPs over a peak of {peak / 1e12:.1f} TFLOP/s per device, from {source}")
 
-        now = self.clock()
+        now = self.clock()  # after the slow parts: the speed measured from here is the steps'
         fitting = self.total_steps is None  # the budget decides the schedule's length
-        run = _Run(save_path=save_path, metrics_path=save_path.with_suffix(".metrics.jsonl"),
+        return _Run(save_path=save_path, metrics_path=save_path.with_suffix(".metrics.jsonl"),
                    model=self._model_for_training(), val=val, val_bytes=val_bytes,
                    sample_prompt=self._sample_prompt(val_tokens if len(val_tokens) else train_tokens),
                    progress=Progress(self.total_steps, self.step, progress and self.dist.is_main),
                    start_step=self.step, start_time=now,
                    deadline=now + 60 * c.minutes if c.minutes else math.inf,
-                   fitting=fitting, refit_at=now + 6 * c.minutes if fitting else math.inf)  # a tenth of the budget in
-        run.flops_per_step = self.model.flops_per_token() * self.tokens_per_step
-        run.peak, source = self.peak_flops()
-        self.log(f"MFU: model FLOPs over a peak of {run.peak / 1e12:.1f} TFLOP/s per device, from {source}")
-        return run
+                   fitting=fitting, refit_at=now + 6 * c.minutes if fitting else math.inf,  # a tenth of the budget in
+                   flops_per_step=self.model.flops_per_token() * self.tokens_per_step, peak=peak)
 
     def _plan_schedule(self, train_tokens: int) -> None:
         """The schedule's length: steps if given, else from epochs (one by default), else None,
@@ -571,14 +570,14 @@ class Progress:
 
     def __init__(self, total: int | None, initial: int, enabled: bool, stream=None):
         self.stream = stream or sys.stderr
-        self.total, self.enabled = total, enabled
+        self.total, self.initial, self.enabled = total, initial, enabled
         self.bar = None
-        if enabled and self.stream.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=self.stream)
 
     def __enter__(self):
+        if self.enabled and self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, initial=self.initial, unit="step", dynamic_ncols=True, file=self.stream)
         return self
 
     def __exit__(self, *exc):
