@@ -38,12 +38,12 @@ UserError = bpe.UserError  # any error the user can fix: one line, exit code 1 (
 # ---- helpers ---------------------------------------------------------------------------------
 
 
-def text_inputs(spec: str) -> list:
+def text_inputs(spec: str, purpose: str = "learn from") -> list:
     """The files a text argument names (a file, a folder of .txt files, or a quoted glob pattern),
     checked to hold some text (they are streamed later)."""
     files = bpe.text_files(spec)
     if all(os.path.getsize(f) == 0 for f in files):
-        raise UserError(f"{spec} is empty: there is no text to learn from")
+        raise UserError(f"{spec} is empty: there is no text to {purpose}")
     return files
 
 
@@ -304,7 +304,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    files = text_inputs(args.file)
+    files = text_inputs(args.file, "evaluate on")
     model, tokenizer = load_model(args.model_file, args.device)
     tokens = load_tokens(files, tokenizer)
     if len(tokens) < 2:
@@ -408,7 +408,9 @@ def add_train_parser(sub) -> None:
         if kind is bool:
             p.add_argument(flag, action="store_true", default=None, help=f.metadata["help"])
         else:
-            p.add_argument(flag, type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default})")
+            text = f.metadata["help"]  # a help that explains its default (or has none) is left as it is
+            shown = text if "default" in text or f.default is None else f"{text} (default: {f.default})"
+            p.add_argument(flag, type=kind, default=None, help=shown)
     p.set_defaults(func=cmd_train)
 
 
@@ -419,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(encoding="utf-8", errors="replace")
     try:
         return args.func(args) or 0
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as a killed pipe writer would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
     except OSError as e:
         print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1

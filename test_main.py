@@ -534,3 +534,33 @@ def test_pip_install_makes_the_modules_and_the_command_usable_from_anywhere(tmp_
                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert command.returncode == 0, command.stderr
     assert command.stdout == "[15496, 995]\n"
+
+
+def test_a_closed_pipe_ends_quietly(vocab):
+    ids = json.dumps(list(range(100, 300)) * 2000).encode()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "decode", "-", str(vocab)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(ids)
+    proc.stdin.close()
+    proc.stdout.read(10)
+    proc.stdout.close()  # as `| head -c 10` does
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141 and err == b""
+
+
+def test_a_file_that_is_not_a_checkpoint_says_what_it_is(trained, tmp_path):
+    line = one_line_error(run("predict", "hi", 5, trained.parent / "vocab.txt"))
+    assert "is a vocab file" in line and "weights_only" not in line
+    (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 10)
+    assert "it is not a torch file" in one_line_error(run("predict", "hi", 5, tmp_path / "random.pt"))
+
+
+def test_eval_of_an_empty_file(trained, tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    assert "no text to evaluate on" in one_line_error(run("eval", tmp_path / "empty.txt", trained))
+
+
+def test_train_help_shows_each_default_once():
+    text = run("train", "--help").stdout.decode()
+    assert "(default: None)" not in text and text.count("one per core") == 1
+    assert "one epoch" in text

@@ -11,6 +11,7 @@ torch.load(weights_only=True), which refuses any pickle that would run code.
 """
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -36,6 +37,20 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
         torch.save(checkpoint, f)
 
 
+def _kind_of_file(path: Path) -> str | None:
+    """What a file is when it is plainly not a torch file (None when it may be one): the first
+    bytes of a torch file are a zip archive's."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PK\x03\x04"):
+        return None
+    if head.startswith(b"bpe-vocab"):
+        return "it is a vocab file (were the arguments swapped? the vocab file comes before the checkpoint)"
+    if not head:
+        return "the file is empty"
+    return "it is not a torch file"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint written by save_checkpoint, or raise CheckpointError saying why not."""
     path = Path(path)
@@ -43,15 +58,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint is not a file: {path}")
+    what = _kind_of_file(path)
+    if what is not None:
+        raise CheckpointError(f"{path} is not a readable checkpoint: {what}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which would run the file's code: never say that.
+        raise CheckpointError(f"{path} is not a readable checkpoint: it holds Python objects besides tensors "
+                              f"and plain values, which no checkpoint of ours does (refused; nothing in it was run)") from None
     except Exception as e:  # noqa: BLE001
-        # Arbitrary bytes fail in arbitrary ways (UnpicklingError for a pickle that would run code,
-        # RuntimeError for a truncated zip, KeyError or EOFError for garbage): all mean "unusable".
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated, corrupt or not a torch file): {reason}"
-        ) from None
+        # Damaged bytes fail in arbitrary ways (RuntimeError for a truncated zip, KeyError, EOFError, ...).
+        raise CheckpointError(f"{path} is not a readable checkpoint: truncated or corrupt ({type(e).__name__})") from None
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
         raise CheckpointError(f"{path} is not a gpt2_llm checkpoint (no format_version)")
     version = checkpoint["format_version"]

@@ -220,7 +220,8 @@ class TrainConfig:
     lr: float = _opt(6e-4, 'peak learning rate')
     min_lr_ratio: float = _opt(0.1, 'the cosine decays to lr * min_lr_ratio')
     warmup_steps: int = _opt(100, 'linear warm-up from lr / warmup_steps')
-    steps: int | None = _opt(None, "total optimizer steps (the schedule's length)")
+    steps: int | None = _opt(None, "total optimizer steps (the schedule's length; with no --steps, --epochs or "
+                                   "--minutes, one epoch)")
     minutes: float | None = _opt(None, 'wall-clock budget of this run')
     epochs: float | None = _opt(None, 'passes over the training tokens (used when steps is not given)')
     weight_decay: float = _opt(0.1, 'on matrices only (not on biases, LayerNorms)')

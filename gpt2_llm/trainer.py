@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from bpe import UserError
+from bpe import UserError, atomic_write
 
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import GPT2Config, TrainConfig, config_from_dict
@@ -257,9 +257,13 @@ class Trainer:
         peak, source = self.peak_flops()  # the denominator of MFU (measured once per machine, then cached)
         self.log(f"MFU: model FLOPs over a peak of {peak / 1e12:.1f} TFLOP/s per device, from {source}")
 
+        metrics_path = save_path.with_suffix(".metrics.jsonl")
+        if self.dist.is_main:
+            _start_metrics_log(metrics_path, self.step)
+
         now = self.clock()  # after the slow parts: the speed measured from here is the steps'
         fitting = self.total_steps is None  # the budget decides the schedule's length
-        return _Run(save_path=save_path, metrics_path=save_path.with_suffix(".metrics.jsonl"),
+        return _Run(save_path=save_path, metrics_path=metrics_path,
                    model=self._model_for_training(), val=val, val_bytes=val_bytes,
                    sample_prompt=self._sample_prompt(val_tokens if len(val_tokens) else train_tokens),
                    progress=Progress(self.total_steps, self.step, progress and self.dist.is_main),
@@ -611,6 +615,27 @@ def _clock_time(seconds: float) -> str:
     seconds = int(seconds)
     hours, minutes = divmod(seconds // 60, 60)
     return f"{hours}:{minutes:02d}:{seconds % 60:02d}" if hours else f"{minutes}:{seconds % 60:02d}"
+
+
+def _start_metrics_log(path: Path, step: int) -> None:
+    """A fresh run (step 0) starts a fresh log. A continued run keeps the records up to the step it
+    continues from: those after it belong to steps that will be trained again (a run killed after
+    its last checkpoint) or to a checkpoint that was never saved (a second Ctrl-C during the save)."""
+    if not path.exists():
+        return
+    if step == 0:
+        path.unlink()
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+    with atomic_write(path, "w") as f:
+        f.writelines(kept)
 
 
 def best_path(save_path) -> Path:

@@ -319,3 +319,19 @@ def test_evaluate_is_the_mean_loss_and_bits_per_byte_of_the_windows(corpus):
     assert result["val_ppl"] == pytest.approx(math.exp(expected), rel=1e-5)
     assert result["val_bpb"] == pytest.approx(expected * windows[:, 1:].numel() / math.log(2) / num_bytes, rel=1e-5)
     assert model.training  # left as it was
+
+
+def test_a_fresh_run_starts_a_fresh_metrics_log_and_a_continued_one_drops_what_comes_after_it(corpus, tmp_path):
+    metrics = tmp_path / "m.metrics.jsonl"
+    metrics.write_text('{"step": 1, "loss": 9.0}\n')  # an older run's log under the same name
+    trainer = tiny_trainer(corpus[1], eval_every=4)
+    trainer.train(corpus[0], save_path=tmp_path / "m.pt", steps=4, progress=False)
+    assert [r["step"] for r in records(metrics) if "loss" in r] == [1, 2, 3, 4]
+    # As if the run had gone on past its checkpoint of step 4 and been killed mid-line.
+    with open(metrics, "a") as f:
+        f.write('{"step": 5, "loss": 1.0}\n{"step": 6, "eval": true, "val_loss": 1.0}\n{"step": 7, "lo')
+    again = Trainer.from_checkpoint(tmp_path / "m.pt", log=lambda line: None)
+    again.train(corpus[0], save_path=tmp_path / "m.pt", steps=6, progress=False)
+    assert [r["step"] for r in records(metrics) if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records(metrics) if r.get("eval")] == [4, 6]
+    assert 1.0 not in [r["loss"] for r in records(metrics) if "loss" in r]
