@@ -16,6 +16,7 @@ ends with one line on stderr and exit code 1 (2 for a malformed command line).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -114,7 +115,10 @@ def cmd_decode(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gpt2_llm import GPT2, GPT2Config, TrainConfig, Trainer
+    """Check everything that is cheap to check, take the output, set up a new or continued run,
+    train, and say how it ended."""
+    from gpt2_llm import TrainConfig
+    from gpt2_llm.checkpoint import check_output_path, output_lock
     from gpt2_llm.distributed import Distributed
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
@@ -122,51 +126,91 @@ def cmd_train(args: argparse.Namespace) -> int:
     files = text_inputs(args.file)
     ranks = Distributed()  # under torchrun: join the other processes; else a world of one
     say = print if ranks.is_main else _silent
-    resume_from = args.checkpoint
-    out = args.out or args.checkpoint or DEFAULT_MODEL
-    if resume_from is None and args.resume == "auto" and os.path.exists(out):
-        resume_from = out
-    continuing_out = resume_from is not None and os.path.exists(resume_from) and os.path.exists(out) \
-        and os.path.samefile(out, resume_from)
-    if os.path.exists(out) and not continuing_out and not args.overwrite:
-        raise UserError(f"{out} already exists: continue it with --resume auto, or pass --overwrite to replace it, "
-                        f"or choose another --out")
-    if resume_from is not None:
-        if not os.path.exists(resume_from):
-            raise UserError(f"checkpoint not found: {resume_from}")
-        trainer = Trainer.from_checkpoint(resume_from, **overrides)
-        check_continued_shape(args, trainer.model.config, trainer.bpe, resume_from)
-        if os.path.exists(args.vocab_file):
-            check_same_tokenizer(trainer.bpe, load_tokenizer(args.vocab_file), args.vocab_file, resume_from)
-        say(f"continuing {resume_from} from step {trainer.step} (its model, tokenizer and settings; "
-            f"flags given now override the settings)", file=sys.stderr)
-    else:
-        if not ranks.is_main:
-            ranks.barrier()  # rank 0 trains the tokenizer if there is none yet; the others then load it
-        tokenizer = get_or_train_tokenizer(args, files)
-        if ranks.is_main:
-            ranks.barrier()
-        shape = {"vocab_size": tokenizer.vocab_size}
-        shape.update({name: getattr(args, flag) for flag, name in SHAPE_FLAGS.items() if getattr(args, flag) is not None})
-        config = GPT2Config.from_preset(args.preset or DEFAULT_PRESET, **shape)
-        torch_seed(overrides.get("seed", TrainConfig.seed))
-        trainer = Trainer(GPT2(config), tokenizer, **overrides)
-    say(trainer.describe(), file=sys.stderr)
-    result = trainer.train(files, save_path=out)
+    out = check_output_path(args.out or args.checkpoint or DEFAULT_MODEL)
+    with output_lock(out) if ranks.is_main else contextlib.nullcontext():  # one run writes one checkpoint
+        resume_from = args.checkpoint
+        if resume_from is None and args.resume == "auto" and out.exists():
+            resume_from = str(out)
+        continuing_out = resume_from is not None and os.path.exists(resume_from) and out.exists() \
+            and os.path.samefile(out, resume_from)
+        if out.exists() and not continuing_out and not args.overwrite:
+            raise UserError(f"{out} already exists: continue it with --resume auto, or pass --overwrite to replace "
+                            f"it, or choose another --out")
+        if resume_from is not None:
+            trainer = continued_run(args, resume_from, overrides, say)
+        else:
+            trainer = new_run(args, files, overrides, ranks, say)
+        say(trainer.describe(), file=sys.stderr)
+        say(trainer.memory_note, file=sys.stderr)
+        result = trainer.train(files, save_path=out)
     ranks.close()
+    return report_end(result, args, trainer, resume_from, out, ranks, say)
+
+
+def continued_run(args: argparse.Namespace, resume_from: str, overrides: dict, say):
+    """A trainer that continues a checkpoint, after checking the flags given now agree with it."""
+    from gpt2_llm import Trainer
+
+    if not os.path.exists(resume_from):
+        raise UserError(f"checkpoint not found: {resume_from}")
+    trainer = Trainer.from_checkpoint(resume_from, **overrides)
+    check_continued_shape(args, trainer.model.config, trainer.bpe, resume_from)
+    if os.path.exists(args.vocab_file):
+        check_same_tokenizer(trainer.bpe, load_tokenizer(args.vocab_file), args.vocab_file, resume_from)
+    say(f"continuing {resume_from} from step {trainer.step} (its model, tokenizer and settings; "
+        f"flags given now override the settings)", file=sys.stderr)
+    return trainer
+
+
+def new_run(args: argparse.Namespace, files: list, overrides: dict, ranks, say):
+    """A new model of the preset's shape and its trainer. The memory a step needs is checked before
+    a tokenizer is trained; a newly trained tokenizer is saved only once the text has proved long
+    enough to train on, so a run that fails at once leaves no vocab file behind."""
+    from gpt2_llm import GPT2, TrainConfig, Trainer
+    from gpt2_llm.hardware import pick_device, pick_dtype
+    from gpt2_llm.trainer import check_step_memory
+
+    train_config = TrainConfig(**overrides)
+    found = load_tokenizer(args.vocab_file) if os.path.exists(args.vocab_file) else None
+    vocab_size = found.vocab_size if found else args.vocab_size or bpe.recommended_vocab_size(text_bytes(files))
+    config = model_config(args, vocab_size)
+    device = pick_device(ranks.device_name(train_config.device))
+    check_step_memory(config, train_config.batch_size, device, pick_dtype(train_config.dtype, device))
+    if not ranks.is_main:
+        ranks.barrier()  # rank 0 trains the tokenizer if there is none yet; the others then load it
+        tokenizer = load_tokenizer(args.vocab_file)
+    else:
+        tokenizer = found or train_tokenizer(args, files, vocab_size, train_config, config.block_size, say)
+        ranks.barrier()
+    torch_seed(train_config.seed)
+    return Trainer(GPT2(model_config(args, tokenizer.vocab_size)), tokenizer, train_config)
+
+
+def model_config(args: argparse.Namespace, vocab_size: int):
+    """The model the flags ask for: the preset, with --context, --dropout, ... replacing its fields."""
+    from gpt2_llm import GPT2Config
+
+    shape = {name: getattr(args, flag) for flag, name in SHAPE_FLAGS.items() if getattr(args, flag) is not None}
+    return GPT2Config.from_preset(args.preset or DEFAULT_PRESET, vocab_size=vocab_size, **shape)
+
+
+def report_end(result: dict, args, trainer, resume_from, out, ranks, say) -> int:
+    """The last line of a run: why it ended and where its checkpoint is; the exit code."""
+    saved = trainer.saved_to or out
     if result["stopped_by"] == "done":
         say(f"nothing left to train: {resume_from} is at step {result['step']}, the end of its schedule "
             f"(give a larger --steps to go on); nothing was written")
         return 0
     if result["stopped_by"] == "signal":
-        signum = result["signal"]
-        command = shlex.join([*resume_launcher(ranks), "train", args.file, args.vocab_file, out])  # quotes a glob
-        say(f"stopped at step {result['step']}; saved {out}. Resume with: {command}", file=sys.stderr)
-        return 128 + signum
+        command = shlex.join([*resume_launcher(ranks), "train", args.file, args.vocab_file, str(saved)])  # quotes a glob
+        say(f"stopped at step {result['step']}; saved {saved}. Resume with: {command}", file=sys.stderr)
+        return 128 + result["signal"]
+    ended = f" (the time budget, --minutes {trainer.config.minutes:g}, ran out)" if result["stopped_by"] == "time" else ""
     if "val_bpb" in result:
-        say(f"step {result['step']}: val loss {result['val_loss']:.4f}, {result['val_bpb']:.4f} bits per byte; saved {out}")
+        say(f"step {result['step']}: val loss {result['val_loss']:.4f}, {result['val_bpb']:.4f} bits per byte; "
+            f"saved {saved}{ended}")
     else:
-        say(f"step {result['step']}: saved {out}")
+        say(f"step {result['step']}: saved {saved}{ended}")
     return 0
 
 
@@ -207,15 +251,21 @@ def _silent(*args, **kwargs) -> None:
     """print() for the ranks other than 0 under torchrun: rank 0 speaks for the run."""
 
 
-def get_or_train_tokenizer(args, files: list) -> bpe.BPE:
-    """The vocab file if it exists; otherwise a new tokenizer learned from the training text."""
-    if os.path.exists(args.vocab_file):
-        return load_tokenizer(args.vocab_file)
-    size = sum(os.path.getsize(f) for f in files)
-    vocab_size = args.vocab_size or bpe.recommended_vocab_size(size)
-    print(f"{args.vocab_file} not found: training a tokenizer of {vocab_size} tokens on {args.file}", file=sys.stderr)
+def text_bytes(files: list) -> int:
+    return sum(os.path.getsize(f) for f in files)
+
+
+def train_tokenizer(args, files: list, vocab_size: int, train_config, block_size: int, say) -> bpe.BPE:
+    """A tokenizer learned from the training text, saved as the vocab file once the text has proved
+    long enough to train on (the token file it makes is the one training reads)."""
+    from gpt2_llm.data import load_tokens, split_tokens
+
+    say(f"{args.vocab_file} not found: training a tokenizer of {vocab_size} tokens on {args.file}", file=sys.stderr)
     tokenizer = bpe.BPE.train(files, vocab_size, progress=True, workers=args.workers)
+    tokens = load_tokens(files, tokenizer, progress=True, workers=train_config.workers)
+    split_tokens(tokens, train_config.val_fraction, block_size)  # "too short" fails here, before the save
     tokenizer.save(args.vocab_file)
+    say(f"wrote {args.vocab_file}: {tokenizer.vocab_size} tokens learned from {args.file}", file=sys.stderr)
     return tokenizer
 
 

@@ -564,3 +564,46 @@ def test_train_help_shows_each_default_once():
     text = run("train", "--help").stdout.decode()
     assert "(default: None)" not in text and text.count("one per core") == 1
     assert "one epoch" in text
+
+
+# ---- what a new user trips on --------------------------------------------------------------------
+
+
+def test_a_failed_run_leaves_no_new_vocab_behind(tmp_path):
+    (tmp_path / "one_char.txt").write_text("x" * 300)
+    assert "too short" in one_line_error(run("train", tmp_path / "one_char.txt", tmp_path / "v.txt", *TRAIN))
+    assert not (tmp_path / "v.txt").exists() and not (tmp_path / "gpt2_model.pt").exists()
+
+
+def test_an_absurd_batch_size_is_refused_before_anything_is_done(corpus, tmp_path):
+    line = one_line_error(run("train", corpus, tmp_path / "v.txt", "--out", tmp_path / "m.pt", *TRAIN,
+                              "--batch-size", 100000))
+    assert "--batch-size 100000 needs about" in line and "available" in line
+    assert not (tmp_path / "v.txt").exists()  # refused before a tokenizer was trained
+
+
+def test_out_naming_a_folder_is_refused_before_training(corpus, tmp_path):
+    (tmp_path / "outdir").mkdir()
+    line = one_line_error(run("train", corpus, tmp_path / "v.txt", "--out", f"{tmp_path / 'outdir'}/", *TRAIN))
+    assert "is a folder: give a file name" in line and not (tmp_path / "v.txt").exists()
+
+
+def test_two_runs_into_one_out_the_second_is_refused(corpus, tmp_path):
+    (tmp_path / "t.txt").write_bytes(corpus.read_bytes())
+    args = ["train", tmp_path / "t.txt", tmp_path / "v.txt", "--out", tmp_path / "m.pt", "--steps", 100000, *TRAIN]
+    first = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *map(str, args)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "m.metrics.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        line = one_line_error(run(*args, "--overwrite"))
+        assert f"another run (process {first.pid}) is writing" in line
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=60)
+    assert not (tmp_path / "m.pt.lock").exists()  # released on exit
+    # A lock file left by a killed run is stale: the next run takes it over.
+    (tmp_path / "m.pt.lock").write_text("12345\n")
+    again = run(*args[:-len(TRAIN) - 2], "--steps", 2, *TRAIN, "--overwrite")
+    assert again.returncode == 0, again.stderr.decode()

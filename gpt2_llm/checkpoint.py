@@ -12,6 +12,7 @@ torch.load(weights_only=True), which refuses any pickle that would run code.
 
 import os
 import pickle
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -82,3 +83,58 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if missing:
         raise CheckpointError(f"{path} is missing {', '.join(missing)}")
     return checkpoint
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Before a long run: the checkpoint's path names a file, in a folder that exists (it is made
+    if need be) and can be written. Returns it as a Path; a CheckpointError says what is wrong."""
+    path = Path(path)
+    if str(path).endswith(("/", os.sep)) or path.is_dir():
+        raise CheckpointError(f"--out {path} is a folder: give a file name, such as {path / 'model.pt'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot make the folder of --out {path}: {e.strerror}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise CheckpointError(f"cannot write in {path.parent.resolve()} (the folder of --out {path})")
+    return path
+
+
+@contextmanager
+def output_lock(path: str | os.PathLike):
+    """Hold an exclusive lock on a run's output while the run writes it, so that a second run into
+    the same checkpoint is refused instead of silently replacing it. The lock is NAME.lock beside
+    the checkpoint, locked with flock: the system releases it when the process ends, however it
+    ends, so a lock file left by a killed run is stale and simply taken over. Without flock
+    (not POSIX) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock_path = Path(path).with_name(Path(path).name + ".lock")
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CheckpointError(f"another run (process {holder}) is writing {path}: wait for it to end, "
+                                  f"or choose another --out") from None
+        # The holder before us may have removed the file between our open and our lock: then we
+        # hold a lock on a file nobody else will open, and must take the one now at that path.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        yield
+    finally:
+        Path(lock_path).unlink(missing_ok=True)
+        os.close(fd)

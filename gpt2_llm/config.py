@@ -266,6 +266,8 @@ class TrainConfig:
             problems.append(f"--steps must be at least 1, got {self.steps}")
         if self.minutes is not None and self.minutes <= 0:
             problems.append(f"--minutes must be positive, got {self.minutes}")
+        if self.steps is not None and self.epochs is not None:
+            problems.append("--steps and --epochs both give the schedule's length: choose one (--minutes may join either)")
         if self.epochs is not None and self.epochs <= 0:
             problems.append(f"--epochs must be positive, got {self.epochs}")
         if not 0 <= self.val_fraction < 1:

@@ -107,6 +107,26 @@ def setup_device(device: torch.device, local_processes: int = 1) -> list[str]:
     return notes
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a run can still take on `device`: free GPU memory, or the memory the system reports
+    available on a CPU (MemAvailable: free plus what the page cache would give back). None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory instead of handing it back to the system.
 

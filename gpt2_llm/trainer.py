@@ -43,7 +43,7 @@ from .config import GPT2Config, TrainConfig, config_from_dict
 from .data import Batches, load_tokens, split_tokens, validation_windows
 from .distributed import Distributed, wrap_for_ddp
 from .gpt2 import GPT2
-from .hardware import autocast, peak_flops, pick_device, pick_dtype, setup_device
+from .hardware import autocast, available_memory, peak_flops, pick_device, pick_dtype, setup_device
 
 DEFAULT_SAVE_PATH = "gpt2_model.pt"
 PLOT_INTERVAL_S = 10.0  # the loss picture is redrawn at most this often (and always at the end)
@@ -81,6 +81,41 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
     ]
     fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=fused or None)
+
+
+def step_memory(config: GPT2Config, batch_size: int, dtype: torch.dtype) -> int:
+    """Bytes one training micro-step needs, roughly (an estimate to refuse what cannot fit, not a
+    measurement): the weights, their gradients and AdamW's two moments in float32 (16 bytes a
+    weight); the activations kept for the backward pass, per layer and token about
+    34 x width + 5 x heads x context values of 2 bytes under mixed precision (Korthikanti et al.
+    2022, "Reducing activation recomputation"), 4 bytes in float32, where the second term (the
+    attention scores) is only kept for the short contexts that take the plain-product path (see
+    attention.plain_products_are_faster), the fused kernels never store them; and the logits with
+    their gradient and a float32 copy. BENCHMARKS.md compares it with measured peaks."""
+    C, L, T, V = config.n_embd, config.n_layer, config.block_size, config.padded_vocab_size
+    weights = 12 * L * C * C + (V + T) * C  # the matrices, the embeddings (biases and norms are small)
+    width = 2 if dtype in (torch.bfloat16, torch.float16) else 4
+    scores = 5 * config.n_head * T if T <= 256 else 0
+    activations = batch_size * T * L * (34 * C + scores) * width // 2
+    logits = batch_size * T * V * (2 * width + 4)
+    return 16 * weights + activations + logits
+
+
+def check_step_memory(config: GPT2Config, batch_size: int, device: torch.device, dtype: torch.dtype) -> str:
+    """Refuse a batch whose step cannot fit the device's memory (one line naming --batch-size), rather
+    than let the system kill the run; otherwise return a line for the start-up log."""
+    need, have = step_memory(config, batch_size, dtype), available_memory(device)
+    shape = f"batch {batch_size} x context {config.block_size}"
+    if have is not None and need > have:
+        raise UserError(f"--batch-size {batch_size} needs about {_gb(need)} for one step ({shape}), but this "
+                        f"{device.type.upper()} has {_gb(have)} available: use a smaller --batch-size "
+                        f"(and --grad-accum to keep the batch per step)")
+    where = f" of {_gb(have)} available" if have is not None else ""
+    return f"memory: about {_gb(need)} per step ({shape}){where}"
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
 
 
 @torch.no_grad()
@@ -129,6 +164,7 @@ class _Run:
     start_time: float
     deadline: float  # clock time when the budget is spent (inf without --minutes)
     fitting: bool  # is the schedule's length still being fitted to the budget?
+    step_limit: int | None  # the most steps the fitted schedule may have (--steps, --epochs)
     refit_at: float  # when to fit it once more, with a better measurement
     flops_per_step: int  # model FLOPs of one optimizer step, over all processes
     peak: float  # the device's peak FLOP/s
@@ -154,6 +190,7 @@ class Trainer:
         self.dist = Distributed()
         self.device = pick_device(self.dist.device_name(config.device))
         self.dtype = pick_dtype(config.dtype, self.device)
+        self.memory_note = check_step_memory(model.config, config.batch_size, self.device, self.dtype)
         self.device_notes = setup_device(self.device, self.dist.local_world_size)
         self.model = model.to(self.device)
         if self.device.type != "cpu":
@@ -174,6 +211,7 @@ class Trainer:
         self._nonfinite: tuple[int, float] | None = None  # (step, loss) of a loss that was not finite
         self._training_model = None
         self._peak: tuple[float, str] | None = None
+        self.saved_to: Path | None = None  # where the last checkpoint went (see save)
         if self.dist.world_size > 1:
             # The model was made from the same seed on every rank (DDP also copies rank 0's
             # weights); from here each rank draws its own dropout masks.
@@ -253,7 +291,7 @@ class Trainer:
             self.batches.load_state_dict(self._resume_data)
             self._resume_data = None
         val, val_bytes = validation_windows(val_tokens, block, self.bpe, c.eval_tokens) if len(val_tokens) else (None, 0)
-        self._plan_schedule(len(train_tokens))
+        step_limit = self._plan_schedule(len(train_tokens))
         peak, source = self.peak_flops()  # the denominator of MFU (measured once per machine, then cached)
         self.log(f"MFU: model FLOPs over a peak of {peak / 1e12:.1f} TFLOP/s per device, from {source}")
 
@@ -262,25 +300,36 @@ class Trainer:
             _start_metrics_log(metrics_path, self.step)
 
         now = self.clock()  # after the slow parts: the speed measured from here is the steps'
-        fitting = self.total_steps is None  # the budget decides the schedule's length
+        fitting = c.minutes is not None  # the budget decides the schedule's length, or shortens it
         return _Run(save_path=save_path, metrics_path=metrics_path,
                    model=self._model_for_training(), val=val, val_bytes=val_bytes,
                    sample_prompt=self._sample_prompt(val_tokens if len(val_tokens) else train_tokens),
                    progress=Progress(self.total_steps, self.step, progress and self.dist.is_main),
                    start_step=self.step, start_time=now,
                    deadline=now + 60 * c.minutes if c.minutes else math.inf,
-                   fitting=fitting, refit_at=now + 6 * c.minutes if fitting else math.inf,  # a tenth of the budget in
+                   fitting=fitting, step_limit=step_limit, refit_at=now + 6 * c.minutes if fitting else math.inf,  # a tenth of the budget in
                    flops_per_step=self.model.flops_per_token() * self.tokens_per_step, peak=peak)
 
-    def _plan_schedule(self, train_tokens: int) -> None:
-        """The schedule's length: steps if given, else from epochs (one by default), else None,
-        left to be fitted to the time budget. A continued run keeps its length unless steps say otherwise."""
+    def _plan_schedule(self, train_tokens: int) -> int | None:
+        """The schedule's length: --steps, or else --epochs (one when no limit is given). With
+        --minutes it is fitted to the time once the speed is known, and never longer than those.
+        A continued run keeps its length unless --steps says otherwise. Says the rule; returns
+        the limit the time budget may shorten (None: the budget alone decides)."""
         c = self.config
         if self.total_steps is None or c.steps is not None:
             steps = c.steps
             if steps is None and (c.epochs is not None or c.minutes is None):
                 steps = max(1, math.ceil((c.epochs or 1.0) * train_tokens / self.tokens_per_step))
             self.total_steps = steps
+        source = ("--steps" if c.steps is not None else f"{c.epochs or 1:g} epochs of {train_tokens:,} tokens"
+                  if self.step == 0 else "the continued run's schedule")
+        if c.minutes is None:
+            self.log(f"schedule: {self.total_steps:,} steps ({source})")
+        elif self.total_steps is None:
+            self.log(f"schedule: as many steps as fit --minutes {c.minutes:g}, from the speed of the first steps")
+        else:
+            self.log(f"schedule: {self.total_steps:,} steps ({source}), or fewer to fit --minutes {c.minutes:g}")
+        return self.total_steps
 
     def _fit_schedule_to_budget(self, run: _Run) -> None:
         """With a time budget, fit the schedule to the speed of the first steps (the very first one
@@ -289,7 +338,8 @@ class Trainer:
         if done == 1:
             run.first_step_done = self.clock()
         if run.fitting and done >= 2 and (done == 10 or self.clock() >= run.refit_at):
-            self.total_steps = self._steps_in_budget(done - 1, run)
+            fitted = self._steps_in_budget(done - 1, run)
+            self.total_steps = fitted if run.step_limit is None else min(fitted, run.step_limit)
             run.fitting = done < 10 or self.clock() < run.refit_at
             run.progress.total = self.total_steps
 
@@ -435,7 +485,7 @@ class Trainer:
             improved = result["val_loss"] < self.best_val_loss
             self.best_val_loss = min(self.best_val_loss, result["val_loss"])
         self._show_sample(run)
-        self.save(run.save_path)
+        self.saved_to = self.save(run.save_path)
         if improved:
             self.save(best_path(run.save_path))
         self._draw_loss_picture(run, last)
@@ -504,11 +554,29 @@ class Trainer:
             "tokenizer": {"text": self.bpe.to_text(), "hash": self.bpe.hash},
         }
 
-    def save(self, path) -> None:
-        """Write a checkpoint (rank 0 writes; under torchrun every rank must call this)."""
-        checkpoint = self.checkpoint()
-        if self.dist.is_main:
+    def save(self, path) -> Path:
+        """Write a checkpoint (rank 0 writes; under torchrun every rank must call this) and return
+        where it went. A run is never lost to a failed write (a full disk, a folder removed or
+        made read-only): the checkpoint then goes to NAME.rescued.pt beside it, or in the current
+        or home folder, and the log says where."""
+        checkpoint, path = self.checkpoint(), Path(path)
+        if not self.dist.is_main:
+            return path
+        try:
             save_checkpoint(path, checkpoint)
+            return path
+        except OSError as e:
+            failure = e
+        for folder in (path.parent, Path.cwd(), Path.home()):
+            rescue = folder / f"{path.stem}.rescued{path.suffix}"
+            try:
+                save_checkpoint(rescue, checkpoint)
+            except OSError:
+                continue
+            self.log(f"could not write {path} ({failure.strerror or failure}): saved the checkpoint of step "
+                     f"{self.step} as {rescue} instead")
+            return rescue
+        raise failure
 
     @classmethod
     def from_checkpoint(cls, path, log=None, **overrides) -> "Trainer":
@@ -520,8 +588,10 @@ class Trainer:
         if not loaded.can_resume:
             raise CheckpointError(f"{path} holds a model but no training state: it cannot be continued")
         ckpt = loaded.checkpoint
+        stored = dict(ckpt["train_config"])
+        stored.update(_one_length(overrides))  # --steps given now replaces a stored --epochs, and back
         try:
-            config = config_from_dict(TrainConfig, {**ckpt["train_config"], **overrides}, "training config")
+            config = config_from_dict(TrainConfig, {**stored, **overrides}, "training config")
         except UserError as e:
             raise CheckpointError(f"{path}: {e}") from None
         trainer = cls(loaded.model.train(), loaded.tokenizer, config, log=log)
@@ -659,7 +729,12 @@ def _stop_settings(stop: dict) -> dict:
     unknown = sorted(set(settings) - set(STOP_SETTINGS))
     if unknown:
         raise TypeError(f"train() got unexpected arguments {unknown}; it takes {', '.join(STOP_SETTINGS)}")
-    return settings
+    return {**_one_length(settings), **settings}
+
+
+def _one_length(settings: dict) -> dict:
+    """Steps and epochs both give the schedule's length: setting one now clears the other."""
+    return {other: None for one, other in (("steps", "epochs"), ("epochs", "steps")) if settings.get(one) is not None}
 
 
 def _replace(config: TrainConfig, overrides: dict) -> TrainConfig:

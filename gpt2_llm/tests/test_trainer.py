@@ -335,3 +335,42 @@ def test_a_fresh_run_starts_a_fresh_metrics_log_and_a_continued_one_drops_what_c
     assert [r["step"] for r in records(metrics) if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in records(metrics) if r.get("eval")] == [4, 6]
     assert 1.0 not in [r["loss"] for r in records(metrics) if "loss" in r]
+
+
+def test_with_steps_and_minutes_the_schedule_is_the_shorter_of_the_two(corpus, tmp_path):
+    lines = []
+    trainer = tiny_trainer(corpus[1], eval_every=1000)
+    trainer.log = lines.append
+    with_fake_clock(trainer, lambda step: 1.0)
+    result = trainer.train(corpus[0], save_path=tmp_path / "m.pt", steps=100_000, minutes=0.5, progress=False)
+    assert trainer.total_steps == 29 and result["stopped_by"] == "steps"  # as with --minutes alone
+    assert "schedule: 100,000 steps (--steps), or fewer to fit --minutes 0.5" in lines
+    short = tiny_trainer(corpus[1], eval_every=1000)
+    with_fake_clock(short, lambda step: 1.0)
+    short.train(corpus[0], save_path=tmp_path / "s.pt", steps=12, minutes=0.5, progress=False)
+    assert short.total_steps == 12  # the budget shortens a schedule, never lengthens it
+    with pytest.raises(ValueError, match="--steps and --epochs both give the schedule's length"):
+        tiny_trainer(corpus[1], steps=5, epochs=1.0)
+
+
+def test_a_failed_save_never_loses_the_run(corpus, tmp_path, monkeypatch):
+    import errno
+
+    from gpt2_llm import trainer as trainer_module
+
+    real_save = trainer_module.save_checkpoint
+
+    def disk_full_for_the_target(path, checkpoint):
+        if path == tmp_path / "m.pt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_save(path, checkpoint)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", disk_full_for_the_target)
+    lines = []
+    trainer = tiny_trainer(corpus[1], eval_every=1000)
+    trainer.log = lines.append
+    trainer.train(corpus[0], save_path=tmp_path / "m.pt", steps=3, progress=False)
+    assert trainer.saved_to == tmp_path / "m.rescued.pt" and not (tmp_path / "m.pt").exists()
+    assert load_checkpoint(tmp_path / "m.rescued.pt")["state"]["step"] == 3
+    assert any(f"could not write {tmp_path / 'm.pt'} (No space left on device): saved the checkpoint of step 3 as "
+               f"{tmp_path / 'm.rescued.pt'} instead" in line for line in lines)
