@@ -312,6 +312,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from gpt2_llm.gpt2 import check_sampling
 
     check_sampling(args.num_tokens, args.temperature, args.top_k, args.top_p)  # before the slow load
+    if args.interactive and args.prompt:
+        # With --interactive the prompts come from the terminal, so the first argument is not one.
+        if not os.path.isfile(args.prompt):
+            raise UserError(f"with --interactive the prompts are read from the terminal: {args.prompt!r} is not a "
+                            f"model file (write: predict --interactive [NUM_TOKENS] MODEL_FILE)")
+        if args.model_file != DEFAULT_MODEL:
+            raise UserError(f"with --interactive give the model once: {args.prompt} or {args.model_file}")
+        args.model_file = args.prompt
     model, tokenizer = load_model(args.model_file, args.device, args.vocab_file)
     prompts = iter(lambda: input("> "), None) if args.interactive else [args.prompt]
     try:

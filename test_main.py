@@ -261,6 +261,10 @@ def test_predict_interactive(trained):
     assert result.returncode == 0, result.stderr.decode()
     out = result.stdout.decode()
     assert "First" in out and "Second" in out
+    # A model file where the prompt would go is the model (the prompts come from the terminal).
+    shifted = run("predict", "--interactive", trained, "--seed", 1, stdin=b"First\n", cwd=trained.parent.parent)
+    assert shifted.returncode == 0, shifted.stderr.decode()
+    assert "not a model file" in one_line_error(run("predict", "--interactive", "Once upon", stdin=b""))
 
 
 def test_prompt_longer_than_the_context_is_cropped(trained):
