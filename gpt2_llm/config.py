@@ -219,7 +219,7 @@ class TrainConfig:
     grad_accum: int = _opt(1, 'micro-steps per optimizer step')
     lr: float = _opt(6e-4, 'peak learning rate')
     min_lr_ratio: float = _opt(0.1, 'the cosine decays to lr * min_lr_ratio')
-    warmup_steps: int = _opt(100, 'linear warm-up from lr / warmup_steps')
+    warmup_steps: int | None = _opt(None, 'steps of linear warm-up (default: a tenth of the schedule, at most 100)')
     steps: int | None = _opt(None, "total optimizer steps (the schedule's length; with no --steps, --epochs or "
                                    "--minutes, one epoch)")
     minutes: float | None = _opt(None, 'wall-clock budget of this run')
@@ -260,7 +260,7 @@ class TrainConfig:
             problems.append(f"--sample-tokens must be 0 or more, got {self.sample_tokens}")
         if self.lr <= 0:
             problems.append(f"--lr must be positive, got {self.lr}")
-        if self.warmup_steps < 0:
+        if self.warmup_steps is not None and self.warmup_steps < 0:
             problems.append(f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
         if self.steps is not None and self.steps < 1:
             problems.append(f"--steps must be at least 1, got {self.steps}")

@@ -238,6 +238,14 @@ class Trainer:
                 f"= {self.tokens_per_step:,} tokens per step")
 
     @property
+    def warmup_steps(self) -> int:
+        """--warmup-steps, or by default a tenth of the schedule, at most 100 (GPT-2's 100 steps would
+        never reach the peak learning rate in a short run; 100 until a budget's length is known)."""
+        if self.config.warmup_steps is not None:
+            return self.config.warmup_steps
+        return 100 if self.total_steps is None else min(100, self.total_steps // 10)
+
+    @property
     def tokens_per_step(self) -> int:
         """Tokens of one optimizer step, over all processes."""
         c = self.config
@@ -373,7 +381,7 @@ class Trainer:
 
     def _set_lr(self, step: int) -> float:
         c = self.config
-        lr = get_lr(step, c.lr, c.warmup_steps, self.total_steps or 10**9, c.min_lr_ratio)
+        lr = get_lr(step, c.lr, self.warmup_steps, self.total_steps or 10**9, c.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr

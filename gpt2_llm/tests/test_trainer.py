@@ -374,3 +374,12 @@ def test_a_failed_save_never_loses_the_run(corpus, tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "m.rescued.pt")["state"]["step"] == 3
     assert any(f"could not write {tmp_path / 'm.pt'} (No space left on device): saved the checkpoint of step 3 as "
                f"{tmp_path / 'm.rescued.pt'} instead" in line for line in lines)
+
+
+def test_the_default_warm_up_is_a_tenth_of_the_schedule_at_most_100(corpus, tmp_path):
+    short = tiny_trainer(corpus[1], warmup_steps=None, eval_every=1000)
+    short.train(corpus[0], save_path=tmp_path / "s.pt", steps=30, progress=False)
+    lrs = [r["lr"] for r in records(tmp_path / "s.metrics.jsonl") if "loss" in r]
+    assert short.warmup_steps == 3 and lrs[:4] == pytest.approx([1e-3, 2e-3, 3e-3, 3e-3]) and max(lrs) <= 3e-3 + 1e-12
+    assert tiny_trainer(corpus[1], warmup_steps=None, steps=5000).warmup_steps == 100
+    assert tiny_trainer(corpus[1], warmup_steps=7).warmup_steps == 7
