@@ -734,7 +734,9 @@ class BPE:
         specials = set(special_tokens.values())
         self._ranks = {b: i for i, b in enumerate(tokens) if i not in specials and b is not None}
         if len(self._ranks) != len(tokens) - sum(1 for i in specials if i < len(tokens)):
-            raise TokenizerError("two ordinary tokens have the same bytes")
+            # The dict kept the last id of each bytes value, so the first duplicate maps elsewhere.
+            i = next(i for i, b in enumerate(tokens) if i not in specials and b is not None and self._ranks[b] != i)
+            raise TokenizerError(f"ordinary tokens {i} and {self._ranks[tokens[i]]} have the same bytes {token_to_text(tokens[i])}")
         missing = [b for b in range(256) if bytes([b]) not in self._ranks]
         if missing:
             raise TokenizerError(f"the vocabulary lacks the single byte 0x{missing[0]:02x}; every byte must be a token")
@@ -1032,6 +1034,9 @@ class BPE:
             raise TokenizerError(f"{name}:{lineno}: {why}")
 
         decode_json = json.JSONDecoder().raw_decode
+        # A file saved with Windows line ends (CRLF) reads as well: a CR inside a token or pattern is
+        # written as the JSON escape \r, so a raw CR can only end a line.
+        lines = [line.removesuffix("\r") for line in lines]
         if not lines or lines[0] != f"{FORMAT_NAME} {FORMAT_VERSION}":
             if lines and lines[0].startswith(FORMAT_NAME + " "):
                 fail(1, f"vocab format {lines[0].split()[1]!r} is not supported (this version reads {FORMAT_VERSION})")
@@ -1052,7 +1057,7 @@ class BPE:
                     expected_tokens = int(rest)
                 elif expected_tokens is not None:
                     text, end = decode_json(rest)
-                    tokens.append((int(key), text_to_token(text)))
+                    tokens.append((int(key), text_to_token(text), lineno))
                     pair = rest[end:].split()
                     if pair:
                         if len(pair) != 2:
@@ -1070,14 +1075,24 @@ class BPE:
             fail(len(lines), f"the header promises {expected_tokens} tokens but the file has {len(tokens)}")
         n = len(tokens) + len(specials)
         by_id: list[bytes | None] = [None] * n
-        for i, token in tokens:
+        line_of: dict[int, int] = {}  # token id -> its line, for the checks below
+        first_with: dict[bytes, int] = {}  # token bytes -> the first id that has them
+        for i, token, lineno in tokens:
             if not 0 <= i < n or by_id[i] is not None:
-                raise TokenizerError(f"{name}: token id {i} is out of range or repeated")
-            by_id[i] = token
+                fail(lineno, f"token id {i} is out of range or repeated")
+            if token in first_with:  # __init__ would refuse it too, but could not say where
+                fail(lineno, f"tokens {first_with[token]} and {i} have the same bytes {token_to_text(token)}")
+            by_id[i], line_of[i], first_with[token] = token, lineno, i
         for s, i in specials.items():
             if not 0 <= i < n or by_id[i] is not None:
                 raise TokenizerError(f"{name}: special token id {i} is out of range or taken")
-        ordinary = by_id[: max(i for i, _ in tokens) + 1] if tokens else []
+        for i, pair in parents.items():
+            # Encoding never reads these columns, so a hand edit that breaks them would go unnoticed
+            # until another tool (or a reader) trusted them.
+            problem = _merge_problem(i, pair, by_id)
+            if problem:
+                fail(line_of[i], problem)
+        ordinary = by_id[: max(i for i, _, _ in tokens) + 1] if tokens else []
         return cls(ordinary, specials, pattern, parents)
 
     @classmethod
@@ -1114,6 +1129,19 @@ class BPE:
                 left, right = line.split(" ")
                 parents[encoder[left + right]] = (encoder[left], encoder[right])
         return cls(ordinary, specials, GPT2_PATTERN, parents)
+
+
+def _merge_problem(i: int, pair: tuple[int, int], by_id: list[bytes | None]) -> str | None:
+    """What is wrong with a vocab line's claim that token i was merged from `pair`, or None.
+    by_id holds each ordinary token's bytes (None at special tokens' ids)."""
+    for part in pair:
+        if not 0 <= part < len(by_id) or by_id[part] is None:
+            return f"token {i} is said to be merged from id {part}, which is not an ordinary token"
+    left, right = by_id[pair[0]], by_id[pair[1]]
+    if left + right != by_id[i]:
+        return (f"token {i} is {token_to_text(by_id[i])}, but the tokens it is said to be merged from "
+                f"({pair[0]} {pair[1]}) join to {token_to_text(left + right)}")
+    return None
 
 
 def _names_path(text_or_path) -> bool:

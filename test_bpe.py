@@ -498,6 +498,48 @@ def test_vocab_missing_byte_or_duplicate(tmp_path, trained):
         BPE.load(tmp_path / "gap.txt")
 
 
+def test_vocab_file_with_windows_line_ends_loads(tmp_path, trained):
+    trained.save(tmp_path / "v.txt")
+    (tmp_path / "crlf.txt").write_bytes((tmp_path / "v.txt").read_bytes().replace(b"\n", b"\r\n"))
+    assert BPE.load(tmp_path / "crlf.txt").hash == trained.hash
+
+
+def edited_vocab(tmp_path: Path, tokenizer: BPE, edit: dict[str, str]) -> tuple[Path, dict[str, int]]:
+    """The tokenizer's vocab file with the line starting "<id> " replaced, for each id in `edit`;
+    and the line number of each replaced line."""
+    lines = tokenizer.to_text().split("\n")
+    numbers = {}
+    for n, line in enumerate(lines):
+        key = line.split(" ")[0]
+        if key in edit:
+            lines[n], numbers[key] = edit[key], n + 1
+    path = tmp_path / "edited.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path, numbers
+
+
+@pytest.mark.parametrize("line,message", [
+    ('256 "ot" 5000 116', "token 256 is said to be merged from id 5000, which is not an ordinary token"),
+    ('256 "ot" 111 257', "token 256 is said to be merged from id 257, which is not an ordinary token"),  # <|endoftext|>
+    ('256 "xyz" 111 116', 'token 256 is "xyz", but the tokens it is said to be merged from (111 116) join to "ot"'),
+])
+def test_merge_columns_that_disagree_with_the_bytes_are_refused(tmp_path, line, message):
+    tokenizer = BPE([bytes([b]) for b in range(256)] + [b"ot"], {ENDOFTEXT: 257}, merges={256: (111, 116)})
+    path, numbers = edited_vocab(tmp_path, tokenizer, {"256": line})
+    with pytest.raises(TokenizerError) as e:
+        BPE.load(path)
+    assert str(e.value) == f"{path}:{numbers['256']}: {message}"
+
+
+def test_duplicate_token_names_its_line_and_both_ids(tmp_path, trained):
+    path, numbers = edited_vocab(tmp_path, trained, {"66": '66 "A"'})
+    with pytest.raises(TokenizerError) as e:
+        BPE.load(path)
+    assert str(e.value) == f'{path}:{numbers["66"]}: tokens 65 and 66 have the same bytes "A"'
+    with pytest.raises(TokenizerError, match='ordinary tokens 65 and 66 have the same bytes "A"'):
+        BPE([bytes([b]) for b in range(256)][:66] + [b"A"] + [bytes([b]) for b in range(67, 256)])
+
+
 def test_load_gpt2_folder(data_dir, gpt2):
     assert BPE.load(data_dir / "gpt2").hash == gpt2.hash
 
