@@ -146,6 +146,9 @@ def text_files(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
 
     spec: a file; a folder (the *.txt files in it and its subfolders, in sorted path order); a glob
     pattern such as "data/*.txt" (the files it matches, sorted); or a list of any of these.
+    The toolkit's own outputs (see _tool_output) are never text: a folder or a glob leaves them out
+    without a word (a vocab file saved beside the corpus is the common case, not a surprise), and a
+    file named on its own that is one is refused.
     """
     if not isinstance(spec, (str, os.PathLike)):
         files = [file for item in spec for file in text_files(item)]
@@ -154,18 +157,46 @@ def text_files(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
         return files
     path = Path(spec)
     if path.is_file():
+        what = _tool_output(path)
+        if what:
+            raise TokenizerError(f"{path} is {what}, not text")
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        found = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        files = [p for p in found if not _tool_output(p)]
         if not files:
-            raise TokenizerError(f"{path} is a directory with no .txt files in it")
+            raise TokenizerError(f"{path} is a directory with no .txt files in it{_only_outputs(found)}")
         return files
     if any(ch in str(spec) for ch in "*?["):
-        files = sorted(Path(m) for m in glob.glob(str(spec), recursive=True) if os.path.isfile(m))
+        found = sorted(Path(m) for m in glob.glob(str(spec), recursive=True) if os.path.isfile(m))
+        files = [p for p in found if not _tool_output(p)]
         if not files:
-            raise TokenizerError(f"no file matches {str(spec)!r}")
+            raise TokenizerError(f"no file matches {str(spec)!r}{_only_outputs(found)}")
         return files
     raise TokenizerError(f"file not found: {spec}")
+
+
+def _tool_output(path: Path) -> str | None:
+    """What the file is if the toolkit wrote it ("a vocab file", ...), else None.
+
+    Vocab files are known by their first line, whatever their name (only its first bytes are read);
+    token caches and metrics logs by the name the toolkit gives them.
+    """
+    if path.name.endswith(".tokens.bin"):
+        return "a token cache"
+    if path.name.endswith(".metrics.jsonl"):
+        return "a metrics log"
+    header = f"{FORMAT_NAME} ".encode()
+    try:
+        with open(path, "rb") as f:
+            return "a vocab file" if f.read(len(header)) == header else None
+    except OSError:
+        return None  # reading it as text will say what is wrong
+
+
+def _only_outputs(found: list[Path]) -> str:
+    """The end of the message for a folder or glob whose only files are the toolkit's outputs."""
+    return f" (only the toolkit's own outputs, such as {found[0].name}, which is {_tool_output(found[0])})" if found else ""
 
 
 def workers_problem(workers: int | None) -> str | None:

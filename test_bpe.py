@@ -695,6 +695,27 @@ def test_text_files_takes_a_file_folder_glob_or_list(tmp_path):
             bpe.text_files(spec)
 
 
+def test_text_files_leaves_out_the_toolkits_own_outputs(tmp_path, trained):
+    (tmp_path / "a.txt").write_text("text", encoding="utf-8")
+    trained.save(tmp_path / "vocab.txt")  # known by its first line, not its name
+    (tmp_path / "a.txt.0123456789abcdef.tokens.bin").write_bytes(b"\x01\x00")
+    (tmp_path / "model.metrics.jsonl").write_text('{"step": 1}\n', encoding="utf-8")
+    a = tmp_path / "a.txt"
+    assert bpe.text_files(tmp_path) == [a]
+    assert bpe.text_files(str(tmp_path / "*")) == [a]
+    assert bpe.text_files([tmp_path, str(tmp_path / "*")]) == [a, a]
+    for name, what in [("vocab.txt", "a vocab file"), ("a.txt.0123456789abcdef.tokens.bin", "a token cache"),
+                       ("model.metrics.jsonl", "a metrics log")]:
+        for spec in [tmp_path / name, [a, tmp_path / name]]:  # named on its own, alone or in a list
+            with pytest.raises(TokenizerError, match=f"is {what}, not text$"):
+                bpe.text_files(spec)
+    a.unlink()
+    with pytest.raises(TokenizerError, match=r"no \.txt files in it \(only the toolkit's own outputs, such as vocab.txt, which is a vocab file\)"):
+        bpe.text_files(tmp_path)
+    with pytest.raises(TokenizerError, match=r"no file matches .* \(only the toolkit's own outputs, such as a.txt.0123"):
+        bpe.text_files(str(tmp_path / "*"))
+
+
 @pytest.fixture
 def corpus(tmp_path, shakespeare) -> tuple[Path, list[str]]:
     """A folder of four documents, one of them empty, and their texts in sorted path order."""

@@ -148,6 +148,17 @@ def test_tokenize_a_folder_or_a_glob_as_their_joined_text(tmp_path, data_dir):
     assert (tmp_path / "glob.vocab").read_bytes() == (tmp_path / "joined.vocab").read_bytes()
 
 
+def test_a_vocab_file_saved_in_the_text_folder_is_not_read_as_text(tmp_path, data_dir):
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "plays.txt").write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:50_000])
+    for name in ["v1.txt", "v2.txt"]:
+        result = run("tokenize", "books", "--vocab-size", 400, "-o", f"books/{name}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "books" / "v2.txt").read_bytes() == (tmp_path / "books" / "v1.txt").read_bytes()
+    line = one_line_error(run("tokenize", "books/v1.txt", "-o", "v3.txt", cwd=tmp_path))
+    assert line == "error: books/v1.txt is a vocab file, not text"
+
+
 def test_workers_must_be_at_least_one(tmp_path, data_dir):
     text = data_dir / "tinyshakespeare.txt"
     line = one_line_error(run("tokenize", text, "--workers", 0, "-o", tmp_path / "v.txt"))
