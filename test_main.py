@@ -159,6 +159,41 @@ def test_a_vocab_file_saved_in_the_text_folder_is_not_read_as_text(tmp_path, dat
     assert line == "error: books/v1.txt is a vocab file, not text"
 
 
+def test_tokenize_replaces_an_existing_vocab_file_only_with_overwrite(tmp_path, data_dir):
+    (tmp_path / "v.txt").write_bytes(b"my old vocab")
+    args = ["tokenize", data_dir / "tinyshakespeare.txt", "--vocab-size", 300, "-o", tmp_path / "v.txt"]
+    line = one_line_error(run(*args))
+    assert line == f"error: {tmp_path / 'v.txt'} already exists: pass --overwrite to replace it, or choose another -o"
+    assert (tmp_path / "v.txt").read_bytes() == b"my old vocab"
+    assert run(*args, "--overwrite").returncode == 0
+    assert bpe.BPE.load(tmp_path / "v.txt").vocab_size == 300
+
+
+def test_tokenize_from_checkpoint_writes_the_stored_tokenizer(trained, tmp_path):
+    from gpt2_llm.loading import load
+
+    result = run("tokenize", "--from-checkpoint", trained, "-o", tmp_path / "v.txt")
+    assert result.returncode == 0, result.stderr.decode()
+    stored = load(trained).tokenizer
+    assert bpe.BPE.load(tmp_path / "v.txt").hash == stored.hash
+    assert f"the tokenizer of {trained}, hash {stored.hash[:16]}" in result.stdout.decode()
+
+
+def test_tokenize_from_checkpoint_errors(trained, corpus, tmp_path):
+    from gpt2_llm import GPT2
+
+    GPT2.load(trained).save(tmp_path / "weights.pt")
+    for args, message in [
+        ([], "give a text to learn from or --from-checkpoint MODEL.pt (exactly one of them)"),
+        ([corpus, "--from-checkpoint", trained], "give a text to learn from or --from-checkpoint MODEL.pt"),
+        (["--from-checkpoint", trained, "--pattern", "gpt4"], "--pattern is for learning from a text"),
+        (["--from-checkpoint", tmp_path / "weights.pt"], "weights.pt holds model weights only, no tokenizer"),
+        (["--from-checkpoint", tmp_path / "nope.pt"], "checkpoint not found"),
+    ]:
+        assert message in one_line_error(run("tokenize", *args, "-o", tmp_path / "v.txt"))
+    assert not (tmp_path / "v.txt").exists()
+
+
 def test_workers_must_be_at_least_one(tmp_path, data_dir):
     text = data_dir / "tinyshakespeare.txt"
     line = one_line_error(run("tokenize", text, "--workers", 0, "-o", tmp_path / "v.txt"))
@@ -211,8 +246,8 @@ def test_usage_errors_exit_2():
     assert run("tokenize", "x.txt", "--vocab-size", "many").returncode == 2
 
 
-def test_vocab_size_too_small(data_dir):
-    line = one_line_error(run("tokenize", data_dir / "tinyshakespeare.txt", "--vocab-size", 100, "-o", "/dev/null"))
+def test_vocab_size_too_small(data_dir, tmp_path):
+    line = one_line_error(run("tokenize", data_dir / "tinyshakespeare.txt", "--vocab-size", 100, "-o", tmp_path / "v.txt"))
     assert "at least 256" in line
 
 
