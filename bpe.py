@@ -196,7 +196,9 @@ def _tool_output(path: Path) -> str | None:
 
 def _only_outputs(found: list[Path]) -> str:
     """The end of the message for a folder or glob whose only files are the toolkit's outputs."""
-    return f" (only the toolkit's own outputs, such as {found[0].name}, which is {_tool_output(found[0])})" if found else ""
+    if not found:
+        return ""
+    return f" (only the toolkit's own outputs, such as {found[0].name}, which is {_tool_output(found[0])})"
 
 
 def workers_problem(workers: int | None) -> str | None:
@@ -529,34 +531,35 @@ def train_merges(
     token_id = {b: i for i, b in enumerate(token_bytes)}
 
     parents: dict[int, tuple[int, int]] = {}
-    bar = tqdm(total=num_tokens - len(token_bytes), desc="merges", unit="token", delay=1.0, disable=not progress, file=sys.stderr)
-    while len(token_bytes) < num_tokens and heap:
-        neg, pair = heapq.heappop(heap)
-        c = pair_count.get(pair, 0)
-        if c <= 0:  # the pair no longer occurs (merges around it took every occurrence away)
-            continue
-        if c != -neg:  # stale entry: put the pair back with its true count
-            heapq.heappush(heap, (-c, pair))
-            continue
-        a, b = pair
-        merged = token_bytes[ord(a)] + token_bytes[ord(b)]
-        new = token_id.get(merged)
-        if new is None:
-            new = token_id[merged] = len(token_bytes)
-            token_bytes.append(merged)
-            parents[new] = (ord(a), ord(b))
-            bar.update(1)
+    # Closed by the `with` however the loop ends (Ctrl-C included), rather than later by the bar's __del__.
+    with tqdm(total=num_tokens - len(token_bytes), desc="merges", unit="token", delay=1.0, disable=not progress,
+              file=sys.stderr) as bar:
+        while len(token_bytes) < num_tokens and heap:
+            neg, pair = heapq.heappop(heap)
+            c = pair_count.get(pair, 0)
+            if c <= 0:  # the pair no longer occurs (merges around it took every occurrence away)
+                continue
+            if c != -neg:  # stale entry: put the pair back with its true count
+                heapq.heappush(heap, (-c, pair))
+                continue
+            a, b = pair
+            merged = token_bytes[ord(a)] + token_bytes[ord(b)]
+            new = token_id.get(merged)
+            if new is None:
+                new = token_id[merged] = len(token_bytes)
+                token_bytes.append(merged)
+                parents[new] = (ord(a), ord(b))
+                bar.update(1)
 
-        grown: set[str] = set()  # pairs with the new token, whose counts grew
-        for wi in where.pop(pair):
-            if pair in words[wi]:  # else a stale entry: an earlier merge took the pair away
-                words[wi] = _merge_in_word(words[wi], a, b, chr(new), counts[wi], pair_count, grown, where, wi)
-        del pair_count[pair]
-        for p in grown:
-            # A pair can be gained at one site and lost at the next ("aaaa": (new, a) nets 0).
-            if pair_count[p] > 0:
-                heapq.heappush(heap, (-pair_count[p], p))
-    bar.close()
+            grown: set[str] = set()  # pairs with the new token, whose counts grew
+            for wi in where.pop(pair):
+                if pair in words[wi]:  # else a stale entry: an earlier merge took the pair away
+                    words[wi] = _merge_in_word(words[wi], a, b, chr(new), counts[wi], pair_count, grown, where, wi)
+            del pair_count[pair]
+            for p in grown:
+                # A pair can be gained at one site and lost at the next ("aaaa": (new, a) nets 0).
+                if pair_count[p] > 0:
+                    heapq.heappush(heap, (-pair_count[p], p))
     return parents
 
 
@@ -767,7 +770,8 @@ class BPE:
         if len(self._ranks) != len(tokens) - sum(1 for i in specials if i < len(tokens)):
             # The dict kept the last id of each bytes value, so the first duplicate maps elsewhere.
             i = next(i for i, b in enumerate(tokens) if i not in specials and b is not None and self._ranks[b] != i)
-            raise TokenizerError(f"ordinary tokens {i} and {self._ranks[tokens[i]]} have the same bytes {token_to_text(tokens[i])}")
+            raise TokenizerError(f"ordinary tokens {i} and {self._ranks[tokens[i]]} have the same bytes "
+                                 f"{token_to_text(tokens[i])}")
         missing = [b for b in range(256) if bytes([b]) not in self._ranks]
         if missing:
             raise TokenizerError(f"the vocabulary lacks the single byte 0x{missing[0]:02x}; every byte must be a token")

@@ -16,10 +16,13 @@ ends with one line on stderr and exit code 1 (2 for a malformed command line).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 import typing
 from dataclasses import fields
@@ -83,12 +86,15 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     files = text_inputs(args.file) if args.file else []  # a bad text is reported before a taken output
     if os.path.exists(args.output) and not args.overwrite:
         raise UserError(f"{args.output} already exists: pass --overwrite to replace it, or choose another -o")
-    if args.from_checkpoint:
-        tok = tokenizer_of_checkpoint(args.from_checkpoint)
-        made = f"the tokenizer of {args.from_checkpoint}"
-    else:
-        tok, made = train_tokenizer(args, files)
-    tok.save(args.output)
+    with ctrl_c_remembered() as stop_if_interrupted:
+        if args.from_checkpoint:
+            tok = tokenizer_of_checkpoint(args.from_checkpoint)
+            made = f"the tokenizer of {args.from_checkpoint}"
+        else:
+            tok, made = train_tokenizer(args, files)
+        with bpe.atomic_write(args.output, "w") as f:
+            f.write(tok.to_text())
+            stop_if_interrupted()  # raised inside the block, it removes the new file: the old one stays
     print(f"wrote {args.output}: {tok.vocab_size} tokens ({len(tok.merges)} merges), {made}, hash {tok.hash[:16]}")
 
 
@@ -99,7 +105,8 @@ def check_tokenize_args(args: argparse.Namespace) -> None:
     training_flags = {"--vocab-size": args.vocab_size, "--pattern": args.pattern, "--workers": args.workers}
     given = [flag for flag, value in training_flags.items() if value is not None]
     if args.from_checkpoint and given:
-        raise UserError(f"{given[0]} is for learning from a text: --from-checkpoint writes the tokenizer stored in the checkpoint as it is")
+        raise UserError(f"{given[0]} is for learning from a text: --from-checkpoint writes the tokenizer stored in "
+                        f"the checkpoint as it is")
 
 
 def train_tokenizer(args: argparse.Namespace, files: list) -> tuple[bpe.BPE, str]:
@@ -124,6 +131,36 @@ def tokenizer_of_checkpoint(path: str) -> bpe.BPE:
     if tok is None:
         raise UserError(f"{path} holds model weights only, no tokenizer (it was saved by GPT2.save)")
     return tok
+
+
+@contextlib.contextmanager
+def ctrl_c_remembered() -> typing.Iterator[typing.Callable[[], None]]:
+    """Within the block Ctrl-C raises KeyboardInterrupt as usual, and is also remembered: the
+    function the block gets raises it again if one came.
+
+    Python only prints an exception raised in a __del__ or a finalizer ("Exception ignored in ...")
+    and goes on, so an interrupt that lands in one (a progress bar's, a worker queue's) would be
+    lost, and the work would go on to replace its output and exit 0. Call the function just before
+    committing anything.
+    """
+    came: list[int] = []
+
+    def on_ctrl_c(signum, frame):
+        came.append(signum)
+        raise KeyboardInterrupt
+
+    def stop_if_interrupted() -> None:
+        if came:
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield stop_if_interrupted  # only the main thread may set a handler (and only it gets Ctrl-C)
+        return
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield stop_if_interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 def cmd_encode(args: argparse.Namespace) -> None:

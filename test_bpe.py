@@ -710,9 +710,10 @@ def test_text_files_leaves_out_the_toolkits_own_outputs(tmp_path, trained):
             with pytest.raises(TokenizerError, match=f"is {what}, not text$"):
                 bpe.text_files(spec)
     a.unlink()
-    with pytest.raises(TokenizerError, match=r"no \.txt files in it \(only the toolkit's own outputs, such as vocab.txt, which is a vocab file\)"):
+    only_outputs = r"\(only the toolkit's own outputs, such as "
+    with pytest.raises(TokenizerError, match=r"no \.txt files in it " + only_outputs + r"vocab.txt, which is a vocab file"):
         bpe.text_files(tmp_path)
-    with pytest.raises(TokenizerError, match=r"no file matches .* \(only the toolkit's own outputs, such as a.txt.0123"):
+    with pytest.raises(TokenizerError, match=r"no file matches .* " + only_outputs + "a.txt.0123"):
         bpe.text_files(str(tmp_path / "*"))
 
 

@@ -150,7 +150,8 @@ def test_tokenize_a_folder_or_a_glob_as_their_joined_text(tmp_path, data_dir):
 
 def test_a_vocab_file_saved_in_the_text_folder_is_not_read_as_text(tmp_path, data_dir):
     (tmp_path / "books").mkdir()
-    (tmp_path / "books" / "plays.txt").write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:50_000])
+    text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    (tmp_path / "books" / "plays.txt").write_text(text[:50_000], encoding="utf-8")
     for name in ["v1.txt", "v2.txt"]:
         result = run("tokenize", "books", "--vocab-size", 400, "-o", f"books/{name}", cwd=tmp_path)
         assert result.returncode == 0, result.stderr.decode()
@@ -192,6 +193,58 @@ def test_tokenize_from_checkpoint_errors(trained, corpus, tmp_path):
     ]:
         assert message in one_line_error(run("tokenize", *args, "-o", tmp_path / "v.txt"))
     assert not (tmp_path / "v.txt").exists()
+
+
+# A Ctrl-C that lands in a __del__ (here one of our own; in the wild a progress bar's) is printed by
+# Python as "Exception ignored" and would be lost: the tokenizer is then trained and written as if
+# nothing had happened.
+LOSES_A_CTRL_C = """
+import signal, sys
+import bpe, main
+
+class LosesACtrlC:
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)
+
+train = bpe.BPE.train
+def train_and_lose_a_ctrl_c(*args, **kwargs):
+    LosesACtrlC()
+    return train(*args, **kwargs)
+
+bpe.BPE.train = train_and_lose_a_ctrl_c
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+def test_a_ctrl_c_lost_in_a_finalizer_still_stops_tokenize(tmp_path, data_dir):
+    (tmp_path / "v.txt").write_bytes(b"my old vocab")
+    args = ["tokenize", data_dir / "tinyshakespeare.txt", "--vocab-size", 300, "-o", tmp_path / "v.txt", "--overwrite"]
+    result = subprocess.run([sys.executable, "-c", LOSES_A_CTRL_C, *map(str, args)], cwd=ROOT, capture_output=True)
+    err = result.stderr.decode()
+    assert "Exception ignored" in err and "KeyboardInterrupt" in err  # the interrupt was lost where it landed
+    assert result.returncode == 130 and err.endswith("interrupted\n"), err
+    assert (tmp_path / "v.txt").read_bytes() == b"my old vocab"
+    assert os.listdir(tmp_path) == ["v.txt"]  # no temporary file left either
+
+
+def test_ctrl_c_at_any_moment_of_tokenize_exits_130_and_keeps_the_old_vocab(tmp_path, data_dir):
+    with open(data_dir / "gutenberg_en.txt", encoding="utf-8") as f:
+        (tmp_path / "text.txt").write_text(f.read(2_500_000), encoding="utf-8")
+    command = [sys.executable, str(ROOT / "main.py"), "tokenize", "text.txt", "--vocab-size", "16384", "--workers", "2",
+               "-o", "vocab.txt", "--overwrite"]
+    start = time.perf_counter()
+    assert subprocess.run(command, cwd=tmp_path, capture_output=True).returncode == 0
+    whole_run = time.perf_counter() - start
+    old = b"my old vocab"
+    for fraction in [0.15, 0.25, 0.35, 0.45, 0.55, 0.65]:  # never near the end: a Ctrl-C after the write is too late
+        (tmp_path / "vocab.txt").write_bytes(old)
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(fraction * whole_run)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 130, (fraction, err.decode())
+        assert (tmp_path / "vocab.txt").read_bytes() == old, fraction
+        assert sorted(os.listdir(tmp_path)) == ["text.txt", "vocab.txt"]
 
 
 def test_workers_must_be_at_least_one(tmp_path, data_dir):
@@ -247,7 +300,8 @@ def test_usage_errors_exit_2():
 
 
 def test_vocab_size_too_small(data_dir, tmp_path):
-    line = one_line_error(run("tokenize", data_dir / "tinyshakespeare.txt", "--vocab-size", 100, "-o", tmp_path / "v.txt"))
+    result = run("tokenize", data_dir / "tinyshakespeare.txt", "--vocab-size", 100, "-o", tmp_path / "v.txt")
+    line = one_line_error(result)
     assert "at least 256" in line
 
 
