@@ -146,6 +146,9 @@ def text_files(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
 
     spec: a file; a folder (the *.txt files in it and its subfolders, in sorted path order); a glob
     pattern such as "data/*.txt" (the files it matches, sorted); or a list of any of these.
+    The toolkit's own outputs (see _tool_output) are never text: a folder or a glob leaves them out
+    without a word (a vocab file saved beside the corpus is the common case, not a surprise), and a
+    file named on its own that is one is refused.
     """
     if not isinstance(spec, (str, os.PathLike)):
         files = [file for item in spec for file in text_files(item)]
@@ -154,18 +157,48 @@ def text_files(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
         return files
     path = Path(spec)
     if path.is_file():
+        what = _tool_output(path)
+        if what:
+            raise TokenizerError(f"{path} is {what}, not text")
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        found = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        files = [p for p in found if not _tool_output(p)]
         if not files:
-            raise TokenizerError(f"{path} is a directory with no .txt files in it")
+            raise TokenizerError(f"{path} is a directory with no .txt files in it{_only_outputs(found)}")
         return files
     if any(ch in str(spec) for ch in "*?["):
-        files = sorted(Path(m) for m in glob.glob(str(spec), recursive=True) if os.path.isfile(m))
+        found = sorted(Path(m) for m in glob.glob(str(spec), recursive=True) if os.path.isfile(m))
+        files = [p for p in found if not _tool_output(p)]
         if not files:
-            raise TokenizerError(f"no file matches {str(spec)!r}")
+            raise TokenizerError(f"no file matches {str(spec)!r}{_only_outputs(found)}")
         return files
     raise TokenizerError(f"file not found: {spec}")
+
+
+def _tool_output(path: Path) -> str | None:
+    """What the file is if the toolkit wrote it ("a vocab file", ...), else None.
+
+    Vocab files are known by their first line, whatever their name (only its first bytes are read);
+    token caches and metrics logs by the name the toolkit gives them.
+    """
+    if path.name.endswith(".tokens.bin"):
+        return "a token cache"
+    if path.name.endswith(".metrics.jsonl"):
+        return "a metrics log"
+    header = f"{FORMAT_NAME} ".encode()
+    try:
+        with open(path, "rb") as f:
+            return "a vocab file" if f.read(len(header)) == header else None
+    except OSError:
+        return None  # reading it as text will say what is wrong
+
+
+def _only_outputs(found: list[Path]) -> str:
+    """The end of the message for a folder or glob whose only files are the toolkit's outputs."""
+    if not found:
+        return ""
+    return f" (only the toolkit's own outputs, such as {found[0].name}, which is {_tool_output(found[0])})"
 
 
 def workers_problem(workers: int | None) -> str | None:
@@ -498,34 +531,35 @@ def train_merges(
     token_id = {b: i for i, b in enumerate(token_bytes)}
 
     parents: dict[int, tuple[int, int]] = {}
-    bar = tqdm(total=num_tokens - len(token_bytes), desc="merges", unit="token", delay=1.0, disable=not progress, file=sys.stderr)
-    while len(token_bytes) < num_tokens and heap:
-        neg, pair = heapq.heappop(heap)
-        c = pair_count.get(pair, 0)
-        if c <= 0:  # the pair no longer occurs (merges around it took every occurrence away)
-            continue
-        if c != -neg:  # stale entry: put the pair back with its true count
-            heapq.heappush(heap, (-c, pair))
-            continue
-        a, b = pair
-        merged = token_bytes[ord(a)] + token_bytes[ord(b)]
-        new = token_id.get(merged)
-        if new is None:
-            new = token_id[merged] = len(token_bytes)
-            token_bytes.append(merged)
-            parents[new] = (ord(a), ord(b))
-            bar.update(1)
+    # Closed by the `with` however the loop ends (Ctrl-C included), rather than later by the bar's __del__.
+    with tqdm(total=num_tokens - len(token_bytes), desc="merges", unit="token", delay=1.0, disable=not progress,
+              file=sys.stderr) as bar:
+        while len(token_bytes) < num_tokens and heap:
+            neg, pair = heapq.heappop(heap)
+            c = pair_count.get(pair, 0)
+            if c <= 0:  # the pair no longer occurs (merges around it took every occurrence away)
+                continue
+            if c != -neg:  # stale entry: put the pair back with its true count
+                heapq.heappush(heap, (-c, pair))
+                continue
+            a, b = pair
+            merged = token_bytes[ord(a)] + token_bytes[ord(b)]
+            new = token_id.get(merged)
+            if new is None:
+                new = token_id[merged] = len(token_bytes)
+                token_bytes.append(merged)
+                parents[new] = (ord(a), ord(b))
+                bar.update(1)
 
-        grown: set[str] = set()  # pairs with the new token, whose counts grew
-        for wi in where.pop(pair):
-            if pair in words[wi]:  # else a stale entry: an earlier merge took the pair away
-                words[wi] = _merge_in_word(words[wi], a, b, chr(new), counts[wi], pair_count, grown, where, wi)
-        del pair_count[pair]
-        for p in grown:
-            # A pair can be gained at one site and lost at the next ("aaaa": (new, a) nets 0).
-            if pair_count[p] > 0:
-                heapq.heappush(heap, (-pair_count[p], p))
-    bar.close()
+            grown: set[str] = set()  # pairs with the new token, whose counts grew
+            for wi in where.pop(pair):
+                if pair in words[wi]:  # else a stale entry: an earlier merge took the pair away
+                    words[wi] = _merge_in_word(words[wi], a, b, chr(new), counts[wi], pair_count, grown, where, wi)
+            del pair_count[pair]
+            for p in grown:
+                # A pair can be gained at one site and lost at the next ("aaaa": (new, a) nets 0).
+                if pair_count[p] > 0:
+                    heapq.heappush(heap, (-pair_count[p], p))
     return parents
 
 
@@ -734,7 +768,10 @@ class BPE:
         specials = set(special_tokens.values())
         self._ranks = {b: i for i, b in enumerate(tokens) if i not in specials and b is not None}
         if len(self._ranks) != len(tokens) - sum(1 for i in specials if i < len(tokens)):
-            raise TokenizerError("two ordinary tokens have the same bytes")
+            # The dict kept the last id of each bytes value, so the first duplicate maps elsewhere.
+            i = next(i for i, b in enumerate(tokens) if i not in specials and b is not None and self._ranks[b] != i)
+            raise TokenizerError(f"ordinary tokens {i} and {self._ranks[tokens[i]]} have the same bytes "
+                                 f"{token_to_text(tokens[i])}")
         missing = [b for b in range(256) if bytes([b]) not in self._ranks]
         if missing:
             raise TokenizerError(f"the vocabulary lacks the single byte 0x{missing[0]:02x}; every byte must be a token")
@@ -1032,6 +1069,9 @@ class BPE:
             raise TokenizerError(f"{name}:{lineno}: {why}")
 
         decode_json = json.JSONDecoder().raw_decode
+        # A file saved with Windows line ends (CRLF) reads as well: a CR inside a token or pattern is
+        # written as the JSON escape \r, so a raw CR can only end a line.
+        lines = [line.removesuffix("\r") for line in lines]
         if not lines or lines[0] != f"{FORMAT_NAME} {FORMAT_VERSION}":
             if lines and lines[0].startswith(FORMAT_NAME + " "):
                 fail(1, f"vocab format {lines[0].split()[1]!r} is not supported (this version reads {FORMAT_VERSION})")
@@ -1052,7 +1092,7 @@ class BPE:
                     expected_tokens = int(rest)
                 elif expected_tokens is not None:
                     text, end = decode_json(rest)
-                    tokens.append((int(key), text_to_token(text)))
+                    tokens.append((int(key), text_to_token(text), lineno))
                     pair = rest[end:].split()
                     if pair:
                         if len(pair) != 2:
@@ -1070,14 +1110,24 @@ class BPE:
             fail(len(lines), f"the header promises {expected_tokens} tokens but the file has {len(tokens)}")
         n = len(tokens) + len(specials)
         by_id: list[bytes | None] = [None] * n
-        for i, token in tokens:
+        line_of: dict[int, int] = {}  # token id -> its line, for the checks below
+        first_with: dict[bytes, int] = {}  # token bytes -> the first id that has them
+        for i, token, lineno in tokens:
             if not 0 <= i < n or by_id[i] is not None:
-                raise TokenizerError(f"{name}: token id {i} is out of range or repeated")
-            by_id[i] = token
+                fail(lineno, f"token id {i} is out of range or repeated")
+            if token in first_with:  # __init__ would refuse it too, but could not say where
+                fail(lineno, f"tokens {first_with[token]} and {i} have the same bytes {token_to_text(token)}")
+            by_id[i], line_of[i], first_with[token] = token, lineno, i
         for s, i in specials.items():
             if not 0 <= i < n or by_id[i] is not None:
                 raise TokenizerError(f"{name}: special token id {i} is out of range or taken")
-        ordinary = by_id[: max(i for i, _ in tokens) + 1] if tokens else []
+        for i, pair in parents.items():
+            # Encoding never reads these columns, so a hand edit that breaks them would go unnoticed
+            # until another tool (or a reader) trusted them.
+            problem = _merge_problem(i, pair, by_id)
+            if problem:
+                fail(line_of[i], problem)
+        ordinary = by_id[: max(i for i, _, _ in tokens) + 1] if tokens else []
         return cls(ordinary, specials, pattern, parents)
 
     @classmethod
@@ -1114,6 +1164,19 @@ class BPE:
                 left, right = line.split(" ")
                 parents[encoder[left + right]] = (encoder[left], encoder[right])
         return cls(ordinary, specials, GPT2_PATTERN, parents)
+
+
+def _merge_problem(i: int, pair: tuple[int, int], by_id: list[bytes | None]) -> str | None:
+    """What is wrong with a vocab line's claim that token i was merged from `pair`, or None.
+    by_id holds each ordinary token's bytes (None at special tokens' ids)."""
+    for part in pair:
+        if not 0 <= part < len(by_id) or by_id[part] is None:
+            return f"token {i} is said to be merged from id {part}, which is not an ordinary token"
+    left, right = by_id[pair[0]], by_id[pair[1]]
+    if left + right != by_id[i]:
+        return (f"token {i} is {token_to_text(by_id[i])}, but the tokens it is said to be merged from "
+                f"({pair[0]} {pair[1]}) join to {token_to_text(left + right)}")
+    return None
 
 
 def _names_path(text_or_path) -> bool:

@@ -20,7 +20,9 @@ import contextlib
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 import typing
 from dataclasses import fields
@@ -80,18 +82,85 @@ def parse_ids(text: str) -> list[int]:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> None:
-    files = text_inputs(args.file)
+    check_tokenize_args(args)
+    files = text_inputs(args.file) if args.file else []  # a bad text is reported before a taken output
+    if os.path.exists(args.output) and not args.overwrite:
+        raise UserError(f"{args.output} already exists: pass --overwrite to replace it, or choose another -o")
+    with ctrl_c_remembered() as stop_if_interrupted:
+        if args.from_checkpoint:
+            tok = tokenizer_of_checkpoint(args.from_checkpoint)
+            made = f"the tokenizer of {args.from_checkpoint}"
+        else:
+            tok, made = train_tokenizer(args, files)
+        with bpe.atomic_write(args.output, "w") as f:
+            f.write(tok.to_text())
+            stop_if_interrupted()  # raised inside the block, it removes the new file: the old one stays
+    print(f"wrote {args.output}: {tok.vocab_size} tokens ({len(tok.merges)} merges), {made}, hash {tok.hash[:16]}")
+
+
+def check_tokenize_args(args: argparse.Namespace) -> None:
+    """Where the tokenizer comes from: a text or a checkpoint, exactly one, with flags that fit it."""
+    if (args.file is None) == (args.from_checkpoint is None):
+        raise UserError("give a text to learn from or --from-checkpoint MODEL.pt (exactly one of them)")
+    training_flags = {"--vocab-size": args.vocab_size, "--pattern": args.pattern, "--workers": args.workers}
+    given = [flag for flag, value in training_flags.items() if value is not None]
+    if args.from_checkpoint and given:
+        raise UserError(f"{given[0]} is for learning from a text: --from-checkpoint writes the tokenizer stored in "
+                        f"the checkpoint as it is")
+
+
+def train_tokenizer(args: argparse.Namespace, files: list) -> tuple[bpe.BPE, str]:
+    """A tokenizer learned from the text files of `tokenize`, and how it was made (for the last line)."""
     size = sum(os.path.getsize(f) for f in files)
     vocab_size = args.vocab_size or bpe.recommended_vocab_size(size)
+    pattern = {"pattern": args.pattern} if args.pattern else {}  # else BPE.train's default
     start = time.perf_counter()
-    tok = bpe.BPE.train(files, vocab_size, pattern=args.pattern, progress=True, workers=args.workers)
+    tok = bpe.BPE.train(files, vocab_size, progress=True, workers=args.workers, **pattern)
     seconds = time.perf_counter() - start
     if tok.vocab_size < vocab_size:
         print(f"note: the text offers only {tok.vocab_size} tokens' worth of merges", file=sys.stderr)
-    tok.save(args.output)
     if args.vocab_size is None:
         print(f"vocab size {vocab_size}: recommended for {size:,} bytes (choose with --vocab-size)")
-    print(f"wrote {args.output}: {tok.vocab_size} tokens ({len(tok.merges)} merges), trained in {seconds:.1f} s, hash {tok.hash[:16]}")
+    return tok, f"trained in {seconds:.1f} s"
+
+
+def tokenizer_of_checkpoint(path: str) -> bpe.BPE:
+    from gpt2_llm.loading import load
+
+    tok = load(path).tokenizer
+    if tok is None:
+        raise UserError(f"{path} holds model weights only, no tokenizer (it was saved by GPT2.save)")
+    return tok
+
+
+@contextlib.contextmanager
+def ctrl_c_remembered() -> typing.Iterator[typing.Callable[[], None]]:
+    """Within the block Ctrl-C raises KeyboardInterrupt as usual, and is also remembered: the
+    function the block gets raises it again if one came.
+
+    Python only prints an exception raised in a __del__ or a finalizer ("Exception ignored in ...")
+    and goes on, so an interrupt that lands in one (a progress bar's, a worker queue's) would be
+    lost, and the work would go on to replace its output and exit 0. Call the function just before
+    committing anything.
+    """
+    came: list[int] = []
+
+    def on_ctrl_c(signum, frame):
+        came.append(signum)
+        raise KeyboardInterrupt
+
+    def stop_if_interrupted() -> None:
+        if came:
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield stop_if_interrupted  # only the main thread may set a handler (and only it gets Ctrl-C)
+        return
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield stop_if_interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
@@ -388,11 +457,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="A GPT-2 toolkit: byte-level BPE tokenizer, training, generation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
-    p = sub.add_parser("tokenize", help="train a BPE tokenizer on a text file", description="Train a byte-level BPE tokenizer on UTF-8 text and write its vocab file.")
-    p.add_argument("file", help=TEXT_INPUT_HELP % "learn from")
+    p = sub.add_parser("tokenize", help="train a BPE tokenizer on a text file", description="Train a byte-level BPE tokenizer on UTF-8 text and write its vocab file, or write the one a checkpoint holds.")
+    p.add_argument("file", nargs="?", default=None, help=TEXT_INPUT_HELP % "learn from")
+    p.add_argument("--from-checkpoint", metavar="MODEL.pt", default=None, help="write the tokenizer stored in a checkpoint instead of learning one (no text then)")
     p.add_argument("--vocab-size", type=int, default=None, help="tokens in all: 256 bytes + merges + special tokens (default: chosen from the file size, see bpe.recommended_vocab_size)")
-    p.add_argument("--pattern", choices=sorted(bpe.PATTERNS), default="gpt2", help="pre-tokenization regex (default: gpt2)")
+    # No default here, so that a --pattern given with --from-checkpoint can be refused; BPE.train has it.
+    p.add_argument("--pattern", choices=sorted(bpe.PATTERNS), default=None, help="pre-tokenization regex (default: gpt2)")
     p.add_argument("-o", "--output", default=DEFAULT_VOCAB, help=f"vocab file to write (default: {DEFAULT_VOCAB})")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     p.add_argument("--workers", type=int, default=None, help="processes that pre-tokenize the text (default: one per core for texts over 8 MB)")
     p.set_defaults(func=cmd_tokenize)
 

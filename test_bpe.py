@@ -498,6 +498,48 @@ def test_vocab_missing_byte_or_duplicate(tmp_path, trained):
         BPE.load(tmp_path / "gap.txt")
 
 
+def test_vocab_file_with_windows_line_ends_loads(tmp_path, trained):
+    trained.save(tmp_path / "v.txt")
+    (tmp_path / "crlf.txt").write_bytes((tmp_path / "v.txt").read_bytes().replace(b"\n", b"\r\n"))
+    assert BPE.load(tmp_path / "crlf.txt").hash == trained.hash
+
+
+def edited_vocab(tmp_path: Path, tokenizer: BPE, edit: dict[str, str]) -> tuple[Path, dict[str, int]]:
+    """The tokenizer's vocab file with the line starting "<id> " replaced, for each id in `edit`;
+    and the line number of each replaced line."""
+    lines = tokenizer.to_text().split("\n")
+    numbers = {}
+    for n, line in enumerate(lines):
+        key = line.split(" ")[0]
+        if key in edit:
+            lines[n], numbers[key] = edit[key], n + 1
+    path = tmp_path / "edited.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path, numbers
+
+
+@pytest.mark.parametrize("line,message", [
+    ('256 "ot" 5000 116', "token 256 is said to be merged from id 5000, which is not an ordinary token"),
+    ('256 "ot" 111 257', "token 256 is said to be merged from id 257, which is not an ordinary token"),  # <|endoftext|>
+    ('256 "xyz" 111 116', 'token 256 is "xyz", but the tokens it is said to be merged from (111 116) join to "ot"'),
+])
+def test_merge_columns_that_disagree_with_the_bytes_are_refused(tmp_path, line, message):
+    tokenizer = BPE([bytes([b]) for b in range(256)] + [b"ot"], {ENDOFTEXT: 257}, merges={256: (111, 116)})
+    path, numbers = edited_vocab(tmp_path, tokenizer, {"256": line})
+    with pytest.raises(TokenizerError) as e:
+        BPE.load(path)
+    assert str(e.value) == f"{path}:{numbers['256']}: {message}"
+
+
+def test_duplicate_token_names_its_line_and_both_ids(tmp_path, trained):
+    path, numbers = edited_vocab(tmp_path, trained, {"66": '66 "A"'})
+    with pytest.raises(TokenizerError) as e:
+        BPE.load(path)
+    assert str(e.value) == f'{path}:{numbers["66"]}: tokens 65 and 66 have the same bytes "A"'
+    with pytest.raises(TokenizerError, match='ordinary tokens 65 and 66 have the same bytes "A"'):
+        BPE([bytes([b]) for b in range(256)][:66] + [b"A"] + [bytes([b]) for b in range(67, 256)])
+
+
 def test_load_gpt2_folder(data_dir, gpt2):
     assert BPE.load(data_dir / "gpt2").hash == gpt2.hash
 
@@ -651,6 +693,28 @@ def test_text_files_takes_a_file_folder_glob_or_list(tmp_path):
                           (str(tmp_path / "*.csv"), "no file matches"), ([], "no text files")]:
         with pytest.raises(TokenizerError, match=message):
             bpe.text_files(spec)
+
+
+def test_text_files_leaves_out_the_toolkits_own_outputs(tmp_path, trained):
+    (tmp_path / "a.txt").write_text("text", encoding="utf-8")
+    trained.save(tmp_path / "vocab.txt")  # known by its first line, not its name
+    (tmp_path / "a.txt.0123456789abcdef.tokens.bin").write_bytes(b"\x01\x00")
+    (tmp_path / "model.metrics.jsonl").write_text('{"step": 1}\n', encoding="utf-8")
+    a = tmp_path / "a.txt"
+    assert bpe.text_files(tmp_path) == [a]
+    assert bpe.text_files(str(tmp_path / "*")) == [a]
+    assert bpe.text_files([tmp_path, str(tmp_path / "*")]) == [a, a]
+    for name, what in [("vocab.txt", "a vocab file"), ("a.txt.0123456789abcdef.tokens.bin", "a token cache"),
+                       ("model.metrics.jsonl", "a metrics log")]:
+        for spec in [tmp_path / name, [a, tmp_path / name]]:  # named on its own, alone or in a list
+            with pytest.raises(TokenizerError, match=f"is {what}, not text$"):
+                bpe.text_files(spec)
+    a.unlink()
+    only_outputs = r"\(only the toolkit's own outputs, such as "
+    with pytest.raises(TokenizerError, match=r"no \.txt files in it " + only_outputs + r"vocab.txt, which is a vocab file"):
+        bpe.text_files(tmp_path)
+    with pytest.raises(TokenizerError, match=r"no file matches .* " + only_outputs + "a.txt.0123"):
+        bpe.text_files(str(tmp_path / "*"))
 
 
 @pytest.fixture

@@ -148,6 +148,105 @@ def test_tokenize_a_folder_or_a_glob_as_their_joined_text(tmp_path, data_dir):
     assert (tmp_path / "glob.vocab").read_bytes() == (tmp_path / "joined.vocab").read_bytes()
 
 
+def test_a_vocab_file_saved_in_the_text_folder_is_not_read_as_text(tmp_path, data_dir):
+    (tmp_path / "books").mkdir()
+    text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    (tmp_path / "books" / "plays.txt").write_text(text[:50_000], encoding="utf-8")
+    for name in ["v1.txt", "v2.txt"]:
+        result = run("tokenize", "books", "--vocab-size", 400, "-o", f"books/{name}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "books" / "v2.txt").read_bytes() == (tmp_path / "books" / "v1.txt").read_bytes()
+    line = one_line_error(run("tokenize", "books/v1.txt", "-o", "v3.txt", cwd=tmp_path))
+    assert line == "error: books/v1.txt is a vocab file, not text"
+
+
+def test_tokenize_replaces_an_existing_vocab_file_only_with_overwrite(tmp_path, data_dir):
+    (tmp_path / "v.txt").write_bytes(b"my old vocab")
+    args = ["tokenize", data_dir / "tinyshakespeare.txt", "--vocab-size", 300, "-o", tmp_path / "v.txt"]
+    line = one_line_error(run(*args))
+    assert line == f"error: {tmp_path / 'v.txt'} already exists: pass --overwrite to replace it, or choose another -o"
+    assert (tmp_path / "v.txt").read_bytes() == b"my old vocab"
+    assert run(*args, "--overwrite").returncode == 0
+    assert bpe.BPE.load(tmp_path / "v.txt").vocab_size == 300
+
+
+def test_tokenize_from_checkpoint_writes_the_stored_tokenizer(trained, tmp_path):
+    from gpt2_llm.loading import load
+
+    result = run("tokenize", "--from-checkpoint", trained, "-o", tmp_path / "v.txt")
+    assert result.returncode == 0, result.stderr.decode()
+    stored = load(trained).tokenizer
+    assert bpe.BPE.load(tmp_path / "v.txt").hash == stored.hash
+    assert f"the tokenizer of {trained}, hash {stored.hash[:16]}" in result.stdout.decode()
+
+
+def test_tokenize_from_checkpoint_errors(trained, corpus, tmp_path):
+    from gpt2_llm import GPT2
+
+    GPT2.load(trained).save(tmp_path / "weights.pt")
+    for args, message in [
+        ([], "give a text to learn from or --from-checkpoint MODEL.pt (exactly one of them)"),
+        ([corpus, "--from-checkpoint", trained], "give a text to learn from or --from-checkpoint MODEL.pt"),
+        (["--from-checkpoint", trained, "--pattern", "gpt4"], "--pattern is for learning from a text"),
+        (["--from-checkpoint", tmp_path / "weights.pt"], "weights.pt holds model weights only, no tokenizer"),
+        (["--from-checkpoint", tmp_path / "nope.pt"], "checkpoint not found"),
+    ]:
+        assert message in one_line_error(run("tokenize", *args, "-o", tmp_path / "v.txt"))
+    assert not (tmp_path / "v.txt").exists()
+
+
+# A Ctrl-C that lands in a __del__ (here one of our own; in the wild a progress bar's) is printed by
+# Python as "Exception ignored" and would be lost: the tokenizer is then trained and written as if
+# nothing had happened.
+LOSES_A_CTRL_C = """
+import signal, sys
+import bpe, main
+
+class LosesACtrlC:
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)
+
+train = bpe.BPE.train
+def train_and_lose_a_ctrl_c(*args, **kwargs):
+    LosesACtrlC()
+    return train(*args, **kwargs)
+
+bpe.BPE.train = train_and_lose_a_ctrl_c
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+def test_a_ctrl_c_lost_in_a_finalizer_still_stops_tokenize(tmp_path, data_dir):
+    (tmp_path / "v.txt").write_bytes(b"my old vocab")
+    args = ["tokenize", data_dir / "tinyshakespeare.txt", "--vocab-size", 300, "-o", tmp_path / "v.txt", "--overwrite"]
+    result = subprocess.run([sys.executable, "-c", LOSES_A_CTRL_C, *map(str, args)], cwd=ROOT, capture_output=True)
+    err = result.stderr.decode()
+    assert "Exception ignored" in err and "KeyboardInterrupt" in err  # the interrupt was lost where it landed
+    assert result.returncode == 130 and err.endswith("interrupted\n"), err
+    assert (tmp_path / "v.txt").read_bytes() == b"my old vocab"
+    assert os.listdir(tmp_path) == ["v.txt"]  # no temporary file left either
+
+
+def test_ctrl_c_at_any_moment_of_tokenize_exits_130_and_keeps_the_old_vocab(tmp_path, data_dir):
+    with open(data_dir / "gutenberg_en.txt", encoding="utf-8") as f:
+        (tmp_path / "text.txt").write_text(f.read(2_500_000), encoding="utf-8")
+    command = [sys.executable, str(ROOT / "main.py"), "tokenize", "text.txt", "--vocab-size", "16384", "--workers", "2",
+               "-o", "vocab.txt", "--overwrite"]
+    start = time.perf_counter()
+    assert subprocess.run(command, cwd=tmp_path, capture_output=True).returncode == 0
+    whole_run = time.perf_counter() - start
+    old = b"my old vocab"
+    for fraction in [0.15, 0.25, 0.35, 0.45, 0.55, 0.65]:  # never near the end: a Ctrl-C after the write is too late
+        (tmp_path / "vocab.txt").write_bytes(old)
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(fraction * whole_run)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 130, (fraction, err.decode())
+        assert (tmp_path / "vocab.txt").read_bytes() == old, fraction
+        assert sorted(os.listdir(tmp_path)) == ["text.txt", "vocab.txt"]
+
+
 def test_workers_must_be_at_least_one(tmp_path, data_dir):
     text = data_dir / "tinyshakespeare.txt"
     line = one_line_error(run("tokenize", text, "--workers", 0, "-o", tmp_path / "v.txt"))
@@ -200,8 +299,9 @@ def test_usage_errors_exit_2():
     assert run("tokenize", "x.txt", "--vocab-size", "many").returncode == 2
 
 
-def test_vocab_size_too_small(data_dir):
-    line = one_line_error(run("tokenize", data_dir / "tinyshakespeare.txt", "--vocab-size", 100, "-o", "/dev/null"))
+def test_vocab_size_too_small(data_dir, tmp_path):
+    result = run("tokenize", data_dir / "tinyshakespeare.txt", "--vocab-size", 100, "-o", tmp_path / "v.txt")
+    line = one_line_error(result)
     assert "at least 256" in line
 
 
