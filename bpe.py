@@ -201,6 +201,22 @@ def _only_outputs(found: list[Path]) -> str:
     return f" (only the toolkit's own outputs, such as {found[0].name}, which is {_tool_output(found[0])})"
 
 
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def text_digest(files: list[Path]) -> str:
+    """SHA-256 naming the text of these files, in order: a file's own SHA-256, or for several the
+    SHA-256 of theirs, one a line. A vocab file records it, and so does the token cache's name."""
+    if len(files) == 1:
+        return file_sha256(files[0])
+    return hashlib.sha256("".join(file_sha256(f) + "\n" for f in files).encode()).hexdigest()
+
+
 def workers_problem(workers: int | None) -> str | None:
     """What is wrong with a number of worker processes (the --workers flag), or None: the one check
     of it, used by training and encoding here and by the trainer's config."""
@@ -756,6 +772,9 @@ class BPE:
         self.pattern = PATTERNS.get(pattern, pattern)
         self.special_tokens = special_tokens
         self._parents = dict(merges or {})
+        # What the tokenizer was learned from ({"text": names, "bytes": size, "sha256": text_digest}),
+        # recorded by train and kept in the file; not part of the hash (it changes no encoding).
+        self.trained_on: dict | None = None
         n = max(len(tokens), max(special_tokens.values(), default=-1) + 1)
         decoder: list[bytes | None] = list(tokens) + [None] * (n - len(tokens))
         for s, i in special_tokens.items():
@@ -1005,7 +1024,14 @@ class BPE:
         token_bytes = [bytes([b]) for b in range(256)]
         parents = train_merges(words, list(counts.values()), token_bytes, vocab_size - len(special_tokens), progress)
         specials = {s: len(token_bytes) + k for k, s in enumerate(special_tokens)}
-        return cls(token_bytes, specials, pattern, parents)
+        tokenizer = cls(token_bytes, specials, pattern, parents)
+        if _names_path(text_or_path):
+            names = ", ".join(str(f) for f in files[:3]) + (f" and {len(files) - 3} more files" if len(files) > 3 else "")
+            tokenizer.trained_on = {"text": names, "bytes": num_bytes, "sha256": text_digest(files)}
+        else:
+            digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+            tokenizer.trained_on = {"text": "a str", "bytes": num_bytes, "sha256": digest}
+        return tokenizer
 
     # ---- files --------------------------------------------------------------------------------
 
@@ -1020,6 +1046,7 @@ class BPE:
         Layout, one item a line:
             bpe-vocab 1                       format name and version
             pattern "<regex as JSON>"
+            trained_on {"text": ..., "bytes": ..., "sha256": ...}   what it was learned from (optional)
             special <id> "<text as JSON>"     one line per special token
             tokens <count>                    then one line per ordinary token, in id order:
             <id> "<bytes as JSON>" [<left id> <right id>]   (the pair it was merged from)
@@ -1028,6 +1055,8 @@ class BPE:
         """
         specials = set(self.special_tokens.values())
         lines = [f"{FORMAT_NAME} {FORMAT_VERSION}", f"pattern {json.dumps(self.pattern)}"]
+        if self.trained_on is not None:
+            lines.append(f"trained_on {json.dumps(self.trained_on, ensure_ascii=False)}")
         lines += [f"special {i} {json.dumps(s)}" for s, i in sorted(self.special_tokens.items(), key=lambda kv: kv[1])]
         lines.append(f"tokens {len(self._ranks)}")
         for i, token in enumerate(self._decoder):
@@ -1076,7 +1105,7 @@ class BPE:
             if lines and lines[0].startswith(FORMAT_NAME + " "):
                 fail(1, f"vocab format {lines[0].split()[1]!r} is not supported (this version reads {FORMAT_VERSION})")
             fail(1, f"not a vocab file (it should start with '{FORMAT_NAME} {FORMAT_VERSION}')")
-        pattern, specials, tokens, parents = None, {}, [], {}
+        pattern, specials, tokens, parents, trained_on = None, {}, [], {}, None
         expected_tokens = None
         for lineno, line in enumerate(lines[1:], start=2):
             if not line:
@@ -1085,6 +1114,10 @@ class BPE:
             try:
                 if expected_tokens is None and key == "pattern":
                     pattern = json.loads(rest)
+                elif expected_tokens is None and key == "trained_on":
+                    trained_on = json.loads(rest)
+                    if not isinstance(trained_on, dict):
+                        fail(lineno, "trained_on must be a JSON object")
                 elif expected_tokens is None and key == "special":
                     sid, _, text = rest.partition(" ")
                     specials[json.loads(text)] = int(sid)
@@ -1128,7 +1161,9 @@ class BPE:
             if problem:
                 fail(line_of[i], problem)
         ordinary = by_id[: max(i for i, _, _ in tokens) + 1] if tokens else []
-        return cls(ordinary, specials, pattern, parents)
+        tokenizer = cls(ordinary, specials, pattern, parents)
+        tokenizer.trained_on = trained_on
+        return tokenizer
 
     @classmethod
     def from_gpt2(cls, encoder_json_path: str | os.PathLike, vocab_bpe_path: str | os.PathLike) -> "BPE":

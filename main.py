@@ -241,6 +241,8 @@ def new_run(args: argparse.Namespace, files: list, overrides: dict, ranks, say):
 
     train_config = TrainConfig(**overrides)
     found = load_tokenizer(args.vocab_file) if os.path.exists(args.vocab_file) else None
+    if found is not None:
+        say(found_vocab_note(found, args.vocab_file, files, args.file), file=sys.stderr)
     vocab_size = found.vocab_size if found else args.vocab_size or bpe.recommended_vocab_size(text_bytes(files))
     config = model_config(args, vocab_size)
     device = pick_device(ranks.device_name(train_config.device))
@@ -318,6 +320,18 @@ def check_continued_shape(args: argparse.Namespace, stored, tokenizer: bpe.BPE, 
 
 def _silent(*args, **kwargs) -> None:
     """print() for the ranks other than 0 under torchrun: rank 0 speaks for the run."""
+
+
+def found_vocab_note(tokenizer: bpe.BPE, path: str, files: list, spec: str) -> str:
+    """Which vocab file a new run uses, and a warning when it was learned from another text."""
+    origin, size = tokenizer.trained_on, f"{tokenizer.vocab_size:,} tokens"
+    if origin is None:
+        return f"using {path}, found here ({size}; what it was learned from is not recorded)"
+    if origin.get("sha256") == bpe.text_digest(files):
+        return f"using {path}, found here ({size}, learned from this text)"
+    return (f"warning: using {path}, found here, which was learned from another text ({origin.get('text')}, "
+            f"{origin.get('bytes', 0):,} bytes), not from {spec}; to learn a vocabulary from {spec}, "
+            f"give another vocab file name")
 
 
 def text_bytes(files: list) -> int:

@@ -750,3 +750,15 @@ def test_several_files_train_as_their_joined_text(corpus):
     assert BPE.train(folder, vocab_size=500).hash == expected.hash
     assert BPE.train(str(folder), vocab_size=500, workers=2).hash == expected.hash
     assert BPE.train(sorted(folder.rglob("*.txt")), vocab_size=500).hash == expected.hash
+
+
+def test_a_trained_tokenizer_records_its_text_outside_the_hash(tmp_path):
+    (tmp_path / "a.txt").write_text("the quick brown fox " * 40)
+    tok = BPE.train(tmp_path / "a.txt", vocab_size=270)
+    assert tok.trained_on == {"text": str(tmp_path / "a.txt"), "bytes": 800,
+                              "sha256": bpe.file_sha256(tmp_path / "a.txt")}
+    tok.save(tmp_path / "v.txt")
+    again = BPE.load(tmp_path / "v.txt")
+    assert again.trained_on == tok.trained_on and again.hash == tok.hash
+    unrecorded = BPE.from_text("\n".join(line for line in tok.to_text().split("\n") if not line.startswith("trained_on")))
+    assert unrecorded.trained_on is None and unrecorded.hash == tok.hash  # files written before it still load

@@ -711,3 +711,17 @@ def test_two_runs_into_one_out_the_second_is_refused(corpus, tmp_path):
     (tmp_path / "m.pt.lock").write_text("12345\n")
     again = run(*args[:-len(TRAIN) - 2], "--steps", 2, *TRAIN, "--overwrite")
     assert again.returncode == 0, again.stderr.decode()
+
+
+def test_a_vocab_found_from_another_text_is_named_and_a_new_one_records_its_text(tmp_path, corpus):
+    (tmp_path / "code.txt").write_text((ROOT / "bpe.py").read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "shakes.txt").write_bytes(corpus.read_bytes())
+    first = run("train", "code.txt", "--steps", 2, *TRAIN, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr.decode()
+    assert b"wrote vocab.txt: 300 tokens learned from code.txt" in first.stderr
+    assert bpe.BPE.load(tmp_path / "vocab.txt").trained_on["text"] == "code.txt"
+    second = run("train", "shakes.txt", "--steps", 2, *TRAIN, "--out", "shakes.pt", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr.decode()
+    assert b"warning: using vocab.txt, found here, which was learned from another text (code.txt" in second.stderr
+    again = run("train", "code.txt", "--steps", 2, *TRAIN, "--out", "code2.pt", cwd=tmp_path)
+    assert b"using vocab.txt, found here (300 tokens, learned from this text)" in again.stderr

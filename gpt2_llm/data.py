@@ -30,21 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bpe import TokenizerError, UserError, atomic_write, text_files, token_typecode
+from bpe import TokenizerError, UserError, atomic_write, text_digest, text_files, token_typecode
 
 CACHE_ENV = "GPT2_TOOLKIT_CACHE"  # where token files go when the text's own folder is read-only
 
 
 class DataError(UserError):
     """A problem with the training text that the user can fix (one-line message)."""
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -71,12 +63,10 @@ def token_file_path(text_path, tokenizer) -> Path:
 
 
 def _token_file_path(files: list[Path], tokenizer) -> Path:
+    key = hashlib.sha256((text_digest(files) + tokenizer.hash).encode()).hexdigest()[:16]  # the files' order counts
     if len(files) == 1:
-        key = hashlib.sha256((file_sha256(files[0]) + tokenizer.hash).encode()).hexdigest()[:16]
         folder, name = files[0].resolve().parent, files[0].name
     else:
-        digests = "".join(file_sha256(f) + "\n" for f in files)  # the files' order matters too
-        key = hashlib.sha256((digests + tokenizer.hash).encode()).hexdigest()[:16]
         common = Path(os.path.commonpath([f.resolve().parent for f in files]))
         folder, name = common.parent, common.name or "corpus"  # "corpus" if the common folder is /
     if not os.access(folder, os.W_OK):
