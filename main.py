@@ -91,7 +91,7 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
             tok = tokenizer_of_checkpoint(args.from_checkpoint)
             made = f"the tokenizer of {args.from_checkpoint}"
         else:
-            tok, made = train_tokenizer(args, files)
+            tok, made = learn_vocab(args, files)
         with bpe.atomic_write(args.output, "w") as f:
             f.write(tok.to_text())
             stop_if_interrupted()  # raised inside the block, it removes the new file: the old one stays
@@ -109,7 +109,7 @@ def check_tokenize_args(args: argparse.Namespace) -> None:
                         f"the checkpoint as it is")
 
 
-def train_tokenizer(args: argparse.Namespace, files: list) -> tuple[bpe.BPE, str]:
+def learn_vocab(args: argparse.Namespace, files: list) -> tuple[bpe.BPE, str]:
     """A tokenizer learned from the text files of `tokenize`, and how it was made (for the last line)."""
     size = sum(os.path.getsize(f) for f in files)
     vocab_size = args.vocab_size or bpe.recommended_vocab_size(size)
@@ -251,7 +251,7 @@ def new_run(args: argparse.Namespace, files: list, overrides: dict, ranks, say):
         ranks.barrier()  # rank 0 trains the tokenizer if there is none yet; the others then load it
         tokenizer = load_tokenizer(args.vocab_file)
     else:
-        tokenizer = found or train_tokenizer(args, files, vocab_size, train_config, config.block_size, say)
+        tokenizer = found or learn_run_vocab(args, files, vocab_size, train_config, config.block_size, say)
         ranks.barrier()
     torch_seed(train_config.seed)
     return Trainer(GPT2(model_config(args, tokenizer.vocab_size)), tokenizer, train_config)
@@ -338,7 +338,7 @@ def text_bytes(files: list) -> int:
     return sum(os.path.getsize(f) for f in files)
 
 
-def train_tokenizer(args, files: list, vocab_size: int, train_config, block_size: int, say) -> bpe.BPE:
+def learn_run_vocab(args, files: list, vocab_size: int, train_config, block_size: int, say) -> bpe.BPE:
     """A tokenizer learned from the training text, saved as the vocab file once the text has proved
     long enough to train on (the token file it makes is the one training reads)."""
     from gpt2_llm.data import load_tokens, split_tokens
