@@ -169,6 +169,9 @@ class _Run:
     flops_per_step: int  # model FLOPs of one optimizer step, over all processes
     peak: float  # the device's peak FLOP/s
     first_step_done: float = 0.0
+    eval_seconds: float | None = None  # what the last evaluation-and-save took
+    eval_total: float = 0.0  # the time of all of them: not the training steps' time
+    fitted_with_eval: bool = False  # has the schedule been fitted knowing an evaluation's cost?
     plotted_at: float = -math.inf
     result: dict = field(default_factory=dict)
 
@@ -341,24 +344,35 @@ class Trainer:
 
     def _fit_schedule_to_budget(self, run: _Run) -> None:
         """With a time budget, fit the schedule to the speed of the first steps (the very first one
-        also warms up, so it is not timed), then once more a tenth of the way in."""
+        also warms up, so it is not timed), again a tenth of the way in, and once more after the
+        first evaluation, whose cost (evaluation, sample, save, picture) is then known."""
         done = self.step - run.start_step
         if done == 1:
             run.first_step_done = self.clock()
-        if run.fitting and done >= 2 and (done == 10 or self.clock() >= run.refit_at):
+        if self.config.minutes is None or done < 2:
+            return
+        by_speed = run.fitting and (done == 10 or self.clock() >= run.refit_at)
+        by_evaluation = run.eval_seconds is not None and not run.fitted_with_eval
+        if by_speed or by_evaluation:
             fitted = self._steps_in_budget(done - 1, run)
             self.total_steps = fitted if run.step_limit is None else min(fitted, run.step_limit)
-            run.fitting = done < 10 or self.clock() < run.refit_at
             run.progress.total = self.total_steps
+            run.fitted_with_eval = run.eval_seconds is not None
+            if by_speed:
+                run.fitting = done < 10 or self.clock() < run.refit_at
 
     def _steps_in_budget(self, timed_steps: int, run: _Run) -> int:
-        """Total steps that fit the time budget, from the speed of the last `timed_steps` steps
-        (evaluations are counted at the cost of their forward passes, a third of a training step)."""
-        per_step = (self.clock() - run.first_step_done) / timed_steps
-        eval_tokens = 0 if run.val is None else run.val[:, 1:].numel()
-        eval_share = eval_tokens / self.tokens_per_step / self.config.eval_every / 3
+        """Total steps that fit the time budget, from the speed of the last `timed_steps` steps and
+        the cost of an evaluation every eval_every steps: as measured once one has run, else
+        guessed as its forward passes (a third of a training step's work per token)."""
+        per_step = (self.clock() - run.first_step_done - run.eval_total) / timed_steps
+        if run.eval_seconds is not None:
+            per_eval = run.eval_seconds
+        else:
+            eval_tokens = 0 if run.val is None else run.val[:, 1:].numel()
+            per_eval = eval_tokens / self.tokens_per_step / 3 * per_step
         remaining = max(0.0, run.deadline - self.clock())
-        return self.step + max(1, int(remaining / (per_step * (1 + eval_share))))
+        return self.step + max(1, int(remaining / (per_step + per_eval / self.config.eval_every)))
 
     def _reason_to_stop(self, run: _Run) -> str | None:
         """"signal", "steps" or "time" when the run must stop before another step; None to go on.
@@ -479,7 +493,13 @@ class Trainer:
 
     def _evaluate_and_save(self, run: _Run, last: bool) -> None:
         """Evaluate (with a validation split), show a sample, save the checkpoint (and the best
-        one), and draw the loss picture."""
+        one), and draw the loss picture; time it all, for fitting the schedule to a budget."""
+        start = self.clock()
+        self._evaluate_sample_save_draw(run, last)
+        run.eval_seconds = self.clock() - start
+        run.eval_total += run.eval_seconds
+
+    def _evaluate_sample_save_draw(self, run: _Run, last: bool) -> None:
         improved = False
         if run.val is not None:
             result = evaluate(self.model, run.val, run.val_bytes, self.config.batch_size, self.dtype, self.dist)

@@ -383,3 +383,20 @@ def test_the_default_warm_up_is_a_tenth_of_the_schedule_at_most_100(corpus, tmp_
     assert short.warmup_steps == 3 and lrs[:4] == pytest.approx([1e-3, 2e-3, 3e-3, 3e-3]) and max(lrs) <= 3e-3 + 1e-12
     assert tiny_trainer(corpus[1], warmup_steps=None, steps=5000).warmup_steps == 100
     assert tiny_trainer(corpus[1], warmup_steps=7).warmup_steps == 7
+
+
+def test_the_schedule_is_refitted_once_an_evaluation_has_been_timed(corpus, tmp_path):
+    trainer = tiny_trainer(corpus[1], eval_every=5)
+    now = with_fake_clock(trainer, lambda step: 1.0)
+    original = trainer._evaluate_sample_save_draw
+
+    def slow_evaluation(run, last):  # an evaluation, sample, save and picture that take 10 s
+        original(run, last)
+        now[0] += 10.0
+
+    trainer._evaluate_sample_save_draw = slow_evaluation
+    trainer.train(corpus[0], save_path=tmp_path / "m.pt", minutes=1.0, progress=False)
+    # At step 10 (20 s in, 10 of them the evaluation at step 5): 1 s a step plus 10 s every 5 steps
+    # leaves room for int(40 / (1 + 10 / 5)) = 13 more steps. Counting evaluations as forward passes
+    # only (as before one was timed) would have planned 10 + int(40 / 2.1) = 29.
+    assert trainer.total_steps == 23
