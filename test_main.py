@@ -678,7 +678,7 @@ def test_train_help_shows_each_default_once():
 
 def test_a_failed_run_leaves_no_new_vocab_behind(tmp_path):
     (tmp_path / "one_char.txt").write_text("x" * 300)
-    assert "too short" in one_line_error(run("train", tmp_path / "one_char.txt", tmp_path / "v.txt", *TRAIN))
+    assert "too short" in one_line_error(run("train", tmp_path / "one_char.txt", tmp_path / "v.txt", *TRAIN, cwd=tmp_path))
     assert not (tmp_path / "v.txt").exists() and not (tmp_path / "gpt2_model.pt").exists()
 
 
