@@ -201,10 +201,18 @@ def _only_outputs(found: list[Path]) -> str:
     return f" (only the toolkit's own outputs, such as {found[0].name}, which is {_tool_output(found[0])})"
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """The file's SHA-256. A run asks for it several times (the vocab's record, the token cache's
+    name), so it is remembered while the file keeps its size and modification time."""
+    st = os.stat(path)
+    return _sha256_of(os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sha256_of(path: str, size: int, mtime_ns: int, inode: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
+        while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
 

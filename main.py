@@ -111,7 +111,7 @@ def check_tokenize_args(args: argparse.Namespace) -> None:
 
 def learn_vocab(args: argparse.Namespace, files: list) -> tuple[bpe.BPE, str]:
     """A tokenizer learned from the text files of `tokenize`, and how it was made (for the last line)."""
-    size = sum(os.path.getsize(f) for f in files)
+    size = text_bytes(files)
     vocab_size = args.vocab_size or bpe.recommended_vocab_size(size)
     pattern = {"pattern": args.pattern} if args.pattern else {}  # else BPE.train's default
     start = time.perf_counter()
