@@ -13,6 +13,7 @@ import pytest
 
 import bpe
 import main
+from gpt2_llm.tests.conftest import last_logged_step
 
 ROOT = Path(__file__).resolve().parent
 
@@ -398,7 +399,7 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(corpus, tmp_path, 
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     metrics = tmp_path / "b.metrics.jsonl"
     deadline = time.monotonic() + 60
-    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 30) and time.monotonic() < deadline:
+    while last_logged_step(metrics) < 30 and time.monotonic() < deadline:  # evals and samples are lines too
         time.sleep(0.05)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)

@@ -47,3 +47,18 @@ def records(metrics: Path) -> list[dict]:
 def losses(metrics: Path) -> list[float]:
     """The training losses of a metrics log, in order."""
     return [r["loss"] for r in records(metrics) if "loss" in r]
+
+
+def last_logged_step(metrics: Path) -> int:
+    """The last training step in a metrics log that a run is still writing (0 before any)."""
+    if not metrics.exists():
+        return 0
+    steps = []
+    for line in metrics.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        if "loss" in record:
+            steps.append(record["step"])
+    return max(steps, default=0)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gpt2_llm import load_checkpoint
-from gpt2_llm.tests.conftest import losses
+from gpt2_llm.tests.conftest import last_logged_step, losses
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ def test_resume_under_torchrun_matches_an_uninterrupted_run(corpus, tmp_path):
     stopped = torchrun(2, *args, "--out", tmp_path / "b.pt")
     metrics = tmp_path / "b.metrics.jsonl"
     deadline = time.monotonic() + 120
-    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 30) and time.monotonic() < deadline:
+    while last_logged_step(metrics) < 30 and time.monotonic() < deadline:  # evals and samples are lines too
         time.sleep(0.05)
     stopped.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
     _, err = stopped.communicate(timeout=120)
