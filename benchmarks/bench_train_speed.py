@@ -49,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="eager rows only, 3 timed steps, 1 generation of 50 tokens")
     p.add_argument("--steps", type=int, default=None, help="timed training steps per row (default 8 on CPU, 20 on GPU)")
     p.add_argument("--no-compile", action="store_true", help="leave out the compiled rows")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), action="append",
+                   help="only these training precisions (repeatable; default both)")
     p.add_argument("--child", help=argparse.SUPPRESS)  # one row, as JSON: run by this script itself
     return p.parse_args(argv)
 
@@ -212,7 +214,7 @@ def main(argv=None):
           f"{GPT2(config).flops_per_token() / 1e6:.1f} MFLOP per token")  # fmt: skip
 
     rows = []
-    for dtype in ("fp32", "bf16"):
+    for dtype in args.dtype or ("fp32", "bf16"):
         for compiled in modes:
             batch = None
             for impl in impls:
