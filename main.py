@@ -192,6 +192,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     TrainConfig(**overrides)  # checks every flag now, before any slow work such as training a tokenizer
+    args.vocab_given = args.vocab_file is not None  # --init-from checks a vocab file only if one was named
+    args.vocab_file = args.vocab_file or DEFAULT_VOCAB
+    if args.init_from is not None:
+        check_init_from_flags(args)
     files = text_inputs(args.file)
     ranks = Distributed()  # under torchrun: join the other processes; else a world of one
     say = print if ranks.is_main else _silent
@@ -207,6 +211,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                             f"it, or choose another --out")
         if resume_from is not None:
             trainer = continued_run(args, resume_from, overrides, say)
+        elif args.init_from is not None:
+            trainer = pretrained_run(args, overrides, ranks, say)
         else:
             trainer = new_run(args, files, overrides, ranks, say)
         say(trainer.describe(), file=sys.stderr)
@@ -224,7 +230,7 @@ def continued_run(args: argparse.Namespace, resume_from: str, overrides: dict, s
         raise UserError(f"checkpoint not found: {resume_from}")
     trainer = Trainer.from_checkpoint(resume_from, **overrides)
     check_continued_shape(args, trainer.model.config, trainer.bpe, resume_from)
-    if os.path.exists(args.vocab_file):
+    if os.path.exists(args.vocab_file) and (args.vocab_given or trainer.config.init_from is None):
         check_same_tokenizer(trainer.bpe, load_tokenizer(args.vocab_file), args.vocab_file, resume_from)
     say(f"continuing {resume_from} from step {trainer.step} (its model, tokenizer and settings; "
         f"flags given now override the settings)", file=sys.stderr)
@@ -257,6 +263,40 @@ def new_run(args: argparse.Namespace, files: list, overrides: dict, ranks, say):
     return Trainer(GPT2(model_config(args, tokenizer.vocab_size)), tokenizer, train_config)
 
 
+def pretrained_run(args: argparse.Namespace, overrides: dict, ranks, say):
+    """A new run that starts from a trained model (fine-tuning): its weights, its tokenizer, its
+    shape (a shorter --context and other dropout rates excepted), and FINETUNE_DEFAULTS where no
+    flag says otherwise."""
+    from gpt2_llm import TrainConfig, Trainer
+    from gpt2_llm.config import FINETUNE_DEFAULTS
+
+    defaults = {name: value for name, value in FINETUNE_DEFAULTS.items() if name not in overrides}
+    train_config = TrainConfig(**{**defaults, **overrides})
+    if not ranks.is_main:
+        ranks.barrier()  # rank 0 fetches a hub model first; the others then find it in the cache
+    model, tokenizer = load_model(args.init_from, "cpu", args.vocab_file if args.vocab_given else None)
+    if ranks.is_main:
+        ranks.barrier()
+    model = model.with_changes(dropout=args.dropout, attn_dropout=args.attn_dropout, block_size=args.context)
+    shown = " ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in defaults.items())
+    say(f"starting from {args.init_from}: {model.num_parameters():,} parameters, context {model.config.block_size}, "
+        f"its own tokenizer ({tokenizer.vocab_size:,} tokens)" + (f"; fine-tuning defaults {shown}" if shown else ""),
+        file=sys.stderr)
+    torch_seed(train_config.seed)  # the batches and dropout; the weights are the pretrained ones
+    return Trainer(model.train(), tokenizer, train_config)
+
+
+def check_init_from_flags(args: argparse.Namespace) -> None:
+    """With --init-from the model and its tokenizer are given: flags that would choose others are refused."""
+    for flag, value in (("--preset", args.preset), ("--rope", args.rope), ("--vocab-size", args.vocab_size)):
+        if value is not None:
+            raise UserError(f"{flag} does not go with --init-from: the run keeps {args.init_from}'s shape and tokenizer "
+                            f"(--context, --dropout and --attn-dropout may change)")
+    if args.checkpoint is not None:
+        raise UserError(f"give a checkpoint to continue ({args.checkpoint}) or --init-from to start from a trained "
+                        f"model, not both")
+
+
 def model_config(args: argparse.Namespace, vocab_size: int):
     """The model the flags ask for: the preset, with --context, --dropout, ... replacing its fields."""
     from gpt2_llm import GPT2Config
@@ -273,7 +313,8 @@ def report_end(result: dict, args, trainer, resume_from, out, ranks, say) -> int
             f"(give a larger --steps to go on); nothing was written")
         return 0
     if result["stopped_by"] == "signal":
-        command = shlex.join([*resume_launcher(ranks), "train", args.file, args.vocab_file, str(saved)])  # quotes a glob
+        again = ["--out", str(saved), "--resume", "auto"] if trainer.config.init_from else [args.vocab_file, str(saved)]
+        command = shlex.join([*resume_launcher(ranks), "train", args.file, *again])  # quotes a glob
         say(f"stopped at step {result['step']}; saved {saved}. Resume with: {command}", file=sys.stderr)
         return 128 + result["signal"]
     ended = f" (the time budget, --minutes {trainer.config.minutes:g}, ran out)" if result["stopped_by"] == "time" else ""
@@ -535,7 +576,7 @@ def add_train_parser(sub) -> None:
         "Train a GPT-2 model on UTF-8 text. The vocab file is made from the text if it does not exist; "
         "a checkpoint given as the third argument (or --resume auto) is continued."))
     p.add_argument("file", help=TEXT_INPUT_HELP % "train on")
-    p.add_argument("vocab_file", nargs="?", default=DEFAULT_VOCAB, help=f"vocab file, created from the text if missing (default: {DEFAULT_VOCAB})")
+    p.add_argument("vocab_file", nargs="?", default=None, help=f"vocab file, created from the text if missing (default: {DEFAULT_VOCAB}); with --init-from, if given, it must be that model's tokenizer")
     p.add_argument("checkpoint", nargs="?", default=None, help="a checkpoint to continue (written back unless --out says otherwise)")
     p.add_argument("--out", default=None, help=f"checkpoint to write (default: the continued checkpoint, else {DEFAULT_MODEL}); the best one is kept beside it as NAME.best.pt")
     p.add_argument("--resume", choices=["auto", "never"], default="never", help="auto: continue from --out when a checkpoint is there")

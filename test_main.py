@@ -729,3 +729,82 @@ def test_a_vocab_found_from_another_text_is_named_and_a_new_one_records_its_text
     assert b"warning: using vocab.txt, found here, which was learned from another text (code.txt" in second.stderr
     again = run("train", "code.txt", "--steps", 2, *TRAIN, "--out", "code2.pt", cwd=tmp_path)
     assert b"using vocab.txt, found here (300 tokens, learned from this text)" in again.stderr
+
+
+# ---- train --init-from: fine-tuning a trained model ----------------------------------------------
+
+FINETUNE = ["--steps", 2, "--device", "cpu", "--dtype", "float32", "--eval-every", 20, "--eval-tokens", 2000]
+
+
+@pytest.fixture
+def other_text(tmp_path, data_dir) -> Path:
+    path = tmp_path / "other.txt"
+    path.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[-40_000:], encoding="utf-8")
+    return path
+
+
+def test_init_from_starts_at_the_models_weights_with_its_tokenizer_and_fine_tuning_defaults(short_run, other_text):
+    from gpt2_llm import load_checkpoint
+    from gpt2_llm.tests.conftest import assert_close
+
+    folder = other_text.parent
+    # A learning rate far too small to move a weight shows where the run started.
+    result = run("train", other_text, "--init-from", short_run, "--out", folder / "ft.pt", "--lr", "1e-12",
+                 "--dropout", "0.1", *FINETUNE, cwd=folder)
+    assert result.returncode == 0, result.stderr.decode()
+    err = result.stderr.decode()
+    assert f"starting from {short_run}: " in err and "its own tokenizer (300 tokens)" in err
+    assert "fine-tuning defaults --warmup-steps 20 --batch-size 8" in err  # --lr was given, so not listed
+    pretrained, tuned = load_checkpoint(short_run), load_checkpoint(folder / "ft.pt")
+    for name, weight in pretrained["model"].items():
+        assert_close(tuned["model"][name], weight, atol=1e-9)
+    assert tuned["tokenizer"]["hash"] == pretrained["tokenizer"]["hash"]
+    assert tuned["model_config"] == {**pretrained["model_config"], "dropout": 0.1}
+    config = tuned["train_config"]
+    assert (config["init_from"], config["lr"], config["warmup_steps"], config["batch_size"]) == (str(short_run), 1e-12, 20, 8)
+    assert not (folder / "vocab.txt").exists()  # the model's tokenizer is used, no vocab file is made
+
+
+def test_init_from_with_a_shorter_context_then_resume(short_run, other_text):
+    from gpt2_llm import load_checkpoint
+    from gpt2_llm.tests.conftest import assert_close
+
+    folder = other_text.parent
+    out = folder / "ft.pt"
+    args = ["train", other_text, "--init-from", short_run, "--out", out, "--context", 16, "--lr", "1e-12", *FINETUNE]
+    result = run(*args, cwd=folder)
+    assert result.returncode == 0, result.stderr.decode()
+    tuned = load_checkpoint(out)
+    assert tuned["model_config"]["block_size"] == 16
+    assert_close(tuned["model"]["wpe.weight"], load_checkpoint(short_run)["model"]["wpe.weight"][:16], atol=1e-9)
+    again = run(*args[:-len(FINETUNE)], *FINETUNE[2:], "--steps", 4, "--resume", "auto", cwd=folder)
+    assert again.returncode == 0, again.stderr.decode()
+    assert f"continuing {out} from step 2" in again.stderr.decode()
+    assert load_checkpoint(out)["state"]["step"] == 4
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--preset", "mini"], "--preset does not go with --init-from: the run keeps {model}'s shape and tokenizer"),
+    (["--vocab-size", "512"], "--vocab-size does not go with --init-from"),
+    (["--rope"], "--rope does not go with --init-from"),
+    (["--context", "64"], "--context 64 is longer than the model's learned positions (32); give 32 or less"),
+    (["--lr", "0"], "--lr must be positive, got 0.0"),
+])  # fmt: skip
+def test_init_from_refuses_another_shape_or_tokenizer(short_run, other_text, flags, message):
+    folder = other_text.parent
+    args = ["train", other_text, "--init-from", short_run, "--out", folder / "ft.pt", *FINETUNE, *flags]
+    assert message.format(model=short_run) in one_line_error(run(*args, cwd=folder))
+    assert not (folder / "ft.pt").exists()
+
+
+def test_init_from_refuses_a_vocab_file_of_another_tokenizer_and_a_checkpoint_beside_it(short_run, other_text):
+    folder = other_text.parent
+    made = run("tokenize", other_text, "--vocab-size", 280, "-o", folder / "v280.txt")
+    assert made.returncode == 0, made.stderr.decode()
+    args = ["train", other_text, folder / "v280.txt", "--init-from", short_run, "--out", folder / "ft.pt", *FINETUNE]
+    assert "v280.txt (hash" in one_line_error(run(*args, cwd=folder))
+    same = run("train", other_text, short_run.parent / "v.txt", "--init-from", short_run, "--out", folder / "ft.pt",
+               *FINETUNE, cwd=folder)  # the model's own tokenizer, as a vocab file: fine
+    assert same.returncode == 0, same.stderr.decode()
+    both = run("train", other_text, short_run.parent / "v.txt", short_run, "--init-from", short_run, *FINETUNE)
+    assert "not both" in one_line_error(both)

@@ -211,6 +211,12 @@ def _opt(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
+# What `train --init-from` uses where a flag does not say otherwise: a pretrained model needs a far
+# smaller learning rate than one trained from zero (5e-5 is transformers' Trainer default), a short
+# warm-up, and batches small enough for its long context on a laptop.
+FINETUNE_DEFAULTS = {"lr": 5e-5, "warmup_steps": 20, "batch_size": 8}
+
+
 @dataclass
 class TrainConfig:
     """How to train. Each field is a `main.py train` flag of the same name (dashes for underscores)."""
@@ -242,6 +248,8 @@ class TrainConfig:
     sample_prompt: str | None = _opt(None, 'prompt of the sample printed at each evaluation '
                                            '(default: the start of the validation text)')
     sample_tokens: int = _opt(64, 'tokens of that sample (0: no samples)')
+    init_from: str | None = _opt(None, "start from this model's weights and tokenizer (fine-tuning): a checkpoint, "
+                                       "a transformers folder or a hub name such as gpt2")
 
     def __post_init__(self):
         problems = []

@@ -13,7 +13,7 @@ import json
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -279,6 +279,27 @@ class GPT2(nn.Module):
             raise CheckpointError(f"{path} does not fit this model: " + "; ".join(differ))
         self.load_state_dict(loaded.model.state_dict())
         return self
+
+    def with_changes(self, dropout: float | None = None, attn_dropout: float | None = None,
+                     block_size: int | None = None) -> "GPT2":
+        """This model with what fine-tuning may change without new weights: the dropout rates, and
+        a shorter context (learned positions keep their first block_size rows; RoPE takes any
+        length). Returns self when nothing changes, else a new model holding the same weights."""
+        changes = {name: value for name, value in
+                   (("dropout", dropout), ("attn_dropout", attn_dropout), ("block_size", block_size))
+                   if value is not None and value != getattr(self.config, name)}  # fmt: skip
+        if not changes:
+            return self
+        c = self.config
+        if "block_size" in changes and not c.rope and block_size > c.block_size:
+            raise UserError(f"--context {block_size} is longer than the model's learned positions ({c.block_size}); "
+                            f"give {c.block_size} or less")
+        state = self.state_dict()
+        if not c.rope:
+            state["wpe.weight"] = state["wpe.weight"][: changes.get("block_size", c.block_size)]
+        model = GPT2(replace(c, **changes))
+        model.load_state_dict(state)
+        return model.to(self.wte.weight.device).train(self.training)
 
     # ---- Hugging Face interop ------------------------------------------------------------------
 
