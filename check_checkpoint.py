@@ -32,7 +32,7 @@ def report(model: str, vocab_path: str | None) -> tuple[list[str], list[str]]:
     tokenizer = given or stored
     options = [name for name, on in (("RoPE", cfg.rope), ("no bias", not cfg.bias)) if on]
     lines = [
-        f"{'checkpoint' if loaded.source == 'checkpoint' else 'model':<18}{describe_source(loaded)}",
+        f"{'checkpoint:' if loaded.source == 'checkpoint' else 'model:':<18}{describe_source(loaded)}",
         f"vocab size:       {tokenizer.vocab_size:,}" if tokenizer else "vocab size:       unknown (no tokenizer)",
         f"model vocab size: {cfg.vocab_size:,}",
         f"embedding dim:    {cfg.n_embd}",
