@@ -133,9 +133,13 @@ def tokenizer_of_checkpoint(path: str) -> bpe.BPE:
 
     loaded = load(path)
     if loaded.tokenizer is None:
-        why = "it was saved by GPT2.save" if loaded.source == "checkpoint" else "its folder has no tokenizer files"
-        raise UserError(f"{path} holds model weights only, no tokenizer ({why})")
+        raise UserError(f"{path} holds model weights only, no tokenizer ({why_no_tokenizer(loaded)})")
     return loaded.tokenizer
+
+
+def why_no_tokenizer(loaded) -> str:
+    """Why a loaded model came without a tokenizer, in a few words."""
+    return "it was saved by GPT2.save" if loaded.source == "checkpoint" else "its folder has no tokenizer files"
 
 
 @contextlib.contextmanager
@@ -400,8 +404,7 @@ def load_named(name: str, device: str, vocab_file: str | None, how_to_give_vocab
                             f"rows of {name}'s embedding")
         tokenizer = given
     if tokenizer is None:
-        why = "it was saved by GPT2.save" if loaded.source == "checkpoint" else "its folder has no tokenizer files"
-        raise UserError(f"{name} holds no tokenizer ({why}): {how_to_give_vocab}")
+        raise UserError(f"{name} holds no tokenizer ({why_no_tokenizer(loaded)}): {how_to_give_vocab}")
     return dataclasses.replace(loaded, tokenizer=tokenizer)
 
 

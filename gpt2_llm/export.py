@@ -233,12 +233,12 @@ def _shown(token: bytes) -> str:
 def read_tokenizer(folder: Path) -> tuple[BPE | None, str | None]:
     """The tokenizer of a model folder and the file(s) it came from; (None, None) when it has none.
     A tokenizer our BPE cannot reproduce exactly is a TokenizerError naming the file."""
-    config = _read_json(folder / "tokenizer_config.json", {})
     if (folder / "tokenizer.json").is_file():
         return tokenizer_from_json(folder / "tokenizer.json"), "tokenizer.json"
     for vocab, merges in TOKENIZER_PAIRS:
         if (folder / vocab).is_file() and (folder / merges).is_file():
-            specials = _named_specials(config, _read_json(folder / "special_tokens_map.json", {}))
+            configs = (_read_json(folder / name, {}) for name in ("tokenizer_config.json", "special_tokens_map.json"))
+            specials = _named_specials(*configs)
             return tokenizer_from_vocab_merges(folder / vocab, folder / merges, specials), f"{vocab} + {merges}"
     return None, None
 
