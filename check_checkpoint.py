@@ -1,10 +1,12 @@
-"""Diagnostics for a checkpoint and a vocab file: sizes, config, parameters, training state, and
+"""Diagnostics for a model and a vocab file: sizes, config, parameters, training state, and
 whether they belong together.
 
-    python check_checkpoint.py gpt2_model.pt [vocab.txt]
+    python check_checkpoint.py gpt2_model.pt [vocab.txt]     # our checkpoint
+    python check_checkpoint.py exported/ [vocab.txt]         # a transformers folder
+    python check_checkpoint.py gpt2                          # a Hugging Face hub name
 
-The checkpoint is read through the toolkit's one loader (gpt2_llm/loading.py), exactly as
-`main.py predict` would read it. Exit code: 0 usable and compatible; 1 not: a file that cannot be
+The model is read through the toolkit's one loader (gpt2_llm/loading.py), exactly as
+`main.py predict` would read it. Exit code: 0 usable and compatible; 1 not: a model that cannot be
 read or used (the reason on one `error:` line), or a vocab file that does not fit the model (the
 verdict says why); 2 a malformed command line.
 """
@@ -19,19 +21,18 @@ import sys
 import bpe
 
 
-def report(checkpoint_path: str, vocab_path: str | None) -> tuple[list[str], list[str]]:
+def report(model: str, vocab_path: str | None) -> tuple[list[str], list[str]]:
     """Lines of the report, and the reasons the pair is incompatible (empty: compatible).
     Raises a bpe.UserError (CheckpointError, TokenizerError) when a file cannot be used."""
     from gpt2_llm.loading import load
 
-    loaded = load(checkpoint_path)
+    loaded = load(model)
     cfg, stored = loaded.model.config, loaded.tokenizer
     given = bpe.BPE.load(vocab_path) if vocab_path is not None else None
     tokenizer = given or stored
-    size_mb = os.path.getsize(checkpoint_path) / 1e6
     options = [name for name, on in (("RoPE", cfg.rope), ("no bias", not cfg.bias)) if on]
     lines = [
-        f"checkpoint:       {checkpoint_path} ({size_mb:.1f} MB, format version {loaded.checkpoint['format_version']})",
+        f"{'checkpoint:' if loaded.source == 'checkpoint' else 'model:':<18}{describe_source(loaded)}",
         f"vocab size:       {tokenizer.vocab_size:,}" if tokenizer else "vocab size:       unknown (no tokenizer)",
         f"model vocab size: {cfg.vocab_size:,}",
         f"embedding dim:    {cfg.n_embd}",
@@ -46,10 +47,15 @@ def report(checkpoint_path: str, vocab_path: str | None) -> tuple[list[str], lis
         total = f" of {state['total_steps']:,}" if state.get("total_steps") else ""
         lines.append(f"training:         step {state['step']:,}{total}, {state['tokens_seen']:,} tokens seen, "
                      f"best val loss {best_text}")
-    else:
+    elif loaded.source == "checkpoint":
         lines.append("training:         no training state (weights only)")
+    else:
+        lines.append("training:         no training state (a transformers folder holds weights only)")
     if stored is not None:
-        lines.append(f"tokenizer (in the checkpoint): {stored.vocab_size:,} tokens, hash {stored.hash[:16]}")
+        where = "the checkpoint" if loaded.source == "checkpoint" else loaded.checkpoint["tokenizer_file"]
+        lines.append(f"tokenizer (in {where}): {stored.vocab_size:,} tokens, hash {stored.hash[:16]}")
+    if loaded.chat_template is not None:
+        lines.append(f"chat template:    {loaded.chat_template['name'] or 'its own (unnamed)'}")
     if given is not None:
         lines.append(f"vocab file:       {vocab_path}: {given.vocab_size:,} tokens, hash {given.hash[:16]}")
 
@@ -62,9 +68,20 @@ def report(checkpoint_path: str, vocab_path: str | None) -> tuple[list[str], lis
     return lines, problems
 
 
+def describe_source(loaded) -> str:
+    """Where the model came from: the checkpoint file, or the transformers folder and its weights."""
+    if loaded.source == "checkpoint":
+        size_mb = os.path.getsize(loaded.path) / 1e6
+        return f"{loaded.path} ({size_mb:.1f} MB, format version {loaded.checkpoint['format_version']})"
+    weights = loaded.path / loaded.checkpoint["weights_file"]
+    hub = f" (Hugging Face hub name {loaded.name}, cached)" if loaded.source == "hub" else ""
+    return f"{loaded.path}: a transformers folder{hub}, GPT2LMHeadModel, {weights.name} {weights.stat().st_size / 1e6:.1f} MB"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Check a checkpoint (and a vocab file) for use together.")
-    parser.add_argument("checkpoint", help="checkpoint written by main.py train (or GPT2.save)")
+    parser = argparse.ArgumentParser(description="Check a model (and a vocab file) for use together.")
+    parser.add_argument("checkpoint", help="a checkpoint written by main.py train (or GPT2.save), a transformers "
+                                           "model folder, or a Hugging Face hub name")
     parser.add_argument("vocab_file", nargs="?", default=None, help="vocab file to check against the checkpoint")
     args = parser.parse_args(argv)
     try:

@@ -8,6 +8,8 @@
     python main.py predict "Once upon a time" 50              # streams 50 new tokens
     python main.py eval held_out.txt                          # loss, perplexity, bits per byte
     python main.py plot gpt2_model.metrics.jsonl -o loss.png  # a picture of one run, or several compared
+    python main.py predict "Hello" 20 gpt2                    # a transformers folder or a hub name is a model too
+    python main.py export gpt2_model.pt exported/             # a folder transformers loads as it is
 
 This file only parses arguments, calls the library and prints. Every error a user can cause
 ends with one line on stderr and exit code 1 (2 for a malformed command line).
@@ -31,6 +33,8 @@ import bpe
 
 DEFAULT_VOCAB = "vocab.txt"
 DEFAULT_MODEL = "gpt2_model.pt"
+MODEL_HELP = ("a model: a checkpoint file, a transformers model folder, or a Hugging Face hub name such as "
+              "gpt2 or openai-community/gpt2 (fetched once into the Hugging Face cache)")
 TEXT_INPUT_HELP = ("UTF-8 text to %s: a file, a folder (all its .txt files, joined with <|endoftext|> between "
                    "them), or a quoted glob pattern such as 'data/*.txt'")
 
@@ -127,10 +131,15 @@ def learn_vocab(args: argparse.Namespace, files: list) -> tuple[bpe.BPE, str]:
 def tokenizer_of_checkpoint(path: str) -> bpe.BPE:
     from gpt2_llm.loading import load
 
-    tok = load(path).tokenizer
-    if tok is None:
-        raise UserError(f"{path} holds model weights only, no tokenizer (it was saved by GPT2.save)")
-    return tok
+    loaded = load(path)
+    if loaded.tokenizer is None:
+        raise UserError(f"{path} holds model weights only, no tokenizer ({why_no_tokenizer(loaded)})")
+    return loaded.tokenizer
+
+
+def why_no_tokenizer(loaded) -> str:
+    """Why a loaded model came without a tokenizer, in a few words."""
+    return "it was saved by GPT2.save" if loaded.source == "checkpoint" else "its folder has no tokenizer files"
 
 
 @contextlib.contextmanager
@@ -274,7 +283,9 @@ def pretrained_run(args: argparse.Namespace, overrides: dict, ranks, say):
     train_config = TrainConfig(**{**defaults, **overrides})
     if not ranks.is_main:
         ranks.barrier()  # rank 0 fetches a hub model first; the others then find it in the cache
-    model, tokenizer = load_model(args.init_from, "cpu", args.vocab_file if args.vocab_given else None)
+    loaded = load_named(args.init_from, "cpu", args.vocab_file if args.vocab_given else None,
+                        "give its vocab file after the text file")
+    model, tokenizer = loaded.model, loaded.tokenizer
     if ranks.is_main:
         ranks.barrier()
     model = model.with_changes(dropout=args.dropout, attn_dropout=args.attn_dropout, block_size=args.context)
@@ -408,39 +419,48 @@ def torch_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_model(path: str, device: str, vocab_file: str | None = None):
-    """A model (eval mode, on `device`) and its tokenizer, through the one loader. A vocab file
-    given beside a checkpoint must be the tokenizer stored in it; it stands in for a missing one."""
+def load_model(name: str, device: str, vocab_file: str | None = None):
+    """A model (eval mode, on `device`) and its tokenizer, through the one loader (see load_named)."""
+    loaded = load_named(name, device, vocab_file, "give its vocab file after it")
+    return loaded.model, loaded.tokenizer
+
+
+def load_named(name: str, device: str, vocab_file: str | None, how_to_give_vocab: str):
+    """A model by name (a checkpoint, a transformers folder or a Hugging Face hub name) through the
+    one loader, with a tokenizer. A vocab file given beside it must be the model's own tokenizer;
+    it stands in for a missing one (how_to_give_vocab says how to give one, for that error)."""
+    import dataclasses
+
     from gpt2_llm.hardware import pick_device
     from gpt2_llm.loading import load
 
-    if not os.path.exists(path):
-        hint = " (train one with: python main.py train <text file>)" if path == DEFAULT_MODEL else ""
-        raise UserError(f"model file not found: {path}{hint}")
-    loaded = load(path, pick_device(device))
+    if name == DEFAULT_MODEL and not os.path.exists(name):
+        raise UserError(f"model not found: {name} (train one with: python main.py train <text file>)")
+    loaded = load(name, pick_device(device))
     tokenizer = loaded.tokenizer
     if vocab_file is not None:
         given = load_tokenizer(vocab_file)
         if tokenizer is not None:
-            check_same_tokenizer(tokenizer, given, vocab_file, path)
+            check_same_tokenizer(tokenizer, given, vocab_file, name)
         elif given.vocab_size > loaded.model.config.vocab_size:
             raise UserError(f"{vocab_file} has {given.vocab_size} tokens, more than the {loaded.model.config.vocab_size} "
-                            f"rows of {path}'s embedding")
+                            f"rows of {name}'s embedding")
         tokenizer = given
     if tokenizer is None:
-        raise UserError(f"{path} holds no tokenizer (it was saved by GPT2.save): give its vocab file after it")
-    return loaded.model, tokenizer
+        raise UserError(f"{name} holds no tokenizer ({why_no_tokenizer(loaded)}): {how_to_give_vocab}")
+    return dataclasses.replace(loaded, tokenizer=tokenizer)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from gpt2_llm.gpt2 import check_sampling
+    from gpt2_llm.loading import looks_like_hub_name
 
     check_sampling(args.num_tokens, args.temperature, args.top_k, args.top_p)  # before the slow load
     if args.interactive and args.prompt:
         # With --interactive the prompts come from the terminal, so the first argument is not one.
-        if not os.path.isfile(args.prompt):
+        if not (os.path.exists(args.prompt) or looks_like_hub_name(args.prompt)):
             raise UserError(f"with --interactive the prompts are read from the terminal: {args.prompt!r} is not a "
-                            f"model file (write: predict --interactive [NUM_TOKENS] MODEL_FILE)")
+                            f"model (write: predict --interactive [NUM_TOKENS] MODEL)")
         if args.model_file != DEFAULT_MODEL:
             raise UserError(f"with --interactive give the model once: {args.prompt} or {args.model_file}")
         args.model_file = args.prompt
@@ -498,6 +518,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
           f"{r['val_bpb']:.4f} bits per byte")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    """Write a model, with its tokenizer, as a folder transformers loads as it is."""
+    from gpt2_llm.export import check_out_dir, export_folder, export_problem
+
+    check_out_dir(args.out_dir, args.overwrite)  # before the slow load
+    loaded = load_named(args.model, "cpu", args.vocab_file, "give its vocab file with --vocab-file")
+    problem = export_problem(loaded.model.config)
+    if problem:
+        raise UserError(f"cannot export {args.model} to transformers' GPT-2: {problem}")
+    files = export_folder(loaded.model, loaded.tokenizer, args.out_dir, loaded.chat_template, args.overwrite)
+    print(f"wrote {args.out_dir}: {', '.join(files)} ({loaded.model.num_parameters():,} parameters, "
+          f"{loaded.tokenizer.vocab_size:,} tokens); load it with transformers' "
+          f"AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained")
+
+
 def cmd_plot(args: argparse.Namespace) -> None:
     from gpt2_llm.plot import plot_runs
 
@@ -514,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tokenize", help="train a BPE tokenizer on a text file", description="Train a byte-level BPE tokenizer on UTF-8 text and write its vocab file, or write the one a checkpoint holds.")
     p.add_argument("file", nargs="?", default=None, help=TEXT_INPUT_HELP % "learn from")
-    p.add_argument("--from-checkpoint", metavar="MODEL.pt", default=None, help="write the tokenizer stored in a checkpoint instead of learning one (no text then)")
+    p.add_argument("--from-checkpoint", metavar="MODEL", default=None, help="write the tokenizer of a model (a checkpoint, a transformers folder or a hub name) instead of learning one (no text then)")
     p.add_argument("--vocab-size", type=int, default=None, help="tokens in all: 256 bytes + merges + special tokens (default: chosen from the file size, see bpe.recommended_vocab_size)")
     # No default here, so that a --pattern given with --from-checkpoint can be refused; BPE.train has it.
     p.add_argument("--pattern", choices=sorted(bpe.PATTERNS), default=None, help="pre-tokenization regex (default: gpt2)")
@@ -540,8 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="generate text from a prompt", description="Continue a prompt with a trained model, printing tokens as they are made.")
     p.add_argument("prompt", nargs="?", default="", help="the text to continue (with --interactive: asked for in a loop)")
     p.add_argument("num_tokens", type=int, nargs="?", default=100, help="how many tokens to generate (default 100)")
-    p.add_argument("model_file", nargs="?", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL}); it holds its own tokenizer")
-    p.add_argument("vocab_file", nargs="?", default=None, help="optional: a vocab file that must match the checkpoint's tokenizer")
+    p.add_argument("model_file", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL}); it holds its own tokenizer")
+    p.add_argument("vocab_file", nargs="?", default=None, help="optional: a vocab file that must match the model's tokenizer (or stands in for a missing one)")
     p.add_argument("--temperature", type=float, default=0.8, help="randomness: 0 is greedy, 1 samples the model's distribution (default 0.8)")
     p.add_argument("--top-k", type=int, default=40, help="sample only from the k most likely tokens (default 40)")
     p.add_argument("--top-p", type=float, default=None, help="sample only from the smallest set of tokens whose probability reaches p, in (0, 1]")
@@ -553,11 +588,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a model on a text", description="Evaluate a trained model on a text file.")
     p.add_argument("file", help=TEXT_INPUT_HELP % "evaluate on")
-    p.add_argument("model_file", nargs="?", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
+    p.add_argument("model_file", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL})")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (default auto)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write a model as a transformers folder", description=(
+        "Write a model and its tokenizer as a folder that transformers loads as it is "
+        "(AutoModelForCausalLM, AutoTokenizer): config.json, model.safetensors, generation_config.json, "
+        "tokenizer.json, tokenizer_config.json, special_tokens_map.json, and vocab.json + merges.txt "
+        "for a tokenizer with GPT-2's pattern."))
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("out_dir", help="the folder to write (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model folder at out_dir")
+    p.add_argument("--vocab-file", default=None, help="the tokenizer of a model that holds none (a checkpoint saved by GPT2.save)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("plot", help="draw the loss curves of training runs", description=(
         "Draw training and validation loss against tokens seen (and the learning rate) from the "

@@ -39,6 +39,7 @@ def test_a_checkpoint_and_its_own_vocab_are_compatible(trained):
     assert ok.returncode == 0, ok.stderr
     assert "step 3 of 3" in ok.stdout and "embedding dim:    64" in ok.stdout
     assert "parameters:       121,344" in ok.stdout  # the tiny preset at vocab 300, context 32
+    assert ok.stdout.startswith(f"checkpoint:       {trained} (")
     assert ok.stdout.rstrip().endswith("verdict:          compatible")
 
 
@@ -79,3 +80,20 @@ def test_an_unusable_checkpoint_is_reported_as_such(trained, tmp_path, make, mes
 
 def test_usage_errors_exit_2():
     assert check().returncode == 2
+
+
+def test_a_transformers_folder_is_reported_as_one(trained, tmp_path):
+    from gpt2_llm import load
+    from gpt2_llm.export import export_folder
+
+    loaded = load(trained)
+    export_folder(loaded.model, loaded.tokenizer, tmp_path / "exported")
+    result = check(tmp_path / "exported", trained.parent / "vocab.txt")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"model:            {tmp_path / 'exported'}: a transformers folder, GPT2LMHeadModel, "
+                               f"model.safetensors 0.5 MB")
+    assert "parameters:       121,344" in result.stdout and "embedding dim:    64" in result.stdout
+    assert "no training state (a transformers folder holds weights only)" in result.stdout
+    assert f"tokenizer (in tokenizer.json): 300 tokens, hash {loaded.tokenizer.hash[:16]}" in result.stdout
+    assert lines[-1] == "verdict:          compatible"

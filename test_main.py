@@ -193,7 +193,7 @@ def test_tokenize_from_checkpoint_errors(trained, corpus, tmp_path):
         ([corpus, "--from-checkpoint", trained], "give a text to learn from or --from-checkpoint MODEL.pt"),
         (["--from-checkpoint", trained, "--pattern", "gpt4"], "--pattern is for learning from a text"),
         (["--from-checkpoint", tmp_path / "weights.pt"], "weights.pt holds model weights only, no tokenizer"),
-        (["--from-checkpoint", tmp_path / "nope.pt"], "checkpoint not found"),
+        (["--from-checkpoint", tmp_path / "nope.pt"], "model not found: "),
     ]:
         assert message in one_line_error(run("tokenize", *args, "-o", tmp_path / "v.txt"))
     assert not (tmp_path / "v.txt").exists()
@@ -368,7 +368,7 @@ def test_predict_interactive(trained):
     # A model file where the prompt would go is the model (the prompts come from the terminal).
     shifted = run("predict", "--interactive", trained, "--seed", 1, stdin=b"First\n", cwd=trained.parent.parent)
     assert shifted.returncode == 0, shifted.stderr.decode()
-    assert "not a model file" in one_line_error(run("predict", "--interactive", "Once upon", stdin=b""))
+    assert "is not a model" in one_line_error(run("predict", "--interactive", "Once upon", stdin=b""))
 
 
 def test_prompt_longer_than_the_context_is_cropped(trained):
@@ -481,7 +481,44 @@ def test_broken_checkpoints(trained, tmp_path, make, message):
 
 def test_missing_model_file(tmp_path):
     line = one_line_error(run("predict", "hi", 5, cwd=tmp_path))
-    assert "model file not found: gpt2_model.pt" in line
+    assert line == "error: model not found: gpt2_model.pt (train one with: python main.py train <text file>)"
+    line = one_line_error(run("predict", "hi", 5, tmp_path / "other.pt", cwd=tmp_path))
+    assert line == f"error: model not found: {tmp_path / 'other.pt'} (no such checkpoint file or model folder)"
+
+
+def test_export_then_every_command_takes_the_folder(trained, corpus, tmp_path):
+    """export writes a transformers folder; predict, eval, --interactive and tokenize take it as a model
+    and give what the checkpoint gives (the folder's own tests are in gpt2_llm/tests/test_export.py)."""
+    out = tmp_path / "exported"
+    result = run("export", trained, out)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().startswith(f"wrote {out}: config.json, generation_config.json, merges.txt, "
+                                             f"model.safetensors, special_tokens_map.json, tokenizer.json, "
+                                             f"tokenizer_config.json, vocab.json (")
+    for args in (["predict", "ROMEO:", 12, "{}", "--greedy"], ["eval", corpus, "{}", "--dtype", "float32"]):
+        by_checkpoint = run(*[trained if a == "{}" else a for a in args])
+        by_folder = run(*[out if a == "{}" else a for a in args])
+        assert by_folder.returncode == 0, by_folder.stderr.decode()
+        assert by_folder.stdout == by_checkpoint.stdout
+    interactive = run("predict", "--interactive", out, "--greedy", stdin=b"ROMEO:\n")
+    assert interactive.returncode == 0 and b"ROMEO:" in interactive.stdout, interactive.stderr.decode()
+    assert run("tokenize", "--from-checkpoint", out, "-o", tmp_path / "v.txt").returncode == 0
+    assert bpe.BPE.load(tmp_path / "v.txt").hash == bpe.BPE.load(trained.parent / "vocab.txt").hash
+    # An existing folder needs --overwrite; then it is replaced whole.
+    assert "already exists and is not empty: pass --overwrite" in one_line_error(run("export", trained, out))
+    assert run("export", trained, out, "--overwrite").returncode == 0
+
+
+def test_a_hub_name_offline_and_not_cached_is_one_line(tmp_path):
+    env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    (tmp_path / "t.txt").write_text("some text to evaluate on")
+    for args in (["predict", "hi", 5, "gpt2"], ["eval", tmp_path / "t.txt", "gpt2-medium"], ["export", "gpt2", tmp_path / "o"],
+                 ["predict", "--interactive", "gpt2"]):  # fmt: skip
+        result = subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], capture_output=True,
+                                env=env, timeout=120, stdin=subprocess.DEVNULL, check=False)
+        line = one_line_error(result)
+        assert "is no file or folder here and is not in the Hugging Face cache" in line, line
+        assert "the hub cannot be reached (HF_HUB_OFFLINE is set): connect once, or download" in line
 
 
 @pytest.mark.parametrize("args,flag", [
@@ -497,7 +534,7 @@ def test_negative_num_tokens(trained):
     assert "num_tokens" in one_line_error(run("predict", "hi", "-3", trained))
 
 
-@pytest.mark.parametrize("command", ["train", "predict", "eval"])
+@pytest.mark.parametrize("command", ["train", "predict", "eval", "export"])
 def test_help_of_model_commands(command):
     result = run(command, "--help")
     assert result.returncode == 0 and b"usage:" in result.stdout

@@ -1,5 +1,4 @@
-"""GPT2: embeddings, the decoder, the final LayerNorm and the weight-tied head; generation;
-Hugging Face import and export.
+"""GPT2: embeddings, the decoder, the final LayerNorm and the weight-tied head; generation.
 
     ids (B, T) -> wte(ids) + wpe[0..T) -> GPT2Decoder -> ln_f -> lm_head -> logits (B, T, vocab)
                  (no wpe with RoPE)       n_layer blocks            (the wte matrix itself)
@@ -9,12 +8,10 @@ the rows past vocab_size stay zero and their logits are cut off, so nothing outs
 """
 
 import functools
-import json
 import math
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -301,50 +298,27 @@ class GPT2(nn.Module):
         model.load_state_dict(state)
         return model.to(self.wte.weight.device).train(self.training)
 
-    # ---- Hugging Face interop ------------------------------------------------------------------
+    # ---- transformers' folders (export.py) -----------------------------------------------------
 
     @classmethod
     def from_hf(cls, source, config: GPT2Config | None = None) -> "GPT2":
-        """A model with the weights of a Hugging Face GPT-2, in eval mode as from_pretrained gives it.
+        """A model with the weights of a transformers GPT-2, in eval mode as from_pretrained gives it.
 
         source: a folder written by save_pretrained (config.json + model.safetensors or
         pytorch_model.bin), or a GPT2LMHeadModel state dict. For a bare state dict the shape is read
         from the tensors and the head size is taken to be 64, as in every published GPT-2, unless
-        `config` says otherwise. Nothing is downloaded.
+        `config` says otherwise. Nothing is downloaded (the loader, loading.load, takes hub names).
         """
-        if isinstance(source, (str, os.PathLike)):
-            folder = Path(source)
-            config = config or hf_config_to_ours(json.loads((folder / "config.json").read_text()))
-            state = read_hf_weights(folder)
-        else:
-            state = {k.removeprefix("transformer."): v for k, v in source.items()}
-            config = config or config_from_hf_shapes(state)
-        model = cls(config)
-        model.load_state_dict(hf_state_to_ours(state))
-        return model.eval()
+        from .export import model_from_hf
+
+        return model_from_hf(source, config)
 
     def save_hf(self, folder: str | os.PathLike) -> None:
-        """Write config.json and model.safetensors that transformers.GPT2LMHeadModel.from_pretrained loads."""
-        from safetensors.torch import save_file
+        """Write config.json and model.safetensors that transformers.GPT2LMHeadModel.from_pretrained
+        loads (export.export_folder writes the tokenizer too)."""
+        from .export import write_model
 
-        c = self.config
-        if c.rope or not c.bias:
-            raise UserError(
-                "Hugging Face GPT-2 has learned positions and biases: a model with rope or without bias cannot be exported"
-            )
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        hf_config = {
-            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
-            "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_ctx": c.block_size,
-            "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": c.n_inner,
-            "resid_pdrop": c.dropout, "embd_pdrop": c.dropout,
-            "attn_pdrop": c.attn_dropout_prob,
-            "layer_norm_epsilon": c.layer_norm_eps, "initializer_range": 0.02, "tie_word_embeddings": True,
-        }  # fmt: skip
-        (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-        state = ours_state_to_hf(self.state_dict(), c.vocab_size)
-        save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+        write_model(self, folder)
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -449,74 +423,6 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return grad * grad_loss, None, None
 
 
-# ---- Hugging Face weights: the same names, but Conv1D layers store their matrices transposed ----
-
-HF_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
-def hf_state_to_ours(state: dict) -> dict:
-    """HF GPT-2 keys (without "transformer.") -> ours: h.* lives in the decoder, Conv1D is transposed."""
-    ours = {}
-    for key, value in state.items():
-        if key.endswith((".attn.bias", ".attn.masked_bias")):
-            continue  # causal-mask buffers of old checkpoints; SDPA makes the mask itself
-        if key.endswith(HF_CONV1D):
-            value = value.t()
-        ours["decoder." + key if key.startswith("h.") else key] = value
-    ours.setdefault("lm_head.weight", ours["wte.weight"])  # tied: save_pretrained leaves it out
-    return ours
-
-
-def ours_state_to_hf(state: dict, vocab_size: int) -> dict:
-    hf = {}
-    for key, value in state.items():
-        if key == "lm_head.weight":
-            continue  # the same tensor as wte; transformers ties it again on load
-        if key == "wte.weight":
-            value = value[:vocab_size]  # without our padding rows
-        if key.endswith(HF_CONV1D):
-            value = value.t()
-        hf["transformer." + key.removeprefix("decoder.")] = value.contiguous()
-    return hf
-
-
 def pad_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
     """weight with zero rows added at the end, to `rows` rows."""
     return torch.cat((weight, weight.new_zeros(rows - weight.size(0), *weight.shape[1:])))
-
-
-def read_hf_weights(folder: Path) -> dict:
-    """The state dict in a save_pretrained folder, without the "transformer." prefix."""
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(folder / "model.safetensors")
-    elif (folder / "pytorch_model.bin").is_file():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise UserError(f"no model.safetensors or pytorch_model.bin in {folder}")
-    return {k.removeprefix("transformer."): v for k, v in state.items()}
-
-
-def hf_config_to_ours(hf: dict) -> GPT2Config:
-    if hf.get("model_type", "gpt2") != "gpt2":
-        raise UserError(f"not a GPT-2 config: model_type is {hf['model_type']!r}")
-    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise UserError(f"unsupported activation_function {hf['activation_function']!r}: GPT-2 uses gelu_new")
-    if hf.get("scale_attn_by_inverse_layer_idx") or not hf.get("scale_attn_weights", True):
-        raise UserError("unsupported attention scaling in config.json: only GPT-2's 1/sqrt(head size) is implemented")
-    return GPT2Config(
-        vocab_size=hf["vocab_size"], n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-        block_size=hf["n_positions"], n_inner=hf.get("n_inner"), dropout=hf.get("resid_pdrop", 0.0),
-        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-    )  # fmt: skip
-
-
-def config_from_hf_shapes(state: dict) -> GPT2Config:
-    vocab_size, n_embd = state["wte.weight"].shape
-    n_layer = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("h."))
-    n_inner = state["h.0.mlp.c_fc.weight"].shape[1]  # Conv1D: (in, out)
-    return GPT2Config(
-        vocab_size=vocab_size, n_layer=n_layer, n_head=n_embd // 64, n_embd=n_embd,
-        block_size=state["wpe.weight"].shape[0], n_inner=None if n_inner == 4 * n_embd else n_inner,
-    )  # fmt: skip

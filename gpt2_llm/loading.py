@@ -1,29 +1,38 @@
-"""The one way to load a model: a checkpoint file -> the model, its tokenizer, and what else it holds.
+"""The one way to load a model: a name -> the model, its tokenizer, and what else came with it.
 
-    load("gpt2_model.pt") -> Loaded(model, tokenizer, checkpoint, path)
+    load("gpt2_model.pt")          our checkpoint file                    Loaded(source="checkpoint")
+    load("exported/")              a transformers folder (save_pretrained) Loaded(source="folder")
+    load("gpt2"), load("openai-community/gpt2")   a Hugging Face hub name  Loaded(source="hub")
 
-Every reader of a model goes through `load`: `main.py` predict, eval and train (to continue a run),
-`check_checkpoint.py`, `GPT2.load` and `Trainer.from_checkpoint`. So a file is checked once, in one
-order, and each problem is one line (a CheckpointError) naming the file:
+Every reader of a model goes through `load`: `main.py` predict, eval, export and train (to continue
+a run), `check_checkpoint.py`, `GPT2.load` and `Trainer.from_checkpoint`. So a model is checked
+once, in one order, and each problem is one line (a CheckpointError or TokenizerError) naming it:
 
-    1. the file itself: a torch file read without running pickles, of our format (checkpoint.py)
+    1. the file itself: a torch file read without running pickles, of our format (checkpoint.py);
+       or a folder's config.json and weights (export.py)
     2. its model config: known fields only, the required ones present, each of the right type
        and value (GPT2Config.from_dict); fields added in later versions take their defaults
     3. its weights: every tensor the config implies, of the shape it implies, and nothing else
-    4. its tokenizer (written by main.py train; GPT2.save stores none): it parses, its hash is the
-       one recorded, and the model has an embedding row for each of its tokens
+    4. its tokenizer (written by main.py train; GPT2.save stores none; a folder's tokenizer files):
+       it parses, its hash is the one recorded, and the model has an embedding row for each token
+
+A name that is no file or folder here but looks like a hub repository ("gpt2", "org/name") is
+looked up in the Hugging Face cache, and downloaded into it when it is not there: the only network
+access of the toolkit (`hub_folder`).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from bpe import BPE, TokenizerError
 
+from . import export
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, GPT2Config
 from .gpt2 import GPT2
@@ -37,32 +46,68 @@ class Loaded:
     """A loaded model (in eval mode, on the CPU unless asked otherwise) and what came with it."""
 
     model: GPT2
-    tokenizer: BPE | None  # None when the file holds weights only (GPT2.save)
-    path: Path
-    checkpoint: dict = field(repr=False)  # everything stored: optimizer, train_config, state, rng, data, ...
+    tokenizer: BPE | None  # None when the file holds weights only (GPT2.save), or a folder has no tokenizer files
+    path: Path  # the checkpoint file, or the folder (for a hub name: its snapshot in the cache)
+    # Everything stored: optimizer, train_config, state, rng, data, ... For a folder: model_config,
+    # hf_config (its config.json), weights_file and tokenizer_file.
+    checkpoint: dict = field(repr=False)
+    source: str = "checkpoint"  # "checkpoint" | "folder" | "hub"
+    name: str = ""  # the name it was loaded by
+    # {"name": "alpaca" | "chat" | None, "jinja": a Jinja chat template}: stored by a run trained on
+    # instructions, or a folder's own template (its name unknown); None without one.
+    chat_template: dict | None = None
 
     @property
     def can_resume(self) -> bool:
         return all(key in self.checkpoint for key in TRAINING_KEYS)
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Loaded:
-    """Read and check a checkpoint (see the module's docstring); a CheckpointError says what is wrong.
-    The model goes to `device`; the rest of the checkpoint stays on the CPU."""
-    path = Path(path)
+def load(name: str | os.PathLike, device: str | torch.device = "cpu") -> Loaded:
+    """Load a model by name: a checkpoint file, a transformers folder, or a hub name (see the
+    module's docstring). The model goes to `device`; everything else stays on the CPU."""
+    path = Path(name)
+    if path.is_dir():
+        return load_folder(path, device, "folder", str(name))
+    if not path.exists() and looks_like_hub_name(str(name)):
+        return load_folder(hub_folder(str(name)), device, "hub", str(name))
+    if not path.exists():
+        raise CheckpointError(f"model not found: {name} (no such checkpoint file or model folder)")
+    return load_checkpoint_file(path, device)
+
+
+def load_checkpoint_file(path: Path, device: str | torch.device = "cpu") -> Loaded:
+    """Read and check one of our checkpoints; a CheckpointError says what is wrong."""
     checkpoint = load_checkpoint(path)
     try:
         config = GPT2Config.from_dict(checkpoint["model_config"])
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    weights = checkpoint["model"]
+    model = build_model(config, checkpoint["model"], f"{path}: its weights do not fit its model config")
+    tokenizer = read_tokenizer(checkpoint, path, config)
+    chat_template = read_chat_template(checkpoint, path)
+    return Loaded(model.to(device).eval(), tokenizer, path, checkpoint, "checkpoint", str(path), chat_template)
+
+
+def load_folder(folder: Path, device: str | torch.device = "cpu", source: str = "folder", name: str = "") -> Loaded:
+    """Read and check a transformers GPT-2 folder (config.json, weights, tokenizer files)."""
+    config, hf = export.read_config(folder)
+    model = build_model(config, export.read_hf_weights(folder), f"{folder}: its weights do not fit its config.json")
+    tokenizer, tokenizer_file = export.read_tokenizer(folder)
+    check_tokenizer_fits(tokenizer, config, f"{folder}: its tokenizer ({tokenizer_file})")
+    stored = {"model_config": asdict(config), "hf_config": hf, "weights_file": export.weights_file(folder).name,
+              "tokenizer_file": tokenizer_file}  # fmt: skip
+    return Loaded(model.to(device).eval(), tokenizer, folder, stored, source, name or str(folder),
+                  export.read_chat_template(folder))
+
+
+def build_model(config: GPT2Config, weights, context: str) -> GPT2:
+    """A model of `config` holding `weights`; a CheckpointError "context: why" when they do not fit."""
     model = GPT2(config)
     problem = weights_problem(model, weights)
     if problem:
-        raise CheckpointError(f"{path}: its weights do not fit its model config: {problem}")
+        raise CheckpointError(f"{context}: {problem}")
     model.load_state_dict(weights)
-    model.to(device)
-    return Loaded(model.eval(), read_tokenizer(checkpoint, path, config), path, checkpoint)
+    return model
 
 
 def weights_problem(model: GPT2, weights) -> str | None:
@@ -99,10 +144,97 @@ def read_tokenizer(checkpoint: dict, path: Path, config: GPT2Config) -> BPE | No
         raise CheckpointError(str(e)) from None
     if stored.get("hash") not in (None, tokenizer.hash):
         raise CheckpointError(f"{path}: its tokenizer does not match the hash recorded beside it (a damaged file?)")
-    if tokenizer.vocab_size > config.vocab_size:
-        raise CheckpointError(f"{path}: its tokenizer has {tokenizer.vocab_size} tokens but the model's embedding "
-                              f"only {config.vocab_size} rows")
+    check_tokenizer_fits(tokenizer, config, f"{path}: its tokenizer")
     return tokenizer
+
+
+def check_tokenizer_fits(tokenizer: BPE | None, config: GPT2Config, what: str) -> None:
+    """The model has an embedding row for every token of the tokenizer."""
+    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+        raise CheckpointError(f"{what} has {tokenizer.vocab_size} tokens but the model's embedding "
+                              f"only {config.vocab_size} rows")
+
+
+def read_chat_template(checkpoint: dict, path: Path) -> dict | None:
+    """The chat template a run trained on instructions stored: {"name": str | None, "jinja": str}."""
+    stored = checkpoint.get("chat_template")
+    if stored is None:
+        return None
+    if not (isinstance(stored, dict) and isinstance(stored.get("jinja"), str)
+            and isinstance(stored.get("name"), (str, type(None)))):  # fmt: skip
+        raise CheckpointError(f"{path}: its chat_template entry is not {{'name': a str or None, 'jinja': a str}}")
+    return {"name": stored.get("name"), "jinja": stored["jinja"]}
+
+
+# ---- hub names -----------------------------------------------------------------------------------
+
+# A hub repository id: NAME or OWNER/NAME, letters, digits, "-", "_" and "." (no "--" or ".."). A
+# name ending like one of our files (model.pt) is a path that is missing, not a repository.
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
+_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".txt", ".json")
+# The files a hub model needs (its weights are asked for apart: see hub_folder).
+HUB_FILES = ["config.json", "generation_config.json", *export.TOKENIZER_FILES]
+
+
+def looks_like_hub_name(name: str) -> bool:
+    """Could `name` be a Hugging Face hub repository (gpt2, openai-community/gpt2)?"""
+    return bool(_HUB_NAME.fullmatch(name)) and "--" not in name and ".." not in name \
+        and not name.lower().endswith(_FILE_SUFFIXES)
+
+
+def hub_folder(name: str) -> Path:
+    """The folder of a hub model in the Hugging Face cache: looked up there first, without the
+    network; downloaded into it when it is not there (model.safetensors, or pytorch_model.bin when
+    the repository has no safetensors, and the config and tokenizer files: nothing else)."""
+    try:
+        from huggingface_hub import constants, errors, snapshot_download
+    except ImportError:
+        raise CheckpointError(f"model not found: {name} is no file or folder here, and huggingface_hub, which "
+                              f"fetches hub models, is not installed (pip install huggingface_hub)") from None
+    cache = _home_as_tilde(constants.HF_HUB_CACHE)
+    try:
+        folder = _cached_snapshot(name, snapshot_download, errors)
+        if folder is not None and export.weights_file(folder) is not None:
+            return folder
+        if constants.HF_HUB_OFFLINE:
+            raise errors.OfflineModeIsEnabled("HF_HUB_OFFLINE is set")
+        folder = Path(snapshot_download(name, allow_patterns=[*HUB_FILES, "model.safetensors"]))
+        if export.weights_file(folder) is None:
+            folder = Path(snapshot_download(name, allow_patterns=[*HUB_FILES, "pytorch_model.bin"]))
+    except errors.GatedRepoError:
+        raise CheckpointError(f"{name} is a gated model on the Hugging Face hub: accept its terms on its page, "
+                              f"then log in (hf auth login)") from None
+    except errors.RepositoryNotFoundError:
+        raise CheckpointError(f"model not found: {name} is no file or folder here, nor a model on the Hugging Face "
+                              f"hub (a private one needs: hf auth login)") from None
+    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as e:
+        why = "HF_HUB_OFFLINE is set" if isinstance(e, errors.OfflineModeIsEnabled) or constants.HF_HUB_OFFLINE \
+            else "no connection"
+        raise CheckpointError(f"model not found: {name} is no file or folder here and is not in the Hugging Face "
+                              f"cache ({cache}), and the hub cannot be reached ({why}): connect once, or download "
+                              f"the model folder elsewhere and pass its path") from None
+    except (errors.HfHubHTTPError, errors.HFValidationError, OSError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot fetch {name} from the Hugging Face hub: {first_line}") from None
+    if export.weights_file(folder) is None:
+        raise CheckpointError(f"{name} on the Hugging Face hub has no model.safetensors or pytorch_model.bin")
+    return folder
+
+
+def _cached_snapshot(name: str, snapshot_download, errors) -> Path | None:
+    """The folder of the model's snapshot in the cache, without the network; None when there is none."""
+    try:
+        return Path(snapshot_download(name, allow_patterns=["config.json"], local_files_only=True))
+    except errors.LocalEntryNotFoundError:
+        return None
+
+
+def _home_as_tilde(path) -> str:
+    home = os.path.expanduser("~")
+    path = str(path)
+    return "~" + path[len(home) :] if home not in ("", "/") and path.startswith(home + os.sep) else path
+
+
 
 
 def _shape(shape) -> str:

@@ -1,6 +1,3 @@
-import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,101 +16,6 @@ def greedy_by_full_recompute(model, ids, n):
         logits, _ = model(ids[:, -model.config.block_size :])
         ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return ids
-
-
-# ---- parity with transformers ------------------------------------------------------------------
-
-HF_SHAPE = dict(vocab_size=97, n_positions=64, n_embd=64, n_layer=2, n_head=4)
-
-
-@pytest.fixture(scope="module")
-def hf_model():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    # A larger init than GPT-2's spreads the logits, so greedy choices are never near-ties.
-    config = transformers.GPT2Config(**HF_SHAPE, initializer_range=0.1, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():  # non-trivial LayerNorm and bias values, so a swapped weight shows
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or ".ln_" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
-
-
-def assert_same_as_hf(ours, hf):
-    torch.manual_seed(1)
-    ids = torch.randint(0, 97, (3, 40))
-    with torch.no_grad():
-        ours_logits, ours_loss = ours(ids[:, :-1], ids[:, 1:])
-        hf_out = hf(ids, labels=ids)
-    assert_close(ours_logits, hf_out.logits[:, :-1], atol=1e-5)
-    assert ours_loss.item() == pytest.approx(hf_out.loss.item(), abs=1e-6)
-    prompt = torch.randint(0, 97, (1, 8))
-    with torch.inference_mode():
-        hf_ids = hf.generate(prompt, max_new_tokens=50, min_new_tokens=50, do_sample=False, pad_token_id=0)
-    ours_ids = ours.generate(prompt, 50, temperature=0)
-    assert ours_ids.shape == (1, 58)
-    assert torch.equal(ours_ids, hf_ids)
-
-
-def test_hf_model_loads_into_ours_from_safetensors(hf_model, tmp_path):
-    hf_model.save_pretrained(tmp_path)
-    assert (tmp_path / "model.safetensors").is_file()
-    ours = GPT2.from_hf(tmp_path)
-    assert not ours.training
-    assert (ours.config.n_layer, ours.config.n_head, ours.config.block_size) == (2, 4, 64)
-    assert_same_as_hf(ours, hf_model)
-
-
-def test_hf_model_loads_into_ours_from_pytorch_model_bin(hf_model, tmp_path):
-    hf_model.config.to_json_file(tmp_path / "config.json")
-    torch.save(hf_model.state_dict(), tmp_path / "pytorch_model.bin")
-    assert_same_as_hf(GPT2.from_hf(tmp_path), hf_model)
-
-
-def test_hf_state_dict_loads_into_ours(hf_model):
-    ours = GPT2.from_hf(hf_model.state_dict(), GPT2Config(vocab_size=97, n_layer=2, n_head=4, n_embd=64, block_size=64))
-    assert_same_as_hf(ours, hf_model)
-
-
-def test_hf_shapes_are_read_from_a_bare_state_dict():
-    transformers = pytest.importorskip("transformers")
-    shape = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=128, n_layer=3, n_head=2)
-    hf = transformers.GPT2LMHeadModel(shape)
-    config = GPT2.from_hf(hf.state_dict()).config
-    assert (config.vocab_size, config.block_size, config.n_embd, config.n_layer, config.n_head) == (50, 16, 128, 3, 2)
-
-
-def test_ours_exports_to_hf(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(2)
-    ours = GPT2(GPT2Config(vocab_size=97, n_layer=2, n_head=4, n_embd=64, block_size=64)).eval()
-    with torch.no_grad():
-        for p in ours.parameters():
-            p.add_(0.1 * torch.randn_like(p))  # away from GPT-2's small init: greedy never near a tie
-    ours.save_hf(tmp_path)
-    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
-    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied again
-    assert_same_as_hf(ours, hf)
-    # ...and back again, through the file transformers writes.
-    hf.save_pretrained(tmp_path / "again")
-    again = GPT2.from_hf(tmp_path / "again")
-    assert torch.equal(again.decoder.h[1].attn.c_attn.weight, ours.decoder.h[1].attn.c_attn.weight)
-
-
-def test_export_refuses_what_hf_gpt2_cannot_hold(tmp_path):
-    with pytest.raises(ValueError, match="rope or without bias"):
-        GPT2(GPT2Config(vocab_size=10, n_layer=1, n_head=2, n_embd=8, block_size=8, rope=True)).save_hf(tmp_path)
-    with pytest.raises(ValueError, match="no model.safetensors or pytorch_model.bin"):
-        (tmp_path / "config.json").write_text(json.dumps(dict(HF_SHAPE, model_type="gpt2")))
-        GPT2.from_hf(tmp_path)
-
-
-def test_importing_the_package_never_imports_transformers():
-    optional = "('transformers', 'safetensors', 'tiktoken')"
-    code = f"import sys, gpt2_llm; print(sorted(m for m in {optional} if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
 
 
 # ---- the model itself -------------------------------------------------------------------------

@@ -103,3 +103,19 @@ def test_a_stored_tokenizer_is_checked_against_its_hash_and_the_model(tmp_path, 
     small = tiny(vocab_size=270)
     write(tmp_path / "small.pt", small, tokenizer)
     one_line(tmp_path / "small.pt", "its tokenizer has 280 tokens but the model's embedding only 270 rows")
+
+
+def test_a_chat_template_stored_by_an_instruction_run_comes_with_the_model(tmp_path, tokenizer):
+    template = {"name": "alpaca", "jinja": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}
+    write(tmp_path / "chat.pt", tiny(), tokenizer, chat_template=template)
+    loaded = load(tmp_path / "chat.pt")
+    assert (loaded.chat_template, loaded.source, loaded.name) == (template, "checkpoint", str(tmp_path / "chat.pt"))
+    write(tmp_path / "plain.pt", tiny(), tokenizer)
+    assert load(tmp_path / "plain.pt").chat_template is None
+    write(tmp_path / "bad.pt", tiny(), tokenizer, chat_template={"name": "alpaca"})
+    one_line(tmp_path / "bad.pt", "its chat_template entry is not")
+
+
+def test_a_missing_model_is_one_line_whatever_its_name_looks_like(tmp_path):
+    one_line(tmp_path / "nope.pt", r"model not found: .*nope\.pt \(no such checkpoint file or model folder\)")
+    one_line(tmp_path / "a" / "b" / "c", "model not found")  # a path, not a hub name

@@ -1,0 +1,481 @@
+"""Tests of gpt2_llm/export.py, and of loading transformers' folders: the same logits, greedy text,
+loss and token ids as transformers itself, both ways, and one line for each refusal."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from bpe import BPE, TokenizerError, UserError
+from gpt2_llm import GPT2, CheckpointError, GPT2Config, load, save_checkpoint
+from gpt2_llm.export import export_folder, onig_pattern
+from gpt2_llm.loading import looks_like_hub_name
+from gpt2_llm.tests.conftest import assert_close
+
+transformers = pytest.importorskip("transformers")
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECIALS = ("<|endoftext|>", "<|extra|>")
+# Text that tokenizers split in many ways: emoji (4-byte UTF-8), CRLF, runs of spaces and blank
+# lines, digit runs (GPT-4's pattern cuts them in threes), contractions, special tokens in the text.
+EDGES = ("Hello world!  Two  spaces,\tthen a tab.\r\nCRLF line\r\n\r\n   indented\n\n\nend   \n"
+         "😀🎉👍🏽 emoji, 12345678, 20202020 and 3.14159, don't DON'T we'll I'M; <|endoftext|>after<|extra|> x "
+         "<|endoftext|><|endoftext|>\u00a0nbsp\u2028sep \u3000ideographic space")  # fmt: skip
+
+
+def spread(text: str, pieces: int, size: int, offset: int = 0) -> str:
+    """Pieces of `size` characters from across the whole text: every script of multilingual.txt."""
+    step = len(text) // pieces
+    return "".join(text[i + offset : i + offset + size] for i in range(0, step * pieces, step))
+
+
+@pytest.fixture(scope="module")
+def multilingual(data_dir) -> str:
+    return (data_dir / "multilingual.txt").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def sample(multilingual) -> str:
+    return spread(multilingual, 40, 2500, offset=1000) + EDGES
+
+
+# ---- transformers folders in, through the one loader -----------------------------------------
+
+
+def random_hf_model(vocab_size=50257, n_positions=64):
+    """A random transformers GPT-2, tiny but for GPT-2's vocabulary. A larger init than GPT-2's
+    spreads the logits, so greedy choices are never near-ties; LayerNorms and biases are moved
+    off their init, so a swapped weight shows."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=32, n_layer=2, n_head=2,
+                                     initializer_range=0.1, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+TOKENIZER_KINDS = ("tokenizer.json", "vocab.json + merges.txt", "encoder.json + vocab.bpe")
+
+
+@pytest.fixture(scope="module")
+def hf_folders(tmp_path_factory, data_dir) -> dict[str, Path]:
+    """One random model saved by save_pretrained, in three folders that differ by their tokenizer
+    files: GPT-2's own tokenizer as tokenizer.json (written by transformers), as vocab.json +
+    merges.txt, and as OpenAI's encoder.json + vocab.bpe (the same content)."""
+    base = tmp_path_factory.mktemp("hf")
+    random_hf_model().save_pretrained(base / "model")
+    pair = base / "pair"
+    pair.mkdir()
+    shutil.copy(data_dir / "gpt2" / "encoder.json", pair / "vocab.json")
+    shutil.copy(data_dir / "gpt2" / "vocab.bpe", pair / "merges.txt")
+    folders = {}
+    for kind in TOKENIZER_KINDS:
+        folder = folders[kind] = base / kind.split(" ")[0].replace(".", "_")
+        shutil.copytree(base / "model", folder)
+        if kind == "tokenizer.json":
+            transformers.GPT2TokenizerFast.from_pretrained(pair).save_pretrained(folder)
+            assert (folder / "tokenizer.json").is_file() and not (folder / "vocab.json").exists()
+        else:
+            for name, source in zip(kind.split(" + "), ("encoder.json", "vocab.bpe")):
+                shutil.copy(data_dir / "gpt2" / source, folder / name)
+    return folders
+
+
+@pytest.fixture(scope="module")
+def gpt2_tokenizer(data_dir) -> BPE:
+    return BPE.from_gpt2(data_dir / "gpt2" / "encoder.json", data_dir / "gpt2" / "vocab.bpe")
+
+
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
+def test_a_transformers_folder_loads_with_each_kind_of_tokenizer_file(hf_folders, gpt2_tokenizer, kind):
+    loaded = load(hf_folders[kind])
+    assert (loaded.source, loaded.path, loaded.checkpoint["tokenizer_file"]) == ("folder", hf_folders[kind], kind)
+    assert loaded.tokenizer.hash == gpt2_tokenizer.hash and not loaded.can_resume
+    assert GPT2Config.from_dict(loaded.checkpoint["model_config"]) == loaded.model.config
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_folders[kind]).eval()
+    ids = torch.randint(0, 50257, (2, 40))
+    with torch.no_grad():
+        assert_close(loaded.model(ids)[0], hf(ids).logits, atol=1e-5)
+
+
+def main_py(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], capture_output=True,
+                          encoding="utf-8", timeout=120, env=env, check=False)
+
+
+def test_greedy_predict_on_a_folder_is_transformers_generate(hf_folders):
+    folder, prompt, new = hf_folders["tokenizer.json"], "The meaning of life is", 30
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+    ids = hf_tok(prompt, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = hf.generate(ids, max_new_tokens=new, do_sample=False)[0, ids.size(1) :].tolist()
+    out = out[: out.index(50256)] if 50256 in out else out  # predict stops at <|endoftext|>, as generate does
+    result = main_py("predict", prompt, new, folder, "--greedy", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == prompt + hf_tok.decode(out) + "\n"
+    assert len(out) > 10  # enough new text to compare
+
+
+def test_eval_on_a_folder_is_the_loss_transformers_computes(hf_folders, data_dir, tmp_path):
+    folder = hf_folders["vocab.json + merges.txt"]
+    text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:3000]
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    result = main_py("eval", tmp_path / "text.txt", folder, "--dtype", "float32", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    loss = float(result.stdout.split("loss ")[1].split(",")[0])
+    ids = transformers.AutoTokenizer.from_pretrained(folder)(text)["input_ids"]
+    n = (len(ids) - 1) // 64  # eval's windows: 64 predicted tokens each, without overlap
+    windows = torch.tensor(ids[: n * 64 + 1]).unfold(0, 65, 64)  # (n, 65): 64 inputs, each with its next token
+    with torch.no_grad():
+        logits = transformers.AutoModelForCausalLM.from_pretrained(folder)(windows[:, :-1]).logits
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten()).item()
+    assert loss == pytest.approx(expected, abs=1e-4)  # eval prints 4 decimals
+
+
+# ---- our checkpoints out, and back -------------------------------------------------------------
+
+
+def trained_tokenizer(multilingual: str, pattern: str) -> BPE:
+    years = " ".join(str(year) for year in range(1900, 2030)) * 3  # merges of digits, which the patterns cut apart
+    return BPE.train(spread(multilingual, 40, 1500) + years, vocab_size=600, pattern=pattern, special_tokens=SPECIALS)
+
+
+def checkpoint_of(path: Path, tokenizer: BPE, chat_template: dict | None = None, **shape) -> GPT2:
+    """A random model of the tokenizer's vocabulary (moved away from GPT-2's small init, so its
+    logits are not all near zero) saved as a checkpoint that holds the tokenizer."""
+    torch.manual_seed(1)
+    config = GPT2Config(**{"vocab_size": tokenizer.vocab_size, "n_layer": 2, "n_head": 2, "n_embd": 32,
+                            "block_size": 64, **shape})
+    model = GPT2(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        model.wte.weight[tokenizer.vocab_size :] = 0.0  # the padding rows stay zero
+    extra = {"chat_template": chat_template} if chat_template else {}
+    save_checkpoint(path, {"model_config": asdict(model.config), "model": model.state_dict(),
+                           "tokenizer": {"text": tokenizer.to_text(), "hash": tokenizer.hash}, **extra})
+    return model
+
+
+def assert_same_ids(folder: Path, tokenizer: BPE, text: str) -> None:
+    hf = transformers.AutoTokenizer.from_pretrained(folder)
+    ours = tokenizer.encode(text, allowed_special="all")
+    theirs = hf(text, add_special_tokens=False)["input_ids"]
+    if ours != theirs:
+        i = next(i for i, (a, b) in enumerate(zip(ours + [-1], theirs + [-1])) if a != b)
+        pytest.fail(f"first difference at token {i}: ours {tokenizer.token_pieces(ours[i : i + 3])}, "
+                    f"transformers' {hf.convert_ids_to_tokens(theirs[i : i + 3])}")
+    assert hf.decode(theirs) == text
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+def test_an_exported_checkpoint_is_the_same_model_and_tokenizer_in_transformers(multilingual, sample, tmp_path,
+                                                                                 pattern):  # fmt: skip
+    tokenizer = trained_tokenizer(multilingual, pattern)
+    template = {"name": "chat", "jinja": "{% for m in messages %}<|extra|>{{ m['content'] }}{% endfor %}"}
+    model = checkpoint_of(tmp_path / "m.pt", tokenizer, template)
+    assert main_py("export", tmp_path / "m.pt", tmp_path / "out").returncode == 0
+    out = tmp_path / "out"
+    gpt2_pair = {"vocab.json", "merges.txt"} if pattern == "gpt2" else set()  # files that imply GPT-2's pattern
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "generation_config.json",
+                                               "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                               *gpt2_pair}  # fmt: skip
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(0, tokenizer.vocab_size, (2, 64))
+    with torch.no_grad():
+        assert_close(hf(ids).logits, model(ids)[0], atol=1e-4)
+    assert_same_ids(out, tokenizer, sample)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert hf_tok.eos_token == "<|endoftext|>" and hf_tok.model_max_length == 64
+    assert hf.config.eos_token_id == tokenizer.special_tokens["<|endoftext|>"]
+    chat = hf_tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert chat == "<|extra|>hi"
+    # ...and back through our own loader: the same tokenizer (hash), logits and template.
+    again = load(out)
+    assert again.tokenizer.hash == tokenizer.hash and again.tokenizer.pattern == tokenizer.pattern
+    assert torch.equal(again.model(ids)[0], model(ids)[0])
+    assert again.chat_template == {"name": None, "jinja": template["jinja"]}
+
+
+def test_gpt2s_own_tokenizer_exports_to_the_same_ids(gpt2_tokenizer, sample, tmp_path, data_dir):
+    model = checkpoint_of(tmp_path / "m.pt", gpt2_tokenizer)
+    files = export_folder(model, gpt2_tokenizer, tmp_path / "out")
+    assert "vocab.json" in files and "merges.txt" in files
+    assert_same_ids(tmp_path / "out", gpt2_tokenizer, sample)
+    # vocab.json + merges.txt are GPT-2's own files, entry for entry and line for line.
+    data = data_dir / "gpt2"
+    assert json.loads((tmp_path / "out" / "vocab.json").read_text()) == json.loads((data / "encoder.json").read_text())
+    ours_merges = (tmp_path / "out" / "merges.txt").read_text().split("\n")[1:]
+    assert ours_merges == (data / "vocab.bpe").read_text().split("\n")[1:]
+    assert load(tmp_path / "out").tokenizer.hash == gpt2_tokenizer.hash
+
+
+def test_onig_pattern_keeps_gpt4s_digit_groups():
+    tokenizers = pytest.importorskip("tokenizers")
+    from bpe import GPT2_PATTERN, GPT4_PATTERN
+
+    assert onig_pattern(GPT2_PATTERN) == GPT2_PATTERN
+    split = tokenizers.pre_tokenizers.Split(tokenizers.Regex(onig_pattern(GPT4_PATTERN)), behavior="isolated")
+    assert [piece for piece, _ in split.pre_tokenize_str("12345678 x")] == ["123", "456", "78", " x"]
+    raw = tokenizers.pre_tokenizers.Split(tokenizers.Regex(GPT4_PATTERN), behavior="isolated")
+    assert [piece for piece, _ in raw.pre_tokenize_str("12345678")] == ["12345678"]  # why the rewrite is needed
+    with pytest.raises(TokenizerError, match="inside a group"):
+        onig_pattern(r"(?:\d{1,3}+x)|y")
+
+
+# ---- the old entry points: GPT2.from_hf and GPT2.save_hf, against transformers -------------
+
+HF_SHAPE = {"vocab_size": 97, "n_positions": 64, "n_embd": 64, "n_layer": 2, "n_head": 4}
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    torch.manual_seed(0)
+    # A larger init than GPT-2's spreads the logits, so greedy choices are never near-ties.
+    config = transformers.GPT2Config(**HF_SHAPE, initializer_range=0.1, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # non-trivial LayerNorm and bias values, so a swapped weight shows
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def assert_same_as_hf(ours, hf):
+    torch.manual_seed(1)
+    ids = torch.randint(0, 97, (3, 40))
+    with torch.no_grad():
+        ours_logits, ours_loss = ours(ids[:, :-1], ids[:, 1:])
+        hf_out = hf(ids, labels=ids)
+    assert_close(ours_logits, hf_out.logits[:, :-1], atol=1e-5)
+    assert ours_loss.item() == pytest.approx(hf_out.loss.item(), abs=1e-6)
+    prompt = torch.randint(0, 97, (1, 8))
+    with torch.inference_mode():
+        hf_ids = hf.generate(prompt, max_new_tokens=50, min_new_tokens=50, do_sample=False, pad_token_id=0)
+    ours_ids = ours.generate(prompt, 50, temperature=0)
+    assert ours_ids.shape == (1, 58)
+    assert torch.equal(ours_ids, hf_ids)
+
+
+def test_hf_model_loads_into_ours_from_safetensors(hf_model, tmp_path):
+    hf_model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    ours = GPT2.from_hf(tmp_path)
+    assert not ours.training
+    assert (ours.config.n_layer, ours.config.n_head, ours.config.block_size) == (2, 4, 64)
+    assert_same_as_hf(ours, hf_model)
+
+
+def test_hf_model_loads_into_ours_from_pytorch_model_bin(hf_model, tmp_path):
+    hf_model.config.to_json_file(tmp_path / "config.json")
+    torch.save(hf_model.state_dict(), tmp_path / "pytorch_model.bin")
+    assert_same_as_hf(GPT2.from_hf(tmp_path), hf_model)
+
+
+def test_hf_state_dict_loads_into_ours(hf_model):
+    ours = GPT2.from_hf(hf_model.state_dict(), GPT2Config(vocab_size=97, n_layer=2, n_head=4, n_embd=64, block_size=64))
+    assert_same_as_hf(ours, hf_model)
+
+
+def test_hf_shapes_are_read_from_a_bare_state_dict():
+    shape = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=128, n_layer=3, n_head=2)
+    hf = transformers.GPT2LMHeadModel(shape)
+    config = GPT2.from_hf(hf.state_dict()).config
+    assert (config.vocab_size, config.block_size, config.n_embd, config.n_layer, config.n_head) == (50, 16, 128, 3, 2)
+
+
+def test_ours_exports_to_hf(tmp_path):
+    torch.manual_seed(2)
+    ours = GPT2(GPT2Config(vocab_size=97, n_layer=2, n_head=4, n_embd=64, block_size=64)).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # away from GPT-2's small init: greedy never near a tie
+    ours.save_hf(tmp_path)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied again
+    assert_same_as_hf(ours, hf)
+    # ...and back again, through the file transformers writes.
+    hf.save_pretrained(tmp_path / "again")
+    again = GPT2.from_hf(tmp_path / "again")
+    assert torch.equal(again.decoder.h[1].attn.c_attn.weight, ours.decoder.h[1].attn.c_attn.weight)
+
+
+# ---- refusals: each one line --------------------------------------------------------------------
+
+
+def one_line(error: pytest.ExceptionInfo, *parts: str) -> None:
+    message = str(error.value)
+    assert "\n" not in message and all(part in message for part in parts), message
+
+
+def test_what_transformers_gpt2_cannot_hold_is_refused(multilingual, tmp_path):
+    tokenizer = trained_tokenizer(multilingual, "gpt2")
+    rope = checkpoint_of(tmp_path / "rope.pt", tokenizer, rope=True)
+    with pytest.raises(UserError) as error:
+        export_folder(rope, tokenizer, tmp_path / "out")
+    one_line(error, "rotary positions")
+    assert not (tmp_path / "out").exists()
+    result = main_py("export", tmp_path / "rope.pt", tmp_path / "out")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "rotary positions" in result.stderr
+    with pytest.raises(UserError) as error:
+        GPT2(GPT2Config(vocab_size=300, n_layer=1, n_head=2, n_embd=8, block_size=8, bias=False)).save_hf(tmp_path)
+    one_line(error, "no biases")
+
+
+def test_an_existing_folder_is_replaced_only_with_overwrite_and_only_a_model_folder(multilingual, tmp_path):
+    tokenizer = trained_tokenizer(multilingual, "gpt2")
+    model = checkpoint_of(tmp_path / "m.pt", tokenizer)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError) as error:
+        export_folder(model, tokenizer, tmp_path / "out")
+    one_line(error, "already exists", "--overwrite")
+    with pytest.raises(UserError) as error:
+        export_folder(model, tokenizer, tmp_path / "out", overwrite=True)
+    one_line(error, "not a model folder")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+    export_folder(model, tokenizer, tmp_path / "model")
+    export_folder(model, tokenizer, tmp_path / "model", overwrite=True)  # a model folder is replaced whole
+    assert load(tmp_path / "model").tokenizer.hash == tokenizer.hash
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "model", "out"]  # no staging folder left
+
+
+@pytest.fixture
+def folder(hf_folders, tmp_path) -> Path:
+    """A copy of a good folder (tokenizer.json kind) to break."""
+    return Path(shutil.copytree(hf_folders["tokenizer.json"], tmp_path / "broken"))
+
+
+def edit_json(path: Path, change) -> None:
+    content = json.loads(path.read_text(encoding="utf-8"))
+    change(content)
+    path.write_text(json.dumps(content), encoding="utf-8")
+
+
+def test_a_folder_without_weights_or_config_is_one_line(folder):
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError) as error:
+        load(folder)
+    one_line(error, str(folder), "no model.safetensors or pytorch_model.bin")
+    (folder / "config.json").unlink()
+    with pytest.raises(CheckpointError) as error:
+        load(folder)
+    one_line(error, str(folder), "not a model folder", "config.json")
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c.update(model_type="llama"), "of a 'llama' model; this toolkit reads GPT-2"),
+    (lambda c: c.pop("n_layer"), "lacks an integer n_layer"),
+    (lambda c: c.update(n_layer=3), "its weights do not fit its config.json: missing decoder.h.2.ln_1.weight"),
+    (lambda c: c.update(activation_function="relu"), "activation_function is 'relu'"),
+    (lambda c: c.update(tie_word_embeddings=False), "not tied"),
+    (lambda c: c.update(vocab_size=1000), "wte.weight is 50257x32, the config needs 1024x32"),
+])  # fmt: skip
+def test_a_config_that_does_not_fit_is_one_line(folder, change, message):
+    edit_json(folder / "config.json", change)
+    with pytest.raises(CheckpointError) as error:
+        load(folder)
+    one_line(error, str(folder), message)
+
+
+def test_a_tokenizer_larger_than_the_model_is_one_line(tmp_path, data_dir):
+    random_hf_model(vocab_size=50000).save_pretrained(tmp_path)
+    shutil.copy(data_dir / "gpt2" / "encoder.json", tmp_path / "vocab.json")
+    shutil.copy(data_dir / "gpt2" / "vocab.bpe", tmp_path / "merges.txt")
+    with pytest.raises(CheckpointError) as error:
+        load(tmp_path)
+    one_line(error, "its tokenizer (vocab.json + merges.txt) has 50257 tokens but the model's embedding only 50000 rows")
+
+
+def swap_ids(spec: dict) -> None:
+    """Give two merged tokens each other's ids: the merge order and the id order disagree."""
+    vocab = spec["model"]["vocab"]
+    vocab["Ġt"], vocab["Ġa"] = vocab["Ġa"], vocab["Ġt"]
+
+
+@pytest.mark.parametrize("change,message", [
+    (swap_ids, "do not follow the merge order (merge 2 makes id 256 after a merge made id 257)"),
+    (lambda spec: spec.update(normalizer={"type": "NFC"}), "normalizes text ('NFC')"),
+    (lambda spec: spec["pre_tokenizer"].update(add_prefix_space=True), "pre-tokenizer ('ByteLevel')"),
+    (lambda spec: spec["added_tokens"][0].update(special=False), "added token '<|endoftext|>' is not special"),
+    (lambda spec: spec["model"]["merges"].pop(5), "is made by no merge"),
+    (lambda spec: spec["model"].update(type="WordPiece"), "not a BPE tokenizer"),
+])  # fmt: skip
+def test_a_tokenizer_our_bpe_cannot_reproduce_is_one_line(folder, change, message):
+    edit_json(folder / "tokenizer.json", change)
+    with pytest.raises(TokenizerError) as error:
+        load(folder)
+    one_line(error, str(folder / "tokenizer.json"), message)
+
+
+def test_a_folder_without_a_tokenizer_loads_and_the_cli_asks_for_a_vocab_file(folder, data_dir):
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    assert load(folder).tokenizer is None
+    result = main_py("predict", "Hello", 3, folder, "--greedy")
+    assert result.returncode == 1 and result.stderr == f"error: {folder} holds no tokenizer (its folder has no " \
+                                                       f"tokenizer files): give its vocab file after it\n"
+    with_vocab = main_py("predict", "Hello", 3, folder, data_dir / "gpt2", "--greedy")
+    assert with_vocab.returncode == 0 and with_vocab.stdout.startswith("Hello"), with_vocab.stderr
+
+
+# ---- hub names: only the Hugging Face cache, never the network, in tests ---------------------------
+
+
+def test_hub_names_and_paths_are_told_apart():
+    for name in ("gpt2", "gpt2-medium", "openai-community/gpt2", "EleutherAI/gpt-neo-125M", "distilgpt2"):
+        assert looks_like_hub_name(name), name
+    for name in ("gpt2_model.pt", "runs/model.pt", "./gpt2", "/abs/gpt2", "a/b/c", "weights.safetensors",
+                 "two words", "org--name", "x/../y", ""):
+        assert not looks_like_hub_name(name), name
+
+
+def offline_env(hf_home: Path) -> dict:
+    return {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hf_home / "hub")}
+
+
+def test_a_hub_name_offline_with_nothing_cached_is_one_line(tmp_path):
+    result = main_py("predict", "Hello", 5, "openai-community/gpt2", env=offline_env(tmp_path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: model not found: openai-community/gpt2 is no file or folder here and is "
+                                    f"not in the Hugging Face cache ({tmp_path / 'hub'}), and the hub cannot be "
+                                    "reached (HF_HUB_OFFLINE is set): connect once, or download the model folder "
+                                    "elsewhere and pass its path")
+
+
+def test_a_hub_name_in_the_cache_loads_without_the_network(hf_folders, tmp_path):
+    """The cache as huggingface_hub lays it out: hub/models--ORG--NAME/snapshots/<commit>/..., with
+    refs/main naming the commit."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-gpt2"
+    shutil.copytree(hf_folders["tokenizer.json"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = offline_env(tmp_path)
+    by_name = main_py("predict", "Hello there", 12, "someone/tiny-gpt2", "--greedy", env=env)
+    by_folder = main_py("predict", "Hello there", 12, hf_folders["tokenizer.json"], "--greedy", env=env)
+    assert by_name.returncode == 0, by_name.stderr
+    assert by_name.stdout == by_folder.stdout
+    check = subprocess.run([sys.executable, str(ROOT / "check_checkpoint.py"), "someone/tiny-gpt2"], env=env,
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert check.returncode == 0, check.stderr
+    assert "a transformers folder (Hugging Face hub name someone/tiny-gpt2, cached)" in check.stdout
+    assert str(repo / "snapshots" / commit) in check.stdout
+
+
+def test_importing_the_package_never_imports_transformers_or_the_hub():
+    optional = "('transformers', 'tokenizers', 'safetensors', 'huggingface_hub', 'tiktoken')"
+    code = ("import sys, gpt2_llm, gpt2_llm.loading, gpt2_llm.export, main, check_checkpoint; "
+            f"print(sorted(m for m in {optional} if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
