@@ -479,3 +479,35 @@ def test_importing_the_package_never_imports_transformers_or_the_hub():
             f"print(sorted(m for m in {optional} if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_fine_tune_a_folder_then_its_export_gives_transformers_the_same_greedy_text(hf_folders, gpt2_tokenizer,
+                                                                                    data_dir, tmp_path):  # fmt: skip
+    """The whole road: a transformers folder -> train --init-from -> our checkpoint -> export -> transformers."""
+    folder = hf_folders["encoder.json + vocab.bpe"]
+    text = tmp_path / "notes.txt"
+    text.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    tuned, out = tmp_path / "tuned.pt", tmp_path / "exported"
+    result = main_py("train", text, "--init-from", folder, "--out", tuned, "--steps", 3, "--lr", "1e-2",
+                     "--batch-size", 2, "--device", "cpu", "--dtype", "float32", "--eval-every", 10,
+                     "--eval-tokens", 2000, "--sample-tokens", 0)
+    assert result.returncode == 0, result.stderr
+    assert f"starting from {folder}: " in result.stderr and "its own tokenizer (50,257 tokens)" in result.stderr
+    before, after = load(folder), load(tuned)
+    assert after.tokenizer.hash == gpt2_tokenizer.hash and after.model.config == before.model.config
+    moved = (after.model.decoder.h[0].mlp.c_fc.weight - before.model.decoder.h[0].mlp.c_fc.weight).abs().max()
+    assert moved > 1e-3  # it was trained
+    exported = main_py("export", tuned, out)
+    assert exported.returncode == 0, exported.stderr
+
+    prompt, new = "ROMEO:", 24
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    ids = hf_tok(prompt, return_tensors="pt")["input_ids"]
+    assert ids[0].tolist() == gpt2_tokenizer.encode(prompt)
+    with torch.inference_mode():
+        theirs = hf.generate(ids, max_new_tokens=new, do_sample=False)[0, ids.size(1) :].tolist()
+    theirs = theirs[: theirs.index(50256)] if 50256 in theirs else theirs
+    ours = main_py("predict", prompt, new, tuned, "--greedy", "--device", "cpu")
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout == prompt + hf_tok.decode(theirs) + "\n" and len(theirs) > 5
