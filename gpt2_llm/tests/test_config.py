@@ -63,7 +63,7 @@ def test_derived_sizes_and_plain_asdict():
     assert (config.head_size, config.mlp_size) == (16, 256)
     assert GPT2Config(n_embd=64, n_head=4, n_inner=100).mlp_size == 100
     # Stored in checkpoints as plain values, so weights_only loading reads them.
-    assert all(v is None or type(v) in (int, float, bool) for v in asdict(config).values())
+    assert all(v is None or type(v) in (int, float, bool, str) for v in asdict(config).values())
     assert GPT2Config(**asdict(config)) == config
 
 
