@@ -29,14 +29,15 @@ def report(checkpoint_path: str, vocab_path: str | None) -> tuple[list[str], lis
     given = bpe.BPE.load(vocab_path) if vocab_path is not None else None
     tokenizer = given or stored
     size_mb = os.path.getsize(checkpoint_path) / 1e6
-    options = [name for name, on in (("RoPE", cfg.rope), ("no bias", not cfg.bias)) if on]
+    departures = cfg.gpt2_departures()  # the architecture options taken, e.g. ["RMSNorm", "swiglu MLP"]
     lines = [
         f"checkpoint:       {checkpoint_path} ({size_mb:.1f} MB, format version {loaded.checkpoint['format_version']})",
         f"vocab size:       {tokenizer.vocab_size:,}" if tokenizer else "vocab size:       unknown (no tokenizer)",
         f"model vocab size: {cfg.vocab_size:,}",
         f"embedding dim:    {cfg.n_embd}",
         f"layers x heads:   {cfg.n_layer} x {cfg.n_head}",
-        f"context:          {cfg.block_size} tokens{''.join(f' ({o})' for o in options)}",
+        f"context:          {cfg.block_size} tokens",
+        f"architecture:     {', '.join(departures) if departures else 'GPT-2'} (MLP width {cfg.mlp_size})",
         f"parameters:       {loaded.model.num_parameters():,}",
     ]
     state = loaded.checkpoint.get("state")
@@ -46,6 +47,7 @@ def report(checkpoint_path: str, vocab_path: str | None) -> tuple[list[str], lis
         total = f" of {state['total_steps']:,}" if state.get("total_steps") else ""
         lines.append(f"training:         step {state['step']:,}{total}, {state['tokens_seen']:,} tokens seen, "
                      f"best val loss {best_text}")
+        lines.append(f"optimizer:        {optimizer_text(loaded.checkpoint['train_config'])}")
     else:
         lines.append("training:         no training state (weights only)")
     if stored is not None:
@@ -60,6 +62,16 @@ def report(checkpoint_path: str, vocab_path: str | None) -> tuple[list[str], lis
     elif given is not None and given.vocab_size > cfg.vocab_size:
         problems.append(f"{vocab_path} has {given.vocab_size} tokens but the model's embedding only {cfg.vocab_size}")
     return lines, problems
+
+
+def optimizer_text(train_config: dict) -> str:
+    """How the stored run is optimised: AdamW, or Muon for the hidden matrices with AdamW for the rest."""
+    from gpt2_llm.config import MUON_LR
+
+    adamw = f"AdamW (lr {train_config.get('lr', 0):g})"
+    if train_config.get("optimizer", "adamw") != "muon":
+        return adamw
+    return f"Muon (lr {train_config.get('muon_lr') or MUON_LR:g}) for the hidden matrices, {adamw} for the rest"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,7 +125,7 @@ class GPT2Config:
     def gpt2_departures(self) -> list[str]:
         """The architecture options this config takes that GPT-2 has not (empty for GPT-2's own)."""
         options = [("RMSNorm", self.norm == "rmsnorm"), (f"{self.mlp} MLP", self.mlp != "gelu"),
-                   (f"{self.kv_heads} key/value heads", self.kv_heads != self.n_head), ("QK-norm", self.qk_norm),
+                   (f"{self.kv_heads} key/value head{'s' * (self.kv_heads > 1)}", self.kv_heads != self.n_head), ("QK-norm", self.qk_norm),
                    ("untied head", not self.tie_embeddings), ("RoPE", self.rope), ("no bias", not self.bias)]
         return [name for name, taken in options if taken]
 
