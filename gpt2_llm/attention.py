@@ -153,7 +153,10 @@ class QKVAttention(nn.Module):
         k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, T, nkv * hs) -> (B, nkv, T, hs)
         v = v.view(B, T, nkv, hs).transpose(1, 2)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)  # over each head's hs channels
+            # Over each head's hs channels. Under autocast q and k are bf16, which rms_norm's fused
+            # kernel takes only with a gain of the same dtype (autocast does not cast it).
+            q = F.rms_norm(q, (hs,), self.q_norm.weight.to(q.dtype), self.q_norm.eps)
+            k = F.rms_norm(k, (hs,), self.k_norm.weight.to(k.dtype), self.k_norm.eps)
         if self.rope is not None:
             q = self.rope(q, offset=past)
             k = self.rope(k, offset=past)
