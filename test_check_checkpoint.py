@@ -39,6 +39,8 @@ def test_a_checkpoint_and_its_own_vocab_are_compatible(trained):
     assert ok.returncode == 0, ok.stderr
     assert "step 3 of 3" in ok.stdout and "embedding dim:    64" in ok.stdout
     assert "parameters:       121,344" in ok.stdout  # the tiny preset at vocab 300, context 32
+    assert "architecture:     GPT-2 (MLP width 256)" in ok.stdout
+    assert "optimizer:        AdamW (lr 0.0006)" in ok.stdout
     assert ok.stdout.rstrip().endswith("verdict:          compatible")
 
 
@@ -79,3 +81,14 @@ def test_an_unusable_checkpoint_is_reported_as_such(trained, tmp_path, make, mes
 
 def test_usage_errors_exit_2():
     assert check().returncode == 2
+
+
+def test_the_architecture_options_are_shown(tmp_path):
+    from gpt2_llm import GPT2, GPT2Config
+
+    config = GPT2Config.from_preset("tiny", vocab_size=300, mlp="swiglu", n_kv_head=1, norm="rmsnorm", qk_norm=True,
+                                    tie_embeddings=False)  # fmt: skip
+    GPT2(config).save(tmp_path / "options.pt")
+    result = check(tmp_path / "options.pt")
+    assert result.returncode == 0, result.stderr
+    assert "architecture:     RMSNorm, swiglu MLP, 1 key/value head, QK-norm, untied head (MLP width 192)" in result.stdout
