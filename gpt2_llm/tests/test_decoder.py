@@ -152,7 +152,7 @@ def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(options, mo
     # The same operations on the same numbers: equal to the last bit.
     assert torch.equal(loss, plain_loss) and torch.equal(input_grad, plain_input_grad)
     assert all(torch.equal(a, b) for a, b in zip(grads, plain_grads))
-    # ...and each block did run under torch.utils.checkpoint, in training only.
+    # ...and each block did run under torch.utils.checkpoint, only when gradients are taken.
     calls = []
     monkeypatch.setattr(decoder_module, "checkpoint", lambda block, x, **kw: calls.append(kw) or block(x))
     decoder(x)

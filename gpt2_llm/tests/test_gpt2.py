@@ -268,11 +268,15 @@ def test_bf16_autocast_forward_and_backward(tiny_model):
 
 
 @pytest.mark.slow
-def test_compiles_without_graph_breaks(tiny_model):
-    compiled = torch.compile(tiny_model, fullgraph=True)  # fullgraph: a graph break is an error
+@pytest.mark.parametrize("options", [{}, "every option, recomputed"], ids=["gpt2", "options"])
+def test_compiles_without_graph_breaks(tiny_config, options):
+    torch.manual_seed(0)
+    model = GPT2(replace(tiny_config, **(OPTIONS[-1] if options else {}))).eval()
+    model.decoder.grad_checkpoint = bool(options)
+    compiled = torch.compile(model, fullgraph=True)  # fullgraph: a graph break is an error
     ids = torch.randint(0, 97, (2, 16))
     logits, loss = compiled(ids, ids)
-    assert_close(logits, tiny_model(ids)[0], atol=1e-5)
+    assert_close(logits, model(ids)[0], atol=1e-5)
     loss.backward()
 
 
