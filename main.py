@@ -191,7 +191,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gpt2_llm.distributed import Distributed
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
-    TrainConfig(**overrides)  # checks every flag now, before any slow work such as training a tokenizer
+    # Check every flag now, before any slow work such as training a tokenizer. --muon-lr alone may continue
+    # a Muon run (the optimizer is the checkpoint's): the run's own config judges that pair.
+    TrainConfig(**{"optimizer": "muon" if "muon_lr" in overrides else "adamw", **overrides})
     args.vocab_given = args.vocab_file is not None  # --init-from checks a vocab file only if one was named
     args.vocab_file = args.vocab_file or DEFAULT_VOCAB
     if args.init_from is not None:

@@ -854,6 +854,11 @@ def test_every_architecture_option_at_once_trains_predicts_and_resumes(corpus, t
     assert f"continuing {tmp_path / 'm.pt'} from step 4".encode() in again.stderr
     assert [step for step, _ in step_losses(tmp_path / "m.metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     assert load_checkpoint(tmp_path / "m.pt")["model_config"] == ckpt["model_config"]
+    # Continued by its checkpoint alone, with another Muon learning rate (the optimizer is the checkpoint's).
+    more = run("train", tmp_path / "t.txt", tmp_path / "v.txt", tmp_path / "m.pt", "--steps", 7, "--muon-lr", "0.01",
+               "--device", "cpu", "--dtype", "float32")  # fmt: skip
+    assert more.returncode == 0, more.stderr.decode()
+    assert load_checkpoint(tmp_path / "m.pt")["train_config"]["muon_lr"] == 0.01
 
 
 @pytest.mark.parametrize("flags,message", [
