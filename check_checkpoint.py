@@ -30,14 +30,15 @@ def report(model: str, vocab_path: str | None) -> tuple[list[str], list[str]]:
     cfg, stored = loaded.model.config, loaded.tokenizer
     given = bpe.BPE.load(vocab_path) if vocab_path is not None else None
     tokenizer = given or stored
-    options = [name for name, on in (("RoPE", cfg.rope), ("no bias", not cfg.bias)) if on]
+    departures = cfg.gpt2_departures()  # the architecture options taken, e.g. ["RMSNorm", "swiglu MLP"]
     lines = [
         f"{'checkpoint:' if loaded.source == 'checkpoint' else 'model:':<18}{describe_source(loaded)}",
         f"vocab size:       {tokenizer.vocab_size:,}" if tokenizer else "vocab size:       unknown (no tokenizer)",
         f"model vocab size: {cfg.vocab_size:,}",
         f"embedding dim:    {cfg.n_embd}",
         f"layers x heads:   {cfg.n_layer} x {cfg.n_head}",
-        f"context:          {cfg.block_size} tokens{''.join(f' ({o})' for o in options)}",
+        f"context:          {cfg.block_size} tokens",
+        f"architecture:     {', '.join(departures) if departures else 'GPT-2'} (MLP width {cfg.mlp_size})",
         f"parameters:       {loaded.model.num_parameters():,}",
     ]
     state = loaded.checkpoint.get("state")
@@ -47,6 +48,7 @@ def report(model: str, vocab_path: str | None) -> tuple[list[str], list[str]]:
         total = f" of {state['total_steps']:,}" if state.get("total_steps") else ""
         lines.append(f"training:         step {state['step']:,}{total}, {state['tokens_seen']:,} tokens seen, "
                      f"best val loss {best_text}")
+        lines.append(f"optimizer:        {optimizer_text(loaded.checkpoint['train_config'])}")
     elif loaded.source == "checkpoint":
         lines.append("training:         no training state (weights only)")
     else:
@@ -76,6 +78,16 @@ def describe_source(loaded) -> str:
     weights = loaded.path / loaded.checkpoint["weights_file"]
     hub = f" (Hugging Face hub name {loaded.name}, cached)" if loaded.source == "hub" else ""
     return f"{loaded.path}: a transformers folder{hub}, GPT2LMHeadModel, {weights.name} {weights.stat().st_size / 1e6:.1f} MB"
+
+
+def optimizer_text(train_config: dict) -> str:
+    """How the stored run is optimised: AdamW, or Muon for the hidden matrices with AdamW for the rest."""
+    from gpt2_llm.config import MUON_LR
+
+    adamw = f"AdamW (lr {train_config.get('lr', 0):g})"
+    if train_config.get("optimizer", "adamw") != "muon":
+        return adamw
+    return f"Muon (lr {train_config.get('muon_lr') or MUON_LR:g}) for the hidden matrices, {adamw} for the rest"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -200,7 +200,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gpt2_llm.distributed import Distributed
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
-    TrainConfig(**overrides)  # checks every flag now, before any slow work such as training a tokenizer
+    # Check every flag now, before any slow work such as training a tokenizer. --muon-lr alone may continue
+    # a Muon run (the optimizer is the checkpoint's): the run's own config judges that pair.
+    TrainConfig(**{"optimizer": "muon" if "muon_lr" in overrides else "adamw", **overrides})
     args.vocab_given = args.vocab_file is not None  # --init-from checks a vocab file only if one was named
     args.vocab_file = args.vocab_file or DEFAULT_VOCAB
     if args.init_from is not None:
@@ -261,7 +263,8 @@ def new_run(args: argparse.Namespace, files: list, overrides: dict, ranks, say):
     vocab_size = found.vocab_size if found else args.vocab_size or bpe.recommended_vocab_size(text_bytes(files))
     config = model_config(args, vocab_size)
     device = pick_device(ranks.device_name(train_config.device))
-    check_step_memory(config, train_config.batch_size, device, pick_dtype(train_config.dtype, device))
+    check_step_memory(config, train_config.batch_size, device, pick_dtype(train_config.dtype, device),
+                      train_config.grad_checkpoint)
     if not ranks.is_main:
         ranks.barrier()  # rank 0 trains the tokenizer if there is none yet; the others then load it
         tokenizer = load_tokenizer(args.vocab_file)
@@ -299,7 +302,8 @@ def pretrained_run(args: argparse.Namespace, overrides: dict, ranks, say):
 
 def check_init_from_flags(args: argparse.Namespace) -> None:
     """With --init-from the model and its tokenizer are given: flags that would choose others are refused."""
-    for flag, value in (("--preset", args.preset), ("--rope", args.rope), ("--vocab-size", args.vocab_size)):
+    shape = [(flag, getattr(args, dest)) for dest, (flag, _) in SHAPE_FLAGS.items() if dest not in FINE_TUNING_MAY_CHANGE]
+    for flag, value in (("--preset", args.preset), *shape, ("--vocab-size", args.vocab_size)):
         if value is not None:
             raise UserError(f"{flag} does not go with --init-from: the run keeps {args.init_from}'s shape and tokenizer "
                             f"(--context, --dropout and --attn-dropout may change)")
@@ -312,7 +316,7 @@ def model_config(args: argparse.Namespace, vocab_size: int):
     """The model the flags ask for: the preset, with --context, --dropout, ... replacing its fields."""
     from gpt2_llm import GPT2Config
 
-    shape = {name: getattr(args, flag) for flag, name in SHAPE_FLAGS.items() if getattr(args, flag) is not None}
+    shape = {name: getattr(args, dest) for dest, (_, name) in SHAPE_FLAGS.items() if getattr(args, dest) is not None}
     return GPT2Config.from_preset(args.preset or DEFAULT_PRESET, vocab_size=vocab_size, **shape)
 
 
@@ -345,8 +349,17 @@ def resume_launcher(ranks) -> list[str]:
     return ["python", program] if program.endswith(".py") else [program]
 
 
-# The model-shape flags of `train`, and the GPT2Config field each sets.
-SHAPE_FLAGS = {"context": "block_size", "dropout": "dropout", "attn_dropout": "attn_dropout", "rope": "rope"}
+# The model-shape flags of `train`: each one's argparse name, and (the flag, the GPT2Config field it sets).
+SHAPE_FLAGS = {
+    "context": ("--context", "block_size"), "dropout": ("--dropout", "dropout"),
+    "attn_dropout": ("--attn-dropout", "attn_dropout"), "rope": ("--rope", "rope"),
+    "n_layer": ("--n-layer", "n_layer"), "n_head": ("--n-head", "n_head"), "n_embd": ("--n-embd", "n_embd"),
+    "norm": ("--norm", "norm"), "mlp": ("--mlp", "mlp"), "kv_heads": ("--kv-heads", "n_kv_head"),
+    "qk_norm": ("--qk-norm", "qk_norm"), "tie_embeddings": ("--untied", "tie_embeddings"), "bias": ("--no-bias", "bias"),
+}  # fmt: skip
+FINE_TUNING_MAY_CHANGE = ("context", "dropout", "attn_dropout")  # what `train --init-from` may set
+# A field whose None stands for a derived value is compared by that value (--kv-heads 12 is n_kv_head None).
+COMPARED_AS = {"n_kv_head": "kv_heads"}
 DEFAULT_PRESET = "small"
 
 
@@ -355,13 +368,16 @@ def check_continued_shape(args: argparse.Namespace, stored, tokenizer: bpe.BPE, 
     from gpt2_llm.config import PRESETS
 
     wanted = []  # (flag as given, field, value it asks for)
-    if args.preset is not None:
+    given = {name: getattr(args, dest) for dest, (_, name) in SHAPE_FLAGS.items() if getattr(args, dest) is not None}
+    if args.preset is not None:  # the preset's fields that no flag given with it replaces
         wanted += [(f"--preset {args.preset}", name, value) for name, value in PRESETS[args.preset].items()
-                   if name != "vocab_size" and not (name == "block_size" and args.context is not None)]
-    for flag, name in SHAPE_FLAGS.items():
-        if getattr(args, flag) is not None:
-            wanted.append((f"--{flag.replace('_', '-')} {getattr(args, flag)}", name, getattr(args, flag)))
+                   if name != "vocab_size" and name not in given]
+    for dest, (flag, name) in SHAPE_FLAGS.items():
+        value = getattr(args, dest)
+        if value is not None:  # a switch (--rope, --untied) is shown alone, a value after its flag
+            wanted.append((flag if isinstance(value, bool) else f"{flag} {value}", name, value))
     for flag, name, value in wanted:
+        name = COMPARED_AS.get(name, name)
         if getattr(stored, name) != value:
             raise UserError(f"{flag} does not fit {path}, whose {name} is {getattr(stored, name)}: a continued run "
                             f"keeps its model (leave the flag out, or start afresh with another --out)")
@@ -616,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_train_parser(sub) -> None:
-    from gpt2_llm.config import PRESETS, TrainConfig
+    from gpt2_llm.config import MLPS, NORMS, PRESETS, TrainConfig
 
     p = sub.add_parser("train", help="train a GPT-2 model on a text file", description=(
         "Train a GPT-2 model on UTF-8 text. The vocab file is made from the text if it does not exist; "
@@ -632,6 +648,16 @@ def add_train_parser(sub) -> None:
     p.add_argument("--dropout", type=float, default=None, help="dropout rate (default: the preset's)")
     p.add_argument("--attn-dropout", type=float, default=None, help="dropout on attention weights alone (default: as --dropout)")
     p.add_argument("--rope", action="store_true", default=None, help="rotary position embeddings instead of learned positions")
+    p.add_argument("--n-layer", type=int, default=None, help="decoder blocks (default: the preset's)")
+    p.add_argument("--n-head", type=int, default=None, help="attention heads per block (default: the preset's)")
+    p.add_argument("--n-embd", type=int, default=None, help="width of the residual stream, a multiple of --n-head (default: the preset's)")
+    # The architecture options (README, "Architecture options"); left out, the model is GPT-2's.
+    p.add_argument("--norm", choices=NORMS, default=None, help="layernorm (GPT-2's, the default) or rmsnorm")
+    p.add_argument("--mlp", choices=MLPS, default=None, help="gelu (GPT-2's, the default), swiglu (three matrices, hidden width the multiple of 64 nearest 8/3 x n_embd: GPT-2's parameter count) or relu2")
+    p.add_argument("--kv-heads", type=int, default=None, help="key/value heads, a divisor of the heads: grouped-query attention (1: multi-query; default: one per head, GPT-2's)")
+    p.add_argument("--qk-norm", action="store_true", default=None, help="RMS-normalise each head's queries and keys before their product")
+    p.add_argument("--untied", dest="tie_embeddings", action="store_false", default=None, help="an output head with its own matrix (GPT-2's is the token embedding)")
+    p.add_argument("--no-bias", dest="bias", action="store_false", default=None, help="no biases in the linear and norm layers (GPT-2 has them)")
     p.add_argument("--vocab-size", type=int, default=None, help="size of a tokenizer made from the text (default: recommended for its size)")
     for f in fields(TrainConfig):  # one flag per field: the defaults live in TrainConfig alone
         flag = "--" + f.name.replace("_", "-")

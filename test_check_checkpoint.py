@@ -40,6 +40,8 @@ def test_a_checkpoint_and_its_own_vocab_are_compatible(trained):
     assert "step 3 of 3" in ok.stdout and "embedding dim:    64" in ok.stdout
     assert "parameters:       121,344" in ok.stdout  # the tiny preset at vocab 300, context 32
     assert ok.stdout.startswith(f"checkpoint:       {trained} (")
+    assert "architecture:     GPT-2 (MLP width 256)" in ok.stdout
+    assert "optimizer:        AdamW (lr 0.0006)" in ok.stdout
     assert ok.stdout.rstrip().endswith("verdict:          compatible")
 
 
@@ -97,3 +99,14 @@ def test_a_transformers_folder_is_reported_as_one(trained, tmp_path):
     assert "no training state (a transformers folder holds weights only)" in result.stdout
     assert f"tokenizer (in tokenizer.json): 300 tokens, hash {loaded.tokenizer.hash[:16]}" in result.stdout
     assert lines[-1] == "verdict:          compatible"
+
+
+def test_the_architecture_options_are_shown(tmp_path):
+    from gpt2_llm import GPT2, GPT2Config
+
+    config = GPT2Config.from_preset("tiny", vocab_size=300, mlp="swiglu", n_kv_head=1, norm="rmsnorm", qk_norm=True,
+                                    tie_embeddings=False)  # fmt: skip
+    GPT2(config).save(tmp_path / "options.pt")
+    result = check(tmp_path / "options.pt")
+    assert result.returncode == 0, result.stderr
+    assert "architecture:     RMSNorm, swiglu MLP, 1 key/value head, QK-norm, untied head (MLP width 192)" in result.stdout

@@ -578,15 +578,22 @@ def short_run(corpus, tmp_path) -> Path:
 @pytest.mark.parametrize("flags,message", [
     (["--context", "64"], "--context 64 does not fit {ckpt}, whose block_size is 32"),
     (["--preset", "mini"], "--preset mini does not fit {ckpt}, whose n_layer is 2"),
-    (["--rope"], "--rope True does not fit {ckpt}, whose rope is False"),
+    (["--rope"], "--rope does not fit {ckpt}, whose rope is False"),
     (["--dropout", "0.2"], "--dropout 0.2 does not fit {ckpt}, whose dropout is 0.0"),
+    (["--mlp", "swiglu"], "--mlp swiglu does not fit {ckpt}, whose mlp is gelu"),
+    (["--kv-heads", "1"], "--kv-heads 1 does not fit {ckpt}, whose kv_heads is 2"),
+    (["--untied"], "--untied does not fit {ckpt}, whose tie_embeddings is True"),
+    (["--no-bias"], "--no-bias does not fit {ckpt}, whose bias is True"),
+    (["--n-embd", "32"], "--n-embd 32 does not fit {ckpt}, whose n_embd is 64"),
+    (["--optimizer", "muon"], "--optimizer muon does not fit {ckpt}, trained with adamw"),
     (["--vocab-size", "512"], "--vocab-size 512 does not fit {ckpt}, whose tokenizer has 300 tokens"),
 ])  # fmt: skip
 def test_shape_flags_that_disagree_with_a_continued_checkpoint_are_refused(short_run, flags, message):
     folder = short_run.parent
     args = ["train", folder / "t.txt", folder / "v.txt", short_run, "--steps", 8, "--device", "cpu"]
     assert message.format(ckpt=short_run) in one_line_error(run(*args, *flags))
-    same = run(*args, "--context", "32", "--preset", "tiny", "--dtype", "float32")  # agreeing flags are fine
+    # Agreeing flags are fine: --kv-heads 2 is the tiny preset's one key/value head per head.
+    same = run(*args, "--context", "32", "--preset", "tiny", "--kv-heads", "2", "--norm", "layernorm", "--dtype", "float32")
     assert same.returncode == 0, same.stderr.decode()
     assert b"continuing" in same.stderr and b"step 8:" in same.stdout
 
@@ -824,6 +831,9 @@ def test_init_from_with_a_shorter_context_then_resume(short_run, other_text):
     (["--preset", "mini"], "--preset does not go with --init-from: the run keeps {model}'s shape and tokenizer"),
     (["--vocab-size", "512"], "--vocab-size does not go with --init-from"),
     (["--rope"], "--rope does not go with --init-from"),
+    (["--mlp", "relu2"], "--mlp does not go with --init-from"),
+    (["--untied"], "--untied does not go with --init-from"),
+    (["--n-layer", "4"], "--n-layer does not go with --init-from"),
     (["--context", "64"], "--context 64 is longer than the model's learned positions (32); give 32 or less"),
     (["--lr", "0"], "--lr must be positive, got 0.0"),
 ])  # fmt: skip
@@ -845,3 +855,56 @@ def test_init_from_refuses_a_vocab_file_of_another_tokenizer_and_a_checkpoint_be
     assert same.returncode == 0, same.stderr.decode()
     both = run("train", other_text, short_run.parent / "v.txt", short_run, "--init-from", short_run, *FINETUNE)
     assert "not both" in one_line_error(both)
+
+
+# ---- architecture options ------------------------------------------------------------------------
+
+ALL_OPTIONS = ["--n-layer", 3, "--n-head", 4, "--n-embd", 64, "--norm", "rmsnorm", "--mlp", "swiglu", "--kv-heads", 2,
+               "--qk-norm", "--untied", "--no-bias", "--rope", "--grad-checkpoint", "--optimizer", "muon",
+               "--muon-lr", "0.03"]  # fmt: skip
+
+
+def test_every_architecture_option_at_once_trains_predicts_and_resumes(corpus, tmp_path):
+    from gpt2_llm import load_checkpoint
+
+    (tmp_path / "t.txt").write_bytes(corpus.read_bytes())
+    args = ["train", tmp_path / "t.txt", tmp_path / "v.txt", "--out", tmp_path / "m.pt", *TRAIN]
+    result = run(*args, "--steps", 4, *ALL_OPTIONS)
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"gradient checkpointing, Muon (lr 0.03) beside AdamW" in result.stderr
+    ckpt = load_checkpoint(tmp_path / "m.pt")
+    stored = {name: ckpt["model_config"][name] for name in
+              ("n_layer", "n_head", "n_embd", "norm", "mlp", "n_kv_head", "qk_norm", "tie_embeddings", "bias", "rope")}
+    assert stored == {"n_layer": 3, "n_head": 4, "n_embd": 64, "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 2,
+                      "qk_norm": True, "tie_embeddings": False, "bias": False, "rope": True}
+    assert (ckpt["train_config"]["optimizer"], ckpt["train_config"]["muon_lr"]) == ("muon", 0.03)
+    assert ckpt["train_config"]["grad_checkpoint"] and "muon" in ckpt
+    assert ckpt["model"]["decoder.h.0.attn.c_attn.weight"].shape == (64 + 2 * 2 * 16, 64)
+    assert ckpt["model"]["decoder.h.2.mlp.c_fc2.weight"].shape == (192, 64)
+
+    a = run("predict", "ROMEO:", 10, tmp_path / "m.pt", "--seed", 3)
+    assert a.returncode == 0, a.stderr.decode()
+    assert a.stdout.startswith(b"ROMEO:") and a.stdout == run("predict", "ROMEO:", 10, tmp_path / "m.pt", "--seed", 3).stdout
+
+    again = run(*args, "--steps", 6, *ALL_OPTIONS, "--resume", "auto")  # the same command, continued
+    assert again.returncode == 0, again.stderr.decode()
+    assert f"continuing {tmp_path / 'm.pt'} from step 4".encode() in again.stderr
+    assert [step for step, _ in step_losses(tmp_path / "m.metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert load_checkpoint(tmp_path / "m.pt")["model_config"] == ckpt["model_config"]
+    # Continued by its checkpoint alone, with another Muon learning rate (the optimizer is the checkpoint's).
+    more = run("train", tmp_path / "t.txt", tmp_path / "v.txt", tmp_path / "m.pt", "--steps", 7, "--muon-lr", "0.01",
+               "--device", "cpu", "--dtype", "float32")  # fmt: skip
+    assert more.returncode == 0, more.stderr.decode()
+    assert load_checkpoint(tmp_path / "m.pt")["train_config"]["muon_lr"] == 0.01
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--kv-heads", "3"], "n_kv_head (--kv-heads) must divide n_head (2), got 3"),
+    (["--n-head", "3"], "n_embd (64) must be a positive multiple of n_head (3) (--n-embd, --n-head)"),
+    (["--muon-lr", "0.01"], "--muon-lr is the learning rate of --optimizer muon: give both, or neither"),
+    (["--optimizer", "sgd"], "--optimizer must be adamw or muon, got 'sgd'"),
+])  # fmt: skip
+def test_a_bad_architecture_or_optimizer_flag_is_one_line(corpus, tmp_path, flags, message):
+    result = run("train", corpus, tmp_path / "v.txt", "--out", tmp_path / "m.pt", *TRAIN, *flags)
+    assert message in one_line_error(result)
+    assert not (tmp_path / "m.pt").exists() and not (tmp_path / "v.txt").exists()

@@ -1,7 +1,8 @@
 """Causal self-attention: rotary positions, the fused QKV attention layer, and its KV cache.
 
 Shapes: B batch, T new tokens, S tokens attended to (cached + new), C embedding width,
-nh heads, hs head size (C = nh * hs).
+nh (query) heads, hs head size (C = nh * hs), nkv key/value heads (nh, or fewer with grouped-query
+attention).
 """
 
 import math
@@ -54,7 +55,7 @@ class KVCache:
         self.k = self.v = None
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nh, T, hs); return all keys and values so far, each (B, nh, S, hs)."""
+        """Store k, v (B, nkv, T, hs); return all keys and values so far, each (B, nkv, S, hs)."""
         B, nh, T, hs = k.shape
         end = self.length + T
         assert end <= self.max_len, f"KV cache overflow: {end} > {self.max_len} positions"
@@ -68,11 +69,36 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
+# SDPA shares key/value heads among query heads itself from torch 2.5 (enable_gqa); before, they are repeated.
+SDPA_HAS_GQA = torch.__version__ >= "2.5"
+
+
+def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, nkv, S, hs) -> (B, nkv * groups, S, hs): each key/value head once for each query head that
+    shares it, next to each other (query head i uses key/value head i // groups)."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+           dropout: float = 0.0, is_causal: bool = False) -> torch.Tensor:  # fmt: skip
+    """F.scaled_dot_product_attention of q (B, nh, T, hs) with k, v (B, nkv, S, hs), where nkv divides
+    nh (grouped-query attention); the key/value heads are shared without copying them where torch can."""
+    groups = q.size(1) // k.size(1)
+    if groups == 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
+    if not SDPA_HAS_GQA:
+        return attend(q, repeat_kv(k, groups), repeat_kv(v, groups), mask, dropout, is_causal)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
+                                          enable_gqa=True)
+
+
 def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
     """Causal attention written out: what F.scaled_dot_product_attention computes (tested against it).
 
-    q (B, nh, T, hs) are the last T of the S positions of k, v (B, nh, S, hs).
+    q (B, nh, T, hs) are the last T of the S positions of k, v (B, nkv, S, hs); nkv divides nh.
     """
+    groups = q.size(1) // k.size(1)
+    k, v = repeat_kv(k, groups), repeat_kv(v, groups)  # (B, nh, S, hs)
     T, S = q.size(-2), k.size(-2)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, S)
     # Query i sits at position S - T + i and may look at keys up to that position, not later.
@@ -90,33 +116,58 @@ def plain_products_are_faster(q: torch.Tensor) -> bool:
 
 
 class QKVAttention(nn.Module):
-    """Multi-head causal self-attention with one fused projection for queries, keys and values."""
+    """Causal self-attention with one fused projection for queries, keys and values.
+
+    GPT-2 has as many key/value heads as query heads. With grouped-query attention (config.n_kv_head,
+    Ainslie et al. 2023) each key/value head serves n_head / n_kv_head query heads: the projection
+    and the KV cache shrink by that factor; one key/value head is multi-query attention (Shazeer
+    2019). With QK-norm (config.qk_norm) each head's queries and keys are RMS-normalised, with a
+    learned gain per channel, before RoPE and their product, which bounds the attention logits.
+    """
 
     def __init__(self, config: GPT2Config):
         super().__init__()
-        C = config.n_embd
-        self.num_heads = config.n_head
+        C, hs = config.n_embd, config.head_size
+        self.num_heads, self.num_kv_heads, self.head_size = config.n_head, config.kv_heads, hs
         self.dropout = config.attn_dropout_prob  # on the attention weights, inside SDPA
-        # One matrix product makes q, k and v side by side: fewer, larger kernels than three.
-        self.c_attn = nn.Linear(C, 3 * C, bias=config.bias)
+        # One matrix product makes q, k and v side by side, [q | k | v] (GPT-2's layout): fewer, larger kernels.
+        self.c_attn = nn.Linear(C, (self.num_heads + 2 * self.num_kv_heads) * hs, bias=config.bias)
         self.c_proj = nn.Linear(C, C, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.q_norm = self.k_norm = None
+        if config.qk_norm:  # one gain per head channel, shared by the heads (as in Qwen3's q_norm, k_norm)
+            self.q_norm = nn.RMSNorm(hs, eps=config.layer_norm_eps)
+            self.k_norm = nn.RMSNorm(hs, eps=config.layer_norm_eps)
         self.rope = None  # positions are then learned, added to the embeddings by GPT2
         if config.rope:
-            self.rope = RotaryPositionEmbedding(config.head_size, config.block_size, config.rope_base)
+            self.rope = RotaryPositionEmbedding(hs, config.block_size, config.rope_base)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        B, T, C = x.shape
-        nh = self.num_heads
-        # (B, T, 3C) -> (3, B, nh, T, hs): q, k and v, each split into heads
-        q, k, v = self.c_attn(x).view(B, T, 3, nh, C // nh).permute(2, 0, 3, 1, 4).unbind(0)
-
-        past = 0 if cache is None else cache.length  # tokens already in the cache
+    def heads(self, x: torch.Tensor, past: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, C), whose first token sits at position `past` -> q (B, nh, T, hs), k and v
+        (B, nkv, T, hs): projected, split into heads, queries and keys normalised and rotated.
+        The one-token generation step (GPT2._next_logits_one) uses it too."""
+        B, T, _ = x.shape
+        nh, nkv, hs = self.num_heads, self.num_kv_heads, self.head_size
+        q, k, v = F.linear(x, self.c_attn.weight, self.c_attn.bias).split((nh * hs, nkv * hs, nkv * hs), dim=-1)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, T, nh * hs) -> (B, nh, T, hs)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, T, nkv * hs) -> (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)
+        if self.q_norm is not None:
+            # Over each head's hs channels. Under autocast q and k are bf16, which rms_norm's fused
+            # kernel takes only with a gain of the same dtype (autocast does not cast it).
+            q = F.rms_norm(q, (hs,), self.q_norm.weight.to(q.dtype), self.q_norm.eps)
+            k = F.rms_norm(k, (hs,), self.k_norm.weight.to(k.dtype), self.k_norm.eps)
         if self.rope is not None:
             q = self.rope(q, offset=past)
             k = self.rope(k, offset=past)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        past = 0 if cache is None else cache.length  # tokens already in the cache
+        q, k, v = self.heads(x, past)
         if cache is not None:
-            k, v = cache.append(k, v)  # each (B, nh, S, hs), S = past + T
+            k, v = cache.append(k, v)  # each (B, nkv, S, hs), S = past + T: nkv heads are kept, not nh
 
         mask, is_causal = None, T > 1
         if past > 0 and T > 1:
@@ -129,6 +180,6 @@ class QKVAttention(nn.Module):
         if cache is None and plain_products_are_faster(q):
             y = manual_attention(q, k, v, dropout)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
+            y = attend(q, k, v, mask, dropout, is_causal)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, nh, hs) -> (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y))

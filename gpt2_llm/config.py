@@ -47,7 +47,13 @@ class GPT2Config:
     bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
     rope: bool = False  # rotary positions instead of learned ones
     rope_base: float = 10000.0  # RoPE's frequency base
-    layer_norm_eps: float = 1e-5
+    layer_norm_eps: float = 1e-5  # the epsilon of every norm layer (LayerNorm or RMSNorm)
+    # Architecture options (README, "Architecture options"); the defaults are GPT-2 as published.
+    norm: str = "layernorm"  # or "rmsnorm": scale by the root mean square, no centring, no bias
+    mlp: str = "gelu"  # or "swiglu" (gated, three matrices) or "relu2" (relu(x) squared)
+    n_kv_head: int | None = None  # key/value heads (grouped-query attention); None: one per query head
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE and their product
+    tie_embeddings: bool = True  # the head is the token embedding matrix (GPT-2); False: its own matrix
 
     def __post_init__(self):
         # Report every problem at once, each naming the command-line flag where there is one.
@@ -55,13 +61,20 @@ class GPT2Config:
         if self.vocab_size < 1:
             problems.append(f"vocab_size must be at least 1 (the tokenizer's --vocab-size), got {self.vocab_size}")
         if self.n_layer < 1:
-            problems.append(f"n_layer must be at least 1, got {self.n_layer}")
+            problems.append(f"n_layer (--n-layer) must be at least 1, got {self.n_layer}")
         if self.n_head < 1:
-            problems.append(f"n_head must be at least 1, got {self.n_head}")
+            problems.append(f"n_head (--n-head) must be at least 1, got {self.n_head}")
         elif self.n_embd < 1 or self.n_embd % self.n_head:
-            problems.append(f"n_embd ({self.n_embd}) must be a positive multiple of n_head ({self.n_head})")
+            problems.append(f"n_embd ({self.n_embd}) must be a positive multiple of n_head ({self.n_head}) "
+                            f"(--n-embd, --n-head)")
         elif self.rope and (self.n_embd // self.n_head) % 2:
             problems.append(f"rope needs an even head size, got n_embd / n_head = {self.n_embd // self.n_head}")
+        if self.n_kv_head is not None and not (1 <= self.n_kv_head <= self.n_head and self.n_head % self.n_kv_head == 0):
+            problems.append(f"n_kv_head (--kv-heads) must divide n_head ({self.n_head}), got {self.n_kv_head}")
+        if self.norm not in NORMS:
+            problems.append(f"norm (--norm) must be {' or '.join(NORMS)}, got {self.norm!r}")
+        if self.mlp not in MLPS:
+            problems.append(f"mlp (--mlp) must be {', '.join(MLPS[:-1])} or {MLPS[-1]}, got {self.mlp!r}")
         if self.block_size < 1:
             problems.append(f"block_size (--context) must be at least 1, got {self.block_size}")
         if self.n_inner is not None and self.n_inner < 1:
@@ -94,7 +107,27 @@ class GPT2Config:
 
     @property
     def mlp_size(self) -> int:
-        return self.n_inner if self.n_inner is not None else 4 * self.n_embd
+        """The MLP's hidden width: n_inner when given; else 4 x n_embd (GPT-2), or for SwiGLU, whose
+        three matrices hold as many weights as two at 8/3 x n_embd, the multiple of 64 nearest
+        8/3 x n_embd (as for the vocabulary, a multiple of 64 suits the matrix kernels):
+        2048 at width 768, 192 at 64. The weights then match GPT-2's MLP within 3 x 32 x n_embd."""
+        if self.n_inner is not None:
+            return self.n_inner
+        if self.mlp == "swiglu":
+            return 64 * max(1, (self.n_embd + 12) // 24)  # round(8/3 * C / 64) * 64, halves up
+        return 4 * self.n_embd
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: n_kv_head, or one per query head (multi-head attention, GPT-2)."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    def gpt2_departures(self) -> list[str]:
+        """The architecture options this config takes that GPT-2 has not (empty for GPT-2's own)."""
+        options = [("RMSNorm", self.norm == "rmsnorm"), (f"{self.mlp} MLP", self.mlp != "gelu"),
+                   (f"{self.kv_heads} key/value head{'s' * (self.kv_heads > 1)}", self.kv_heads != self.n_head), ("QK-norm", self.qk_norm),
+                   ("untied head", not self.tie_embeddings), ("RoPE", self.rope), ("no bias", not self.bias)]
+        return [name for name, taken in options if taken]
 
     @property
     def attn_dropout_prob(self) -> float:
@@ -115,6 +148,9 @@ class GPT2Config:
         defaults give the model as it was before them."""
         return config_from_dict(cls, stored, "model config", REQUIRED_FIELDS)
 
+
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu", "relu2")
 
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
 
@@ -216,6 +252,19 @@ def _opt(default, help: str):
 # warm-up, and batches small enough for its long context on a laptop.
 FINETUNE_DEFAULTS = {"lr": 5e-5, "warmup_steps": 20, "batch_size": 8}
 
+# Muon's default peak learning rate: the value of torch.optim.Muon's documented example (and of
+# Keller Jordan's original runs), with its "original" shape adjustment (see trainer.make_muon).
+MUON_LR = 0.02
+
+
+def muon_missing() -> str | None:
+    """Why --optimizer muon cannot run here (torch.optim.Muon came with torch 2.9), or None."""
+    import torch  # here, not at the top: this module loads without torch
+
+    if hasattr(torch.optim, "Muon"):
+        return None
+    return f"--optimizer muon needs torch.optim.Muon, in torch 2.9 or later; this torch is {torch.__version__}"
+
 
 @dataclass
 class TrainConfig:
@@ -243,6 +292,11 @@ class TrainConfig:
     device: str = _opt("auto", 'auto | cpu | cuda | mps')
     dtype: str = _opt("auto", 'auto | float32 | bfloat16 | float16')
     compile: bool = _opt(False, 'torch.compile the model')
+    grad_checkpoint: bool = _opt(False, "keep only each block's input and recompute its activations in the backward "
+                                        "pass: less memory, about a third more compute, the same results")
+    optimizer: str = _opt("adamw", "adamw, or muon: Muon for the attention and MLP matrices, AdamW for the rest")
+    muon_lr: float | None = _opt(None, f"Muon's peak learning rate, on the same schedule as --lr (default: {MUON_LR}, "
+                                       f"torch's example; with --optimizer muon only)")
     seed: int = _opt(1337, 'seed of the weights, the batches and dropout')
     workers: int | None = _opt(None, 'processes that encode the text on first use (default: one per core)')
     sample_prompt: str | None = _opt(None, 'prompt of the sample printed at each evaluation '
@@ -284,6 +338,14 @@ class TrainConfig:
             problems.append(f"--device must be {DEVICE_NAMES}, got {self.device!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             problems.append(f"--dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.optimizer not in ("adamw", "muon"):
+            problems.append(f"--optimizer must be adamw or muon, got {self.optimizer!r}")
+        elif self.optimizer == "muon" and muon_missing():
+            problems.append(muon_missing())
+        if self.muon_lr is not None and self.optimizer != "muon":
+            problems.append("--muon-lr is the learning rate of --optimizer muon: give both, or neither")
+        elif self.muon_lr is not None and self.muon_lr <= 0:
+            problems.append(f"--muon-lr must be positive, got {self.muon_lr}")
         if self.batch_mode not in ("random", "epoch"):
             problems.append(f"--batch-mode must be random or epoch, got {self.batch_mode!r}")
         if problems:

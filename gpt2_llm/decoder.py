@@ -1,41 +1,75 @@
-"""The decoder: the MLP, the pre-LN block, and the stack of blocks.
+"""The decoder: the norm layers, the MLP, the pre-norm block, and the stack of blocks.
 
-Shapes: B batch, T tokens, C embedding width.
+Shapes: B batch, T tokens, C embedding width, H the MLP's hidden width (config.mlp_size).
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import KVCache, QKVAttention
 from .config import GPT2Config, config_from_original_args
 
 
+def make_norm(config: GPT2Config) -> nn.Module:
+    """The norm before each block's branches and before the head: GPT-2's LayerNorm (without its
+    bias when config.bias is off), or RMSNorm (Zhang & Sennrich 2019: no centring, no bias)."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=config.layer_norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+
+
+def norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What a make_norm module computes, as one function call (for the one-token generation step)."""
+    if isinstance(module, nn.RMSNorm):
+        return F.rms_norm(x, module.normalized_shape, module.weight, module.eps)
+    return F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
+
+
 class MLP(nn.Module):
-    """Position-wise feed-forward: widen (4x in GPT-2), GELU, project back."""
+    """Position-wise feed-forward: widen, activate, project back.
+
+    gelu (GPT-2):  c_proj(gelu_tanh(c_fc(x)))              H = 4C
+    relu2:         c_proj(relu(c_fc(x))^2)                 H = 4C   (So et al. 2021, "Primer")
+    swiglu:        c_proj(silu(c_fc(x)) * c_fc2(x))        H ~ 8C/3 (Shazeer 2020, "GLU variants"; Llama)
+
+    SwiGLU's matrices map one to one onto Llama's: c_fc is gate_proj, c_fc2 up_proj, c_proj down_proj.
+    """
 
     def __init__(self, config: GPT2Config):
         super().__init__()
+        self.kind = config.mlp
         self.c_fc = nn.Linear(config.n_embd, config.mlp_size, bias=config.bias)
-        # GPT-2 was trained with the tanh approximation of GELU; one fused kernel in torch.
-        self.gelu = nn.GELU(approximate="tanh")
+        self.c_fc2 = nn.Linear(config.n_embd, config.mlp_size, bias=config.bias) if self.kind == "swiglu" else None
         self.c_proj = nn.Linear(config.mlp_size, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., C) -> the activations before c_proj (..., H). Plain function calls, so the one-token
+        generation step (GPT2._next_logits_one) uses it too."""
+        h = F.linear(x, self.c_fc.weight, self.c_fc.bias)
+        if self.kind == "gelu":
+            return F.gelu(h, approximate="tanh")  # GPT-2 was trained with GELU's tanh approximation
+        if self.kind == "relu2":
+            return F.relu(h).square()
+        return F.silu(h) * F.linear(x, self.c_fc2.weight, self.c_fc2.bias)  # the gate times the value
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
+        return self.dropout(self.c_proj(self.hidden(x)))  # (B, T, C)
 
 
 class DecoderBlock(nn.Module):
-    """One transformer block, pre-LN as in GPT-2: normalise, then attend or transform, then add.
+    """One transformer block, pre-norm as in GPT-2: normalise, then attend or transform, then add.
 
     The residual stream x itself is never normalised, so gradients reach early layers undamped.
     """
 
     def __init__(self, config: GPT2Config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = QKVAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
@@ -45,7 +79,13 @@ class DecoderBlock(nn.Module):
 
 
 class GPT2Decoder(nn.Module):
-    """The stack of decoder blocks, kept in `h` as GPT-2 names it."""
+    """The stack of decoder blocks, kept in `h` as GPT-2 names it.
+
+    grad_checkpoint (a training setting, off by default; the Trainer sets it from --grad-checkpoint):
+    keep only each block's input during the forward pass and run the block again in the backward
+    pass to get its activations. Activation memory drops from every block's intermediates to one
+    tensor per block, for about one more forward pass of compute; the results are the same.
+    """
 
     def __init__(self, config: GPT2Config | None = None, **original_args):
         """GPT2Decoder(config), or with the original tool's keyword arguments (see config.ORIGINAL_ARGS):
@@ -53,9 +93,16 @@ class GPT2Decoder(nn.Module):
         super().__init__()
         config = config_from_original_args("GPT2Decoder", config, original_args)
         self.h = nn.ModuleList(DecoderBlock(config) for _ in range(config.n_layer))
+        self.grad_checkpoint = False
 
     def forward(self, x: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); `caches` holds one KVCache per block during generation."""
+        recompute = self.grad_checkpoint and caches is None and torch.is_grad_enabled()
         for i, block in enumerate(self.h):
-            x = block(x, None if caches is None else caches[i])
+            if recompute:
+                # Non-reentrant checkpointing restores the random state for the rerun, so dropout
+                # draws the same masks twice, and works with DDP and torch.compile.
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, None if caches is None else caches[i])
         return x

@@ -186,6 +186,8 @@ def export_problem(config: GPT2Config) -> str | None:
         return "the model has rotary positions (--rope), and transformers' GPT-2 learned ones only"
     if not config.bias:
         return "the model has no biases, and transformers' GPT-2 has them in every layer"
+    if config.gpt2_departures():
+        return f"the model has {', '.join(config.gpt2_departures())}, which transformers' GPT-2 lacks"
     return None
 
 

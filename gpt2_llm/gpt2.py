@@ -1,10 +1,11 @@
-"""GPT2: embeddings, the decoder, the final LayerNorm and the weight-tied head; generation.
+"""GPT2: embeddings, the decoder, the final norm and the head (weight-tied by default); generation.
 
     ids (B, T) -> wte(ids) + wpe[0..T) -> GPT2Decoder -> ln_f -> lm_head -> logits (B, T, vocab)
-                 (no wpe with RoPE)       n_layer blocks            (the wte matrix itself)
+                 (no wpe with RoPE)       n_layer blocks            (the wte matrix itself, unless untied)
 
-The embedding matrix has config.padded_vocab_size rows (a multiple of 64, for the matrix kernels);
-the rows past vocab_size stay zero and their logits are cut off, so nothing outside sees them.
+The embedding matrix (and an untied head) has config.padded_vocab_size rows (a multiple of 64, for
+the matrix kernels); the rows past vocab_size stay zero and their logits are cut off, so nothing
+outside sees them.
 """
 
 import functools
@@ -19,13 +20,14 @@ from torch import nn
 
 from bpe import UserError
 
-from .attention import KVCache
+from .attention import KVCache, attend
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import GPT2Config, config_from_original_args
-from .decoder import GPT2Decoder
+from .decoder import GPT2Decoder, make_norm, norm
 
-# Config fields that decide the shapes of the weights: a checkpoint must agree on all of them.
-SHAPE_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "n_inner", "bias", "rope")
+# Config fields (and derived sizes) that decide the weights: a checkpoint must agree on all of them.
+SHAPE_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "n_inner", "bias", "rope",
+                "norm", "mlp", "kv_heads", "qk_norm", "tie_embeddings")
 
 
 class _class_or_instance_method:
@@ -50,10 +52,13 @@ class GPT2(nn.Module):
         self.wpe = None if config.rope else nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.decoder = GPT2Decoder(config)
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
-        # Weight tying: one matrix both embeds tokens and scores them; its gradient sums both uses.
-        self.lm_head.weight = self.wte.weight
+        if config.tie_embeddings:
+            # Weight tying: one matrix both embeds tokens and scores them; its gradient sums both uses.
+            self.lm_head.weight = self.wte.weight
+        # An untied head is drawn as the embedding is (N(0, 0.02) over its real rows), and last among
+        # the modules: every other weight is then the tied model's of the same seed.
         self.apply(self._init_weights)
         # GPT-2 scales the projections that add into the residual stream, two per block, so the
         # stream's variance does not grow with depth.
@@ -61,7 +66,8 @@ class GPT2(nn.Module):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         with torch.no_grad():
-            self.wte.weight[config.vocab_size :] = 0.0  # the padding rows: never a token
+            self.wte.weight[config.vocab_size :] = 0.0  # the padding rows: never a token, never a target
+            self.lm_head.weight[config.vocab_size :] = 0.0
 
     def _init_weights(self, module: nn.Module) -> None:
         if module is self.wte or module is self.lm_head:  # the same matrix, drawn for its real rows
@@ -72,20 +78,26 @@ class GPT2(nn.Module):
             nn.init.zeros_(module.bias)
 
     def num_parameters(self) -> int:
-        """Parameters counted once each (the tied head is the token embedding), padding rows left out."""
+        """Parameters counted once each (a tied head is the token embedding), padding rows left out."""
         padding = (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
-        return sum(p.numel() for p in self.parameters()) - padding
+        padded_matrices = 1 if self.config.tie_embeddings else 2  # the embedding, and an untied head
+        return sum(p.numel() for p in self.parameters()) - padded_matrices * padding
 
     def flops_per_token(self) -> int:
         """Model FLOPs of one training token (forward and backward), for MFU.
 
         Each weight of a matrix product costs 2 FLOPs per token forward and 4 backward: 6N, where N
-        counts the weights used in products (the head once, not the position table; PaLM's
-        appendix B). Attention adds 12 * layers * width * context for its scores and weighted sums.
+        counts the weights used in products (the head once, not the lookup tables: the position
+        table, and the token embedding when the head is untied; PaLM's appendix B). N follows the
+        options: SwiGLU's three matrices, the narrower key/value projection of grouped-query
+        attention. Attention adds 12 * layers * width * context for its scores and weighted sums
+        (the same with shared key/value heads: every query head still takes its products).
         """
         c = self.config
-        n = self.num_parameters() - (0 if self.wpe is None else self.wpe.weight.numel())
-        return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
+        lookups = 0 if self.wpe is None else self.wpe.weight.numel()
+        if not c.tie_embeddings:
+            lookups += c.vocab_size * c.n_embd
+        return 6 * (self.num_parameters() - lookups) + 12 * c.n_layer * c.n_embd * c.block_size
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """As nn.Module's, and also takes an embedding of vocab_size rows (a Hugging Face model, or a
@@ -142,25 +154,19 @@ class GPT2(nn.Module):
         plain function calls on the blocks' weights. At batch 1 the general path's ~80 module calls,
         reshapes and mask checks are a visible share of a token's time next to its matrix products;
         this path leaves them out (tested equal to _next_logits)."""
-        B, C, nh = ids.size(0), self.config.n_embd, self.config.n_head
+        B, C = ids.size(0), self.config.n_embd
         position = caches[0].length
         x = self.wte.weight[ids[:, 0]]  # (B, C)
         if self.wpe is not None:
             x = x + self.wpe.weight[position]
         for block, cache in zip(self.decoder.h, caches):
             attn, mlp = block.attn, block.mlp
-            h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias, block.ln_1.eps)
-            qkv = F.linear(h, attn.c_attn.weight, attn.c_attn.bias)  # (B, 3C)
-            q, k, v = qkv.view(B, 3, nh, 1, C // nh).unbind(1)  # each (B, nh, 1, hs)
-            if attn.rope is not None:
-                q, k = attn.rope(q, offset=position), attn.rope(k, offset=position)
+            q, k, v = attn.heads(norm(block.ln_1, x).view(B, 1, C), position)  # (B, nh or nkv, 1, hs)
             k, v = cache.append(k, v)
-            y = F.scaled_dot_product_attention(q, k, v).view(B, C)  # one query sees every cached key
+            y = attend(q, k, v).view(B, C)  # one query sees every cached key
             x = x + F.linear(y, attn.c_proj.weight, attn.c_proj.bias)
-            h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias, block.ln_2.eps)
-            h = F.gelu(F.linear(h, mlp.c_fc.weight, mlp.c_fc.bias), approximate="tanh")
-            x = x + F.linear(h, mlp.c_proj.weight, mlp.c_proj.bias)
-        return F.layer_norm(x, (C,), self.ln_f.weight, self.ln_f.bias, self.ln_f.eps) @ head
+            x = x + F.linear(mlp.hidden(norm(block.ln_2, x)), mlp.c_proj.weight, mlp.c_proj.bias)
+        return norm(self.ln_f, x) @ head
 
     def _prepare_prompt(self, ids, max_new_tokens: int, temperature: float, top_k, top_p, stop_token):
         """Check the arguments of generate(); return the prompt as a (B, T) tensor on the model's device."""

@@ -1,5 +1,6 @@
-"""Training: AdamW, warm-up then cosine decay, gradient accumulation, mixed precision, evaluation,
-checkpoints that never lose work, and a view of the run as it goes.
+"""Training: AdamW (and Muon beside it, as an option), warm-up then cosine decay, gradient
+accumulation, mixed precision, evaluation, checkpoints that never lose work, and a view of the run
+as it goes.
 
 Trainer.train reads like this:
 
@@ -7,7 +8,7 @@ Trainer.train reads like this:
     plan the schedule               its length from steps or epochs, or fitted to minutes (_plan_schedule)
     until a reason to stop          the schedule's end, Ctrl-C / SIGTERM, the time budget  (_reason_to_stop)
         every eval_every steps      evaluate, print a sample, save, draw the loss picture (_evaluate_and_save)
-        one optimizer step          lr from get_lr, grad_accum micro-batches, clip, AdamW  (_train_step)
+        one optimizer step          lr from get_lr, grad_accum micro-batches, clip, step   (_train_step)
         every log_every steps       the metrics log and the progress display              (_log_step)
     (and once more when stopping: evaluate and save)
 
@@ -39,7 +40,7 @@ import torch
 from bpe import UserError, atomic_write
 
 from .checkpoint import CheckpointError, save_checkpoint
-from .config import GPT2Config, TrainConfig, config_from_dict
+from .config import MUON_LR, GPT2Config, TrainConfig, config_from_dict
 from .data import Batches, load_tokens, split_tokens, validation_windows
 from .distributed import Distributed, wrap_for_ddp
 from .gpt2 import GPT2
@@ -71,10 +72,20 @@ def get_lr(step: int, lr: float, warmup_steps: int, total_steps: int, min_lr_rat
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
+def muon_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The weights Muon updates: the 2-D matrices of the blocks' attention and MLP (the hidden
+    layers, as torch's documentation of Muon says). The embeddings, the head, norm gains and biases
+    are not hidden matrices, and stay with AdamW."""
+    return [(name, p) for name, p in model.named_parameters()
+            if p.requires_grad and p.dim() == 2 and name.startswith("decoder.")]  # fmt: skip
+
+
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (dim >= 2) only: biases and LayerNorm gains are not
-    shrunk toward zero. The fused kernel (one pass over each tensor) on CUDA and on the CPU."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """AdamW with weight decay on matrices (dim >= 2) only: biases and norm gains are not shrunk
+    toward zero. With --optimizer muon it leaves out the matrices Muon takes (see make_muon). The
+    fused kernel (one pass over each tensor) on CUDA and on the CPU."""
+    taken = {id(p) for _, p in muon_parameters(model)} if config.optimizer == "muon" else set()
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
@@ -83,33 +94,64 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=fused or None)
 
 
-def step_memory(config: GPT2Config, batch_size: int, dtype: torch.dtype) -> int:
+def make_muon(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer | None:
+    """With --optimizer muon, torch.optim.Muon for the hidden matrices (muon_parameters); else None.
+
+    Muon (Jordan et al. 2024) orthogonalises each matrix's momentum (5 Newton-Schulz steps) before
+    the update. Its settings are torch's defaults (momentum 0.95, Nesterov) with the "original" shape
+    adjustment: the update of a (rows, cols) matrix is scaled by sqrt(max(1, rows / cols)), so its
+    learning rate is Muon's own, --muon-lr (0.02 by default, torch's example), not AdamW's --lr;
+    the schedule scales both alike. Weight decay is --weight-decay, as on AdamW's matrices."""
+    if config.optimizer != "muon":
+        return None
+    params = [p for _, p in muon_parameters(model)]
+    return torch.optim.Muon(params, lr=config.muon_lr or MUON_LR, weight_decay=config.weight_decay,
+                            adjust_lr_fn="original")
+
+
+def step_memory(config: GPT2Config, batch_size: int, dtype: torch.dtype, grad_checkpoint: bool = False) -> int:
     """Bytes one training micro-step needs, roughly (an estimate to refuse what cannot fit, not a
     measurement): the weights, their gradients and AdamW's two moments in float32 (16 bytes a
-    weight); the activations kept for the backward pass, per layer and token about
-    34 x width + 5 x heads x context values of 2 bytes under mixed precision (Korthikanti et al.
-    2022, "Reducing activation recomputation"), 4 bytes in float32, where the second term (the
-    attention scores) is only kept for the short contexts that take the plain-product path (see
-    attention.plain_products_are_faster), the fused kernels never store them; and the logits with
-    their gradient and a float32 copy. BENCHMARKS.md compares it with measured peaks."""
+    weight; Muon keeps one moment, so for it this is a little high); the activations kept for the
+    backward pass; and the logits with their gradient and a float32 copy. BENCHMARKS.md compares
+    it with measured peaks.
+
+    Activations follow Korthikanti et al. 2022 ("Reducing activation recomputation"): per layer and
+    token, 34 x width + 5 x heads x context values of 2 bytes for GPT-2 under mixed precision
+    (4 bytes in float32), counted here from the layer's real widths so that the options change it:
+    the norms' inputs 4C; attention's input 2C, queries 2C, keys and values 4 x their width, the
+    projection's input 2C and its dropout mask C; the MLP's input 2C, its activation's inputs and
+    c_proj's 4H (6H with SwiGLU's two) and a mask C; QK-norm's inputs. The attention scores (the
+    second term) are only kept for the short contexts that take the plain-product path (see
+    attention.plain_products_are_faster); the fused kernels never store them. With grad_checkpoint
+    a layer keeps only its input (2C), and one layer's activations exist at a time."""
     C, L, T, V = config.n_embd, config.n_layer, config.block_size, config.padded_vocab_size
-    weights = 12 * L * C * C + (V + T) * C  # the matrices, the embeddings (biases and norms are small)
+    H, kv = config.mlp_size, config.kv_heads * config.head_size  # the MLP's width; the keys' (and values')
+    gated = config.mlp == "swiglu"
+    # The matrices and the embeddings (biases and norms are small), an untied head included.
+    weights = L * (C * (C + 2 * kv) + C * C + (3 if gated else 2) * C * H) + (V + T) * C
+    weights += 0 if config.tie_embeddings else V * C
     width = 2 if dtype in (torch.bfloat16, torch.float16) else 4
     scores = 5 * config.n_head * T if T <= 256 else 0
-    activations = batch_size * T * L * (34 * C + scores) * width // 2
+    layer = 4 * C + (7 * C + 4 * kv) + (3 * C + (6 if gated else 4) * H) + scores
+    layer += 2 * C + 2 * kv if config.qk_norm else 0
+    kept = L * 2 * C + layer if grad_checkpoint else L * layer
+    activations = batch_size * T * kept * width // 2
     logits = batch_size * T * V * (2 * width + 4)
     return 16 * weights + activations + logits
 
 
-def check_step_memory(config: GPT2Config, batch_size: int, device: torch.device, dtype: torch.dtype) -> str:
+def check_step_memory(config: GPT2Config, batch_size: int, device: torch.device, dtype: torch.dtype,
+                      grad_checkpoint: bool = False) -> str:  # fmt: skip
     """Refuse a batch whose step cannot fit the device's memory (one line naming --batch-size), rather
     than let the system kill the run; otherwise return a line for the start-up log."""
-    need, have = step_memory(config, batch_size, dtype), available_memory(device)
+    need, have = step_memory(config, batch_size, dtype, grad_checkpoint), available_memory(device)
     shape = f"batch {batch_size} x context {config.block_size}"
     if have is not None and need > have:
+        recompute = "" if grad_checkpoint else ", or --grad-checkpoint"
         raise UserError(f"--batch-size {batch_size} needs about {_gb(need)} for one step ({shape}), but this "
                         f"{device.type.upper()} has {_gb(have)} available: use a smaller --batch-size "
-                        f"(and --grad-accum to keep the batch per step)")
+                        f"(and --grad-accum to keep the batch per step){recompute}")
     where = f" of {_gb(have)} available" if have is not None else ""
     return f"memory: about {_gb(need)} per step ({shape}){where}"
 
@@ -193,14 +235,17 @@ class Trainer:
         self.dist = Distributed()
         self.device = pick_device(self.dist.device_name(config.device))
         self.dtype = pick_dtype(config.dtype, self.device)
-        self.memory_note = check_step_memory(model.config, config.batch_size, self.device, self.dtype)
+        self.memory_note = check_step_memory(model.config, config.batch_size, self.device, self.dtype,
+                                             config.grad_checkpoint)
         self.device_notes = setup_device(self.device, self.dist.local_world_size)
         self.model = model.to(self.device)
+        self.model.decoder.grad_checkpoint = config.grad_checkpoint
         if self.device.type != "cpu":
             # The ids come from the tokenizer's own token file, so they are known to fit; checking
             # them would make the CPU wait for the GPU every step.
             self.model.check_ids = False
         self.optimizer = make_optimizer(self.model, config, self.device)
+        self.muon = make_muon(self.model, config)  # None unless --optimizer muon
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step = 0  # optimizer steps done
         self.tokens_seen = 0
@@ -235,6 +280,8 @@ class Trainer:
         precision = "float32" if self.dtype == torch.float32 else f"{str(self.dtype).removeprefix('torch.')} autocast"
         notes = "".join(f", {note}" for note in self.device_notes)
         processes = f" x {self.dist.world_size} processes" if self.dist.world_size > 1 else ""
+        notes += ", gradient checkpointing" if c.grad_checkpoint else ""
+        notes += f", Muon (lr {c.muon_lr or MUON_LR:g}) beside AdamW" if self.muon is not None else ""
         return (f"device {self.device.type}, {precision}{', compiled' if c.compile else ''}{notes}; "
                 f"{self.model.num_parameters():,} parameters; global batch {c.batch_size} x {c.grad_accum} "
                 f"accumulation{processes} x {self.model.config.block_size} tokens "
@@ -393,12 +440,19 @@ class Trainer:
         """Every eval_every steps: evaluate (if there is a validation split) and save (always)."""
         return self.step > run.start_step and self.step % self.config.eval_every == 0
 
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """AdamW, and Muon beside it with --optimizer muon."""
+        return [self.optimizer] if self.muon is None else [self.optimizer, self.muon]
+
     def _set_lr(self, step: int) -> float:
+        """Both optimizers follow one schedule, each from its own peak (--lr, --muon-lr)."""
         c = self.config
-        lr = get_lr(step, c.lr, self.warmup_steps, self.total_steps or 10**9, c.min_lr_ratio)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
+        for optimizer, peak in zip(self.optimizers, (c.lr, c.muon_lr or MUON_LR)):
+            lr = get_lr(step, peak, self.warmup_steps, self.total_steps or 10**9, c.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        return self.optimizer.param_groups[0]["lr"]
 
     def _train_step(self, model) -> torch.Tensor:
         """One optimizer step over grad_accum micro-batches; returns the mean loss (on device).
@@ -421,11 +475,13 @@ class Trainer:
                 loss = loss / c.grad_accum  # the gradients of the micro-batches add up to the mean's
                 self.scaler.scale(loss).backward()
             total += loss.detach()
-        self.scaler.unscale_(self.optimizer)
+        for optimizer in self.optimizers:
+            self.scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-        self.scaler.step(self.optimizer)
+        for optimizer in self.optimizers:
+            self.scaler.step(optimizer)
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.model.zero_grad(set_to_none=True)
         return total
 
     def _log_step(self, run: _Run, loss: torch.Tensor) -> None:
@@ -574,6 +630,7 @@ class Trainer:
             "model_config": asdict(self.model.config),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            **({} if self.muon is None else {"muon": self.muon.state_dict()}),
             "train_config": asdict(self.config),
             "state": {"step": self.step, "tokens_seen": self.tokens_seen, "best_val_loss": self.best_val_loss,
                       "total_steps": self.total_steps},
@@ -617,6 +674,10 @@ class Trainer:
             raise CheckpointError(f"{path} holds a model but no training state: it cannot be continued")
         ckpt = loaded.checkpoint
         stored = dict(ckpt["train_config"])
+        trained_with = stored.get("optimizer", "adamw")  # checkpoints from before Muon: AdamW
+        if overrides.get("optimizer", trained_with) != trained_with:
+            raise CheckpointError(f"--optimizer {overrides['optimizer']} does not fit {path}, trained with "
+                                  f"{trained_with}: a continued run keeps its optimizer (and its state)")
         stored.update(_one_length(overrides))  # --steps given now replaces a stored --epochs, and back
         try:
             config = config_from_dict(TrainConfig, {**stored, **overrides}, "training config")
@@ -624,6 +685,10 @@ class Trainer:
             raise CheckpointError(f"{path}: {e}") from None
         trainer = cls(loaded.model.train(), loaded.tokenizer, config, log=log)
         trainer.optimizer.load_state_dict(ckpt["optimizer"])
+        if trainer.muon is not None:
+            if "muon" not in ckpt:
+                raise CheckpointError(f"{path} was trained with Muon but holds no Muon state (a damaged file?)")
+            trainer.muon.load_state_dict(ckpt["muon"])
         state = ckpt["state"]
         trainer.step, trainer.tokens_seen = state["step"], state["tokens_seen"]
         trainer.best_val_loss, trainer.total_steps = state["best_val_loss"], state["total_steps"]

@@ -93,3 +93,76 @@ def test_attention_drops_weights_only_in_training():
     assert torch.equal(attn(x), attn(x))
     attn.train()
     assert not torch.equal(attn(x), attn(x))
+
+
+# ---- grouped-query attention and QK-norm ---------------------------------------------------------
+
+
+def reference_attention(q, k, v):
+    """Causal attention in a few lines: q (B, nh, T, hs), k and v (B, nh, T, hs)."""
+    T = q.size(-2)
+    scores = q @ k.transpose(-2, -1) / q.size(-1) ** 0.5
+    scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1), float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+def reference_rms_norm(x, gain, eps=1e-5):
+    return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt() * gain
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_grouped_query_attention_and_qk_norm_are_the_written_out_formulas(kv_heads, qk_norm):
+    """4 query heads of size 8 and kv_heads key/value heads: query head i uses key/value head
+    i // (4 / kv_heads), as if each key/value head were copied for its group, then plain attention.
+    QK-norm: each head's q and k scaled to unit root mean square, times a learned gain, before RoPE."""
+    torch.manual_seed(0)
+    attn = QKVAttention(GPT2Config(n_embd=32, n_head=4, n_kv_head=kv_heads, qk_norm=qk_norm, rope=True)).eval()
+    assert attn.c_attn.weight.shape == (32 + 2 * kv_heads * 8, 32)  # [q | k | v], k and v kv_heads x 8 wide
+    if qk_norm:
+        with torch.no_grad():  # gains away from 1, so a missing or swapped gain shows
+            attn.q_norm.weight.uniform_(0.5, 1.5)
+            attn.k_norm.weight.uniform_(0.5, 1.5)
+    B, T = 2, 6
+    x = torch.randn(B, T, 32)
+    q, k, v = attn.c_attn(x).split([32, 8 * kv_heads, 8 * kv_heads], dim=-1)
+    q = q.view(B, T, 4, 8).transpose(1, 2)
+    k, v = (t.view(B, T, kv_heads, 8).transpose(1, 2) for t in (k, v))
+    if qk_norm:
+        q, k = reference_rms_norm(q, attn.q_norm.weight), reference_rms_norm(k, attn.k_norm.weight)
+    q, k = attn.rope(q), attn.rope(k)
+    group = [i // (4 // kv_heads) for i in range(4)]  # the key/value head of each query head
+    y = reference_attention(q, k[:, group], v[:, group])
+    expected = attn.c_proj(y.transpose(1, 2).reshape(B, T, 32))
+    assert_close(attn(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("prefix", [0, 5])
+def test_shared_key_value_heads_give_the_same_attention_with_or_without_sdpas_own_sharing(prefix, monkeypatch):
+    from gpt2_llm import attention
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 6, 4, 8)  # 6 query heads
+    k, v = torch.randn(2, 2, 2, prefix + 4, 8)  # 2 key/value heads, each shared by 3 query heads
+    mask = torch.ones(4, prefix + 4, dtype=torch.bool).tril(diagonal=prefix)
+    copied = F.scaled_dot_product_attention(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), attn_mask=mask)
+    assert_close(attention.attend(q, k, v, mask), copied, atol=1e-6)
+    assert_close(manual_attention(q, k, v), copied, atol=1e-5)  # the written-out path shares them too
+    monkeypatch.setattr(attention, "SDPA_HAS_GQA", False)  # the path of torch 2.4: copies of the heads
+    assert_close(attention.attend(q, k, v, mask), copied, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [{"n_kv_head": 1}, {"n_kv_head": 2, "qk_norm": True}, {"qk_norm": True}])
+def test_kv_cache_with_shared_heads_and_qk_norm_gives_the_same_outputs(options):
+    torch.manual_seed(0)
+    attn = QKVAttention(GPT2Config(n_embd=32, n_head=4, rope=True, block_size=16, **options)).eval()
+    x = torch.randn(2, 12, 32)
+    full = attn(x)
+    cache = KVCache(max_len=16)
+    steps = torch.cat([attn(x[:, t : t + 1], cache) for t in range(12)], dim=1)
+    assert_close(steps, full, atol=1e-5)
+    cache = KVCache(max_len=16)
+    chunks = torch.cat([attn(x[:, :5], cache), attn(x[:, 5:], cache)], dim=1)
+    assert_close(chunks, full, atol=1e-5)
+    kv_heads = options.get("n_kv_head", 4)
+    assert cache.k.shape == cache.v.shape == (2, kv_heads, 16, 8)  # the cache holds the shared heads only

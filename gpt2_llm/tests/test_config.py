@@ -63,7 +63,7 @@ def test_derived_sizes_and_plain_asdict():
     assert (config.head_size, config.mlp_size) == (16, 256)
     assert GPT2Config(n_embd=64, n_head=4, n_inner=100).mlp_size == 100
     # Stored in checkpoints as plain values, so weights_only loading reads them.
-    assert all(v is None or type(v) in (int, float, bool) for v in asdict(config).values())
+    assert all(v is None or type(v) in (int, float, bool, str) for v in asdict(config).values())
     assert GPT2Config(**asdict(config)) == config
 
 
@@ -164,3 +164,78 @@ def test_training_config_errors_name_every_flag_at_once():
 def test_no_float_flag_takes_nan_or_infinity(name, value):
     with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be a finite number"):
         TrainConfig(**{name: value})
+
+
+# ---- architecture options ------------------------------------------------------------------------
+
+
+def test_a_stored_config_without_the_architecture_fields_loads_as_gpt2():
+    # A config as written before the options existed: none of norm, mlp, n_kv_head, qk_norm, tie_embeddings.
+    old = {"vocab_size": 300, "n_layer": 2, "n_head": 4, "n_embd": 32, "block_size": 16, "n_inner": None,
+           "dropout": 0.0, "attn_dropout": None, "bias": True, "rope": False, "rope_base": 10000.0,
+           "layer_norm_eps": 1e-5}  # fmt: skip
+    config = GPT2Config.from_dict(old)
+    assert (config.norm, config.mlp, config.n_kv_head, config.qk_norm, config.tie_embeddings) == (
+        "layernorm", "gelu", None, False, True)
+    assert config.gpt2_departures() == [] and config.kv_heads == 4 and config.mlp_size == 128
+    model = GPT2(config)
+    assert isinstance(model.ln_f, torch.nn.LayerNorm) and model.lm_head.weight is model.wte.weight
+    assert model.decoder.h[0].attn.c_attn.weight.shape == (96, 32) and model.decoder.h[0].mlp.c_fc2 is None
+
+
+@pytest.mark.parametrize("n_embd,width", [(32, 64), (64, 192), (384, 1024), (768, 2048), (1024, 2752), (1600, 4288)])
+def test_swiglu_width_is_the_multiple_of_64_nearest_8_thirds_of_the_width(n_embd, width):
+    config = GPT2Config(n_embd=n_embd, n_head=1, mlp="swiglu")
+    assert config.mlp_size == width
+    assert abs(width - 8 * n_embd / 3) <= 32  # so 3 x width x n_embd is GPT-2's 8 x n_embd^2 within 3 x 32 x n_embd
+    assert GPT2Config(n_embd=n_embd, n_head=1, mlp="swiglu", n_inner=100).mlp_size == 100  # n_inner still rules
+    assert GPT2Config(n_embd=n_embd, n_head=1, mlp="relu2").mlp_size == 4 * n_embd
+
+
+def test_key_value_heads_default_to_one_per_head():
+    assert GPT2Config(n_head=12).kv_heads == 12
+    assert GPT2Config(n_head=12, n_kv_head=4).kv_heads == 4
+    assert GPT2Config(n_head=12, n_kv_head=1).kv_heads == 1
+
+
+def test_bad_architecture_options_name_their_flags_at_once():
+    with pytest.raises(ConfigError) as info:
+        GPT2Config(n_head=12, n_kv_head=5, norm="batchnorm", mlp="gelu2")
+    message = str(info.value)
+    for part in ("n_kv_head (--kv-heads) must divide n_head (12), got 5",
+                 "norm (--norm) must be layernorm or rmsnorm, got 'batchnorm'",
+                 "mlp (--mlp) must be gelu, swiglu or relu2, got 'gelu2'"):  # fmt: skip
+        assert part in message
+    with pytest.raises(ConfigError, match=r"n_kv_head \(--kv-heads\) must divide n_head \(12\), got 0"):
+        GPT2Config(n_head=12, n_kv_head=0)
+    with pytest.raises(ConfigError, match=r"n_kv_head \(--kv-heads\) must divide n_head \(12\), got 24"):
+        GPT2Config(n_head=12, n_kv_head=24)
+    with pytest.raises(ConfigError, match=r"n_layer \(--n-layer\) must be at least 1"):
+        GPT2Config(n_layer=0)
+
+
+def test_gpt2_departures_name_each_option_taken():
+    config = GPT2Config(n_head=4, n_embd=32, norm="rmsnorm", mlp="swiglu", n_kv_head=1, qk_norm=True,
+                        tie_embeddings=False, rope=True, bias=False)  # fmt: skip
+    assert config.gpt2_departures() == ["RMSNorm", "swiglu MLP", "1 key/value head", "QK-norm", "untied head", "RoPE",
+                                        "no bias"]
+    assert GPT2Config(n_head=4, n_kv_head=4).gpt2_departures() == []  # as many key/value heads as heads: GPT-2
+
+
+def test_optimizer_settings_are_checked():
+    assert TrainConfig().optimizer == "adamw" and TrainConfig(optimizer="muon").muon_lr is None
+    with pytest.raises(ConfigError, match="--optimizer must be adamw or muon, got 'sgd'"):
+        TrainConfig(optimizer="sgd")
+    with pytest.raises(ConfigError, match="--muon-lr is the learning rate of --optimizer muon: give both, or neither"):
+        TrainConfig(muon_lr=0.01)
+    with pytest.raises(ConfigError, match="--muon-lr must be positive, got -0.01"):
+        TrainConfig(optimizer="muon", muon_lr=-0.01)
+
+
+def test_muon_on_a_torch_without_it_is_one_line(monkeypatch):
+    monkeypatch.delattr(torch.optim, "Muon")
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(optimizer="muon")
+    assert str(info.value) == (f"--optimizer muon needs torch.optim.Muon, in torch 2.9 or later; this torch is "
+                               f"{torch.__version__}")
+    TrainConfig()  # AdamW needs nothing more

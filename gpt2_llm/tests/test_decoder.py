@@ -1,11 +1,12 @@
 import math
 
+import pytest
 import torch
 from torch import nn
 
 from gpt2_llm import GPT2Config
 from gpt2_llm.attention import KVCache
-from gpt2_llm.decoder import MLP, DecoderBlock, GPT2Decoder
+from gpt2_llm.decoder import MLP, DecoderBlock, GPT2Decoder, make_norm, norm
 from gpt2_llm.tests.conftest import assert_close
 
 
@@ -85,3 +86,95 @@ def test_decoder_with_caches_equals_the_whole_sequence():
     steps = torch.cat([decoder(x[:, t : t + 1], caches) for t in range(7)], dim=1)
     assert_close(steps, decoder(x), atol=1e-5)
     assert [c.length for c in caches] == [7, 7]
+
+
+# ---- architecture options ------------------------------------------------------------------------
+
+
+def test_rmsnorm_is_the_written_out_formula_with_a_gain_and_no_bias():
+    torch.manual_seed(0)
+    block = DecoderBlock(GPT2Config(n_embd=16, n_head=2, norm="rmsnorm")).eval()
+    assert isinstance(block.ln_1, nn.RMSNorm) and [name for name, _ in block.ln_1.named_parameters()] == ["weight"]
+    with torch.no_grad():
+        block.ln_1.weight.uniform_(0.5, 1.5)
+    x = 3 + 2 * torch.randn(2, 4, 16)  # a mean far from 0: RMSNorm does not remove it, LayerNorm would
+    expected = x / (x.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt() * block.ln_1.weight
+    assert_close(block.ln_1(x), expected, atol=1e-5)
+    assert_close(norm(block.ln_1, x), expected, atol=1e-5)  # the one-call form of generation
+
+
+def test_layernorm_without_bias_has_no_bias_and_rmsnorm_never_has_one():
+    for bias in (True, False):
+        assert (make_norm(GPT2Config(n_embd=8, n_head=1, bias=bias)).bias is None) == (not bias)
+        assert not hasattr(make_norm(GPT2Config(n_embd=8, n_head=1, bias=bias, norm="rmsnorm")), "bias")
+
+
+def test_swiglu_is_silu_of_the_gate_times_the_value_projected_back():
+    torch.manual_seed(0)
+    mlp = MLP(GPT2Config(n_embd=64, n_head=1, mlp="swiglu")).eval()
+    # Llama's layout: gate (c_fc) and value (c_fc2) each 64 -> 192, then 192 -> 64 (c_proj).
+    assert mlp.c_fc.weight.shape == mlp.c_fc2.weight.shape == (192, 64) and mlp.c_proj.weight.shape == (64, 192)
+    x = torch.randn(2, 3, 64)
+    gate, value = x @ mlp.c_fc.weight.T + mlp.c_fc.bias, x @ mlp.c_fc2.weight.T + mlp.c_fc2.bias
+    expected = (gate * torch.sigmoid(gate) * value) @ mlp.c_proj.weight.T + mlp.c_proj.bias
+    assert_close(mlp(x), expected, atol=1e-5)
+
+
+def test_relu2_is_the_square_of_relu_between_two_projections():
+    torch.manual_seed(0)
+    mlp = MLP(GPT2Config(n_embd=16, n_head=1, mlp="relu2")).eval()
+    assert mlp.c_fc.weight.shape == (64, 16) and mlp.c_fc2 is None  # 4x wide, as GPT-2's
+    x = torch.randn(2, 3, 16)
+    h = x @ mlp.c_fc.weight.T + mlp.c_fc.bias
+    expected = (torch.where(h > 0, h, 0.0) ** 2) @ mlp.c_proj.weight.T + mlp.c_proj.bias
+    assert_close(mlp(x), expected, atol=1e-6)
+
+
+ALL_OPTIONS = dict(norm="rmsnorm", mlp="swiglu", n_kv_head=1, qk_norm=True, rope=True, bias=False)
+
+
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS])
+def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(options, monkeypatch):
+    from gpt2_llm import decoder as decoder_module
+
+    config = GPT2Config(n_layer=3, n_embd=32, n_head=4, block_size=16, dropout=0.2, **options)
+    x, weights = torch.randn(2, 16, 32), torch.randn(2, 16, 32)
+    results = []
+    for recompute in (False, True):
+        torch.manual_seed(0)  # the same weights, and the same dropout masks
+        decoder = GPT2Decoder(config).train()
+        decoder.grad_checkpoint = recompute
+        inputs = x.clone().requires_grad_()
+        loss = (decoder(inputs) * weights).sum()
+        loss.backward()
+        results.append((loss, inputs.grad, [p.grad for p in decoder.parameters()]))
+    (plain_loss, plain_input_grad, plain_grads), (loss, input_grad, grads) = results
+    # The same operations on the same numbers: equal to the last bit.
+    assert torch.equal(loss, plain_loss) and torch.equal(input_grad, plain_input_grad)
+    assert all(torch.equal(a, b) for a, b in zip(grads, plain_grads))
+    # ...and each block did run under torch.utils.checkpoint, only when gradients are taken.
+    calls = []
+    monkeypatch.setattr(decoder_module, "checkpoint", lambda block, x, **kw: calls.append(kw) or block(x))
+    decoder(x)
+    assert calls == [{"use_reentrant": False}] * 3
+    with torch.no_grad():
+        decoder(x)
+    decoder(x[:, :4], [KVCache(16) for _ in range(3)])
+    assert len(calls) == 3
+
+
+def test_gradient_checkpointing_keeps_fewer_tensors_for_the_backward_pass():
+    config = GPT2Config(n_layer=4, n_embd=32, n_head=4, block_size=16)
+    decoder, x = GPT2Decoder(config).train(), torch.randn(2, 16, 32, requires_grad=True)
+
+    def saved_values(recompute: bool) -> int:
+        decoder.grad_checkpoint = recompute
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            decoder(x)
+        return sum(sizes)
+
+    # Without recomputation every block keeps its intermediates (norms, q, k, v, the MLP's 4x-wide
+    # activations: over 20 x 32 values a token); with it the graph keeps each block's input alone.
+    assert saved_values(False) > 20 * 32 * 2 * 16 * 4
+    assert saved_values(True) == 4 * 2 * 16 * 32

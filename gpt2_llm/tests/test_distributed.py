@@ -44,8 +44,14 @@ def train_args(corpus, tmp_path, *extra):
             *extra]
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(corpus, tmp_path):
-    args = train_args(corpus, tmp_path, "--steps", "6", "--eval-every", "3")
+# Every architecture option, with gradient checkpointing and Muon.
+OPTIONS = ["--norm", "rmsnorm", "--mlp", "swiglu", "--kv-heads", "1", "--qk-norm", "--untied", "--no-bias", "--rope",
+           "--grad-checkpoint", "--optimizer", "muon"]  # fmt: skip
+
+
+@pytest.mark.parametrize("options", [[], OPTIONS], ids=["gpt2", "options"])
+def test_two_processes_train_like_one_with_the_same_global_batch(corpus, tmp_path, options):
+    args = train_args(corpus, tmp_path, "--steps", "6", "--eval-every", "3", *options)
     ddp = torchrun(2, *args, "--out", tmp_path / "ddp.pt")
     _, err = ddp.communicate(timeout=300)
     assert ddp.returncode == 0, err.decode()[-3000:]

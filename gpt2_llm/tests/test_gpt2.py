@@ -1,3 +1,4 @@
+from dataclasses import replace
 
 import pytest
 import torch
@@ -56,14 +57,25 @@ def test_weight_tying_is_one_tensor_and_both_uses_reach_its_gradient(tiny_model)
     assert untied.wte.weight.grad.abs().sum() > 0 and untied.lm_head.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("rope", [False, True])
-def test_gradients_reach_every_parameter(tiny_config, rope):
-    model = GPT2(GPT2Config(**{**tiny_config.__dict__, "rope": rope}))
+# Each architecture option alone, and all of them at once (see README, "Architecture options").
+OPTIONS = [{}, {"rope": True}, {"norm": "rmsnorm"}, {"mlp": "swiglu"}, {"mlp": "relu2"}, {"n_kv_head": 1},
+           {"n_kv_head": 2}, {"qk_norm": True}, {"tie_embeddings": False}, {"bias": False},
+           dict(rope=True, norm="rmsnorm", mlp="swiglu", n_kv_head=2, qk_norm=True, tie_embeddings=False, bias=False)]
+
+
+def option_id(options: dict) -> str:
+    return "-".join(f"{k}={v}" for k, v in options.items()) or "gpt2"
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=option_id)
+def test_gradients_reach_every_parameter(tiny_config, options):
+    model = GPT2(replace(tiny_config, **options))
     ids = torch.randint(0, 97, (2, tiny_config.block_size))  # the whole context: every wpe row is used
     model(ids, torch.randint(0, 97, ids.shape))[1].backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
-    assert (model.wpe is None) == rope
+    assert not model.lm_head.weight.grad[:97].eq(0).all(dim=1).any()  # every real row of the head learns
+    assert (model.wpe is None) == options.get("rope", False)
 
 
 def test_gpt2_initialisation():
@@ -158,21 +170,25 @@ def test_bf16_autocast_forward_and_backward(tiny_model):
 
 
 @pytest.mark.slow
-def test_compiles_without_graph_breaks(tiny_model):
-    compiled = torch.compile(tiny_model, fullgraph=True)  # fullgraph: a graph break is an error
+@pytest.mark.parametrize("options", [{}, "every option, recomputed"], ids=["gpt2", "options"])
+def test_compiles_without_graph_breaks(tiny_config, options):
+    torch.manual_seed(0)
+    model = GPT2(replace(tiny_config, **(OPTIONS[-1] if options else {}))).eval()
+    model.decoder.grad_checkpoint = bool(options)
+    compiled = torch.compile(model, fullgraph=True)  # fullgraph: a graph break is an error
     ids = torch.randint(0, 97, (2, 16))
     logits, loss = compiled(ids, ids)
-    assert_close(logits, tiny_model(ids)[0], atol=1e-5)
+    assert_close(logits, model(ids)[0], atol=1e-5)
     loss.backward()
 
 
 # ---- generation -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rope", [False, True])
-def test_cached_generation_equals_full_recompute_past_the_context(tiny_config, rope):
+@pytest.mark.parametrize("options", OPTIONS, ids=option_id)
+def test_cached_generation_equals_full_recompute_past_the_context(tiny_config, options):
     torch.manual_seed(0)
-    model = GPT2(GPT2Config(**{**tiny_config.__dict__, "rope": rope})).eval()
+    model = GPT2(replace(tiny_config, **options)).eval()
     prompt = torch.randint(0, 97, (2, 10))
     # 10 + 40 tokens: the 24-token context fills, then the window slides.
     assert torch.equal(model.generate(prompt, 40, temperature=0), greedy_by_full_recompute(model, prompt, 40))
@@ -285,10 +301,8 @@ def test_generation_head_cache_follows_weight_updates():
     assert again[0, 3:].tolist() == [0] * 5 and not torch.equal(first, again)
 
 
-@pytest.mark.parametrize("variant", [{}, {"rope": True}, {"bias": False}, {"n_inner": 40}])
+@pytest.mark.parametrize("variant", [*OPTIONS, {"n_inner": 40}, {"mlp": "swiglu", "n_inner": 40}], ids=option_id)
 def test_the_one_token_generation_step_equals_the_general_one(tiny_config, variant):
-    from dataclasses import replace
-
     from gpt2_llm.attention import KVCache
 
     torch.manual_seed(0)
@@ -322,3 +336,85 @@ def test_cross_entropy_leaves_the_padding_columns_out(path, monkeypatch):
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
     assert_close(padded.grad[:, :97], real.grad, atol=1e-7)
     assert not padded.grad[:, 97:].any()
+
+
+# ---- architecture options: sizes, FLOPs, the untied head -------------------------------------------
+
+
+def test_swiglu_keeps_gpt2s_parameter_count_within_the_rounding():
+    def count(**options):
+        return GPT2(GPT2Config(vocab_size=100, n_layer=2, n_head=4, block_size=16, bias=False, **options)).num_parameters()
+
+    # Width 96: 8/3 x 96 = 256 exactly, so 3 x 96 x 256 = 2 x 96 x 384, weight for weight.
+    assert count(n_embd=96, mlp="swiglu") == count(n_embd=96)
+    # Width 64: 170.7 rounds to 192, 3 x 64 x 192 - 2 x 64 x 256 = 4,096 more a layer (at most 3 x 32 x 64).
+    assert count(n_embd=64, mlp="swiglu") - count(n_embd=64) == 2 * 4096
+    assert count(n_embd=64, mlp="relu2") == count(n_embd=64)
+
+
+def test_grouped_query_attention_narrows_only_the_key_value_projection():
+    config = GPT2Config(vocab_size=100, n_layer=2, n_head=4, n_embd=32, block_size=16)
+    full, shared = GPT2(config), GPT2(replace(config, n_kv_head=1))
+    assert shared.decoder.h[0].attn.c_attn.weight.shape == (32 + 2 * 8, 32)
+    # Two layers, each with keys and values 3 heads x 8 narrower: weights and biases.
+    assert full.num_parameters() - shared.num_parameters() == 2 * (2 * 24 * 32 + 2 * 24)
+
+
+def test_the_untied_head_is_its_own_matrix_drawn_as_the_embedding_and_padded_alike(tiny_config):
+    torch.manual_seed(0)
+    tied = GPT2(tiny_config)
+    torch.manual_seed(0)
+    untied = GPT2(replace(tiny_config, tie_embeddings=False))
+    assert untied.lm_head.weight is not untied.wte.weight and untied.lm_head.weight.shape == (128, 32)
+    assert untied.num_parameters() == tied.num_parameters() + 97 * 32  # vocab x n_embd more, padding left out
+    assert not untied.lm_head.weight[97:].any() and not untied.wte.weight[97:].any()
+    assert untied.lm_head.weight[:97].std().item() == pytest.approx(0.02, rel=0.1)
+    # Drawn last, so every other weight is the tied model's of the same seed.
+    untied_state, tied_state = untied.state_dict(), tied.state_dict()
+    for name in tied_state:
+        if name not in ("wte.weight", "lm_head.weight"):
+            assert torch.equal(untied_state[name], tied_state[name]), name
+    assert torch.equal(untied.lm_head.weight, tied.lm_head.weight)  # the tied matrix's last draw
+    ids = torch.randint(0, 97, (2, 10))
+    untied(ids, ids)[1].backward()
+    assert not untied.lm_head.weight.grad[97:].any()  # the padding rows are never a target
+
+
+def test_flops_per_token_counts_the_real_matrices_of_the_options():
+    config = GPT2Config(vocab_size=100, n_layer=2, n_head=4, n_embd=32, block_size=16, mlp="swiglu", n_kv_head=2,
+                        tie_embeddings=False, rope=True, bias=False, norm="rmsnorm", qk_norm=True)  # fmt: skip
+    # Per layer: c_attn 32 x (32 + 2 x 2 heads x 8) = 2,048, c_proj 32 x 32 = 1,024, SwiGLU's three
+    # matrices 3 x 32 x 64 = 6,144, the gains of two norms (2 x 32) and QK-norm (2 x 8): 9,296.
+    # Two layers, the final norm's 32 and the untied head's 100 x 32 (the embedding is a lookup,
+    # and RoPE has no position table): N = 18,592 + 32 + 3,200 = 21,824.
+    # FLOPs per token = 6N + 12 x 2 layers x 32 x 16 = 130,944 + 12,288.
+    assert GPT2(config).flops_per_token() == 143_232
+
+
+def test_bf16_autocast_with_every_option(tiny_config):
+    torch.manual_seed(0)
+    model = GPT2(replace(tiny_config, **OPTIONS[-1])).eval()
+    ids = torch.randint(0, 97, (2, 16))
+    reference = model(ids)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the plain-product attention path: shared heads copied
+        logits, loss = model(ids, ids)
+        loss.backward()
+        out = model.generate(ids[:, :8], 4, greedy=True)
+    assert logits.dtype == torch.bfloat16 and out.shape == (2, 12)
+    assert_close(logits, reference, atol=0.05)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("options", OPTIONS[2:], ids=option_id)
+def test_a_checkpoint_of_other_options_does_not_fit_this_model(tiny_config, options, tmp_path):
+    GPT2(replace(tiny_config, **options)).save(tmp_path / "m.pt")
+    with pytest.raises(ValueError, match=r"m.pt does not fit this model: \w+ .* in the checkpoint"):
+        GPT2(tiny_config).load(tmp_path / "m.pt")
+    assert GPT2.load(tmp_path / "m.pt").config == replace(tiny_config, **options)
+
+
+def test_export_to_hf_gpt2_refuses_the_options_it_cannot_hold(tmp_path):
+    config = GPT2Config(vocab_size=10, n_layer=1, n_head=2, n_embd=8, block_size=8, mlp="swiglu", qk_norm=True)
+    with pytest.raises(ValueError, match="cannot export to transformers' GPT-2: the model has swiglu MLP, QK-norm, which"):
+        GPT2(config).save_hf(tmp_path)
+    assert not list(tmp_path.iterdir())

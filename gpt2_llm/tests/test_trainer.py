@@ -4,6 +4,7 @@ MFU, and evaluation as a plain function."""
 
 import io
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,8 +14,9 @@ import torch.nn.functional as F
 from bpe import BPE
 from gpt2_llm import GPT2, GPT2Config, load_checkpoint
 from gpt2_llm.data import validation_windows
-from gpt2_llm.tests.conftest import losses, records
-from gpt2_llm.trainer import Progress, Trainer, TrainingError, best_path, evaluate, get_lr, loss_picture_path
+from gpt2_llm.tests.conftest import assert_close, losses, records
+from gpt2_llm.trainer import (Progress, Trainer, TrainingError, best_path, evaluate, get_lr, loss_picture_path,
+                              step_memory)
 
 
 def tiny_trainer(tokenizer, seed=0, **overrides) -> Trainer:
@@ -400,3 +402,117 @@ def test_the_schedule_is_refitted_once_an_evaluation_has_been_timed(corpus, tmp_
     # leaves room for int(40 / (1 + 10 / 5)) = 13 more steps. Counting evaluations as forward passes
     # only (as before one was timed) would have planned 10 + int(40 / 2.1) = 29.
     assert trainer.total_steps == 23
+
+
+# ---- Muon, gradient checkpointing, memory of the options -------------------------------------------
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest(corpus):
+    torch.manual_seed(0)
+    config = GPT2Config.from_preset("tiny", vocab_size=300, block_size=32, mlp="swiglu", qk_norm=True,
+                                    tie_embeddings=False)  # fmt: skip
+    trainer = Trainer(GPT2(config), corpus[1], log=lambda line: None, optimizer="muon", device="cpu", dtype="float32")
+    names = {id(p): name for name, p in trainer.model.named_parameters()}
+    muon = [names[id(p)] for group in trainer.muon.param_groups for p in group["params"]]
+    decayed, plain = ([names[id(p)] for p in group["params"]] for group in trainer.optimizer.param_groups)
+    per_block = ["attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_fc2.weight", "mlp.c_proj.weight"]
+    assert muon == [f"decoder.h.{i}.{name}" for i in range(2) for name in per_block]
+    assert decayed == ["wte.weight", "wpe.weight", "lm_head.weight"]
+    gains_and_biases = ["ln_1.weight", "ln_1.bias", "attn.c_attn.bias", "attn.c_proj.bias", "attn.q_norm.weight",
+                        "attn.k_norm.weight", "ln_2.weight", "ln_2.bias", "mlp.c_fc.bias", "mlp.c_fc2.bias",
+                        "mlp.c_proj.bias"]  # fmt: skip
+    assert plain == [f"decoder.h.{i}.{name}" for i in range(2) for name in gains_and_biases] + ["ln_f.weight", "ln_f.bias"]
+    assert trainer.optimizer.param_groups[0]["weight_decay"] == trainer.muon.param_groups[0]["weight_decay"] == 0.1
+    assert trainer.muon.param_groups[0]["adjust_lr_fn"] == "original" and trainer.muon.param_groups[0]["momentum"] == 0.95
+    assert tiny_trainer(corpus[1]).muon is None  # AdamW alone by default
+
+
+def test_one_schedule_scales_both_learning_rates(corpus):
+    trainer = tiny_trainer(corpus[1], optimizer="muon", muon_lr=0.05, warmup_steps=2)
+    trainer.total_steps = 6
+    for step in range(7):
+        trainer._set_lr(step)
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(get_lr(step, 3e-3, 2, 6, 0.1), abs=1e-15)
+        assert trainer.muon.param_groups[0]["lr"] == pytest.approx(get_lr(step, 0.05, 2, 6, 0.1), abs=1e-15)
+    assert tiny_trainer(corpus[1], optimizer="muon").muon.defaults["lr"] == 0.02  # torch's example value
+
+
+def test_muon_moves_only_its_matrices_as_torchs_muon_does(corpus):
+    trainer = tiny_trainer(corpus[1], optimizer="muon", lr=1e-12, warmup_steps=0)  # AdamW all but frozen
+    x = torch.randint(0, 300, (4, 33), generator=torch.Generator().manual_seed(0))
+    trainer.batches = iter([(x[:, :-1], x[:, 1:])])
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    reference = torch.nn.Linear(64, 192, bias=False)  # block 0's c_attn, stepped by hand with torch's Muon
+    reference.weight.data.copy_(before["decoder.h.0.attn.c_attn.weight"])
+    trainer._set_lr(0)
+    trainer.total_steps = 10
+    original_step = trainer.muon.step
+
+    def step_and_copy():  # the (clipped) gradient Muon is given
+        reference.weight.grad = trainer.model.decoder.h[0].attn.c_attn.weight.grad.clone()
+        return original_step()
+
+    trainer.muon.step = step_and_copy
+    trainer._train_step(trainer.model)
+    torch.optim.Muon([reference.weight], lr=trainer.muon.param_groups[0]["lr"], weight_decay=0.1,
+                     adjust_lr_fn="original").step()  # fmt: skip
+    assert_close(trainer.model.decoder.h[0].attn.c_attn.weight, reference.weight, atol=1e-7)
+    for name, p in trainer.model.named_parameters():
+        moved = (p - before[name]).abs().max().item()
+        assert (moved > 1e-4) == (name.startswith("decoder.") and p.dim() == 2), name
+
+
+def test_resume_with_muon_and_gradient_checkpointing_gives_the_same_losses(corpus, tmp_path):
+    text, tokenizer = corpus
+    options = dict(optimizer="muon", grad_checkpoint=True)
+    straight = tiny_trainer(tokenizer, **options)
+    straight.train(text, save_path=tmp_path / "a.pt", steps=10, progress=False)
+    first = tiny_trainer(tokenizer, **options)
+    _train_until(first, text, tmp_path / "b.pt", total=10, stop_at=6)
+    assert "muon" in load_checkpoint(tmp_path / "b.pt")  # Muon's momentum is stored beside AdamW's state
+    again = Trainer.from_checkpoint(tmp_path / "b.pt", log=lambda line: None)
+    assert again.muon is not None and again.model.decoder.grad_checkpoint
+    again.train(text, save_path=tmp_path / "b.pt", progress=False)
+    assert losses(tmp_path / "b.metrics.jsonl") == losses(tmp_path / "a.metrics.jsonl")
+    final_a, final_b = load_checkpoint(tmp_path / "a.pt")["model"], load_checkpoint(tmp_path / "b.pt")["model"]
+    for name in final_a:
+        torch.testing.assert_close(final_a[name], final_b[name], atol=0, rtol=0, msg=name)
+
+
+def test_a_continued_run_keeps_its_optimizer(corpus, tmp_path):
+    trainer = tiny_trainer(corpus[1], eval_every=1000)
+    trainer.train(corpus[0], save_path=tmp_path / "m.pt", steps=2, progress=False)
+    with pytest.raises(ValueError, match=r"--optimizer muon does not fit .*m.pt, trained with adamw: a continued run "
+                                         r"keeps its optimizer"):  # fmt: skip
+        Trainer.from_checkpoint(tmp_path / "m.pt", optimizer="muon")
+    assert Trainer.from_checkpoint(tmp_path / "m.pt", log=lambda line: None, optimizer="adamw").muon is None
+
+
+def test_gradient_checkpointing_changes_no_loss(corpus, tmp_path):
+    for name, recompute in (("plain", False), ("recomputed", True)):
+        trainer = tiny_trainer(corpus[1], eval_every=1000, grad_checkpoint=recompute)
+        assert trainer.model.decoder.grad_checkpoint == recompute
+        trainer.train(corpus[0], save_path=tmp_path / f"{name}.pt", steps=4, progress=False)
+    assert losses(tmp_path / "recomputed.metrics.jsonl") == losses(tmp_path / "plain.metrics.jsonl") != []
+
+
+def test_step_memory_follows_the_shapes_of_the_options():
+    gpt2 = GPT2Config()
+    C, L, T, V, b = 768, 12, 1024, 50304, 8
+    logits = b * T * V * (2 * 2 + 4)
+    # GPT-2: 12 L C^2 + (V + T) C weights at 16 bytes, Korthikanti's 34 C values a layer and token.
+    assert step_memory(gpt2, b, torch.bfloat16) == 16 * (12 * L * C * C + (V + T) * C) + b * T * L * 34 * C + logits
+    # One key/value head of 64: the two matrices lose C x (C - 64) each, the activations 4 x (C - 64).
+    mqa = replace(gpt2, n_kv_head=1)
+    assert step_memory(gpt2, b, torch.bfloat16) - step_memory(mqa, b, torch.bfloat16) == (
+        16 * L * 2 * C * (C - 64) + b * T * L * 4 * (C - 64))
+    # SwiGLU at width 2048: as many weights as the GELU MLP (3 x 2048 = 2 x 3072), and as many activations
+    # (6 x 2048 = 4 x 3072); at width 3072 (--n-inner) half as many again of both.
+    swiglu = replace(gpt2, mlp="swiglu")
+    assert step_memory(swiglu, b, torch.bfloat16) == step_memory(gpt2, b, torch.bfloat16)
+    assert step_memory(replace(swiglu, n_inner=3072), b, torch.bfloat16) - step_memory(gpt2, b, torch.bfloat16) == (
+        16 * L * C * 3072 + b * T * L * 2 * 3072)
+    # An untied head adds V x C weights; recomputation keeps one layer's 34 C and every layer's input.
+    assert step_memory(replace(gpt2, tie_embeddings=False), b, torch.bfloat16) - step_memory(gpt2, b, torch.bfloat16) == 16 * V * C
+    assert step_memory(gpt2, b, torch.bfloat16, grad_checkpoint=True) == (
+        16 * (12 * L * C * C + (V + T) * C) + b * T * (L * 2 * C + 34 * C) + logits)
