@@ -22,6 +22,7 @@ import bpe
 def report(checkpoint_path: str, vocab_path: str | None) -> tuple[list[str], list[str]]:
     """Lines of the report, and the reasons the pair is incompatible (empty: compatible).
     Raises a bpe.UserError (CheckpointError, TokenizerError) when a file cannot be used."""
+    from gpt2_llm.instruct import template_from_checkpoint
     from gpt2_llm.loading import load
 
     loaded = load(checkpoint_path)
@@ -48,6 +49,9 @@ def report(checkpoint_path: str, vocab_path: str | None) -> tuple[list[str], lis
                      f"best val loss {best_text}")
     else:
         lines.append("training:         no training state (weights only)")
+    template = template_from_checkpoint(loaded.checkpoint.get("chat_template"), checkpoint_path)
+    lines.append(f"chat template:    {template.name} (trained on instruction records; predict --chat uses it)"
+                 if template else "chat template:    none (a model of text)")
     if stored is not None:
         lines.append(f"tokenizer (in the checkpoint): {stored.vocab_size:,} tokens, hash {stored.hash[:16]}")
     if given is not None:

@@ -242,6 +242,8 @@ class TrainConfig:
     sample_prompt: str | None = _opt(None, 'prompt of the sample printed at each evaluation '
                                            '(default: the start of the validation text)')
     sample_tokens: int = _opt(64, 'tokens of that sample (0: no samples)')
+    mask_prompt: bool = _opt(True, 'instruction records: the loss is on the responses only (--no-mask-prompt: on '
+                                   'every token but the padding)')
 
     def __post_init__(self):
         problems = []
