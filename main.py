@@ -113,11 +113,16 @@ def check_tokenize_args(args: argparse.Namespace) -> None:
 
 def learn_vocab(args: argparse.Namespace, files: list) -> tuple[bpe.BPE, str]:
     """A tokenizer learned from the text files of `tokenize`, and how it was made (for the last line)."""
+    from gpt2_llm.data import is_instruction_input, records_tokenizer
+
     size = text_bytes(files)
     vocab_size = args.vocab_size or bpe.recommended_vocab_size(size)
     pattern = {"pattern": args.pattern} if args.pattern else {}  # else BPE.train's default
     start = time.perf_counter()
-    tok = bpe.BPE.train(files, vocab_size, progress=True, workers=args.workers, **pattern)
+    if is_instruction_input(files):  # records are learned from as the template renders them
+        tok = records_tokenizer(files, vocab_size, workers=args.workers, progress=True, **pattern)
+    else:
+        tok = bpe.BPE.train(files, vocab_size, progress=True, workers=args.workers, **pattern)
     seconds = time.perf_counter() - start
     if tok.vocab_size < vocab_size:
         print(f"note: the text offers only {tok.vocab_size} tokens' worth of merges", file=sys.stderr)
@@ -296,7 +301,8 @@ def resume_launcher(ranks) -> list[str]:
 
 
 # The model-shape flags of `train`, and the GPT2Config field each sets.
-SHAPE_FLAGS = {"context": "block_size", "dropout": "dropout", "attn_dropout": "attn_dropout", "rope": "rope"}
+SHAPE_FLAGS = {"context": "block_size", "n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd",
+               "dropout": "dropout", "attn_dropout": "attn_dropout", "rope": "rope"}
 DEFAULT_PRESET = "small"
 
 
@@ -343,32 +349,19 @@ def text_bytes(files: list) -> int:
 def learn_run_vocab(args, files: list, vocab_size: int, train_config, block_size: int, say) -> bpe.BPE:
     """A tokenizer learned from the training text, saved as the vocab file once the text has proved
     long enough to train on (the token file it makes is the one training reads)."""
-    from gpt2_llm.data import is_instruction_input, load_tokens, split_tokens
+    from gpt2_llm.data import (is_instruction_input, load_tokens, read_records, records_tokenizer, split_records,
+                               split_tokens)
 
     say(f"{args.vocab_file} not found: training a tokenizer of {vocab_size} tokens on {args.file}", file=sys.stderr)
     if is_instruction_input(files):
-        tokenizer = learn_records_vocab(files, vocab_size, train_config, args.workers)
+        split_records(read_records(files)[1], train_config.val_fraction)  # "too few records" fails before any work
+        tokenizer = records_tokenizer(files, vocab_size, workers=args.workers, progress=True)
     else:
         tokenizer = bpe.BPE.train(files, vocab_size, progress=True, workers=args.workers)
         tokens = load_tokens(files, tokenizer, progress=True, workers=train_config.workers)
         split_tokens(tokens, train_config.val_fraction, block_size)  # "too short" fails here, before the save
     tokenizer.save(args.vocab_file)
     say(f"wrote {args.vocab_file}: {tokenizer.vocab_size} tokens learned from {args.file}", file=sys.stderr)
-    return tokenizer
-
-
-def learn_records_vocab(files: list, vocab_size: int, train_config, workers: int | None) -> bpe.BPE:
-    """A tokenizer learned from instruction records as the model will read them: each rendered in
-    its template (not the JSON, with its quotes and escapes). It records the files it came from,
-    so that the next run on them knows it (see found_vocab_note)."""
-    from gpt2_llm.data import read_records, split_records
-
-    template, conversations = read_records(files)
-    split_records(conversations, train_config.val_fraction)  # "too few records" fails here, before any work
-    text = bpe.ENDOFTEXT.join(template.render(messages) for messages in conversations)
-    tokenizer = bpe.BPE.train(text, vocab_size, progress=True, workers=workers)
-    tokenizer.trained_on = {"text": ", ".join(map(str, files)), "bytes": text_bytes(files),
-                            "sha256": bpe.text_digest(files)}
     return tokenizer
 
 
@@ -635,6 +628,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="start afresh even if --out exists")
     p.add_argument("--preset", default=None, choices=list(PRESETS), help=f"model shape (default: {DEFAULT_PRESET})")
     p.add_argument("--context", type=int, default=None, help="context length in tokens (default: the preset's)")
+    p.add_argument("--n-layer", type=int, default=None, help="decoder blocks (default: the preset's)")
+    p.add_argument("--n-head", type=int, default=None, help="attention heads per block (default: the preset's)")
+    p.add_argument("--n-embd", type=int, default=None, help="width of the model, a multiple of --n-head (default: the preset's)")
     p.add_argument("--dropout", type=float, default=None, help="dropout rate (default: the preset's)")
     p.add_argument("--attn-dropout", type=float, default=None, help="dropout on attention weights alone (default: as --dropout)")
     p.add_argument("--rope", action="store_true", default=None, help="rotary position embeddings instead of learned positions")

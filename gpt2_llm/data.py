@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bpe import TokenizerError, UserError, atomic_write, text_digest, text_files, token_typecode
+from bpe import BPE, ENDOFTEXT, TokenizerError, UserError, atomic_write, text_digest, text_files, token_typecode
 
 from .instruct import IGNORE_INDEX, TEMPLATES, RecordError, Template, example_arrays, record_kind, record_messages
 
@@ -270,12 +270,11 @@ def _holds_records(path: Path) -> bool:
     if path.suffix.lower() == ".jsonl":
         return True
     with open(path, "rb") as f:
-        for line in f:
+        while line := f.readline(_SNIFF_BYTES):  # at most this much, whatever the text (one huge line?)
             if line.strip():
-                line = line if len(line) <= _SNIFF_BYTES else line[:_SNIFF_BYTES]
                 try:
                     first = json.loads(line.decode("utf-8-sig"))
-                except ValueError:  # not UTF-8, or not JSON: text
+                except ValueError:  # not UTF-8, not JSON, or a line cut short: text
                     return False
                 return isinstance(first, dict) and any(key in first for key in RECORD_KEYS)
     return False
@@ -318,6 +317,19 @@ def _numbered_lines(path: Path):
     for number, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON strings may hold U+2028
         if line.strip():
             yield number, line
+
+
+def records_tokenizer(files: list[Path], vocab_size: int, pattern: str = "gpt2", workers: int | None = None,
+                      progress: bool = False) -> BPE:  # fmt: skip
+    """A tokenizer learned from instruction records as the model reads them, each rendered in its
+    template (not their JSON, with its quotes and escapes). It records the files it was learned
+    from, as one learned from a text does, so a later run on them knows it for theirs."""
+    template, conversations = read_records(files)
+    text = ENDOFTEXT.join(template.render(messages) for messages in conversations)
+    tokenizer = BPE.train(text, vocab_size, pattern=pattern, progress=progress, workers=workers)
+    names = ", ".join(str(f) for f in files[:3]) + (f" and {len(files) - 3} more files" if len(files) > 3 else "")
+    tokenizer.trained_on = {"text": names, "bytes": sum(f.stat().st_size for f in files), "sha256": text_digest(files)}
+    return tokenizer
 
 
 def split_records(conversations: list, val_fraction: float) -> tuple[list, list]:
@@ -378,14 +390,18 @@ class InstructionBatches:
     """Endless padded (x, y) batches of whole examples, reproducible from a seed and resumable.
 
     Every epoch visits each example once, in an order drawn from (seed, epoch): the examples are
-    shuffled, sorted by length within pools of POOL batches (so a batch holds examples of about
-    the same length and wastes little padding), cut into batches, and the batches shuffled.
-    Streams work as in Batches: an optimizer step takes the next batch of the epoch for each of
-    `num_streams` streams, and this process uses those in `mine`; every process draws the same
-    order, so one process with grad_accum = N sees exactly the batches of N processes.
+    shuffled and cut into batches, each padded to its longest example. Streams work as in
+    Batches: an optimizer step takes the next batch of the epoch for each of `num_streams`
+    streams, and this process uses those in `mine`; every process draws the same order, so one
+    process with grad_accum = N sees exactly the batches of N processes.
+
+    POOL > 1 groups examples of similar length (sorted within pools of POOL batches, the batches
+    then shuffled), which wastes less padding, but where length goes with the kind of task, as it
+    often does, a batch then holds one kind of task, and learning was measured to be several times
+    slower (BENCHMARKS.md, "Fine-tuning on instructions"): so every batch is a random draw.
     """
 
-    POOL = 64
+    POOL = 1
 
     def __init__(self, examples: Examples, batch_size: int, seed: int, pad_id: int, num_streams: int = 1,
                  mine=None):  # fmt: skip
