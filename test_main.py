@@ -805,8 +805,9 @@ def test_no_mask_prompt_is_recorded_in_the_checkpoint(chat_model, tmp_path):
 
 @pytest.mark.parametrize("lines,message", [
     (['{"instruction": "a", "output": "b"}', '{"instruction": '], "data.jsonl:2: not a JSON line"),
-    (['{"instruction": "a", "output": "b"}', '{"messages": [{"role": "user", "content": "x"}]}'],
+    (['{"instruction": "a", "output": "b"}', '{"messages": [{"role": "assistant", "content": "x"}]}'],
      "data.jsonl:2: a chat (messages) record, but the records before it are Alpaca"),
+    (['{"messages": [{"role": "user", "content": "x"}]}'], "data.jsonl:1: a chat record needs at least one assistant"),
     (['{"messages": [{"role": "narrator", "content": "x"}]}'], "data.jsonl:1: message 1 has the role 'narrator'"),
     (['{"instruction": "a", "output": "b"}'] * 3, "too few records: 3 give 3 for training and 0 for validation"),
 ])  # fmt: skip
