@@ -349,17 +349,16 @@ def text_bytes(files: list) -> int:
 def learn_run_vocab(args, files: list, vocab_size: int, train_config, block_size: int, say) -> bpe.BPE:
     """A tokenizer learned from the training text, saved as the vocab file once the text has proved
     long enough to train on (the token file it makes is the one training reads)."""
-    from gpt2_llm.data import (is_instruction_input, load_tokens, read_records, records_tokenizer, split_records,
-                               split_tokens)
+    from gpt2_llm import data
 
     say(f"{args.vocab_file} not found: training a tokenizer of {vocab_size} tokens on {args.file}", file=sys.stderr)
-    if is_instruction_input(files):
-        split_records(read_records(files)[1], train_config.val_fraction)  # "too few records" fails before any work
-        tokenizer = records_tokenizer(files, vocab_size, workers=args.workers, progress=True)
+    if data.is_instruction_input(files):
+        data.split_records(data.read_records(files)[1], train_config.val_fraction)  # "too few records": before any work
+        tokenizer = data.records_tokenizer(files, vocab_size, workers=args.workers, progress=True)
     else:
         tokenizer = bpe.BPE.train(files, vocab_size, progress=True, workers=args.workers)
-        tokens = load_tokens(files, tokenizer, progress=True, workers=train_config.workers)
-        split_tokens(tokens, train_config.val_fraction, block_size)  # "too short" fails here, before the save
+        tokens = data.load_tokens(files, tokenizer, progress=True, workers=train_config.workers)
+        data.split_tokens(tokens, train_config.val_fraction, block_size)  # "too short" fails here, before the save
     tokenizer.save(args.vocab_file)
     say(f"wrote {args.vocab_file}: {tokenizer.vocab_size} tokens learned from {args.file}", file=sys.stderr)
     return tokenizer

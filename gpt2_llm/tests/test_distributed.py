@@ -80,7 +80,7 @@ def test_two_processes_train_on_records_like_one(tmp_path):
     _, err = ddp.communicate(timeout=300)
     assert ddp.returncode == 0, err.decode()[-3000:]
     one = subprocess.run([sys.executable, str(ROOT / "main.py"), "train", *map(str, args), "--grad-accum", "2",
-                          "--out", str(tmp_path / "one.pt")], capture_output=True, cwd=ROOT, timeout=300)
+                          "--out", str(tmp_path / "one.pt")], capture_output=True, cwd=ROOT, timeout=300, check=False)
     assert one.returncode == 0, one.stderr.decode()[-3000:]
     a, b = load_checkpoint(tmp_path / "ddp.pt"), load_checkpoint(tmp_path / "one.pt")
     assert a["chat_template"]["name"] == "alpaca" and a["state"]["tokens_seen"] == b["state"]["tokens_seen"]
