@@ -53,11 +53,10 @@ def report(model: str, vocab_path: str | None) -> tuple[list[str], list[str]]:
         lines.append("training:         no training state (weights only)")
     else:
         lines.append("training:         no training state (a transformers folder holds weights only)")
+    lines.append(f"chat template:    {chat_template_text(loaded.chat_template, model)}")
     if stored is not None:
         where = "the checkpoint" if loaded.source == "checkpoint" else loaded.checkpoint["tokenizer_file"]
         lines.append(f"tokenizer (in {where}): {stored.vocab_size:,} tokens, hash {stored.hash[:16]}")
-    if loaded.chat_template is not None:
-        lines.append(f"chat template:    {loaded.chat_template['name'] or 'its own (unnamed)'}")
     if given is not None:
         lines.append(f"vocab file:       {vocab_path}: {given.vocab_size:,} tokens, hash {given.hash[:16]}")
 
@@ -68,6 +67,19 @@ def report(model: str, vocab_path: str | None) -> tuple[list[str], list[str]]:
     elif given is not None and given.vocab_size > cfg.vocab_size:
         problems.append(f"{vocab_path} has {given.vocab_size} tokens but the model's embedding only {cfg.vocab_size}")
     return lines, problems
+
+
+def chat_template_text(stored: dict | None, model: str) -> str:
+    """The model's chat template: one of ours (instruct.py; an unknown name is an error), a
+    folder's own, or none."""
+    from gpt2_llm.instruct import template_from_checkpoint
+
+    if stored is None:
+        return "none (a model of text)"
+    if stored["name"] is None:
+        return "its own (a Jinja template from its folder, which predict --chat cannot render)"
+    template = template_from_checkpoint(stored, model)
+    return f"{template.name} (trained on instruction records; predict --chat uses it)"
 
 
 def describe_source(loaded) -> str:

@@ -5,7 +5,9 @@
     python main.py encode "Hello world"                       # prints [..ids..]
     python main.py decode "[15496, 995]"                      # prints the text
     python main.py train corpus.txt                           # vocab.txt (made if missing) -> gpt2_model.pt
+    python main.py train instructions.jsonl --out chat.pt     # JSON-lines records: the loss on the answers
     python main.py predict "Once upon a time" 50              # streams 50 new tokens
+    python main.py predict --chat chat.pt                     # ask, read the answer, ask again
     python main.py eval held_out.txt                          # loss, perplexity, bits per byte
     python main.py plot gpt2_model.metrics.jsonl -o loss.png  # a picture of one run, or several compared
     python main.py predict "Hello" 20 gpt2                    # a transformers folder or a hub name is a model too
@@ -115,11 +117,16 @@ def check_tokenize_args(args: argparse.Namespace) -> None:
 
 def learn_vocab(args: argparse.Namespace, files: list) -> tuple[bpe.BPE, str]:
     """A tokenizer learned from the text files of `tokenize`, and how it was made (for the last line)."""
+    from gpt2_llm.data import is_instruction_input, records_tokenizer
+
     size = text_bytes(files)
     vocab_size = args.vocab_size or bpe.recommended_vocab_size(size)
     pattern = {"pattern": args.pattern} if args.pattern else {}  # else BPE.train's default
     start = time.perf_counter()
-    tok = bpe.BPE.train(files, vocab_size, progress=True, workers=args.workers, **pattern)
+    if is_instruction_input(files):  # records are learned from as the template renders them
+        tok = records_tokenizer(files, vocab_size, workers=args.workers, progress=True, **pattern)
+    else:
+        tok = bpe.BPE.train(files, vocab_size, progress=True, workers=args.workers, **pattern)
     seconds = time.perf_counter() - start
     if tok.vocab_size < vocab_size:
         print(f"note: the text offers only {tok.vocab_size} tokens' worth of merges", file=sys.stderr)
@@ -409,12 +416,16 @@ def text_bytes(files: list) -> int:
 def learn_run_vocab(args, files: list, vocab_size: int, train_config, block_size: int, say) -> bpe.BPE:
     """A tokenizer learned from the training text, saved as the vocab file once the text has proved
     long enough to train on (the token file it makes is the one training reads)."""
-    from gpt2_llm.data import load_tokens, split_tokens
+    from gpt2_llm import data
 
     say(f"{args.vocab_file} not found: training a tokenizer of {vocab_size} tokens on {args.file}", file=sys.stderr)
-    tokenizer = bpe.BPE.train(files, vocab_size, progress=True, workers=args.workers)
-    tokens = load_tokens(files, tokenizer, progress=True, workers=train_config.workers)
-    split_tokens(tokens, train_config.val_fraction, block_size)  # "too short" fails here, before the save
+    if data.is_instruction_input(files):
+        data.split_records(data.read_records(files)[1], train_config.val_fraction)  # "too few records": before any work
+        tokenizer = data.records_tokenizer(files, vocab_size, workers=args.workers, progress=True)
+    else:
+        tokenizer = bpe.BPE.train(files, vocab_size, progress=True, workers=args.workers)
+        tokens = data.load_tokens(files, tokenizer, progress=True, workers=train_config.workers)
+        data.split_tokens(tokens, train_config.val_fraction, block_size)  # "too short" fails here, before the save
     tokenizer.save(args.vocab_file)
     say(f"wrote {args.vocab_file}: {tokenizer.vocab_size} tokens learned from {args.file}", file=sys.stderr)
     return tokenizer
@@ -436,9 +447,14 @@ def torch_seed(seed: int) -> None:
 
 
 def load_model(name: str, device: str, vocab_file: str | None = None):
-    """A model (eval mode, on `device`) and its tokenizer, through the one loader (see load_named)."""
+    """A model (eval mode, on `device`), its tokenizer and its chat template (None for a model of
+    text, or one whose template is not ours), through the one loader (see load_named)."""
+    from gpt2_llm.instruct import template_from_checkpoint
+
     loaded = load_named(name, device, vocab_file, "give its vocab file after it")
-    return loaded.model, loaded.tokenizer
+    stored = loaded.chat_template
+    template = template_from_checkpoint(stored, name) if stored and stored["name"] is not None else None
+    return loaded.model, loaded.tokenizer, template
 
 
 def load_named(name: str, device: str, vocab_file: str | None, how_to_give_vocab: str):
@@ -469,18 +485,12 @@ def load_named(name: str, device: str, vocab_file: str | None, how_to_give_vocab
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from gpt2_llm.gpt2 import check_sampling
-    from gpt2_llm.loading import looks_like_hub_name
 
     check_sampling(args.num_tokens, args.temperature, args.top_k, args.top_p)  # before the slow load
-    if args.interactive and args.prompt:
-        # With --interactive the prompts come from the terminal, so the first argument is not one.
-        if not (os.path.exists(args.prompt) or looks_like_hub_name(args.prompt)):
-            raise UserError(f"with --interactive the prompts are read from the terminal: {args.prompt!r} is not a "
-                            f"model (write: predict --interactive [NUM_TOKENS] MODEL)")
-        if args.model_file != DEFAULT_MODEL:
-            raise UserError(f"with --interactive give the model once: {args.prompt} or {args.model_file}")
-        args.model_file = args.prompt
-    model, tokenizer = load_model(args.model_file, args.device, args.vocab_file)
+    take_model_from_the_prompt(args)
+    model, tokenizer, template = load_model(args.model_file, args.device, args.vocab_file)
+    if args.chat:
+        return chat(model, tokenizer, template, args)
     prompts = iter(lambda: input("> "), None) if args.interactive else [args.prompt]
     try:
         for prompt in prompts:
@@ -490,48 +500,125 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(file=sys.stderr)
 
 
-def generate_text(model, tokenizer: bpe.BPE, prompt: str, args: argparse.Namespace) -> None:
-    """Print the prompt, then each new token as soon as it is made (whole characters only)."""
-    import codecs
+def take_model_from_the_prompt(args: argparse.Namespace) -> None:
+    """`predict --interactive MODEL` and `predict --chat MODEL`: the prompts come from the terminal,
+    so a model file where the prompt would go is the model. `--chat "question" [N] [MODEL]` asks
+    one question; `--chat` with no question reads them from the terminal."""
+    from gpt2_llm.loading import looks_like_hub_name
 
+    one_question = args.chat and not args.interactive and args.prompt
+    if one_question and (not os.path.exists(args.prompt) or args.model_file != DEFAULT_MODEL):
+        return
+    if args.chat:
+        args.interactive = True
+    if not (args.interactive and args.prompt):
+        return
+    if not (os.path.exists(args.prompt) or looks_like_hub_name(args.prompt)):
+        raise UserError(f"with --interactive the prompts are read from the terminal: {args.prompt!r} is not a "
+                        f"model (write: predict --interactive [NUM_TOKENS] MODEL)")
+    if args.model_file != DEFAULT_MODEL:
+        raise UserError(f"with --interactive give the model once: {args.prompt} or {args.model_file}")
+    args.model_file, args.prompt = args.prompt, ""
+
+
+def generate_text(model, tokenizer: bpe.BPE, prompt: str, args: argparse.Namespace) -> None:
+    """Print the prompt, then each new token as soon as it is made."""
     ids = tokenizer.encode(prompt, allowed_special="all")
     if not ids:
         raise UserError("the prompt is empty: give at least one character")
     context = model.config.block_size
     if len(ids) > context:
         print(f"note: the prompt has {len(ids)} tokens; only its last {context} (the context) are used", file=sys.stderr)
+    sys.stdout.write(prompt)
+    stream_tokens(model, tokenizer, ids, args)
+
+
+def stream_tokens(model, tokenizer: bpe.BPE, ids: list[int], args: argparse.Namespace) -> str:
+    """Print each new token as soon as it is made (whole characters only), up to num_tokens or the
+    end of text (<|endoftext|>, which also ends an answer); return the text printed."""
+    import codecs
+
     stop = tokenizer.special_tokens.get(bpe.ENDOFTEXT)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    sys.stdout.write(prompt)
     sys.stdout.flush()
+    pieces = []
     stream = model.generate_stream(ids, args.num_tokens, temperature=args.temperature, top_k=args.top_k,
                                    top_p=args.top_p, stop_token=stop, seed=args.seed, greedy=args.greedy)
     for token in stream:
         if token == stop:
             break
-        sys.stdout.write(decoder.decode(tokenizer.decode_bytes([token])))
+        pieces.append(decoder.decode(tokenizer.decode_bytes([token])))
+        sys.stdout.write(pieces[-1])
         sys.stdout.flush()
-    sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+    pieces.append(decoder.decode(b"", final=True))
+    sys.stdout.write(pieces[-1] + "\n")
     sys.stdout.flush()
+    return "".join(pieces)
+
+
+def chat(model, tokenizer: bpe.BPE, template, args: argparse.Namespace) -> None:
+    """predict --chat: each question in the model's template, the answer printed as it comes and
+    ended by the end-of-turn token. The chat template keeps the conversation (its oldest turns
+    leave when it outgrows the context); Alpaca's answers each instruction on its own."""
+    from gpt2_llm.instruct import fit_conversation
+
+    if template is None:
+        raise UserError(f"{args.model_file} was not trained on instruction records, so it has no chat template: "
+                        f"use predict without --chat (or train it on a .jsonl file of instructions)")
+    history: list[dict] = []
+    questions = iter(lambda: input("> "), None) if args.interactive else [args.prompt]
+    room = model.config.block_size - min(args.num_tokens, model.config.block_size // 2)  # the rest is the answer's
+    try:
+        for question in questions:
+            if not question.strip():
+                if args.interactive:
+                    continue
+                raise UserError("the question is empty: give at least one character")
+            messages, ids, dropped = fit_conversation(template, template.next_prompt(history, question), tokenizer, room)
+            if dropped:
+                print(f"note: the {dropped} oldest messages no longer fit the context and were left out", file=sys.stderr)
+            if len(ids) > room:
+                print(f"note: the question has {len(ids)} tokens with its template; only its last "
+                      f"{model.config.block_size} (the context) are read", file=sys.stderr)
+            answer = stream_tokens(model, tokenizer, ids, args)
+            history = [*messages, {"role": "assistant", "content": answer}]
+    except EOFError:
+        print(file=sys.stderr)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from gpt2_llm.data import load_tokens, validation_windows
+    from gpt2_llm.data import is_instruction_input, load_tokens, validation_windows
     from gpt2_llm.hardware import pick_dtype
     from gpt2_llm.trainer import evaluate
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     files = text_inputs(args.file, "evaluate on")
-    model, tokenizer = load_model(args.model_file, args.device)
-    tokens = load_tokens(files, tokenizer)
-    if len(tokens) < 2:
-        raise UserError(f"{args.file} is too short to evaluate: it encodes to {len(tokens)} token")
-    windows, num_bytes = validation_windows(tokens, min(model.config.block_size, len(tokens) - 1), tokenizer)
+    model, tokenizer, _ = load_model(args.model_file, args.device)
+    if is_instruction_input(files):
+        windows, num_bytes, what = records_eval_set(files, model, tokenizer)
+    else:
+        tokens = load_tokens(files, tokenizer)
+        if len(tokens) < 2:
+            raise UserError(f"{args.file} is too short to evaluate: it encodes to {len(tokens)} token")
+        windows, num_bytes = validation_windows(tokens, min(model.config.block_size, len(tokens) - 1), tokenizer)
+        what = f"{windows[:, 1:].numel():,} tokens"
     device = next(model.parameters()).device
     r = evaluate(model, windows, num_bytes, args.batch_size, pick_dtype(args.dtype, device))
-    print(f"{args.file}: {windows[:, 1:].numel():,} tokens, loss {r['val_loss']:.4f}, perplexity {r['val_ppl']:.2f}, "
-          f"{r['val_bpb']:.4f} bits per byte")
+    print(f"{args.file}: {what}, loss {r['val_loss']:.4f}, perplexity {r['val_ppl']:.2f}, {r['val_bpb']:.4f} bits per byte")
+
+
+def records_eval_set(files: list, model, tokenizer: bpe.BPE):
+    """eval on instruction records: the loss on their responses, each record in its own template."""
+    from gpt2_llm.data import encode_examples, instruction_eval_set, read_records
+    from gpt2_llm.instruct import IGNORE_INDEX, end_of_turn_id
+
+    template, conversations = read_records(files)
+    examples, cut = encode_examples(conversations, template, tokenizer, model.config.block_size)
+    (x, y), num_bytes = instruction_eval_set(examples, tokenizer, end_of_turn_id(tokenizer))
+    counted = int((y != IGNORE_INDEX).sum())
+    cut_note = f", {cut:,} cut to the context" if cut else ""
+    return (x, y), num_bytes, f"{len(conversations):,} {template.name} records ({counted:,} response tokens{cut_note})"
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -599,6 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy", action="store_true", help="always take the most likely token (same as --temperature 0)")
     p.add_argument("--seed", type=int, default=None, help="seed of the sampling: the same seed gives the same text")
     p.add_argument("--interactive", action="store_true", help="read prompts from the terminal until end of input")
+    p.add_argument("--chat", action="store_true", help="a model trained on instruction records: put each prompt in its template and print the answer alone, up to its end of turn (predict --chat MODEL: a conversation on the terminal)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
     p.set_defaults(func=cmd_predict)
 
@@ -662,8 +750,9 @@ def add_train_parser(sub) -> None:
     for f in fields(TrainConfig):  # one flag per field: the defaults live in TrainConfig alone
         flag = "--" + f.name.replace("_", "-")
         kind = typing.get_args(f.type)[0] if typing.get_args(f.type) else f.type  # int | None -> int
-        if kind is bool:
-            p.add_argument(flag, action="store_true", default=None, help=f.metadata["help"])
+        if kind is bool:  # a setting that is on by default is turned off with --no-NAME
+            action = argparse.BooleanOptionalAction if f.default else "store_true"
+            p.add_argument(flag, action=action, default=None, help=f.metadata["help"])
         else:
             text = f.metadata["help"]  # a help that explains its default (or has none) is left as it is
             shown = text if "default" in text or f.default is None else f"{text} (default: {f.default})"

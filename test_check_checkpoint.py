@@ -64,6 +64,7 @@ def test_weights_only_with_a_vocab_that_fits(tmp_path, trained):
     (lambda ckpt: {**ckpt, "model_config": {**ckpt["model_config"], "n_experts": 2}}, "fields this version does not know"),
     (lambda ckpt: {**ckpt, "model_config": {**ckpt["model_config"], "n_layer": 3}}, "weights do not fit"),
     (lambda ckpt: {**ckpt, "model_config": {**ckpt["model_config"], "dropout": 2.0}}, "dropout"),
+    (lambda ckpt: {**ckpt, "chat_template": {"name": "llama", "jinja": ""}}, "its chat template 'llama' is not one"),
 ])  # fmt: skip
 def test_an_unusable_checkpoint_is_reported_as_such(trained, tmp_path, make, message):
     from gpt2_llm import load_checkpoint, save_checkpoint
@@ -78,6 +79,17 @@ def test_an_unusable_checkpoint_is_reported_as_such(trained, tmp_path, make, mes
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and message in result.stderr and len(result.stderr.splitlines()) == 1
     assert "verdict:          unusable" in result.stdout and "compatible" not in result.stdout
+
+
+def test_the_chat_template_is_named(trained, tmp_path):
+    from gpt2_llm import load_checkpoint, save_checkpoint
+    from gpt2_llm.instruct import TEMPLATES
+
+    assert "chat template:    none (a model of text)" in check(trained).stdout
+    save_checkpoint(tmp_path / "chat.pt", {**load_checkpoint(trained), "chat_template": TEMPLATES["chat"].to_checkpoint()})
+    result = check(tmp_path / "chat.pt")
+    assert result.returncode == 0
+    assert "chat template:    chat (trained on instruction records; predict --chat uses it)" in result.stdout
 
 
 def test_usage_errors_exit_2():

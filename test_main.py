@@ -578,6 +578,7 @@ def short_run(corpus, tmp_path) -> Path:
 @pytest.mark.parametrize("flags,message", [
     (["--context", "64"], "--context 64 does not fit {ckpt}, whose block_size is 32"),
     (["--preset", "mini"], "--preset mini does not fit {ckpt}, whose n_layer is 2"),
+    (["--n-embd", "128"], "--n-embd 128 does not fit {ckpt}, whose n_embd is 64"),
     (["--rope"], "--rope does not fit {ckpt}, whose rope is False"),
     (["--dropout", "0.2"], "--dropout 0.2 does not fit {ckpt}, whose dropout is 0.0"),
     (["--mlp", "swiglu"], "--mlp swiglu does not fit {ckpt}, whose mlp is gelu"),
@@ -908,3 +909,89 @@ def test_a_bad_architecture_or_optimizer_flag_is_one_line(corpus, tmp_path, flag
     result = run("train", corpus, tmp_path / "v.txt", "--out", tmp_path / "m.pt", *TRAIN, *flags)
     assert message in one_line_error(result)
     assert not (tmp_path / "m.pt").exists() and not (tmp_path / "v.txt").exists()
+
+
+# ---- instruction records: train, predict --chat, eval ----------------------------------------------
+
+RECORDS_TRAIN = ["--preset", "tiny", "--batch-size", "8", "--context", "64", "--eval-every", "30", "--log-every", "10",
+                 "--dtype", "float32", "--device", "cpu", "--vocab-size", "300", "--warmup-steps", "5", "--lr", "3e-3"]
+
+
+def write_records(path: Path, count: int) -> Path:
+    """Alpaca records whose answer is always "ok": a tiny model learns to say it, then end its turn."""
+    words = ["red", "blue", "green", "kite", "ball", "hat", "Mia", "Leo"]
+    lines = [json.dumps({"instruction": f"Say ok to {words[k % 8]} and {words[k * 3 % 8]}.", "output": "ok"})
+             for k in range(count)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("instruct")
+    data = write_records(folder / "data.jsonl", 200)
+    result = run("train", data, folder / "vocab.txt", "--out", folder / "chat.pt", "--steps", 60, *RECORDS_TRAIN)
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"instructions: 200 alpaca records, 180 to train on (loss on the responses only), 20 held out" in result.stderr
+    assert b"bits per byte" in result.stdout
+    return folder / "chat.pt"
+
+
+def test_training_on_records_stores_the_template(chat_model):
+    from gpt2_llm import load_checkpoint
+    from gpt2_llm.instruct import TEMPLATES
+
+    assert load_checkpoint(chat_model)["chat_template"] == TEMPLATES["alpaca"].to_checkpoint()
+
+
+def test_predict_chat_answers_and_stops_at_the_end_of_its_turn(chat_model):
+    one = run("predict", "--chat", "Say ok to Mia and red.", 20, chat_model, "--greedy")
+    assert one.returncode == 0, one.stderr.decode()
+    assert one.stdout == b"ok\n"  # the answer alone, not the template, and nothing after <|endoftext|>
+    talk = run("predict", "--chat", chat_model, 20, "--greedy", stdin=b"Say ok to Leo.\n\nSay ok to me.\n")
+    assert talk.returncode == 0, talk.stderr.decode()
+    assert talk.stdout == b"> ok\n> > ok\n> "  # a blank line asks nothing
+
+
+def test_predict_chat_needs_a_model_trained_on_records(trained):
+    assert "was not trained on instruction records" in one_line_error(run("predict", "--chat", "Hi", 5, trained))
+
+
+def test_a_run_on_records_resumes_and_eval_reads_records(chat_model, tmp_path):
+    folder = chat_model.parent
+    (tmp_path / "chat.pt").write_bytes(chat_model.read_bytes())
+    more = run("train", folder / "data.jsonl", folder / "vocab.txt", "--out", tmp_path / "chat.pt", "--resume", "auto",
+               "--steps", 64, "--device", "cpu")
+    assert more.returncode == 0, more.stderr.decode()
+    assert b"continuing" in more.stderr and b"step 64:" in more.stdout
+    evaluated = run("eval", folder / "data.jsonl", tmp_path / "chat.pt")
+    assert evaluated.returncode == 0, evaluated.stderr.decode()
+    # Each record is longer than the tiny model's 64 tokens: cut from the prompt's side, the answers kept.
+    expected = f"{folder / 'data.jsonl'}: 200 alpaca records (400 response tokens, 200 cut to the context), loss "
+    assert evaluated.stdout.startswith(expected.encode())
+
+
+def test_no_mask_prompt_is_recorded_in_the_checkpoint(chat_model, tmp_path):
+    from gpt2_llm import load_checkpoint
+
+    data = chat_model.parent / "data.jsonl"
+    result = run("train", data, chat_model.parent / "vocab.txt", "--out", tmp_path / "all.pt", "--steps", 2,
+                 "--no-mask-prompt", *RECORDS_TRAIN)
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"(loss on every token (--no-mask-prompt))" in result.stderr
+    assert load_checkpoint(tmp_path / "all.pt")["train_config"]["mask_prompt"] is False
+
+
+@pytest.mark.parametrize("lines,message", [
+    (['{"instruction": "a", "output": "b"}', '{"instruction": '], "data.jsonl:2: not a JSON line"),
+    (['{"instruction": "a", "output": "b"}', '{"messages": [{"role": "assistant", "content": "x"}]}'],
+     "data.jsonl:2: a chat (messages) record, but the records before it are Alpaca"),
+    (['{"messages": [{"role": "user", "content": "x"}]}'], "data.jsonl:1: a chat record needs at least one assistant"),
+    (['{"messages": [{"role": "narrator", "content": "x"}]}'], "data.jsonl:1: message 1 has the role 'narrator'"),
+    (['{"instruction": "a", "output": "b"}'] * 3, "too few records: 3 give 3 for training and 0 for validation"),
+])  # fmt: skip
+def test_bad_records_are_one_line(tmp_path, lines, message):
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    line = one_line_error(run("train", tmp_path / "data.jsonl", *RECORDS_TRAIN, cwd=tmp_path))
+    assert message in line
+    assert not (tmp_path / "vocab.txt").exists() and not (tmp_path / "gpt2_model.pt").exists()

@@ -304,6 +304,8 @@ class TrainConfig:
     sample_tokens: int = _opt(64, 'tokens of that sample (0: no samples)')
     init_from: str | None = _opt(None, "start from this model's weights and tokenizer (fine-tuning): a checkpoint, "
                                        "a transformers folder or a hub name such as gpt2")
+    mask_prompt: bool = _opt(True, 'instruction records: the loss is on the responses only (--no-mask-prompt: on '
+                                   'every token but the padding)')
 
     def __post_init__(self):
         problems = []

@@ -18,19 +18,32 @@ Where it goes:
     the corpus); the key covers every file's SHA-256, in order;
   - in the cache folder ($GPT2_TOOLKIT_CACHE, or ~/.cache/gpt2-toolkit) when that place is not
     writable.
+
+Instruction records (JSON lines) take another road, at the end of this file:
+
+    data.jsonl --read_records--> conversations --instruct (template, loss mask)--> examples (x, y)
+    every 10th record held out | the rest --InstructionBatches--> padded (x, y) batches
+
+Each example is a whole record (never a window cut from a stream), its targets set to
+instruct.IGNORE_INDEX where the loss does not count. They are few and short enough to be
+encoded at every start, so they have no cache file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bpe import TokenizerError, UserError, atomic_write, text_digest, text_files, token_typecode
+from bpe import BPE, ENDOFTEXT, TokenizerError, UserError, atomic_write, text_digest, text_files, token_typecode
+
+from .instruct import IGNORE_INDEX, TEMPLATES, RecordError, Template, example_arrays, record_kind, record_messages
 
 CACHE_ENV = "GPT2_TOOLKIT_CACHE"  # where token files go when the text's own folder is read-only
 
@@ -185,6 +198,11 @@ class Batches:
         return batch[:, :-1], batch[:, 1:]  # x, y: (B, T) each, y is x shifted by one
 
     @property
+    def round_tokens(self) -> int:
+        """Positions one optimizer step computes, over all streams."""
+        return self.batch_size * self.block_size * len(self.generators)
+
+    @property
     def epochs_done(self) -> float:
         """How many passes over the data the batches so far amount to."""
         if self.mode == "epoch" and self.order is not None:
@@ -197,6 +215,8 @@ class Batches:
                 "position": self.position, "order": self.order}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") == "instructions":
+            raise DataError("the checkpoint was trained on instruction records, not on text: continue it on them")
         states = state.get("generators") or [state["generator"]]  # one generator before streams
         if len(states) != len(self.generators):
             raise DataError(f"the checkpoint's data position has {len(states)} batch streams, this run "
@@ -226,3 +246,234 @@ def eval_windows(tokens: np.ndarray, block_size: int, max_tokens: int | None = N
         n = min(n, max(1, max_tokens // T))
     used = np.asarray(tokens[: n * T + 1], dtype=np.int64)
     return torch.from_numpy(np.lib.stride_tricks.sliding_window_view(used, T + 1)[::T].copy())
+
+
+# ---- instruction records -------------------------------------------------------------------------
+
+RECORD_KEYS = ("instruction", "messages")  # a JSON line with one of these is an instruction record
+_SNIFF_BYTES = 1 << 20  # how much of a file's first line is read to tell records from text
+
+
+def is_instruction_input(files: list[Path]) -> bool:
+    """Are these files instruction records rather than text? A file named .jsonl is always read as
+    records (a bad line is then an error, not text to train on); any other file is, when its
+    first non-blank line is a JSON object with an "instruction" or "messages" field."""
+    kinds = {_holds_records(f) for f in files}
+    if len(kinds) > 1:
+        records = next(f for f in files if _holds_records(f))
+        text = next(f for f in files if not _holds_records(f))
+        raise DataError(f"{records} holds instruction records and {text} text: train on one kind at a time")
+    return kinds == {True}
+
+
+def _holds_records(path: Path) -> bool:
+    if path.suffix.lower() == ".jsonl":
+        return True
+    with open(path, "rb") as f:
+        while line := f.readline(_SNIFF_BYTES):  # at most this much, whatever the text (one huge line?)
+            if line.strip():
+                try:
+                    first = json.loads(line.decode("utf-8-sig"))
+                except ValueError:  # not UTF-8, not JSON, or a line cut short: text
+                    return False
+                return isinstance(first, dict) and any(key in first for key in RECORD_KEYS)
+    return False
+
+
+def read_records(files: list[Path]) -> tuple[Template, list[list[dict]]]:
+    """The conversations of JSON-lines files (one record a line; blank lines skipped) and the
+    template their kind calls for. Every problem is one DataError naming the file and line."""
+    conversations, kind, first = [], None, None
+    for path in files:
+        for number, line in _numbered_lines(path):
+            try:
+                record = json.loads(line)
+                this = record_kind(record)
+                messages = record_messages(record)
+            except ValueError as e:  # json's errors, and RecordError (a UserError is a ValueError)
+                problem = e if isinstance(e, RecordError) else f"not a JSON line ({getattr(e, 'msg', e)})"
+                raise DataError(f"{path}:{number}: {problem}") from None
+            if kind is None:
+                kind, first = this, f"{path}:{number}"
+            elif this != kind:
+                raise DataError(f"{path}:{number}: a {_KIND_NAMES[this]} record, but the records before it are "
+                                f"{_KIND_NAMES[kind]} (from {first}): one run trains on one kind")
+            conversations.append(messages)
+    if not conversations:
+        raise DataError(f"{', '.join(map(str, files))}: no records (one JSON object a line)")
+    return TEMPLATES[kind], conversations
+
+
+_KIND_NAMES = {"alpaca": "Alpaca (instruction, input, output)", "chat": "chat (messages)"}
+
+
+def _numbered_lines(path: Path):
+    """(line number, text) of a UTF-8 file's non-blank lines; a bad byte is named by its offset."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text: invalid byte 0x{data[e.start]:02x} at byte offset {e.start}") from None
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON strings may hold U+2028
+        if line.strip():
+            yield number, line
+
+
+def records_tokenizer(files: list[Path], vocab_size: int, pattern: str = "gpt2", workers: int | None = None,
+                      progress: bool = False) -> BPE:  # fmt: skip
+    """A tokenizer learned from instruction records as the model reads them, each rendered in its
+    template (not their JSON, with its quotes and escapes). It records the files it was learned
+    from, as one learned from a text does, so a later run on them knows it for theirs."""
+    template, conversations = read_records(files)
+    text = ENDOFTEXT.join(template.render(messages) for messages in conversations)
+    tokenizer = BPE.train(text, vocab_size, pattern=pattern, progress=progress, workers=workers)
+    names = ", ".join(str(f) for f in files[:3]) + (f" and {len(files) - 3} more files" if len(files) > 3 else "")
+    tokenizer.trained_on = {"text": names, "bytes": sum(f.stat().st_size for f in files), "sha256": text_digest(files)}
+    return tokenizer
+
+
+def split_records(conversations: list, val_fraction: float) -> tuple[list, list]:
+    """Hold out every k-th record (k = 1 / val_fraction, spread evenly over the file, so a file
+    sorted by task still validates on every task); train on the rest. Deterministic, seed aside."""
+    held = [int((i + 1) * val_fraction) > int(i * val_fraction) for i in range(len(conversations))]
+    train = [c for c, h in zip(conversations, held) if not h]
+    val = [c for c, h in zip(conversations, held) if h]
+    if not train or (val_fraction > 0 and not val):
+        raise DataError(f"too few records: {len(conversations)} give {len(train)} for training and {len(val)} "
+                        f"for validation (--val-fraction {val_fraction:g}); each needs at least one")
+    return train, val
+
+
+@dataclass
+class Examples:
+    """Encoded examples, concatenated: example k is x[starts[k]:starts[k+1]] with its targets y there."""
+
+    x: np.ndarray  # (total,) input ids
+    y: np.ndarray  # (total,) target ids, IGNORE_INDEX where the loss does not count
+    starts: np.ndarray  # (n + 1,)
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.starts)
+
+    def batch(self, indices, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The examples as (x, y), (b, L) each, L the longest of them, right-padded: inputs with
+        pad_id, targets with IGNORE_INDEX. Attention is causal, so a real token never sees the
+        padding after it, and each row is its own sequence: no example attends to another."""
+        lengths = self.lengths[indices]
+        x = np.full((len(indices), lengths.max()), pad_id, dtype=np.int64)
+        y = np.full_like(x, IGNORE_INDEX)
+        for row, (k, n) in enumerate(zip(indices, lengths)):
+            x[row, :n] = self.x[self.starts[k] : self.starts[k] + n]
+            y[row, :n] = self.y[self.starts[k] : self.starts[k] + n]
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def encode_examples(conversations: list, template: Template, tokenizer, block_size: int, mask_prompt: bool = True
+                    ) -> tuple[Examples, int]:  # fmt: skip
+    """The conversations as examples of at most block_size positions (see instruct.example_arrays),
+    and how many were cut to fit."""
+    xs, ys, cut = [], [], 0
+    for messages in conversations:
+        x, y, was_cut = example_arrays(messages, template, tokenizer, block_size, mask_prompt)
+        xs.append(x)
+        ys.append(y)
+        cut += was_cut
+    starts = np.cumsum([0] + [len(x) for x in xs])
+    return Examples(np.concatenate(xs), np.concatenate(ys), starts), cut
+
+
+class InstructionBatches:
+    """Endless padded (x, y) batches of whole examples, reproducible from a seed and resumable.
+
+    Every epoch visits each example once, in an order drawn from (seed, epoch): the examples are
+    shuffled and cut into batches, each padded to its longest example. Streams work as in
+    Batches: an optimizer step takes the next batch of the epoch for each of `num_streams`
+    streams, and this process uses those in `mine`; every process draws the same order, so one
+    process with grad_accum = N sees exactly the batches of N processes.
+
+    POOL > 1 groups examples of similar length (sorted within pools of POOL batches, the batches
+    then shuffled), which wastes less padding, but where length goes with the kind of task, as it
+    often does, a batch then holds one kind of task, and learning was measured to be several times
+    slower (BENCHMARKS.md, "Fine-tuning on instructions"): so every batch is a random draw.
+    """
+
+    POOL = 1
+
+    def __init__(self, examples: Examples, batch_size: int, seed: int, pad_id: int, num_streams: int = 1,
+                 mine=None):  # fmt: skip
+        self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
+        self.num_streams = num_streams
+        self.mine = list(range(num_streams) if mine is None else mine)
+        self.epoch, self.position = 0, 0
+        self.plan = self._plan(0)
+        self.turn = 0
+        self.round: list[np.ndarray] = []
+        self.round_tokens = 0  # positions of the last step's batches, over all streams
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.turn == 0:
+            self.round = [self._next_batch() for _ in range(self.num_streams)]
+            self.round_tokens = sum(len(b) * int(self.examples.lengths[b].max()) for b in self.round)
+        indices = self.round[self.mine[self.turn]]
+        self.turn = (self.turn + 1) % len(self.mine)
+        return self.examples.batch(indices, self.pad_id)
+
+    def _next_batch(self) -> np.ndarray:
+        if self.position == len(self.plan):
+            self.epoch, self.position = self.epoch + 1, 0
+            self.plan = self._plan(self.epoch)
+        self.position += 1
+        return self.plan[self.position - 1]
+
+    def _plan(self, epoch: int) -> list[np.ndarray]:
+        """The batches of one epoch, as arrays of example indices."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.examples))
+        lengths, pool = self.examples.lengths, self.POOL * self.batch_size
+        batches = []
+        for i in range(0, len(order), pool):
+            chunk = order[i : i + pool]
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+        return [batches[k] for k in rng.permutation(len(batches))]
+
+    @property
+    def epochs_done(self) -> float:
+        return self.epoch + self.position / len(self.plan)
+
+    def state_dict(self) -> dict:
+        return {"kind": "instructions", "seed": self.seed, "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != "instructions":
+            raise DataError("the checkpoint was trained on text, not on instruction records: continue it on text")
+        self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]
+        self.plan = self._plan(self.epoch)
+        if self.position > len(self.plan):
+            raise DataError(f"the checkpoint's data position (batch {self.position} of epoch {self.epoch}) is past "
+                            f"the {len(self.plan)} batches of these records: continue it on the records it was "
+                            f"trained on, with the same --batch-size")
+        self.turn, self.round = 0, []
+
+
+def instruction_eval_set(examples: Examples, tokenizer, pad_id: int, max_tokens: int | None = None
+                         ) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:  # fmt: skip
+    """The validation examples as one padded (x, y) pair (shortest first: batches cut from it in
+    order waste little padding, and trainer.evaluate trims what no row needs), at most about
+    max_tokens positions; and the bytes of text its counted targets stand for (bits per byte).
+    The end-of-turn token is not text and counts no bytes."""
+    lengths = examples.lengths
+    order = np.argsort(lengths, kind="stable")
+    if max_tokens is not None:
+        order = order[: max(1, int(np.searchsorted(np.cumsum(lengths[order]), max_tokens, side="right")))]
+    x, y = examples.batch(order, pad_id)
+    specials = set(tokenizer.special_tokens.values())
+    counted = [t for t in y[y != IGNORE_INDEX].tolist() if t not in specials]
+    return (x, y), len(tokenizer.decode_bytes(counted))

@@ -97,7 +97,16 @@ def load_folder(folder: Path, device: str | torch.device = "cpu", source: str = 
     stored = {"model_config": asdict(config), "hf_config": hf, "weights_file": export.weights_file(folder).name,
               "tokenizer_file": tokenizer_file}  # fmt: skip
     return Loaded(model.to(device).eval(), tokenizer, folder, stored, source, name or str(folder),
-                  export.read_chat_template(folder))
+                  named_chat_template(export.read_chat_template(folder)))
+
+
+def named_chat_template(stored: dict | None) -> dict | None:
+    """A folder's chat template, named when it is one of ours (an export of a run trained on
+    instruction records), so predict --chat can render it; a foreign one keeps name None."""
+    from .instruct import template_by_jinja
+
+    known = template_by_jinja(stored["jinja"]) if stored is not None else None
+    return known.to_checkpoint() if known is not None else stored
 
 
 def build_model(config: GPT2Config, weights, context: str) -> GPT2:

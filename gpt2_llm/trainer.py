@@ -4,7 +4,8 @@ as it goes.
 
 Trainer.train reads like this:
 
-    prepare the run                 the token file, the batches, the validation windows  (_prepare)
+    prepare the run                 the data (text or instruction records), the batches,  (_prepare)
+                                    the validation set
     plan the schedule               its length from steps or epochs, or fitted to minutes (_plan_schedule)
     until a reason to stop          the schedule's end, Ctrl-C / SIGTERM, the time budget  (_reason_to_stop)
         every eval_every steps      evaluate, print a sample, save, draw the loss picture (_evaluate_and_save)
@@ -41,10 +42,12 @@ from bpe import UserError, atomic_write
 
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import MUON_LR, GPT2Config, TrainConfig, config_from_dict
-from .data import Batches, load_tokens, split_tokens, validation_windows
+from .data import (Batches, DataError, InstructionBatches, encode_examples, input_files, instruction_eval_set,
+                   is_instruction_input, load_tokens, read_records, split_records, split_tokens, validation_windows)
 from .distributed import Distributed, wrap_for_ddp
 from .gpt2 import GPT2
 from .hardware import autocast, available_memory, peak_flops, pick_device, pick_dtype, setup_device
+from .instruct import IGNORE_INDEX, end_of_turn_id, prompt_ids, template_from_checkpoint
 
 DEFAULT_SAVE_PATH = "gpt2_model.pt"
 PLOT_INTERVAL_S = 10.0  # the loss picture is redrawn at most this often (and always at the end)
@@ -161,26 +164,35 @@ def _gb(n: int) -> str:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, windows: torch.Tensor, num_bytes: int, batch_size: int = 16,
+def evaluate(model: torch.nn.Module, windows, num_bytes: int, batch_size: int = 16,
              dtype: torch.dtype = torch.float32, dist: Distributed | None = None) -> dict:  # fmt: skip
-    """Mean loss over windows (n, T+1), its perplexity, and bits per byte of the text they cover.
+    """Mean loss over the targets of a validation set, its perplexity, and bits per byte of the
+    text they stand for.
 
-    bits per byte = (total nats over all predicted tokens) / ln 2 / num_bytes, where num_bytes
-    counts the text of those tokens (data.validation_windows): a number that compares models with
-    different tokenizers. The model runs on its own device, under autocast when dtype is not
-    float32. Under torchrun each rank evaluates its share and the sums are added up.
+    windows: the (n, T+1) token windows of a text (data.validation_windows), or an (x, y) pair of
+    (n, T) inputs and targets where targets of IGNORE_INDEX do not count: padding and prompts of
+    instruction records (data.instruction_eval_set). bits per byte = (total nats over the counted
+    targets) / ln 2 / num_bytes, where num_bytes counts the text of those tokens: a number that
+    compares models with different tokenizers. The model runs on its own device, under autocast
+    when dtype is not float32. Under torchrun each rank evaluates its share and the sums are added up.
     """
     device = next(model.parameters()).device
     ranks, rank = (1, 0) if dist is None else (dist.world_size, dist.rank)
+    x, y = (windows[:, :-1], windows[:, 1:]) if isinstance(windows, torch.Tensor) else windows
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for batch in windows[rank::ranks].split(batch_size):
-        batch = batch.to(device)
+    for xb, yb in zip(x[rank::ranks].split(batch_size), y[rank::ranks].split(batch_size)):
+        counted = yb != IGNORE_INDEX
+        n = int(counted.sum())
+        if n == 0:
+            continue
+        # Attention is causal: the columns after the last counted target change no counted loss.
+        width = int(counted.any(dim=0).nonzero().max()) + 1
         with autocast(device, dtype):
-            _, loss = model(batch[:, :-1], batch[:, 1:])
-        total += loss.float().item() * batch[:, 1:].numel()
-        count += batch[:, 1:].numel()
+            _, loss = model(xb[:, :width].to(device), yb[:, :width].to(device))  # the mean over counted targets
+        total += loss.float().item() * n
+        count += n
     model.train(was_training)
     if dist is not None:
         total, count = dist.sum([total, count])
@@ -192,23 +204,34 @@ def evaluate(model: torch.nn.Module, windows: torch.Tensor, num_bytes: int, batc
 
 
 @dataclass
+class _Data:
+    """What a run reads from its input, text or instruction records (the batches go to Trainer.batches)."""
+
+    val: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None  # the validation set (see evaluate); None: none
+    val_bytes: int  # the text its counted targets stand for
+    val_positions: int  # positions one evaluation computes
+    sample_prompt: list[int]  # token ids; empty: no samples
+    sample_stop: int | None  # the token that ends a sample (the end of a response), if any
+    epoch: tuple[int, str, int]  # one pass over the training data: (items, their name, items per step)
+
+
+@dataclass
 class _Run:
     """What one call of Trainer.train works with, besides the trainer's own lasting state."""
 
     save_path: Path
     metrics_path: Path
     model: torch.nn.Module  # what the steps run: compiled and/or wrapped for DDP
-    val: torch.Tensor | None  # validation windows (n, T+1), None with --val-fraction 0
-    val_bytes: int
-    sample_prompt: list[int]  # token ids; empty: no samples
+    data: _Data
     progress: "Progress"
     start_step: int
+    start_tokens: int
     start_time: float
     deadline: float  # clock time when the budget is spent (inf without --minutes)
     fitting: bool  # is the schedule's length still being fitted to the budget?
     step_limit: int | None  # the most steps the fitted schedule may have (--steps, --epochs)
     refit_at: float  # when to fit it once more, with a better measurement
-    flops_per_step: int  # model FLOPs of one optimizer step, over all processes
+    flops_per_token: int  # model FLOPs of one training token
     peak: float  # the device's peak FLOP/s
     first_step_done: float = 0.0
     eval_seconds: float | None = None  # what the last evaluation-and-save took
@@ -251,7 +274,8 @@ class Trainer:
         self.tokens_seen = 0
         self.best_val_loss = float("inf")
         self.total_steps: int | None = None  # the schedule's length, fixed once known
-        self.batches: Batches | None = None
+        self.batches: Batches | InstructionBatches | None = None
+        self.chat_template: dict | None = None  # {"name", "jinja"} of a run on instruction records
         self._resume_data: dict | None = None  # the data position of a checkpoint, until train()
         self.log = (log or _log_line) if self.dist.is_main else _quiet
         self.clock = time.monotonic  # tests replace it to make time budgets deterministic
@@ -327,29 +351,20 @@ class Trainer:
                 self._set_lr(self.step)
                 loss = self._train_step(run.model)
                 self.step += 1
-                self.tokens_seen += self.tokens_per_step
+                self.tokens_seen += self.batches.round_tokens
                 self._log_step(run, loss)
 
     def _prepare(self, text, save_path: Path, progress: bool) -> _Run:
-        """Read the tokens, split them, make the batches and the validation windows; plan the schedule."""
-        c, block = self.config, self.model.config.block_size
-        # One process per machine encodes the text (the others would race to write the same
-        # token file); the rest open it once it is there.
-        for turn in (True, False):
-            if (self.dist.local_rank == 0) == turn:
-                tokens = load_tokens(text, self.bpe, progress=progress and self.dist.is_main, workers=c.workers)
-            self.dist.barrier()
-        train_tokens, val_tokens = split_tokens(tokens, c.val_fraction, block)
-        # Each optimizer step takes one micro-batch from each of world_size x grad_accum streams;
-        # this rank uses its own grad_accum of them (see Batches).
-        streams = self.dist.world_size * c.grad_accum
-        mine = range(self.dist.rank * c.grad_accum, (self.dist.rank + 1) * c.grad_accum)
-        self.batches = Batches(train_tokens, c.batch_size, block, c.seed, c.batch_mode, c.stride, streams, mine)
+        """Read the data, make the batches and the validation set; plan the schedule."""
+        c, files = self.config, input_files(text)
+        if is_instruction_input(files):
+            data = self._instruction_data(files)
+        else:
+            data = self._text_data(text, progress)
         if self._resume_data is not None:  # continue the same stream of batches
             self.batches.load_state_dict(self._resume_data)
             self._resume_data = None
-        val, val_bytes = validation_windows(val_tokens, block, self.bpe, c.eval_tokens) if len(val_tokens) else (None, 0)
-        step_limit = self._plan_schedule(len(train_tokens))
+        step_limit = self._plan_schedule(*data.epoch)
         peak, source = self.peak_flops()  # the denominator of MFU (measured once per machine, then cached)
         self.log(f"MFU: model FLOPs over a peak of {peak / 1e12:.1f} TFLOP/s per device, from {source}")
 
@@ -359,27 +374,74 @@ class Trainer:
 
         now = self.clock()  # after the slow parts: the speed measured from here is the steps'
         fitting = c.minutes is not None  # the budget decides the schedule's length, or shortens it
-        return _Run(save_path=save_path, metrics_path=metrics_path,
-                   model=self._model_for_training(), val=val, val_bytes=val_bytes,
-                   sample_prompt=self._sample_prompt(val_tokens if len(val_tokens) else train_tokens),
+        return _Run(save_path=save_path, metrics_path=metrics_path, model=self._model_for_training(), data=data,
                    progress=Progress(self.total_steps, self.step, progress and self.dist.is_main),
-                   start_step=self.step, start_time=now,
+                   start_step=self.step, start_tokens=self.tokens_seen, start_time=now,
                    deadline=now + 60 * c.minutes if c.minutes else math.inf,
                    fitting=fitting, step_limit=step_limit, refit_at=now + 6 * c.minutes if fitting else math.inf,  # a tenth of the budget in
-                   flops_per_step=self.model.flops_per_token() * self.tokens_per_step, peak=peak)
+                   flops_per_token=self.model.flops_per_token(), peak=peak)
 
-    def _plan_schedule(self, train_tokens: int) -> int | None:
-        """The schedule's length: --steps, or else --epochs (one when no limit is given). With
-        --minutes it is fitted to the time once the speed is known, and never longer than those.
-        A continued run keeps its length unless --steps says otherwise. Says the rule; returns
-        the limit the time budget may shorten (None: the budget alone decides)."""
+    def _streams(self) -> tuple[int, range]:
+        """Each optimizer step takes one micro-batch from each of world_size x grad_accum streams;
+        this rank uses its own grad_accum of them (see Batches)."""
+        c = self.config
+        return self.dist.world_size * c.grad_accum, range(self.dist.rank * c.grad_accum, (self.dist.rank + 1) * c.grad_accum)
+
+    def _text_data(self, text, progress: bool) -> _Data:
+        """The token file (encoded on first use), windows of its first part to train on, of its last to validate on."""
+        c, block = self.config, self.model.config.block_size
+        # One process per machine encodes the text (the others would race to write the same
+        # token file); the rest open it once it is there.
+        for turn in (True, False):
+            if (self.dist.local_rank == 0) == turn:
+                tokens = load_tokens(text, self.bpe, progress=progress and self.dist.is_main, workers=c.workers)
+            self.dist.barrier()
+        train_tokens, val_tokens = split_tokens(tokens, c.val_fraction, block)
+        self.batches = Batches(train_tokens, c.batch_size, block, c.seed, c.batch_mode, c.stride, *self._streams())
+        val, val_bytes = validation_windows(val_tokens, block, self.bpe, c.eval_tokens) if len(val_tokens) else (None, 0)
+        return _Data(val=val, val_bytes=val_bytes, val_positions=0 if val is None else val[:, 1:].numel(),
+                     sample_prompt=self._sample_prompt(val_tokens if len(val_tokens) else train_tokens),
+                     sample_stop=None, epoch=(len(train_tokens), "tokens", self.tokens_per_step))
+
+    def _instruction_data(self, files: list[Path]) -> _Data:
+        """Instruction records: every k-th held out, each an example of its own, the loss on the
+        responses (on every token with --no-mask-prompt; validation always on the responses)."""
+        c, block = self.config, self.model.config.block_size
+        template, conversations = read_records(files)
+        stored = template_from_checkpoint(self.chat_template, "the checkpoint")
+        if stored is not None and stored.name != template.name:
+            raise DataError(f"the checkpoint was trained on {stored.name} records, these are {template.name} records")
+        eot = end_of_turn_id(self.bpe)
+        train, val = split_records(conversations, c.val_fraction)
+        examples, cut = encode_examples(train, template, self.bpe, block, c.mask_prompt)
+        streams, mine = self._streams()
+        self.batches = InstructionBatches(examples, c.batch_size, c.seed, eot, streams, mine)
+        val_set, val_bytes, val_cut = None, 0, 0
+        if val:
+            val_examples, val_cut = encode_examples(val, template, self.bpe, block, mask_prompt=True)
+            val_set, val_bytes = instruction_eval_set(val_examples, self.bpe, eot, c.eval_tokens)
+        self.chat_template = template.to_checkpoint()
+        trained_on = "the responses only" if c.mask_prompt else "every token (--no-mask-prompt)"
+        self.log(f"instructions: {len(conversations):,} {template.name} records, {len(train):,} to train on "
+                 f"(loss on {trained_on}), {len(val):,} held out; {cut + val_cut:,} longer than the context of "
+                 f"{block} tokens were cut ({cut:,} of those to train on)")
+        sample = self._instruction_sample_prompt(template, val or train)
+        return _Data(val=val_set, val_bytes=val_bytes, val_positions=0 if val_set is None else val_set[0].numel(),
+                     sample_prompt=sample, sample_stop=eot, epoch=(len(train), "records", c.batch_size * streams))
+
+    def _plan_schedule(self, size: int, unit: str, per_step: int) -> int | None:
+        """The schedule's length: --steps, or else --epochs (one when no limit is given) of `size`
+        items (tokens, records), `per_step` a step. With --minutes it is fitted to the time once
+        the speed is known, and never longer than those. A continued run keeps its length unless
+        --steps says otherwise. Says the rule; returns the limit the time budget may shorten
+        (None: the budget alone decides)."""
         c = self.config
         if self.total_steps is None or c.steps is not None:
             steps = c.steps
             if steps is None and (c.epochs is not None or c.minutes is None):
-                steps = max(1, math.ceil((c.epochs or 1.0) * train_tokens / self.tokens_per_step))
+                steps = max(1, math.ceil((c.epochs or 1.0) * size / per_step))
             self.total_steps = steps
-        source = ("--steps" if c.steps is not None else f"{c.epochs or 1:g} epochs of {train_tokens:,} tokens"
+        source = ("--steps" if c.steps is not None else f"{c.epochs or 1:g} epochs of {size:,} {unit}"
                   if self.step == 0 else "the continued run's schedule")
         if c.minutes is None:
             self.log(f"schedule: {self.total_steps:,} steps ({source})")
@@ -416,8 +478,8 @@ class Trainer:
         if run.eval_seconds is not None:
             per_eval = run.eval_seconds
         else:
-            eval_tokens = 0 if run.val is None else run.val[:, 1:].numel()
-            per_eval = eval_tokens / self.tokens_per_step / 3 * per_step
+            step_tokens = (self.tokens_seen - run.start_tokens) / max(1, self.step - run.start_step)
+            per_eval = run.data.val_positions / max(1.0, step_tokens) / 3 * per_step
         remaining = max(0.0, run.deadline - self.clock())
         return self.step + max(1, int(remaining / (per_step + per_eval / self.config.eval_every)))
 
@@ -498,9 +560,10 @@ class Trainer:
         loss_value = self.dist.sum([loss_value])[0] / self.dist.world_size  # the mean over all ranks
         elapsed = max(1e-9, self.clock() - run.start_time)
         steps_per_s = (self.step - run.start_step) / elapsed
+        tokens_per_s = (self.tokens_seen - run.start_tokens) / elapsed  # instruction batches vary in length
         record = {"step": self.step, "loss": round(loss_value, 5), "lr": self.optimizer.param_groups[0]["lr"],
-                  "tokens": self.tokens_seen, "tokens_per_s": round(steps_per_s * self.tokens_per_step),
-                  "mfu": round(steps_per_s * run.flops_per_step / (run.peak * self.dist.world_size), 4),
+                  "tokens": self.tokens_seen, "tokens_per_s": round(tokens_per_s),
+                  "mfu": round(tokens_per_s * run.flops_per_token / (run.peak * self.dist.world_size), 4),
                   "elapsed_s": round(elapsed, 2)}
         self._append_metrics(run, record)
         run.progress.report(record, steps_per_s)
@@ -557,8 +620,9 @@ class Trainer:
 
     def _evaluate_sample_save_draw(self, run: _Run, last: bool) -> None:
         improved = False
-        if run.val is not None:
-            result = evaluate(self.model, run.val, run.val_bytes, self.config.batch_size, self.dtype, self.dist)
+        if run.data.val is not None:
+            result = evaluate(self.model, run.data.val, run.data.val_bytes, self.config.batch_size, self.dtype,
+                              self.dist)
             run.result = result
             self._append_metrics(run, {"step": self.step, "eval": True, "tokens": self.tokens_seen,
                                        **{k: round(v, 5) for k, v in result.items()}})
@@ -587,14 +651,28 @@ class Trainer:
         start = line_ends[0] + 1 if line_ends else 0
         return head[start : start + min(16, block)]
 
+    def _instruction_sample_prompt(self, template, conversations: list) -> list[int]:
+        """The prompt of the samples of a run on instructions: --sample-prompt as the user's message,
+        or the first held-out record up to its last answer, in the template, ready for the answer."""
+        c = self.config
+        if c.sample_tokens == 0 or c.sample_prompt == "":
+            return []
+        if c.sample_prompt is not None:
+            messages = template.next_prompt([], c.sample_prompt)
+        else:
+            first = conversations[0]
+            messages = first[: max(k for k, m in enumerate(first) if m["role"] == "assistant")]
+        return prompt_ids(template, messages, self.bpe)[-self.model.config.block_size :]
+
     def _show_sample(self, run: _Run) -> None:
         """A short continuation of the fixed prompt, so the user sees what the model has learned.
         Drawn with a seeded generator of its own, so it never changes the training's random numbers."""
-        if not run.sample_prompt or not self.dist.is_main:
+        ids, stop = run.data.sample_prompt, run.data.sample_stop  # an instruction's sample ends with its answer
+        if not ids or not self.dist.is_main:
             return
         with autocast(self.device, self.dtype):
-            new = self.model.generate(run.sample_prompt, self.config.sample_tokens, seed=self.config.seed)
-        prompt, text = self.bpe.decode(run.sample_prompt), self.bpe.decode(new[len(run.sample_prompt):])
+            new = self.model.generate(ids, self.config.sample_tokens, seed=self.config.seed, stop_token=stop)[len(ids):]
+        prompt, text = self.bpe.decode(ids), self.bpe.decode(new[:-1] if new and new[-1] == stop else new)
         self._append_metrics(run, {"step": self.step, "sample_prompt": prompt, "sample": text})
         self.log(f"sample at step {self.step}: {prompt!r} -> {text!r}")
 
@@ -637,6 +715,7 @@ class Trainer:
             "rng": rng,
             "data": self.batches.state_dict() if self.batches is not None else self._resume_data,
             "tokenizer": {"text": self.bpe.to_text(), "hash": self.bpe.hash},
+            **({"chat_template": self.chat_template} if self.chat_template is not None else {}),
         }
 
     def save(self, path) -> Path:
@@ -694,6 +773,8 @@ class Trainer:
         trainer.best_val_loss, trainer.total_steps = state["best_val_loss"], state["total_steps"]
         trainer._restore_rng(ckpt["rng"])
         trainer._resume_data = ckpt.get("data")
+        template_from_checkpoint(ckpt.get("chat_template"), str(path))  # one this version knows, or an error
+        trainer.chat_template = ckpt.get("chat_template")
         return trainer
 
     def _restore_rng(self, rng: dict) -> None:

@@ -67,6 +67,33 @@ def test_two_processes_train_like_one_with_the_same_global_batch(corpus, tmp_pat
     assert losses(tmp_path / "ddp.metrics.jsonl") == pytest.approx(losses(tmp_path / "one.metrics.jsonl"), abs=1e-4)
 
 
+def test_two_processes_train_on_records_like_one(tmp_path):
+    """Instruction records under torchrun: each rank takes its own padded batches of whole records
+    (of other lengths than the other rank's); the averaged gradients are those of one process
+    that accumulates the same batches."""
+    import json
+
+    from gpt2_llm.data import records_tokenizer
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Count to {k % 7}.", "output": " ".join("123456"[: k % 7])})
+                            + "\n" for k in range(60)), encoding="utf-8")
+    records_tokenizer([data], 300).save(tmp_path / "vocab.txt")
+    args = [data, tmp_path / "vocab.txt", "--preset", "tiny", "--context", "64", "--batch-size", "3", "--dtype",
+            "float32", "--device", "cpu", "--warmup-steps", "2", "--lr", "3e-3", "--log-every", "1", "--steps", "4",
+            "--eval-every", "2"]
+    ddp = torchrun(2, *args, "--out", tmp_path / "ddp.pt")
+    _, err = ddp.communicate(timeout=300)
+    assert ddp.returncode == 0, err.decode()[-3000:]
+    one = subprocess.run([sys.executable, str(ROOT / "main.py"), "train", *map(str, args), "--grad-accum", "2",
+                          "--out", str(tmp_path / "one.pt")], capture_output=True, cwd=ROOT, timeout=300, check=False)
+    assert one.returncode == 0, one.stderr.decode()[-3000:]
+    a, b = load_checkpoint(tmp_path / "ddp.pt"), load_checkpoint(tmp_path / "one.pt")
+    assert a["chat_template"]["name"] == "alpaca" and a["state"]["tokens_seen"] == b["state"]["tokens_seen"]
+    for name, weight in a["model"].items():
+        torch.testing.assert_close(weight, b["model"][name], atol=2e-5, rtol=1e-4, msg=name)
+
+
 def test_resume_under_torchrun_matches_an_uninterrupted_run(corpus, tmp_path):
 
 

@@ -511,3 +511,20 @@ def test_fine_tune_a_folder_then_its_export_gives_transformers_the_same_greedy_t
     ours = main_py("predict", prompt, new, tuned, "--greedy", "--device", "cpu")
     assert ours.returncode == 0, ours.stderr
     assert ours.stdout == prompt + hf_tok.decode(theirs) + "\n" and len(theirs) > 5
+
+
+@pytest.mark.parametrize("name", ["alpaca", "chat"])
+def test_an_exported_instruction_template_renders_in_transformers_and_comes_back_by_name(gpt2_tokenizer, tmp_path,
+                                                                                         name):  # fmt: skip
+    from gpt2_llm.instruct import TEMPLATES
+
+    template = TEMPLATES[name]
+    checkpoint_of(tmp_path / "m.pt", gpt2_tokenizer, template.to_checkpoint())
+    assert main_py("export", tmp_path / "m.pt", tmp_path / "out").returncode == 0
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    conversation = [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"},
+                    {"role": "user", "content": "Reverse 'abc'."}]  # fmt: skip
+    for messages in (conversation[:1], conversation) if template.multi_turn else (conversation[:1],):  # Alpaca: one turn
+        theirs = hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert theirs == template.render(messages, add_generation_prompt=True)
+    assert load(tmp_path / "out").chat_template == template.to_checkpoint()  # named again: predict --chat works

@@ -418,3 +418,25 @@ def test_export_to_hf_gpt2_refuses_the_options_it_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match="cannot export to transformers' GPT-2: the model has swiglu MLP, QK-norm, which"):
         GPT2(config).save_hf(tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("path", ["chunked", "fused kernel"])
+def test_ignored_targets_get_no_gradient_and_the_loss_is_the_mean_of_the_others(path, monkeypatch):
+    """The loss mask of instruction records: targets of -100 (a prompt, padding) are left out."""
+    if path == "fused kernel":  # the path a GPU or the compiler takes
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    torch.manual_seed(0)
+    logits = torch.randn(12, 128).requires_grad_()
+    targets = torch.randint(0, 97, (12,))
+    masked = targets.clone()
+    masked[:7] = -100  # a prompt of 7 positions, then a response of 5
+    loss = cross_entropy(logits, masked, 97)
+    loss.backward()
+    log_p = logits.detach()[:, :97].log_softmax(dim=-1)
+    by_hand = -sum(log_p[i, targets[i]] for i in range(7, 12)) / 5  # divided by the 5 counted, not by 12
+    assert loss.item() == pytest.approx(by_hand.item(), abs=1e-6)
+    assert not logits.grad[:7].any()  # exactly zero: the prompt's predictions are not trained
+    assert (logits.grad[7:, :97].abs().sum(dim=1) > 0).all()
+    other = logits.detach().clone()
+    other[:7] = 100 * torch.randn(7, 128)  # whatever the model predicts at the prompt's positions
+    assert cross_entropy(other, masked, 97).item() == pytest.approx(loss.item(), abs=1e-6)

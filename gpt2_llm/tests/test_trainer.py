@@ -19,9 +19,9 @@ from gpt2_llm.trainer import (Progress, Trainer, TrainingError, best_path, evalu
                               step_memory)
 
 
-def tiny_trainer(tokenizer, seed=0, **overrides) -> Trainer:
+def tiny_trainer(tokenizer, seed=0, block_size=32, **overrides) -> Trainer:
     torch.manual_seed(seed)
-    config = GPT2Config.from_preset("tiny", vocab_size=tokenizer.vocab_size, block_size=32)
+    config = GPT2Config.from_preset("tiny", vocab_size=tokenizer.vocab_size, block_size=block_size)
     options = dict(batch_size=4, lr=3e-3, warmup_steps=2, eval_every=5, eval_tokens=2000, log_every=1,
                    device="cpu", dtype="float32", seed=seed)
     return Trainer(GPT2(config), tokenizer, log=lambda line: None, **{**options, **overrides})
@@ -516,3 +516,114 @@ def test_step_memory_follows_the_shapes_of_the_options():
     assert step_memory(replace(gpt2, tie_embeddings=False), b, torch.bfloat16) - step_memory(gpt2, b, torch.bfloat16) == 16 * V * C
     assert step_memory(gpt2, b, torch.bfloat16, grad_checkpoint=True) == (
         16 * (12 * L * C * C + (V + T) * C) + b * T * (L * 2 * C + 34 * C) + logits)
+
+
+# ---- instruction records ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def alpaca_records(tmp_path_factory):
+    """(a JSON-lines file of 200 Alpaca records of unequal lengths, a tokenizer learned from them)."""
+    import json
+    import random
+
+    from gpt2_llm.data import read_records
+
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("records") / "data.jsonl"
+    lines = []
+    for k in range(200):
+        word = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(2, 30)))
+        lines.append(json.dumps({"instruction": "Reverse the word.", "input": word, "output": word[::-1]}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    template, conversations = read_records([path])
+    return path, BPE.train("<|endoftext|>".join(template.render(c) for c in conversations), vocab_size=300)
+
+
+def test_padding_never_leaks_into_the_loss(alpaca_records):
+    from gpt2_llm.data import encode_examples, instruction_eval_set, read_records
+
+    torch.manual_seed(0)
+    path, tokenizer = alpaca_records
+    model = GPT2(GPT2Config.from_preset("tiny", vocab_size=tokenizer.vocab_size, block_size=128))
+    template, conversations = read_records([path])
+    examples, _ = encode_examples(conversations[:5], template, tokenizer, 128)
+    assert len(set(examples.lengths.tolist())) > 1  # unequal lengths: the batch has padding
+    one_by_one, count = 0.0, 0
+    for k in range(5):  # each example alone, unpadded
+        x, y = examples.batch([k], pad_id=0)
+        n = int((y != -100).sum())
+        one_by_one += model(x, y)[1].item() * n
+        count += n
+    for pad_id in (0, tokenizer.vocab_size - 1):
+        (x, y), num_bytes = instruction_eval_set(examples, tokenizer, pad_id)
+        result = evaluate(model, (x, y), num_bytes, batch_size=5)  # one padded batch
+        assert result["val_loss"] == pytest.approx(one_by_one / count, abs=1e-5)
+        assert model(x, y)[1].item() == pytest.approx(one_by_one / count, abs=1e-5)  # untrimmed, too
+
+
+def test_a_run_on_records_trains_on_the_answers_and_stores_its_template(alpaca_records, tmp_path):
+    from gpt2_llm.data import read_records
+    from gpt2_llm.instruct import TEMPLATES, encode_segments
+
+    path, tokenizer = alpaca_records
+    lines = []
+    trainer = tiny_trainer(tokenizer, block_size=150, eval_every=4)  # the records have 119 to 175 tokens
+    trainer.log = lines.append
+    result = trainer.train(path, save_path=tmp_path / "m.pt", steps=4, progress=False)
+    assert result["stopped_by"] == "steps" and math.isfinite(result["val_loss"])
+    ckpt = load_checkpoint(tmp_path / "m.pt")
+    assert ckpt["chat_template"] == TEMPLATES["alpaca"].to_checkpoint()
+    assert ckpt["data"]["kind"] == "instructions"
+    # The records longer than the context (151 tokens: 150 inputs and the last target) are cut.
+    template, conversations = read_records([path])
+    too_long = [len(encode_segments(template.segments(c), tokenizer)[0]) > 151 for c in conversations]
+    held_out = too_long[9::10]
+    assert 0 < sum(too_long) < 200
+    [line] = [line for line in lines if line.startswith("instructions:")]
+    assert line == (f"instructions: 200 alpaca records, 180 to train on (loss on the responses only), 20 held out; "
+                    f"{sum(too_long)} longer than the context of 150 tokens were cut "
+                    f"({sum(too_long) - sum(held_out)} of those to train on)")
+    samples = [r for r in records(tmp_path / "m.metrics.jsonl") if "sample" in r]
+    assert samples[0]["sample_prompt"].endswith("### Response:\n")  # a held-out instruction, ready for its answer
+
+
+def test_no_mask_prompt_trains_on_every_position_but_validates_on_the_answers(alpaca_records, tmp_path):
+    path, tokenizer = alpaca_records
+    masked, everything = tiny_trainer(tokenizer, block_size=150), tiny_trainer(tokenizer, block_size=150, mask_prompt=False)
+    results = [t.train(path, save_path=tmp_path / f"{k}.pt", steps=1, progress=False)
+               for k, t in enumerate((masked, everything))]
+    xm, ym = next(masked.batches)
+    xe, ye = next(everything.batches)
+    assert torch.equal(xm, xe)  # the same examples in the same order
+    padding = ye == -100
+    assert padding.any()  # unequal lengths, padded
+    # Without the mask every position but the padding counts; with it, the answers' only.
+    counted = ym != -100
+    assert not (counted & padding).any() and 0 < counted.sum() < (~padding).sum() / 2
+    assert torch.equal(ye[counted], ym[counted])
+    assert results[0]["val_loss"] != results[1]["val_loss"]  # the models differ after a step, but
+    # both validate on the answers alone (the same targets: compare the result with evaluate's own)
+    (_, val_everything), (_, val_masked) = (t._instruction_data([path]).val for t in (everything, masked))
+    assert torch.equal(val_everything, val_masked)
+    assert (val_masked != -100).sum() < val_masked.numel() / 2
+
+
+def test_a_run_on_records_resumes_exactly(alpaca_records, tmp_path):
+    path, tokenizer = alpaca_records
+    tiny_trainer(tokenizer).train(path, save_path=tmp_path / "a.pt", steps=10, progress=False)
+    _train_until(tiny_trainer(tokenizer), path, tmp_path / "b.pt", total=10, stop_at=6)
+    again = Trainer.from_checkpoint(tmp_path / "b.pt", log=lambda line: None)
+    assert again.chat_template["name"] == "alpaca"
+    again.train(path, save_path=tmp_path / "b.pt", progress=False)
+    assert losses(tmp_path / "b.metrics.jsonl") == losses(tmp_path / "a.metrics.jsonl")
+
+
+def test_a_checkpoint_of_text_does_not_continue_on_records(corpus, alpaca_records, tmp_path):
+    from gpt2_llm.data import DataError
+
+    text, tokenizer = corpus
+    tiny_trainer(tokenizer).train(text, save_path=tmp_path / "m.pt", steps=2, progress=False)
+    again = Trainer.from_checkpoint(tmp_path / "m.pt", log=lambda line: None)
+    with pytest.raises(DataError, match="trained on text, not on instruction records"):
+        again.train(alpaca_records[0], save_path=tmp_path / "m.pt", steps=4, progress=False)
