@@ -995,3 +995,17 @@ def test_bad_records_are_one_line(tmp_path, lines, message):
     line = one_line_error(run("train", tmp_path / "data.jsonl", *RECORDS_TRAIN, cwd=tmp_path))
     assert message in line
     assert not (tmp_path / "vocab.txt").exists() and not (tmp_path / "gpt2_model.pt").exists()
+
+
+def test_init_from_a_model_of_text_on_instruction_records(short_run, tmp_path):
+    """Chapter 7's road: a model trained on text, then fine-tuned on instructions with its own tokenizer."""
+    from gpt2_llm import load_checkpoint
+
+    data = write_records(tmp_path / "data.jsonl", 60)
+    result = run("train", data, "--init-from", short_run, "--out", tmp_path / "chat.pt", *FINETUNE, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
+    tuned, pretrained = load_checkpoint(tmp_path / "chat.pt"), load_checkpoint(short_run)
+    assert tuned["chat_template"]["name"] == "alpaca" and tuned["data"]["kind"] == "instructions"
+    assert tuned["tokenizer"]["hash"] == pretrained["tokenizer"]["hash"]
+    answer = run("predict", "--chat", "Say ok to red and blue.", 5, tmp_path / "chat.pt", "--greedy")
+    assert answer.returncode == 0, answer.stderr.decode()
