@@ -36,8 +36,8 @@ import torch
 import bpe
 from bpe import BPE, ENDOFTEXT, GPT2_PATTERN, PATTERNS, TokenizerError, UserError
 
-from .checkpoint import CheckpointError
 from . import hf_llama
+from .checkpoint import CheckpointError
 from .config import ConfigError, GPT2Config
 from .gpt2 import GPT2
 
@@ -135,7 +135,7 @@ def read_hf_weights(folder: Path, hf: dict) -> dict:
         raise CheckpointError(f"{path} is not a dict of tensors")
     try:
         if hf.get("model_type") == "llama":
-            return hf_llama.llama_state_to_ours(state, hf.get("tie_word_embeddings", False))
+            return hf_llama.llama_state_to_ours(state, hf.get("tie_word_embeddings", hf_llama.TIED_BY_DEFAULT))
         return hf_state_to_ours({k.removeprefix("transformer."): v for k, v in state.items()})
     except UserError as e:
         raise CheckpointError(f"{path}: {e}") from None

@@ -41,6 +41,7 @@ BLOCK_NAMES = {
 QKV = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")  # c_attn's row blocks
 OUTER_NAMES = {"wte.weight": "model.embed_tokens.weight", "ln_f.weight": "model.norm.weight",
                "lm_head.weight": "lm_head.weight"}  # fmt: skip
+TIED_BY_DEFAULT = False  # LlamaConfig's tie_word_embeddings, where a config.json leaves it out
 _OURS_IN_BLOCK = {theirs: ours for ours, theirs in BLOCK_NAMES.items()}
 _OURS_OUTSIDE = {theirs: ours for ours, theirs in OUTER_NAMES.items()}
 
@@ -57,7 +58,9 @@ def llama_departures(config: GPT2Config) -> list[str]:
 
 def llama_config_json(config: GPT2Config, eot: int | None, dtype: torch.dtype) -> dict:
     """config.json of a LlamaForCausalLM of our config's shape (eot: the bos and eos id).
-    RoPE's base is written twice: transformers 5 reads rope_parameters, transformers 4 rope_theta."""
+    RoPE's base is written twice: transformers 5 reads rope_parameters, transformers 4 rope_theta.
+    Llama drops out attention weights only (attention_dropout): a dropout on the embeddings and
+    residual branches, a training setting that changes no weight, is not kept."""
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": config.vocab_size,
         "hidden_size": config.n_embd, "intermediate_size": config.mlp_size, "num_hidden_layers": config.n_layer,
@@ -85,7 +88,7 @@ def llama_config_to_ours(hf: dict) -> GPT2Config:
     config = GPT2Config(
         **shape, n_kv_head=None if kv_heads == shape["n_head"] else kv_heads, norm="rmsnorm", mlp="swiglu",
         rope=True, bias=False, rope_base=float(_rope_theta(hf)),
-        layer_norm_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=hf.get("tie_word_embeddings", False),
+        layer_norm_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=hf.get("tie_word_embeddings", TIED_BY_DEFAULT),
         dropout=0.0, attn_dropout=hf.get("attention_dropout") or None,  # Llama drops attention weights only
     )  # fmt: skip
     # An MLP of the width ours picks by default keeps n_inner None, so an export reads back as the same config.
