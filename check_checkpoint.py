@@ -87,9 +87,12 @@ def describe_source(loaded) -> str:
     if loaded.source == "checkpoint":
         size_mb = os.path.getsize(loaded.path) / 1e6
         return f"{loaded.path} ({size_mb:.1f} MB, format version {loaded.checkpoint['format_version']})"
+    from gpt2_llm.export import HF_CLASSES
+
     weights = loaded.path / loaded.checkpoint["weights_file"]
     hub = f" (Hugging Face hub name {loaded.name}, cached)" if loaded.source == "hub" else ""
-    return f"{loaded.path}: a transformers folder{hub}, GPT2LMHeadModel, {weights.name} {weights.stat().st_size / 1e6:.1f} MB"
+    kind = HF_CLASSES[loaded.checkpoint["hf_config"].get("model_type", "gpt2")]
+    return f"{loaded.path}: a transformers folder{hub}, {kind}, {weights.name} {weights.stat().st_size / 1e6:.1f} MB"
 
 
 def optimizer_text(train_config: dict) -> str:

@@ -623,15 +623,16 @@ def records_eval_set(files: list, model, tokenizer: bpe.BPE):
 
 def cmd_export(args: argparse.Namespace) -> None:
     """Write a model, with its tokenizer, as a folder transformers loads as it is."""
-    from gpt2_llm.export import check_out_dir, export_folder, export_problem
+    from gpt2_llm.export import HF_CLASSES, check_out_dir, export_folder, export_problem, export_type
 
     check_out_dir(args.out_dir, args.overwrite)  # before the slow load
     loaded = load_named(args.model, "cpu", args.vocab_file, "give its vocab file with --vocab-file")
     problem = export_problem(loaded.model.config)
     if problem:
-        raise UserError(f"cannot export {args.model} to transformers' GPT-2: {problem}")
+        raise UserError(f"cannot export {args.model}: {problem}")
     files = export_folder(loaded.model, loaded.tokenizer, args.out_dir, loaded.chat_template, args.overwrite)
-    print(f"wrote {args.out_dir}: {', '.join(files)} ({loaded.model.num_parameters():,} parameters, "
+    print(f"wrote {args.out_dir}: {', '.join(files)} ({HF_CLASSES[export_type(loaded.model.config)]}, "
+          f"{loaded.model.num_parameters():,} parameters, "
           f"{loaded.tokenizer.vocab_size:,} tokens); load it with transformers' "
           f"AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained")
 
@@ -700,7 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a model as a transformers folder", description=(
         "Write a model and its tokenizer as a folder that transformers loads as it is "
-        "(AutoModelForCausalLM, AutoTokenizer): config.json, model.safetensors, generation_config.json, "
+        "(AutoModelForCausalLM, AutoTokenizer): GPT-2's shape as GPT2LMHeadModel, Llama's (--norm rmsnorm "
+        "--mlp swiglu --rope --no-bias, any --kv-heads, tied or --untied) as LlamaForCausalLM; config.json, model.safetensors, generation_config.json, "
         "tokenizer.json, tokenizer_config.json, special_tokens_map.json, and vocab.json + merges.txt "
         "for a tokenizer with GPT-2's pattern."))
     p.add_argument("model", help=MODEL_HELP)

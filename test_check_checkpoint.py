@@ -113,6 +113,21 @@ def test_a_transformers_folder_is_reported_as_one(trained, tmp_path):
     assert lines[-1] == "verdict:          compatible"
 
 
+def test_a_llama_folder_is_reported_with_its_class(trained, tmp_path):
+    from dataclasses import replace
+
+    from gpt2_llm import GPT2, load
+    from gpt2_llm.export import export_folder
+
+    loaded = load(trained)
+    llama = replace(loaded.model.config, norm="rmsnorm", mlp="swiglu", rope=True, bias=False, n_kv_head=1)
+    export_folder(GPT2(llama), loaded.tokenizer, tmp_path / "llama")
+    result = check(tmp_path / "llama")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"model:            {tmp_path / 'llama'}: a transformers folder, LlamaForCausalLM, ")
+    assert "architecture:     RMSNorm, swiglu MLP, 1 key/value head, RoPE, no bias (MLP width 192)" in result.stdout
+
+
 def test_the_architecture_options_are_shown(tmp_path):
     from gpt2_llm import GPT2, GPT2Config
 

@@ -7,7 +7,10 @@
     by transformers' save_pretrained into a temporary folder: greedy text of
     `main.py predict PROMPT N FOLDER --greedy` against transformers' generate(do_sample=False) on
     the same folder, then the largest logit difference and the loss of both on a text.
-(2) Tokenizers exported by `main.py export`: GPT-2's own, and two learned by bpe.py (GPT-2's and
+(2) The same for a random Llama (LlamaForCausalLM of the same size, 2 key/value heads, an untied
+    head, an MLP 344 wide), then the other way: the folder as our loader reads it, written back by
+    `main.py export`, against the original in transformers (largest logit difference).
+(3) Tokenizers exported by `main.py export`: GPT-2's own, and two learned by bpe.py (GPT-2's and
     GPT-4's pattern, with <|endoftext|> and a second special token): the ids of
     AutoTokenizer.from_pretrained(folder) against bpe.py's encode(text, allowed_special="all") on
     ../shared/data/multilingual.txt, and the decoded text against the original.
@@ -52,6 +55,22 @@ def random_gpt2_folder(folder: Path) -> None:
     shutil.copy(DATA / "gpt2" / "vocab.bpe", folder / "merges.txt")
 
 
+def random_llama_folder(folder: Path) -> None:
+    """transformers' Llama of GPT-2's vocabulary, random as above, with GPT-2's tokenizer files and
+    tokenizer.json (AutoTokenizer reads a Llama's vocab.json + merges.txt only when tokenizer_config.json
+    names GPT-2's class); <|endoftext|> ends text."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=50257, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                      initializer_range=0.1, bos_token_id=50256, eos_token_id=50256)  # fmt: skip
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    shutil.copy(DATA / "gpt2" / "encoder.json", folder / "vocab.json")
+    shutil.copy(DATA / "gpt2" / "vocab.bpe", folder / "merges.txt")
+    transformers.GPT2TokenizerFast.from_pretrained(folder).save_pretrained(folder)  # + tokenizer.json, its class
+
+
 def greedy_rows(folder: Path, prompts: list[str], new: int) -> list[tuple]:
     """(prompt, same text?, tokens compared) for each prompt: main.py predict against generate()."""
     import transformers
@@ -84,6 +103,32 @@ def logits_and_loss(folder: Path, text: str) -> tuple[float, float, float]:
         their_logits = theirs(ids[:, :-1]).logits
     their_loss = torch.nn.functional.cross_entropy(their_logits[0], ids[0, 1:])
     return (logits - their_logits).abs().max().item(), loss.item(), their_loss.item()
+
+
+def reexport_difference(folder: Path, out: Path, text: str) -> tuple[str, float]:
+    """`main.py export` of the folder (read by our loader): the class transformers loads it as, and
+    the largest difference of its logits from the original folder's on the text's first 256 tokens."""
+    import transformers
+
+    subprocess.run([sys.executable, str(ROOT / "main.py"), "export", str(folder), str(out)], capture_output=True,
+                   check=True)  # fmt: skip
+    original = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    again = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = transformers.AutoTokenizer.from_pretrained(folder)(text[:20_000], return_tensors="pt")["input_ids"][:, :256]
+    with torch.no_grad():
+        return type(again).__name__, (again(ids).logits - original(ids).logits).abs().max().item()
+
+
+def print_parity(name: str, folder: Path, prompts: list[str], new: int, text: str) -> None:
+    """The greedy-text table and the logits line of one transformers folder."""
+    print(f"\n### {name}: main.py predict --greedy against generate(do_sample=False), {new} tokens\n")
+    print("| prompt | same text | new tokens compared |")
+    print("|---|---|---:|")
+    for prompt, same, n in greedy_rows(folder, prompts, new):
+        print(f"| {prompt!r} | {'yes' if same else 'NO'} | {n} |")
+    diff, ours, theirs = logits_and_loss(folder, text)
+    print(f"\nlogits on 256 tokens of the text: largest difference {diff:.2e}; "
+          f"loss ours {ours:.6f}, transformers {theirs:.6f}")
 
 
 def export_tokenizer(tokenizer: BPE, folder: Path) -> None:
@@ -123,14 +168,11 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         random_gpt2_folder(tmp / "gpt2-random")
-        print(f"\n### Greedy text: main.py predict --greedy against generate(do_sample=False), {args.new_tokens} tokens\n")
-        print("| prompt | same text | new tokens compared |")
-        print("|---|---|---:|")
-        for prompt, same, n in greedy_rows(tmp / "gpt2-random", prompts, args.new_tokens):
-            print(f"| {prompt!r} | {'yes' if same else 'NO'} | {n} |")
-        diff, ours, theirs = logits_and_loss(tmp / "gpt2-random", text)
-        print(f"\nlogits on 256 tokens of the text: largest difference {diff:.2e}; "
-              f"loss ours {ours:.6f}, transformers {theirs:.6f}")
+        print_parity("GPT-2 (GPT2LMHeadModel)", tmp / "gpt2-random", prompts, args.new_tokens, text)
+        random_llama_folder(tmp / "llama-random")
+        print_parity("Llama (LlamaForCausalLM)", tmp / "llama-random", prompts, args.new_tokens, text)
+        kind, diff = reexport_difference(tmp / "llama-random", tmp / "llama-exported", text)
+        print(f"written back by main.py export: a {kind}, largest logit difference from the original {diff:.2e}")
 
         print(f"\n### Exported tokenizers: AutoTokenizer against bpe.py on multilingual.txt ({len(text):,} characters)\n")
         print("| tokenizer | tokens | same ids | first difference | decode == text |")

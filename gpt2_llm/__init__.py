@@ -1,10 +1,10 @@
 """gpt2_llm: GPT-2 in PyTorch, written to be read.
 
 Read leaf to root: config.py (the shape, and how to train), attention.py, decoder.py, gpt2.py (the
-model, generation), checkpoint.py (the file format), export.py (transformers' folders, both ways),
-loading.py (the one way to load a model: a checkpoint, a folder or a hub name), data.py (text to
-batches), hardware.py (device, precision, peak FLOP/s), distributed.py (torchrun), trainer.py (the
-training loop), plot.py (a picture of a run).
+model, generation), checkpoint.py (the file format), hf_llama.py and export.py (transformers'
+folders, both ways: Llama's names, then the rest), loading.py (the one way to load a model: a
+checkpoint, a folder or a hub name), data.py (text to batches), hardware.py (device, precision,
+peak FLOP/s), distributed.py (torchrun), trainer.py (the training loop), plot.py (a picture of a run).
 
 Names are imported on first use, so `gpt2_llm.config` loads without torch (the command line's
 tokenizer commands stay fast), and importing the package never imports transformers, tokenizers,

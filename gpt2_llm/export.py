@@ -1,4 +1,8 @@
-"""To and from transformers' folders: a GPT-2 model and its tokenizer, in the files save_pretrained writes.
+"""To and from transformers' folders: a model and its tokenizer, in the files save_pretrained writes.
+
+Two shapes have a class in transformers: GPT-2's own (GPT2LMHeadModel, model_type gpt2), and Llama's
+(LlamaForCausalLM, model_type llama: RMSNorm, SwiGLU, RoPE, no biases; hf_llama.py maps it). Any
+other shape is refused in one line (export_problem).
 
     read   config.json                                        -> GPT2Config      (read_config)
            model.safetensors | pytorch_model.bin               -> our state dict  (read_hf_weights)
@@ -32,6 +36,7 @@ import torch
 import bpe
 from bpe import BPE, ENDOFTEXT, GPT2_PATTERN, PATTERNS, TokenizerError, UserError
 
+from . import hf_llama
 from .checkpoint import CheckpointError
 from .config import ConfigError, GPT2Config
 from .gpt2 import GPT2
@@ -42,6 +47,8 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in order of prefere
 TOKENIZER_PAIRS = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "chat_template.jinja")  # fmt: skip
+# The class of each model_type this toolkit reads and writes.
+HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
 # The Conv1D layers of transformers' GPT-2: (in, out) matrices, where nn.Linear has (out, in).
 HF_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -68,10 +75,18 @@ def read_config(folder: Path) -> tuple[GPT2Config, dict]:
 
 
 def hf_config_to_ours(hf: dict) -> GPT2Config:
-    """The GPT2Config of a transformers GPT-2 config.json; a ConfigError says what does not fit."""
+    """The GPT2Config of a transformers GPT-2 or Llama config.json; a ConfigError says what does not fit."""
     kind = hf.get("model_type", "gpt2")
+    if kind == "llama":
+        return hf_llama.llama_config_to_ours(hf)
     if kind != "gpt2":
-        raise ConfigError(f"its config.json is of a {kind!r} model; this toolkit reads GPT-2 (model_type 'gpt2')")
+        raise ConfigError(f"its config.json is of a {kind!r} model; this toolkit reads GPT-2 and Llama "
+                          f"(model_type 'gpt2' or 'llama')")
+    return gpt2_config_to_ours(hf)
+
+
+def gpt2_config_to_ours(hf: dict) -> GPT2Config:
+    """The GPT2Config of a transformers GPT-2 config.json; a ConfigError says what does not fit."""
     names = {"vocab_size": "vocab_size", "n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd",
              "block_size": "n_positions"}  # ours: theirs
     bad = [theirs for theirs in names.values() if type(hf.get(theirs)) is not int]
@@ -98,8 +113,9 @@ def weights_file(folder: Path) -> Path | None:
     return next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
 
 
-def read_hf_weights(folder: Path) -> dict:
-    """The state dict of a transformers GPT-2 folder, in our names (see hf_state_to_ours).
+def read_hf_weights(folder: Path, hf: dict) -> dict:
+    """The state dict of a transformers folder whose config.json is `hf`, in our names (hf_state_to_ours
+    for GPT-2, hf_llama.llama_state_to_ours for Llama).
     pytorch_model.bin is read with weights_only=True: a pickle that would run code is refused."""
     path = weights_file(folder)
     if path is None:
@@ -118,6 +134,8 @@ def read_hf_weights(folder: Path) -> dict:
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise CheckpointError(f"{path} is not a dict of tensors")
     try:
+        if hf.get("model_type") == "llama":
+            return hf_llama.llama_state_to_ours(state, hf.get("tie_word_embeddings", hf_llama.TIED_BY_DEFAULT))
         return hf_state_to_ours({k.removeprefix("transformer."): v for k, v in state.items()})
     except UserError as e:
         raise CheckpointError(f"{path}: {e}") from None
@@ -156,11 +174,12 @@ def ours_state_to_hf(state: dict, vocab_size: int) -> dict:
 
 
 def model_from_hf(source, config: GPT2Config | None = None) -> GPT2:
-    """GPT2.from_hf: a folder (config.json and weights) or a GPT2LMHeadModel state dict -> our model."""
+    """GPT2.from_hf: a folder (config.json and weights; GPT-2 or Llama) or a GPT2LMHeadModel state dict -> our model."""
     if isinstance(source, (str, os.PathLike)):
         folder = Path(source)
-        config = config or read_config(folder)[0]
-        state = read_hf_weights(folder)
+        read, hf = read_config(folder)
+        config = config or read
+        state = read_hf_weights(folder, hf)
     else:
         state = hf_state_to_ours({k.removeprefix("transformer."): v for k, v in source.items()})
         config = config or config_from_hf_shapes(state)
@@ -180,20 +199,29 @@ def config_from_hf_shapes(state: dict) -> GPT2Config:
     )  # fmt: skip
 
 
-def export_problem(config: GPT2Config) -> str | None:
-    """Why transformers' GPT2LMHeadModel cannot hold a model of this shape; None when it can."""
-    if config.rope:
-        return "the model has rotary positions (--rope), and transformers' GPT-2 learned ones only"
-    if not config.bias:
-        return "the model has no biases, and transformers' GPT-2 has them in every layer"
-    if config.gpt2_departures():
-        return f"the model has {', '.join(config.gpt2_departures())}, which transformers' GPT-2 lacks"
+def export_type(config: GPT2Config) -> str | None:
+    """The model_type a model of this shape exports as: "gpt2" for GPT-2's own shape, "llama" for
+    Llama's (RMSNorm, SwiGLU, RoPE, no biases, no QK-norm; any key/value heads, tied or not); None: neither."""
+    if not config.gpt2_departures():
+        return "gpt2"
+    if not hf_llama.llama_departures(config):
+        return "llama"
     return None
 
 
+def export_problem(config: GPT2Config) -> str | None:
+    """Why no transformers class this toolkit writes can hold a model of this shape; None when one can."""
+    if export_type(config) is not None:
+        return None
+    return (f"transformers has no class for its shape: it is not GPT-2's (it has {', '.join(config.gpt2_departures())}) "
+            f"nor Llama's (it has {', '.join(hf_llama.llama_departures(config))})")
+
+
 def hf_config(config: GPT2Config, tokenizer: BPE | None = None, dtype: torch.dtype = torch.float32) -> dict:
-    """config.json of a GPT2LMHeadModel of our config's shape (the tokenizer gives bos/eos ids)."""
+    """config.json of the class a model of our config's shape exports as (the tokenizer gives bos/eos ids)."""
     eot = tokenizer.special_tokens.get(ENDOFTEXT) if tokenizer is not None else None
+    if export_type(config) == "llama":
+        return hf_llama.llama_config_json(config, eot, dtype)
     return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
         "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_ctx": config.block_size,
@@ -205,16 +233,20 @@ def hf_config(config: GPT2Config, tokenizer: BPE | None = None, dtype: torch.dty
 
 
 def write_model(model: GPT2, folder: str | os.PathLike, tokenizer: BPE | None = None) -> None:
-    """Write config.json, model.safetensors and generation_config.json into `folder` (GPT2.save_hf)."""
+    """Write config.json, model.safetensors and generation_config.json into `folder` (GPT2.save_hf):
+    a GPT2LMHeadModel for GPT-2's shape, a LlamaForCausalLM for Llama's."""
     from safetensors.torch import save_file
 
     problem = export_problem(model.config)
     if problem:
-        raise UserError(f"cannot export to transformers' GPT-2: {problem}")
+        raise UserError(f"cannot export the model: {problem}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = ours_state_to_hf(model.state_dict(), model.config.vocab_size)
-    _write_json(folder / "config.json", hf_config(model.config, tokenizer, state["transformer.wte.weight"].dtype))
+    if export_type(model.config) == "llama":
+        state = hf_llama.ours_state_to_llama(model.state_dict(), model.config)
+    else:
+        state = ours_state_to_hf(model.state_dict(), model.config.vocab_size)
+    _write_json(folder / "config.json", hf_config(model.config, tokenizer, model.wte.weight.dtype))
     save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
     eot = tokenizer.special_tokens.get(ENDOFTEXT) if tokenizer is not None else None
     ids = {"bos_token_id": eot, "eos_token_id": eot} if eot is not None else {}
@@ -513,7 +545,7 @@ def export_folder(model: GPT2, tokenizer: BPE | None, out_dir: str | os.PathLike
     Returns the names of the files written."""
     problem = export_problem(model.config)
     if problem:
-        raise UserError(f"cannot export to transformers' GPT-2: {problem}")
+        raise UserError(f"cannot export the model: {problem}")
     out = check_out_dir(out_dir, overwrite)
     texts = tokenizer_files(tokenizer, model.config.block_size, chat_template) if tokenizer is not None else {}
     out.absolute().parent.mkdir(parents=True, exist_ok=True)

@@ -308,7 +308,7 @@ class GPT2(nn.Module):
 
     @classmethod
     def from_hf(cls, source, config: GPT2Config | None = None) -> "GPT2":
-        """A model with the weights of a transformers GPT-2, in eval mode as from_pretrained gives it.
+        """A model with the weights of a transformers GPT-2 or Llama, in eval mode as from_pretrained gives it.
 
         source: a folder written by save_pretrained (config.json + model.safetensors or
         pytorch_model.bin), or a GPT2LMHeadModel state dict. For a bare state dict the shape is read
@@ -320,8 +320,9 @@ class GPT2(nn.Module):
         return model_from_hf(source, config)
 
     def save_hf(self, folder: str | os.PathLike) -> None:
-        """Write config.json and model.safetensors that transformers.GPT2LMHeadModel.from_pretrained
-        loads (export.export_folder writes the tokenizer too)."""
+        """Write config.json and model.safetensors that transformers' AutoModelForCausalLM.from_pretrained
+        loads: a GPT2LMHeadModel, or a LlamaForCausalLM for Llama's shape (export.export_folder writes
+        the tokenizer too)."""
         from .export import write_model
 
         write_model(self, folder)

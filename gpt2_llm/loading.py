@@ -89,9 +89,9 @@ def load_checkpoint_file(path: Path, device: str | torch.device = "cpu") -> Load
 
 
 def load_folder(folder: Path, device: str | torch.device = "cpu", source: str = "folder", name: str = "") -> Loaded:
-    """Read and check a transformers GPT-2 folder (config.json, weights, tokenizer files)."""
+    """Read and check a transformers folder of a GPT-2 or a Llama (config.json, weights, tokenizer files)."""
     config, hf = export.read_config(folder)
-    model = build_model(config, export.read_hf_weights(folder), f"{folder}: its weights do not fit its config.json")
+    model = build_model(config, export.read_hf_weights(folder, hf), f"{folder}: its weights do not fit its config.json")
     tokenizer, tokenizer_file = export.read_tokenizer(folder)
     check_tokenizer_fits(tokenizer, config, f"{folder}: its tokenizer ({tokenizer_file})")
     stored = {"model_config": asdict(config), "hf_config": hf, "weights_file": export.weights_file(folder).name,

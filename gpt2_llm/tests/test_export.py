@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import main
 from bpe import BPE, TokenizerError, UserError
 from gpt2_llm import GPT2, CheckpointError, GPT2Config, load, save_checkpoint
 from gpt2_llm.export import export_folder, onig_pattern
@@ -184,13 +185,15 @@ def test_an_exported_checkpoint_is_the_same_model_and_tokenizer_in_transformers(
     tokenizer = trained_tokenizer(multilingual, pattern)
     template = {"name": "chat", "jinja": "{% for m in messages %}<|extra|>{{ m['content'] }}{% endfor %}"}
     model = checkpoint_of(tmp_path / "m.pt", tokenizer, template)
-    assert main_py("export", tmp_path / "m.pt", tmp_path / "out").returncode == 0
+    exported = main_py("export", tmp_path / "m.pt", tmp_path / "out")
+    assert exported.returncode == 0 and "(GPT2LMHeadModel, " in exported.stdout, exported.stderr
     out = tmp_path / "out"
     gpt2_pair = {"vocab.json", "merges.txt"} if pattern == "gpt2" else set()  # files that imply GPT-2's pattern
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "generation_config.json",
                                                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                                                *gpt2_pair}  # fmt: skip
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(hf) is transformers.GPT2LMHeadModel  # GPT-2's shape stays GPT-2's class
     ids = torch.randint(0, tokenizer.vocab_size, (2, 64))
     with torch.no_grad():
         assert_close(hf(ids).logits, model(ids)[0], atol=1e-4)
@@ -231,6 +234,158 @@ def test_onig_pattern_keeps_gpt4s_digit_groups():
     assert [piece for piece, _ in raw.pre_tokenize_str("12345678")] == ["12345678"]  # why the rewrite is needed
     with pytest.raises(TokenizerError, match="inside a group"):
         onig_pattern(r"(?:\d{1,3}+x)|y")
+
+
+# ---- Llama's shape: LlamaForCausalLM, both ways --------------------------------------------------
+
+# Llama's shape, with a RoPE base and epsilon of its own, so a base or epsilon left behind shows.
+LLAMA = dict(norm="rmsnorm", mlp="swiglu", rope=True, bias=False, rope_base=1000.0, layer_norm_eps=1e-6)
+
+
+@pytest.fixture(scope="module")
+def learned(multilingual) -> BPE:
+    return trained_tokenizer(multilingual, "gpt2")
+
+
+def greedy_pair(folder: Path, ours_model, prompt: str, capsys, new: int = 30) -> tuple[str, str, int]:
+    """(main.py predict --greedy on ours_model, the same prompt through transformers' generate on the
+    folder, the new tokens transformers made). Both stop at <|endoftext|>."""
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+    ids = hf_tok(prompt, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = hf.generate(ids, max_new_tokens=new, do_sample=False)[0, ids.size(1) :].tolist()
+    eot = hf.generation_config.eos_token_id
+    out = out[: out.index(eot)] if eot in out else out
+    capsys.readouterr()
+    assert main.main(["predict", prompt, str(new), str(ours_model), "--greedy", "--device", "cpu"]) == 0
+    return capsys.readouterr().out, prompt + hf_tok.decode(out) + "\n", len(out)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("kv_heads", [1, 2, None], ids=["K=1", "K=2", "K=4"])
+def test_a_llama_shaped_checkpoint_exports_as_llama_with_the_same_logits_and_greedy_text(learned, tmp_path, capsys,
+                                                                                         kv_heads, tied):  # fmt: skip
+    model = checkpoint_of(tmp_path / "m.pt", learned, n_head=4, n_kv_head=kv_heads, tie_embeddings=tied, **LLAMA)
+    out = tmp_path / "out"
+    assert main.main(["export", str(tmp_path / "m.pt"), str(out)]) == 0
+    assert "(LlamaForCausalLM, " in capsys.readouterr().out
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(hf) is transformers.LlamaForCausalLM
+    c, eot = hf.config, learned.special_tokens["<|endoftext|>"]
+    assert (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size, c.tie_word_embeddings,
+            c.rms_norm_eps, c.rope_parameters, c.max_position_embeddings, c.vocab_size, c.bos_token_id, c.eos_token_id) \
+        == (4, kv_heads or 4, 8, model.config.mlp_size, tied, 1e-6, {"rope_type": "default", "rope_theta": 1000.0},
+            64, learned.vocab_size, eot, eot)  # fmt: skip
+    ids = torch.randint(0, learned.vocab_size, (2, 64))
+    with torch.no_grad():
+        assert_close(hf(ids).logits, model(ids)[0], atol=1e-4)
+    ours, theirs, new = greedy_pair(out, tmp_path / "m.pt", "The meaning of life is", capsys)
+    assert ours == theirs and new > 10
+    # ...and back through our own loader: the same config, logits and tokenizer.
+    again = load(out)
+    assert again.model.config == model.config and again.tokenizer.hash == learned.hash
+    assert torch.equal(again.model(ids)[0], model(ids)[0])
+
+
+def test_llama_rotary_layout_is_ours_and_the_other_layout_would_show(learned, tmp_path):
+    """Our RoPE turns channel i with i + hs/2, as transformers' Llama does, so the export copies q and k
+    rows as they are. Meta's layout (neighbouring channels turned together) gives other logits:
+    the exports' logit test sees a wrong layout."""
+    model = checkpoint_of(tmp_path / "m.pt", learned, n_head=4, n_kv_head=2, **LLAMA)
+    export_folder(model, learned, tmp_path / "out")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(0, learned.vocab_size, (2, 64))
+    with torch.no_grad():
+        assert_close(hf(ids).logits, model(ids)[0], atol=1e-4)
+        for layer in hf.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                heads = proj.weight.size(0) // 8  # head size 8: rows (i, i + 4) of each head side by side
+                proj.weight.copy_(proj.weight.view(heads, 2, 4, -1).transpose(1, 2).reshape_as(proj.weight))
+        assert (hf(ids).logits - model(ids)[0]).abs().max() > 1e-2
+
+
+def random_llama_folder(folder: Path, tokenizer_folder: Path, kv_heads: int, tied: bool):
+    """A random transformers Llama of GPT-2's vocabulary saved by save_pretrained, with GPT-2's
+    tokenizer files. Its MLP width (80), RoPE base and epsilon are not ours by default, a wide init
+    keeps greedy choices off near-ties, and the norms' gains are moved off 1, so a swapped one shows."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=50257, hidden_size=32, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=kv_heads, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=tied,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0}, initializer_range=0.1,
+        bos_token_id=50256, eos_token_id=50256)  # fmt: skip
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_folder / name, folder / name)
+    return model
+
+
+@pytest.fixture(scope="module")
+def llama_folder(hf_folders, tmp_path_factory) -> Path:
+    """A random transformers Llama (2 key/value heads, untied head) with GPT-2's tokenizer."""
+    folder = tmp_path_factory.mktemp("llama") / "llama"
+    random_llama_folder(folder, hf_folders["tokenizer.json"], kv_heads=2, tied=False)
+    return folder
+
+
+@pytest.mark.parametrize("kv_heads,tied", [(2, False), (1, True)], ids=["K=2 untied", "K=1 tied"])
+def test_a_transformers_llama_folder_loads_with_the_same_logits_and_greedy_text(hf_folders, gpt2_tokenizer, tmp_path,
+                                                                                capsys, kv_heads, tied):  # fmt: skip
+    hf = random_llama_folder(tmp_path / "llama", hf_folders["tokenizer.json"], kv_heads, tied)
+    loaded = load(tmp_path / "llama")
+    c = loaded.model.config
+    assert (c.norm, c.mlp, c.rope, c.bias, c.qk_norm, c.kv_heads, c.tie_embeddings, c.mlp_size, c.rope_base,
+            c.layer_norm_eps, c.block_size) == ("rmsnorm", "swiglu", True, False, False, kv_heads, tied, 80, 500.0,
+                                                 1e-5, 64)  # fmt: skip
+    assert loaded.tokenizer.hash == gpt2_tokenizer.hash and loaded.checkpoint["hf_config"]["model_type"] == "llama"
+    ids = torch.randint(0, 50257, (2, 64))
+    with torch.no_grad():
+        assert_close(loaded.model(ids)[0], hf(ids).logits, atol=1e-5)
+    ours, theirs, new = greedy_pair(tmp_path / "llama", tmp_path / "llama", "The meaning of life is", capsys)
+    assert ours == theirs and new > 10
+
+
+def test_a_llama_config_of_transformers_4_reads_its_rope_base_beside_the_settings(llama_folder, tmp_path):
+    """transformers 4 wrote rope_theta at the top and rope_scaling (null) instead of rope_parameters."""
+    folder = Path(shutil.copytree(llama_folder, tmp_path / "v4"))
+    edit_json(folder / "config.json", lambda c: c.update(rope_parameters=None, rope_scaling=None, rope_theta=500.0))
+    assert load(folder).model.config == load(llama_folder).model.config
+    edit_json(folder / "config.json", lambda c: c.update(rope_theta=700.0))
+    assert load(folder).model.config.rope_base == 700.0
+
+
+def test_eval_and_fine_tuning_work_on_a_llama_folder(llama_folder, data_dir, tmp_path, capsys):
+    """eval gives transformers' loss; train --init-from -> export gives a LlamaForCausalLM with the
+    same greedy text as predict on the tuned checkpoint."""
+    text = tmp_path / "text.txt"
+    text.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    assert main.main(["eval", str(text), str(llama_folder), "--dtype", "float32", "--device", "cpu"]) == 0
+    loss = float(capsys.readouterr().out.split("loss ")[1].split(",")[0])
+    ids = transformers.AutoTokenizer.from_pretrained(llama_folder)(text.read_text(encoding="utf-8"))["input_ids"]
+    n = (len(ids) - 1) // 64  # eval's windows: 64 predicted tokens each, without overlap
+    windows = torch.tensor(ids[: n * 64 + 1]).unfold(0, 65, 64)
+    with torch.no_grad():
+        logits = transformers.AutoModelForCausalLM.from_pretrained(llama_folder)(windows[:, :-1]).logits
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten()).item()
+    assert loss == pytest.approx(expected, abs=1e-4)  # eval prints 4 decimals
+
+    tuned, out = tmp_path / "tuned.pt", tmp_path / "exported"
+    assert main.main(["train", str(text), "--init-from", str(llama_folder), "--out", str(tuned), "--steps", "3",
+                      "--lr", "1e-2", "--batch-size", "2", "--device", "cpu", "--dtype", "float32", "--eval-every",
+                      "10", "--eval-tokens", "2000", "--sample-tokens", "0"]) == 0  # fmt: skip
+    before, after = load(llama_folder).model, load(tuned).model
+    assert after.config == before.config
+    assert (after.decoder.h[0].attn.c_attn.weight - before.decoder.h[0].attn.c_attn.weight).abs().max() > 1e-3
+    assert main.main(["export", str(tuned), str(out)]) == 0
+    assert type(transformers.AutoModelForCausalLM.from_pretrained(out)) is transformers.LlamaForCausalLM
+    ours, theirs, new = greedy_pair(out, tuned, "ROMEO:", capsys, new=24)
+    assert ours == theirs and new > 5
 
 
 # ---- the old entry points: GPT2.from_hf and GPT2.save_hf, against transformers -------------
@@ -318,18 +473,36 @@ def one_line(error: pytest.ExceptionInfo, *parts: str) -> None:
     assert "\n" not in message and all(part in message for part in parts), message
 
 
-def test_what_transformers_gpt2_cannot_hold_is_refused(multilingual, tmp_path):
-    tokenizer = trained_tokenizer(multilingual, "gpt2")
-    rope = checkpoint_of(tmp_path / "rope.pt", tokenizer, rope=True)
+@pytest.mark.parametrize("shape,gpt2_has,llama_has", [
+    (dict(rope=True), "RoPE", "LayerNorm, a gelu MLP, biases"),
+    (dict(bias=False), "no bias", "LayerNorm, a gelu MLP, learned positions"),
+    (dict(LLAMA, qk_norm=True), "RMSNorm, swiglu MLP, QK-norm, RoPE, no bias", "QK-norm"),
+    (dict(LLAMA, mlp="gelu"), "RMSNorm, RoPE, no bias", "a gelu MLP"),
+    (dict(LLAMA, mlp="relu2", n_kv_head=1), "RMSNorm, relu2 MLP, 1 key/value head, RoPE, no bias", "a relu2 MLP"),
+    (dict(LLAMA, norm="layernorm"), "swiglu MLP, RoPE, no bias", "LayerNorm"),
+    (dict(LLAMA, bias=True), "RMSNorm, swiglu MLP, RoPE", "biases"),
+], ids=["GPT-2 with RoPE", "GPT-2 without biases", "Llama with QK-norm", "GELU with RMSNorm", "ReLU² with RMSNorm",
+        "LayerNorm with SwiGLU", "Llama with biases"])  # fmt: skip
+def test_a_shape_no_transformers_class_holds_is_refused_in_one_line(tmp_path, shape, gpt2_has, llama_has):
+    model = GPT2(GPT2Config(vocab_size=300, n_layer=1, n_head=2, n_embd=8, block_size=8, **shape))
     with pytest.raises(UserError) as error:
-        export_folder(rope, tokenizer, tmp_path / "out")
-    one_line(error, "rotary positions")
+        export_folder(model, None, tmp_path / "out")
+    assert str(error.value) == (f"cannot export the model: transformers has no class for its shape: it is not "
+                                f"GPT-2's (it has {gpt2_has}) nor Llama's (it has {llama_has})")
     assert not (tmp_path / "out").exists()
-    result = main_py("export", tmp_path / "rope.pt", tmp_path / "out")
-    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "rotary positions" in result.stderr
     with pytest.raises(UserError) as error:
-        GPT2(GPT2Config(vocab_size=300, n_layer=1, n_head=2, n_embd=8, block_size=8, bias=False)).save_hf(tmp_path)
-    one_line(error, "no biases")
+        model.save_hf(tmp_path / "out")
+    one_line(error, "cannot export the model: transformers has no class for its shape")
+
+
+def test_the_command_line_refuses_such_a_shape_in_one_line(learned, tmp_path):
+    checkpoint_of(tmp_path / "qk.pt", learned, qk_norm=True, **LLAMA)
+    result = main_py("export", tmp_path / "qk.pt", tmp_path / "out")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (f"error: cannot export {tmp_path / 'qk.pt'}: transformers has no class for its shape: it "
+                             f"is not GPT-2's (it has RMSNorm, swiglu MLP, QK-norm, RoPE, no bias) nor Llama's (it "
+                             f"has QK-norm)\n")
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_existing_folder_is_replaced_only_with_overwrite_and_only_a_model_folder(multilingual, tmp_path):
@@ -374,7 +547,8 @@ def test_a_folder_without_weights_or_config_is_one_line(folder):
 
 
 @pytest.mark.parametrize("change,message", [
-    (lambda c: c.update(model_type="llama"), "of a 'llama' model; this toolkit reads GPT-2"),
+    (lambda c: c.update(model_type="mistral"), "of a 'mistral' model; this toolkit reads GPT-2 and Llama "
+                                                "(model_type 'gpt2' or 'llama')"),
     (lambda c: c.pop("n_layer"), "lacks an integer n_layer"),
     (lambda c: c.update(n_layer=3), "its weights do not fit its config.json: missing decoder.h.2.ln_1.weight"),
     (lambda c: c.update(activation_function="relu"), "activation_function is 'relu'"),
@@ -383,6 +557,51 @@ def test_a_folder_without_weights_or_config_is_one_line(folder):
 ])  # fmt: skip
 def test_a_config_that_does_not_fit_is_one_line(folder, change, message):
     edit_json(folder / "config.json", change)
+    with pytest.raises(CheckpointError) as error:
+        load(folder)
+    one_line(error, str(folder), message)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c.update(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}),
+     "its RoPE is scaled ('llama3' in rope_parameters or rope_scaling), and this toolkit's RoPE is not"),
+    (lambda c: c.update(rope_parameters=None, rope_scaling={"type": "linear", "factor": 2.0}),
+     "its RoPE is scaled ('linear' in rope_parameters or rope_scaling)"),
+    (lambda c: c["rope_parameters"].update(partial_rotary_factor=0.5), "turns only part of each head"),
+    (lambda c: c.update(attention_bias=True), "it has biases (attention_bias or mlp_bias), and this toolkit's "
+                                              "Llama shape has none"),
+    (lambda c: c.update(mlp_bias=True), "it has biases (attention_bias or mlp_bias)"),
+    (lambda c: c.update(head_dim=16), "its head_dim is 16, not hidden_size / num_attention_heads (8), the only "
+                                      "head size this toolkit's attention has"),
+    (lambda c: c.update(hidden_act="gelu"), "its hidden_act is 'gelu'; the SwiGLU MLP here gates with silu"),
+    (lambda c: c.update(sliding_window=16), "its attention sees a sliding window of 16 tokens, and this toolkit's "
+                                            "sees the whole context"),
+    (lambda c: c.update(num_key_value_heads=3), "n_kv_head (--kv-heads) must divide n_head (4), got 3"),
+    (lambda c: c.pop("intermediate_size"), "its config.json lacks an integer intermediate_size"),
+    (lambda c: c.update(rms_norm_eps="small"), "its config.json's rms_norm_eps is 'small', not of the type"),
+    (lambda c: c.update(tie_word_embeddings=True), "its lm_head.weight is not its token embedding, though its "
+                                                   "config.json ties them (tie_word_embeddings)"),
+])  # fmt: skip
+def test_a_llama_folder_we_cannot_represent_is_one_line(llama_folder, tmp_path, change, message):
+    folder = Path(shutil.copytree(llama_folder, tmp_path / "broken"))
+    edit_json(folder / "config.json", change)
+    with pytest.raises(CheckpointError) as error:
+        load(folder)
+    one_line(error, str(folder), message)
+
+
+@pytest.mark.parametrize("dropped,message", [
+    ("lm_head.weight", "its weights do not fit its config.json: missing lm_head.weight"),
+    ("model.layers.1.self_attn.k_proj.weight", "missing decoder.h.1.attn.c_attn.weight; unexpected "
+                                               "model.layers.1.self_attn.q_proj.weight, model.layers.1.self_attn.v_proj.weight"),
+])  # fmt: skip
+def test_llama_weights_that_do_not_fit_are_one_line(llama_folder, tmp_path, dropped, message):
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(shutil.copytree(llama_folder, tmp_path / "broken"))
+    state = load_file(folder / "model.safetensors")
+    del state[dropped]
+    save_file(state, folder / "model.safetensors")
     with pytest.raises(CheckpointError) as error:
         load(folder)
     one_line(error, str(folder), message)
