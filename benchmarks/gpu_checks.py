@@ -29,6 +29,26 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+def flash_bf16_error(model: GPT2, ids: torch.Tensor) -> tuple[GPT2, float]:
+    """The model moved to the GPU, and the relative error of its bf16 logits with the flash kernel
+    forced (an error if SDPA cannot use it) against its float32 logits on the CPU."""
+    with torch.no_grad():
+        reference = model(ids)[0]
+        gpu = model.cuda()
+        with torch.autocast("cuda", dtype=torch.bfloat16), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            logits = gpu(ids.cuda())[0]
+    return gpu, relative_error(logits.cpu(), reference)
+
+
+@torch.no_grad()
+def greedy_by_recomputation(model: GPT2, prompt: torch.Tensor, new: int) -> torch.Tensor:
+    """Greedy decoding without a cache: the whole sequence again for every new token."""
+    full = prompt
+    for _ in range(new):
+        full = torch.cat((full, model(full)[0][:, -1].argmax(-1, keepdim=True)), 1)
+    return full
+
+
 def check_options() -> None:
     """Every architecture option at once on the GPU: attention with the flash kernel forced, bf16 logits
     against CPU float32, cached generation against full recomputation, and training steps with
@@ -36,21 +56,13 @@ def check_options() -> None:
     options = dict(norm="rmsnorm", mlp="swiglu", n_kv_head=4, qk_norm=True, tie_embeddings=False, rope=True, bias=False)
     config = GPT2Config(vocab_size=50257, n_layer=4, n_head=12, n_embd=768, block_size=1024, **options)
     torch.manual_seed(0)
-    model = GPT2(config).eval()
     ids = torch.randint(0, config.vocab_size, (4, 512))
-    with torch.no_grad():
-        reference = model(ids)[0]
-        gpu = model.cuda()
-        with torch.autocast("cuda", dtype=torch.bfloat16), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            logits = gpu(ids.cuda())[0]
+    gpu, error = flash_bf16_error(GPT2(config).eval(), ids)
     print(f"options: flash attention forced with 4 key/value heads, bf16 logits vs CPU float32: "
-          f"relative error {relative_error(logits.cpu(), reference):.2e}")
+          f"relative error {error:.2e}")
     prompt = ids[:2, :16].cuda()
     cached = gpu.generate(prompt, 24, temperature=0)  # float32: no ties to break differently
-    with torch.no_grad():
-        full = prompt
-        for _ in range(24):
-            full = torch.cat((full, gpu(full)[0][:, -1].argmax(-1, keepdim=True)), 1)
+    full = greedy_by_recomputation(gpu, prompt, 24)
     print(f"options: KV-cache greedy tokens equal to full recomputation (float32): {(cached == full).float().mean():.0%}, "
           f"cache {tuple(kv_cache_shape(gpu, prompt))} per layer")
     for compile_ in (False, True):
@@ -94,22 +106,14 @@ def main() -> None:
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=50257, n_layer=4, n_head=12, n_embd=768, block_size=1024)
     for rope in (False, True):
-        model = GPT2(GPT2Config(**{**config.__dict__, "rope": rope})).eval()
         ids = torch.randint(0, config.vocab_size, (4, 512))
-        with torch.no_grad():
-            reference = model(ids)[0]
-            gpu = model.cuda()
-            with torch.autocast("cuda", dtype=torch.bfloat16), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                logits = gpu(ids.cuda())[0]
-        print(f"rope={rope}: flash attention forced, bf16 logits vs CPU float32: "
-              f"relative error {relative_error(logits.cpu(), reference):.2e}")
+        gpu, error = flash_bf16_error(GPT2(GPT2Config(**{**config.__dict__, "rope": rope})).eval(), ids)
+        print(f"rope={rope}: flash attention forced, bf16 logits vs CPU float32: relative error {error:.2e}")
         prompt = ids[:2, :16].cuda()
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.autocast("cuda", dtype=torch.bfloat16):
             cached = gpu.generate(prompt, 24, temperature=0)
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            full = prompt
-            for _ in range(24):
-                full = torch.cat((full, gpu(full)[0][:, -1].argmax(-1, keepdim=True)), 1)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            full = greedy_by_recomputation(gpu, prompt, 24)
         same = (cached == full).float().mean().item()
         print(f"rope={rope}: KV-cache greedy tokens equal to full recomputation: {same:.0%} (bf16: ties may differ)")
 
