@@ -59,10 +59,11 @@ def test_manual_attention_equals_sdpa(prefix):
         assert_close(manual_attention(q, k, v), F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-5)
 
 
-@pytest.mark.parametrize("use_rope", [False, True])
-def test_kv_cache_gives_the_same_outputs_as_the_whole_sequence(use_rope):
+@pytest.mark.parametrize("options", [{"rope": False}, {"rope": True}, {"rope": True, "n_kv_head": 1},
+                                     {"rope": True, "n_kv_head": 2, "qk_norm": True}, {"rope": True, "qk_norm": True}])
+def test_kv_cache_gives_the_same_outputs_as_the_whole_sequence(options):
     torch.manual_seed(0)
-    attn = QKVAttention(GPT2Config(n_embd=32, n_head=4, rope=use_rope, block_size=16)).eval()
+    attn = QKVAttention(GPT2Config(n_embd=32, n_head=4, block_size=16, **options)).eval()
     x = torch.randn(2, 12, 32)
     full = attn(x)
     # One token at a time, as in generation.
@@ -73,7 +74,8 @@ def test_kv_cache_gives_the_same_outputs_as_the_whole_sequence(use_rope):
     cache = KVCache(max_len=16)
     chunks = torch.cat([attn(x[:, :5], cache), attn(x[:, 5:], cache)], dim=1)
     assert_close(chunks, full, atol=1e-5)
-    assert cache.length == 12 and cache.k.shape == (2, 4, 16, 8)
+    kv_heads = options.get("n_kv_head", 4)  # the cache holds the shared heads only
+    assert cache.length == 12 and cache.k.shape == cache.v.shape == (2, kv_heads, 16, 8)
 
 
 def test_attention_is_the_written_out_formula():
@@ -152,17 +154,3 @@ def test_shared_key_value_heads_give_the_same_attention_with_or_without_sdpas_ow
     assert_close(attention.attend(q, k, v, mask), copied, atol=1e-6)
 
 
-@pytest.mark.parametrize("options", [{"n_kv_head": 1}, {"n_kv_head": 2, "qk_norm": True}, {"qk_norm": True}])
-def test_kv_cache_with_shared_heads_and_qk_norm_gives_the_same_outputs(options):
-    torch.manual_seed(0)
-    attn = QKVAttention(GPT2Config(n_embd=32, n_head=4, rope=True, block_size=16, **options)).eval()
-    x = torch.randn(2, 12, 32)
-    full = attn(x)
-    cache = KVCache(max_len=16)
-    steps = torch.cat([attn(x[:, t : t + 1], cache) for t in range(12)], dim=1)
-    assert_close(steps, full, atol=1e-5)
-    cache = KVCache(max_len=16)
-    chunks = torch.cat([attn(x[:, :5], cache), attn(x[:, 5:], cache)], dim=1)
-    assert_close(chunks, full, atol=1e-5)
-    kv_heads = options.get("n_kv_head", 4)
-    assert cache.k.shape == cache.v.shape == (2, kv_heads, 16, 8)  # the cache holds the shared heads only
