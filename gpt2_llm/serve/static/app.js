@@ -322,7 +322,9 @@ function renderCard(card) {
   if (a.qk_norm) options.push("QK-norm");
   rows.push(fact("Blocks", options.filter(Boolean).join(" · ") || "GPT-2"));
   rows.push(fact("Tokenizer", `${fmt.format(t.vocab_size ?? a.vocab_size)} tokens, byte-level BPE`));
-  if (t.pattern) rows.push(fact("Split pattern", el("code", { cls: "clip", text: t.pattern }), t.pattern));
+  const named = { gpt2: "GPT-2's", gpt4: "GPT-4's" }[t.pattern];
+  if (named) rows.push(fact("Split pattern", named));
+  else if (t.pattern) rows.push(fact("Split pattern", el("code", { cls: "clip", text: t.pattern }), t.pattern));
   const special = Array.isArray(t.special_tokens) ? t.special_tokens : Object.keys(t.special_tokens || {});
   if (special.length) rows.push(fact("Special tokens", el("code", { text: special.join(" ") })));
   rows.push(fact("Chat template", card.chat_template || "none"));
@@ -368,7 +370,7 @@ function drawChart(box, metrics) {
     box.replaceChildren(el("p", { cls: "muted", text: "No training log." }));
     return;
   }
-  const W = 340, H = 210, left = 44, right = 10, top = 12, bottom = 36;
+  const W = 340, H = 220, left = 44, right = 10, top = 12, bottom = 36;
   const xsAll = series.flatMap((s) => s.xs), ysAll = series.flatMap((s) => s.ys).filter(Number.isFinite);
   const x0 = Math.min(0, ...xsAll), x1 = Math.max(...xsAll, x0 + 1);
   let y0 = Math.min(...ysAll), y1 = Math.max(...ysAll);
@@ -397,11 +399,13 @@ function drawChart(box, metrics) {
     const d = points.map(([x, y], i) => `${i ? "L" : "M"}${px(x).toFixed(1)},${py(y).toFixed(1)}`).join("");
     chart.append(svg("path", { class: `line ${s.cls}`, d }));
     if (s.cls === "val") {
-      for (const [x, y] of points) {
+      for (const [x, y] of points.length <= 24 ? points : []) { // dots while they stay apart
         const dot = svg("circle", { class: `dot ${s.cls}`, cx: px(x), cy: py(y), r: 2.6 });
         dot.append(svg("title", {}, `step ${fmt.format(x)}: val loss ${y.toFixed(4)}`));
         chart.append(dot);
       }
+      const [lastX, lastY] = points[points.length - 1]; // the latest value, written above its point
+      chart.append(svg("text", { class: "value", x: px(lastX) - 2, y: py(lastY) - 7, "text-anchor": "end" }, lastY.toFixed(3)));
     }
   }
   // The legend, top right, one row per series.
@@ -426,7 +430,8 @@ async function waitForHealth() {
   for (;;) {
     try {
       const response = await fetch("/health");
-      if (response.ok) { setHealth("ready"); return; }
+      // 401: a server that guards /health too is up; the model card will ask for the key.
+      if (response.ok || response.status === 401) { setHealth("ready"); return; }
       setHealth("loading");
     } catch (_) {
       setHealth("offline");
