@@ -12,6 +12,7 @@
     python main.py plot gpt2_model.metrics.jsonl -o loss.png  # a picture of one run, or several compared
     python main.py predict "Hello" 20 gpt2                    # a transformers folder or a hub name is a model too
     python main.py export gpt2_model.pt exported/             # a folder transformers loads as it is
+    python main.py serve gpt2_model.pt --port 8000            # OpenAI's HTTP API and a page, at 127.0.0.1
 
 This file only parses arguments, calls the library and prints. Every error a user can cause
 ends with one line on stderr and exit code 1 (2 for a malformed command line).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shlex
@@ -637,6 +639,25 @@ def cmd_export(args: argparse.Namespace) -> None:
           f"AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained")
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a model over HTTP until SIGTERM or Ctrl-C (gpt2_llm/serve)."""
+    from gpt2_llm.loading import looks_like_hub_name
+    from gpt2_llm.serve.server import check_options, serve
+
+    check_options(args.host, args.port, args.max_batch, args.max_queue, args.request_timeout)
+    if args.model == DEFAULT_MODEL and not os.path.exists(args.model):
+        raise UserError(f"model not found: {args.model} (train one with: python main.py train <text file>)")
+    if not os.path.exists(args.model) and not looks_like_hub_name(args.model):
+        raise UserError(f"model not found: {args.model} (no such checkpoint file or model folder)")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("GPT2_API_KEY") or None
+    if api_key is not None and not api_key.strip():
+        raise UserError("--api-key is empty")
+    say = functools.partial(print, file=sys.stderr, flush=True)
+    return serve(lambda: load_named(args.model, args.device, args.vocab_file, "give its vocab file with --vocab-file"),
+                 host=args.host, port=args.port, api_key=api_key, cors_origins=tuple(args.cors_origin or ()),
+                 max_batch=args.max_batch, max_queue=args.max_queue, request_timeout=args.request_timeout, say=say)
+
+
 def cmd_plot(args: argparse.Namespace) -> None:
     from gpt2_llm.plot import plot_runs
 
@@ -718,6 +739,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="loss.png", help="PNG file to write (default: loss.png)")
     p.add_argument("--label", action="append", default=None, help="a run's name in the legend, once per log (default: file names)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("serve", help="serve a model over HTTP (OpenAI's API, and a page)", description=(
+        "Serve a model over HTTP: OpenAI's API (/v1/completions, /v1/chat/completions, /v1/models; the "
+        "official openai client works as it is), /tokenize, /detokenize, /metrics, /health, and a page at /. "
+        "Requests are decoded together in one batch (continuous batching). Stop with Ctrl-C or SIGTERM."))
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL})")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=int, default=8000, help="the port (default 8000)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every API route (default: $GPT2_API_KEY if set, else no key)")
+    p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN", help="let pages from ORIGIN (such as http://localhost:3000) call the API; repeat for several (default: none)")
+    p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together at most (default 16)")
+    p.add_argument("--max-queue", type=int, default=64, help="sequences waiting for a place in the batch at most; more get 429 (default 64)")
+    p.add_argument("--request-timeout", type=float, default=600.0, help="seconds a request may take, queue included; then it ends as if max_tokens were reached (default 600)")
+    p.add_argument("--vocab-file", default=None, help="the tokenizer of a model that holds none (a checkpoint saved by GPT2.save)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

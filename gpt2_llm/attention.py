@@ -33,11 +33,18 @@ class RotaryPositionEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """Rotate x (B, nh, T, hs), whose first token sits at position `offset`."""
+    def forward(self, x: torch.Tensor, offset: int | torch.Tensor = 0) -> torch.Tensor:
+        """Rotate x (B, nh, T, hs), whose first token sits at position `offset`: one int for every
+        row, or a (B,) tensor of each row's own (the server decodes sequences of different lengths
+        in one batch)."""
         T = x.size(-2)
-        cos = self.cos[offset : offset + T].to(x.dtype)  # (T, hs/2), broadcast over B and nh
-        sin = self.sin[offset : offset + T].to(x.dtype)
+        if isinstance(offset, torch.Tensor):
+            positions = offset[:, None] + torch.arange(T, device=offset.device)  # (B, T)
+            cos = self.cos[positions].unsqueeze(1).to(x.dtype)  # (B, 1, T, hs/2), broadcast over nh
+            sin = self.sin[positions].unsqueeze(1).to(x.dtype)
+        else:
+            cos = self.cos[offset : offset + T].to(x.dtype)  # (T, hs/2), broadcast over B and nh
+            sin = self.sin[offset : offset + T].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)  # each (B, nh, T, hs/2)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
@@ -142,10 +149,11 @@ class QKVAttention(nn.Module):
         if config.rope:
             self.rope = RotaryPositionEmbedding(hs, config.block_size, config.rope_base)
 
-    def heads(self, x: torch.Tensor, past: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, T, C), whose first token sits at position `past` -> q (B, nh, T, hs), k and v
-        (B, nkv, T, hs): projected, split into heads, queries and keys normalised and rotated.
-        The one-token generation step (GPT2._next_logits_one) uses it too."""
+    def heads(self, x: torch.Tensor, past: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, C), whose first token sits at position `past` (or each row at its own, a (B,)
+        tensor) -> q (B, nh, T, hs), k and v (B, nkv, T, hs): projected, split into heads, queries
+        and keys normalised and rotated. The one-token generation step (GPT2._next_logits_one) and
+        the server's batched step (serve/engine.py) use it too."""
         B, T, _ = x.shape
         nh, nkv, hs = self.num_heads, self.num_kv_heads, self.head_size
         q, k, v = F.linear(x, self.c_attn.weight, self.c_attn.bias).split((nh * hs, nkv * hs, nkv * hs), dim=-1)

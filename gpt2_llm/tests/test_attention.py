@@ -43,6 +43,14 @@ def test_rope_offset_matches_the_slice_of_a_longer_sequence():
     assert_close(rope(x)[:, :, 4:], rope(x[:, :, 4:], offset=4))
 
 
+def test_rope_with_an_offset_per_row_rotates_each_row_as_its_own_offset_would():
+    rope = RotaryPositionEmbedding(head_size=8, max_seq_len=32)
+    x = torch.randn(3, 2, 2, 8)  # (B, nh, T, hs)
+    out = rope(x, offset=torch.tensor([0, 7, 30]))
+    for row, offset in enumerate((0, 7, 30)):
+        assert torch.equal(out[row : row + 1], rope(x[row : row + 1], offset=offset))
+
+
 def test_rope_refuses_an_odd_head_size():
     with pytest.raises(ValueError, match="even head size, got 5"):
         RotaryPositionEmbedding(head_size=5, max_seq_len=8)

@@ -1,0 +1,709 @@
+"""The HTTP side: OpenAI's API over the engine, a model card, tokenizer routes, metrics, the page.
+
+    POST /v1/completions, /v1/chat/completions
+        JSON body --check (pydantic; every error in OpenAI's body)--> prompt ids --> Sequence(s)
+        --> Engine.submit (429 + Retry-After when the queue is full)
+        <-- one JSON answer when every sequence has finished, or server-sent events: one chunk per
+            step of the engine (`data: {...}`), then `data: [DONE]`
+    GET  /v1/models, /model_card, /health, /metrics;  POST /tokenize, /detokenize
+    GET  /, /static/<file>: the page (no key needed: the page asks the user for it)
+
+The engine's worker thread calls each sequence's on_event; here that hands the event to the event
+loop (call_soon_threadsafe), into one asyncio.Queue per request. A client that hangs up cancels
+its sequences, which leave the batch at the engine's next step.
+
+The model loads in a thread after the server starts listening: /health says 503 until it is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bpe import PATTERNS, UserError
+
+from .engine import TTFT_BUCKETS, Engine, Event, QueueFull, SamplingParams, Sequence
+
+STATIC = Path(__file__).parent / "static"
+MAX_N = 4  # choices per request (n)
+MAX_PROMPTS = 8  # prompts in one completions request
+MAX_STOP = 4  # stop strings, as OpenAI allows
+RETRY_AFTER = "1"  # seconds, when the queue is full or the model is loading
+DISCONNECT_POLL = 0.25  # seconds between checks that a client is still there
+COUNTED_PATHS = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize", "/detokenize",
+                 "/model_card", "/health", "/metrics", "/"}
+METRICS_POINTS = 500  # the model card's training curves keep at most this many points each
+log = logging.getLogger("gpt2_llm.serve")
+
+
+# ---- errors in OpenAI's shape ------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """An error answered as {"error": {"message", "type", "param", "code"}} with an HTTP status."""
+
+    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+             405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+             503: "service_unavailable"}  # fmt: skip
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict | None = None):  # fmt: skip
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.TYPES.get(self.status, "server_error"),
+                          "param": self.param, "code": self.code}}  # fmt: skip
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def validation_error(exc: RequestValidationError) -> ApiError:
+    """FastAPI's validation error (bad JSON, a missing or ill-typed field) as a 400 naming the field."""
+    first = exc.errors()[0]
+    if first.get("type") == "json_invalid":
+        return ApiError(400, f"the body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}",
+                        code="invalid_json")
+    where = [str(part) for part in first.get("loc", ()) if part != "body"]
+    # A field given as one of several types (prompt: str | list[int] | ...) names the type tried last.
+    while len(where) > 1 and not where[-1].isdigit() and where[-1] in TYPE_NAMES:
+        where.pop()
+    param = where[0] if where else None
+    shown = ".".join(where)
+    if param is None:
+        return ApiError(400, f"the body must be a JSON object: {first['msg']}")
+    return ApiError(400, f"{shown}: {first['msg']}", param=param)
+
+
+TYPE_NAMES = {"str", "int", "float", "bool", "list[str]", "list[int]", "list[list[int]]", "list[TextPart]",
+              "function-after[check(), str]"}  # fmt: skip
+
+
+# ---- request bodies ----------------------------------------------------------------------------
+
+
+class Strict(BaseModel):
+    """Fields of the right JSON type only ("5" is not a number); unknown fields are ignored (clients
+    send OpenAI fields this server has no use for, such as "user")."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(Strict):
+    include_usage: bool = False
+
+
+class Sampling(Strict):
+    """The fields both generation routes share."""
+
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1)  # vLLM's extension; -1 or 0: no limit
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: bool | int | None = None
+    presence_penalty: float = 0.0  # accepted and ignored, as in many servers; documented
+    frequency_penalty: float = 0.0
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[int] | list[str] | list[list[int]]
+    echo: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+class TextPart(Strict):
+    type: Literal["text"]
+    text: str
+
+
+class Message(Strict):
+    role: str
+    content: str | list[TextPart]
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
+
+
+class TokenizeRequest(Strict):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[Message] | None = None
+
+
+class DetokenizeRequest(Strict):
+    model: str | None = None
+    tokens: list[int]
+
+
+# ---- the served model ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Served:
+    """What the loader gave, and what is made once from it."""
+
+    loaded: object  # loading.Loaded (its tokenizer filled in)
+    engine: Engine
+    model_id: str
+    chat: object  # a way to turn messages into prompt ids: see chat_renderer
+    created: int
+
+
+def model_id_of(loaded) -> str:
+    """The id /v1/models shows: a file's or folder's name, or the hub name."""
+    return loaded.name if loaded.source == "hub" else Path(loaded.name).name or str(loaded.name)
+
+
+def chat_renderer(loaded) -> tuple[Callable[[list[dict]], list[int]], tuple[str, ...], str]:
+    """How chat messages become prompt ids for this model: (render, implicit stop strings, name).
+
+    Our templates (alpaca, chat) are encoded piece by piece as in training (instruct.prompt_ids);
+    a folder's own Jinja template is rendered in a sandbox, as transformers renders it; a model
+    without a template (a base model) gets the plain chat template, whose next header ends the
+    answer (a base model never learned to end a turn with <|endoftext|>).
+    """
+    from ..instruct import CHAT_HEADERS, TEMPLATES, TURN_SEPARATOR, prompt_ids
+
+    stored, tokenizer = loaded.chat_template, loaded.tokenizer
+    if stored is not None and stored.get("name") is None:
+        render_jinja = jinja_renderer(stored["jinja"], tokenizer)
+        return (lambda messages: tokenizer.encode(render_jinja(messages), allowed_special="all")), (), "jinja"
+    template = TEMPLATES[stored["name"]] if stored is not None else TEMPLATES["chat"]
+    stops = tuple(TURN_SEPARATOR + header for header in CHAT_HEADERS.values()) if template.name == "chat" else ()
+    return (lambda messages: prompt_ids(template, messages, tokenizer)), stops, template.name
+
+
+def jinja_renderer(source: str, tokenizer) -> Callable[[list[dict]], str]:
+    """A foreign chat template (a transformers folder's), rendered in Jinja's sandbox."""
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise UserError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    template = env.from_string(source)
+    names = {i: name for name, i in tokenizer.special_tokens.items()}
+    eos = names.get(max(names)) if names else ""
+
+    def render(messages: list[dict]) -> str:
+        try:
+            return template.render(messages=messages, add_generation_prompt=True, bos_token=eos, eos_token=eos)
+        except TemplateError as e:
+            raise UserError(f"the model's chat template cannot render these messages: {e}") from None
+
+    return render
+
+
+# ---- the app -------------------------------------------------------------------------------------
+
+
+def create_app(load: Callable[[], object], api_key: str | None = None, cors_origins: tuple[str, ...] = (),
+               max_batch: int = 16, max_queue: int = 64, request_timeout: float | None = None,
+               on_load_error: Callable[[BaseException], None] | None = None) -> FastAPI:  # fmt: skip
+    """The server's app. `load()` returns a loading.Loaded with a tokenizer (main.py's load_named);
+    it runs in a thread once the server is up. on_load_error(exc) is told when it fails."""
+    state = {"served": None, "error": None}
+    requests_total: Counter = Counter()  # (route, status) -> count
+
+    def load_in_background() -> None:
+        try:
+            loaded = load()
+            engine = Engine(loaded.model, loaded.tokenizer, max_batch, max_queue, request_timeout)
+            engine.start()
+            render, stops, name = chat_renderer(loaded)
+            state["served"] = Served(loaded, engine, model_id_of(loaded), (render, stops, name), int(time.time()))
+        except BaseException as e:  # noqa: BLE001 -- told to the runner, which ends the server
+            state["error"] = e
+            if on_load_error is not None:
+                on_load_error(e)
+            else:
+                log.error("cannot load the model: %s", e)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        threading.Thread(target=load_in_background, name="gpt2-load", daemon=True).start()
+        yield
+        if state["served"] is not None:
+            state["served"].engine.stop()
+
+    app = FastAPI(title="gpt2-toolkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(CountRequests, counts=requests_total, paths=COUNTED_PATHS)
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+
+    # ---- errors ----
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, exc: ApiError):
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError):
+        return validation_error(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException):
+        messages = {404: f"no such path: {request.url.path}",
+                    405: f"{request.method} is not allowed on {request.url.path}"}  # fmt: skip
+        headers = getattr(exc, "headers", None)
+        return ApiError(exc.status_code, messages.get(exc.status_code, str(exc.detail)), headers=headers).response()
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exc: Exception):
+        log.exception("internal error on %s", request.url.path)  # a bug: its traceback goes to the log
+        return JSONResponse({"error": {"message": "internal server error", "type": "server_error",
+                                       "param": None, "code": None}}, status_code=500)  # fmt: skip
+
+    # ---- guards ----
+
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise ApiError(401, "invalid or missing API key: send the header 'Authorization: Bearer KEY'",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    def served(model: str | None = None) -> Served:
+        """The model, once loaded (503 before); 404 when the request names another one."""
+        s = state["served"]
+        if s is None:
+            why = "the model could not be loaded" if state["error"] is not None else "the model is loading"
+            raise ApiError(503, why, headers={"Retry-After": RETRY_AFTER})
+        if model is not None and model not in (s.model_id, s.loaded.name):
+            raise ApiError(404, f"the model '{model}' does not exist: this server serves '{s.model_id}'",
+                           param="model", code="model_not_found")
+        return s
+
+    Key = Depends(check_key)
+
+    # ---- the page and health ----
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/health")
+    async def health():
+        served()  # 503 while loading
+        return {"status": "ok"}
+
+    # ---- the API ----
+
+    @app.get("/v1/models", dependencies=[Key])
+    async def models():
+        s = served()
+        return {"object": "list", "data": [model_entry(s)]}
+
+    @app.get("/v1/models/{model_id:path}", dependencies=[Key])
+    async def one_model(model_id: str):
+        return model_entry(served(model_id))
+
+    @app.get("/model_card", dependencies=[Key])
+    async def model_card():
+        return card(served())
+
+    @app.post("/v1/completions", dependencies=[Key])
+    async def completions(body: CompletionRequest, request: Request):
+        s = served(body.model)
+        refuse_unsupported(body, ("echo", body.echo), ("best_of", (body.best_of or 1) > 1), ("suffix", body.suffix))
+        prompts = completion_prompts(body.prompt, s)
+        return await generate(request, s, body, prompts, body.max_tokens or 16, "prompt", chat=False)
+
+    @app.post("/v1/chat/completions", dependencies=[Key])
+    async def chat_completions(body: ChatRequest, request: Request):
+        s = served(body.model)
+        refuse_unsupported(body)
+        ids = chat_ids(body.messages, s)
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        return await generate(request, s, body, [ids], max_tokens, "messages", chat=True)
+
+    @app.post("/tokenize", dependencies=[Key])
+    async def tokenize(body: TokenizeRequest):
+        s = served(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise ApiError(400, "give 'prompt' (a text) or 'messages' (a chat), one of them", param="prompt")
+        ids = encode(body.prompt, s) if body.prompt is not None else chat_ids(body.messages, s)
+        return {"tokens": ids, "count": len(ids), "max_model_len": s.engine.block_size}
+
+    @app.post("/detokenize", dependencies=[Key])
+    async def detokenize(body: DetokenizeRequest):
+        s = served(body.model)
+        check_ids(body.tokens, s, "tokens")
+        return {"prompt": s.loaded.tokenizer.decode(body.tokens)}
+
+    @app.get("/metrics", dependencies=[Key])
+    async def metrics():
+        return PlainTextResponse(prometheus_text(state["served"], requests_total),
+                                 media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+# ---- generation ----------------------------------------------------------------------------------
+
+
+def refuse_unsupported(body: Sampling, *extra: tuple[str, object]) -> None:
+    for name, value in (("logprobs", body.logprobs), *extra):
+        if value:
+            raise ApiError(400, f"{name} is not supported by this server", param=name)
+    if body.stream_options is not None and not body.stream:
+        raise ApiError(400, "stream_options is only allowed when stream is true", param="stream_options")
+
+
+def encode(text: str, s: Served) -> list[int]:
+    return s.loaded.tokenizer.encode(text, allowed_special="all")  # as predict: <|endoftext|> is the token
+
+
+def check_ids(ids: list[int], s: Served, param: str) -> None:
+    size = s.loaded.tokenizer.vocab_size
+    bad = next((i for i in ids if not 0 <= i < size), None)
+    if bad is not None:
+        raise ApiError(400, f"token id {bad} is out of range: the vocabulary has ids 0 to {size - 1}", param=param)
+
+
+def completion_prompts(prompt, s: Served) -> list[list[int]]:
+    """The prompt field (a text, a list of ids, or a list of either) as lists of ids."""
+    many = isinstance(prompt, list) and prompt and not isinstance(prompt[0], int)
+    prompts = list(prompt) if many else [prompt]
+    if not prompts:
+        raise ApiError(400, "prompt is empty", param="prompt")
+    if len(prompts) > MAX_PROMPTS:
+        raise ApiError(400, f"at most {MAX_PROMPTS} prompts per request, got {len(prompts)}", param="prompt")
+    out = []
+    for p in prompts:
+        ids = encode(p, s) if isinstance(p, str) else list(p)
+        check_ids(ids, s, "prompt")
+        out.append(ids)
+    return out
+
+
+def chat_ids(messages: list[Message], s: Served) -> list[int]:
+    render = s.chat[0]
+    plain = [{"role": m.role, "content": m.content if isinstance(m.content, str) else
+              "".join(part.text for part in m.content)} for m in messages]  # fmt: skip
+    try:
+        return render(plain)
+    except UserError as e:
+        raise ApiError(400, str(e), param="messages") from None
+
+
+def sampling_params(body: Sampling, max_tokens: int, stop: tuple[str, ...], seed: int | None) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=body.temperature,
+                          top_k=body.top_k if body.top_k and body.top_k > 0 else None,
+                          top_p=body.top_p if body.top_p < 1.0 else None, seed=seed, stop=stop)  # fmt: skip
+
+
+def stop_strings(body: Sampling, implicit: tuple[str, ...]) -> tuple[str, ...]:
+    given = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(given) > MAX_STOP:
+        raise ApiError(400, f"at most {MAX_STOP} stop strings, got {len(given)}", param="stop")
+    return tuple(s for s in (*given, *implicit) if s)
+
+
+def check_fits(ids: list[int], max_tokens: int | None, block_size: int, what: str) -> int:
+    """max_tokens for this prompt (the rest of the context when not given); 413 or 400 when it cannot fit."""
+    if not ids:
+        raise ApiError(400, f"the {what} is empty: give at least one token", param=what)
+    if len(ids) >= block_size:
+        raise ApiError(413, f"the {what} has {len(ids)} tokens; this model's context is {block_size} tokens, so "
+                            f"a prompt may have at most {block_size - 1}", param=what, code="context_length_exceeded")
+    room = block_size - len(ids)
+    if max_tokens is None:
+        return room
+    if max_tokens > room:
+        raise ApiError(400, f"this model's context is {block_size} tokens; the {what} has {len(ids)}, so max_tokens "
+                            f"may be at most {room}, got {max_tokens}", param="max_tokens",
+                       code="context_length_exceeded")  # fmt: skip
+    return max_tokens
+
+
+async def generate(request: Request, s: Served, body: Sampling, prompts: list[list[int]], max_tokens: int | None,
+                   what: str, chat: bool):  # fmt: skip
+    """Queue n sequences per prompt; answer with one JSON body, or stream their events as SSE."""
+    stops = stop_strings(body, s.chat[1] if chat else ())
+    limits = [check_fits(ids, max_tokens, s.engine.block_size, what) for ids in prompts]
+    tokenizer = s.loaded.tokenizer
+    stop_ids = set(tokenizer.special_tokens.values())  # an end of text or of a turn ends the sequence
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    sequences = []
+    for p, (ids, limit) in enumerate(zip(prompts, limits)):
+        for i in range(body.n):
+            index = p * body.n + i
+            seed = None if body.seed is None else (body.seed + i) % 2**63  # n choices differ, each reproducible
+            on_event = _to_loop(loop, events, index)
+            sequences.append(Sequence(ids, sampling_params(body, limit, stops, seed), on_event, stop_ids))
+    try:
+        s.engine.submit(sequences)
+    except QueueFull as e:
+        raise ApiError(429, str(e), code="queue_full", headers={"Retry-After": RETRY_AFTER}) from None
+    except UserError as e:
+        raise ApiError(400, str(e)) from None
+    reply = Reply(s, chat, body, sum(len(ids) for ids in prompts), len(sequences))
+    if body.stream:
+        return StreamingResponse(stream_events(request, sequences, events, reply), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return await collect_events(request, sequences, events, reply)
+
+
+def _to_loop(loop: asyncio.AbstractEventLoop, events: asyncio.Queue, index: int) -> Callable[[Event], None]:
+    """The on_event of a sequence: hand (index, event) from the worker thread to the event loop."""
+    return lambda event: loop.call_soon_threadsafe(events.put_nowait, (index, event))
+
+
+async def next_event(request: Request, events: asyncio.Queue):
+    """The next (index, event), or None when the client has hung up."""
+    while True:
+        try:
+            return await asyncio.wait_for(events.get(), DISCONNECT_POLL)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                return None
+
+
+async def collect_events(request: Request, sequences: list[Sequence], events: asyncio.Queue, reply: "Reply"):
+    texts = [""] * len(sequences)
+    reasons: list[str | None] = [None] * len(sequences)
+    try:
+        while None in reasons:
+            got = await next_event(request, events)
+            if got is None:
+                return JSONResponse({}, status_code=499)  # nobody reads it
+            index, event = got
+            texts[index] += event.text
+            reasons[index] = event.finish_reason
+    finally:
+        for seq in sequences:
+            seq.cancel()  # a no-op for finished ones; stops the rest when the client is gone
+    if "cancelled" in reasons:
+        raise ApiError(503, "the server is shutting down", headers={"Retry-After": RETRY_AFTER})
+    return reply.whole(texts, reasons, sequences)
+
+
+async def stream_events(request: Request, sequences: list[Sequence], events: asyncio.Queue, reply: "Reply"):
+    """Server-sent events: a chunk per event (chat's first one carries the role), then [DONE]."""
+    try:
+        if reply.chat:
+            for index in range(len(sequences)):
+                yield sse(reply.chunk(index, {"role": "assistant", "content": ""}, None))
+        open_ = len(sequences)
+        while open_:
+            got = await next_event(request, events)
+            if got is None:
+                return
+            index, event = got
+            if event.finish_reason == "cancelled":
+                yield sse({"error": {"message": "the server is shutting down", "type": "service_unavailable",
+                                     "param": None, "code": None}})  # fmt: skip
+                break
+            if event.text or event.finish_reason:
+                content = {"content": event.text} if event.text else {}
+                yield sse(reply.chunk(index, content if reply.chat else event.text, event.finish_reason))
+            open_ -= event.finish_reason is not None
+        if reply.include_usage:
+            yield sse(reply.usage_chunk(sequences))
+        yield "data: [DONE]\n\n"
+    finally:
+        for seq in sequences:
+            seq.cancel()  # the client hung up (the generator is closed) or we are done: a no-op then
+
+
+def sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+class Reply:
+    """OpenAI's response and chunk shapes for one request."""
+
+    def __init__(self, s: Served, chat: bool, body: Sampling, prompt_tokens: int, count: int):
+        self.chat, self.model, self.prompt_tokens = chat, s.model_id, prompt_tokens
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def usage(self, sequences: list[Sequence]) -> dict:
+        completion = sum(len(seq.tokens) for seq in sequences)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}  # fmt: skip
+
+    def head(self, object_name: str) -> dict:
+        return {"id": self.id, "object": object_name, "created": self.created, "model": self.model}
+
+    def whole(self, texts: list[str], reasons: list[str], sequences: list[Sequence]) -> dict:
+        if self.chat:
+            choices = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                        "finish_reason": reason} for i, (text, reason) in enumerate(zip(texts, reasons))]  # fmt: skip
+        else:
+            choices = [{"index": i, "text": text, "logprobs": None, "finish_reason": reason}
+                       for i, (text, reason) in enumerate(zip(texts, reasons))]  # fmt: skip
+        return {**self.head("chat.completion" if self.chat else "text_completion"), "choices": choices,
+                "usage": self.usage(sequences)}  # fmt: skip
+
+    def chunk(self, index: int, delta, finish_reason: str | None) -> dict:
+        choice = {"index": index, "delta": delta} if self.chat else {"index": index, "text": delta}
+        choice.update(logprobs=None, finish_reason=finish_reason)
+        out = {**self.head("chat.completion.chunk" if self.chat else "text_completion"), "choices": [choice]}
+        if self.include_usage:
+            out["usage"] = None
+        return out
+
+    def usage_chunk(self, sequences: list[Sequence]) -> dict:
+        return {**self.head("chat.completion.chunk" if self.chat else "text_completion"), "choices": [],
+                "usage": self.usage(sequences)}  # fmt: skip
+
+
+# ---- the model card and /v1/models ---------------------------------------------------------------
+
+
+def model_entry(s: Served) -> dict:
+    return {"id": s.model_id, "object": "model", "created": s.created, "owned_by": "gpt2-toolkit",
+            "max_model_len": s.engine.block_size}  # fmt: skip
+
+
+def card(s: Served) -> dict:
+    """What the page shows about the model: shape, size, tokenizer, training and its curves."""
+    loaded, tokenizer = s.loaded, s.loaded.tokenizer
+    c = loaded.model.config
+    architecture = {**dataclasses.asdict(c), "kv_heads": c.kv_heads, "head_size": c.head_size,
+                    "positions": "rope" if c.rope else "learned", "mlp_size": c.mlp_size}  # fmt: skip
+    names = {regex: name for name, regex in PATTERNS.items()}
+    return {
+        "id": s.model_id,
+        "source": loaded.source,
+        "architecture": architecture,
+        "parameters": loaded.model.num_parameters(),
+        "tokenizer": {"vocab_size": tokenizer.vocab_size, "pattern": names.get(tokenizer.pattern, tokenizer.pattern),
+                      "special_tokens": list(tokenizer.special_tokens)},
+        "chat_template": s.chat[2],
+        "training": training_state(loaded),
+        "metrics": training_curves(loaded),
+    }
+
+
+def training_state(loaded) -> dict | None:
+    state = loaded.checkpoint.get("state") if loaded.source == "checkpoint" else None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return None
+    best = state.get("best_val_loss")
+    best = float(best) if isinstance(best, (int, float)) and math.isfinite(best) else None
+    tokens = state.get("tokens_seen")
+    return {"step": state["step"], "best_val_loss": best, "tokens": tokens if isinstance(tokens, int) else None}
+
+
+def training_curves(loaded) -> dict | None:
+    """The loss curves of the checkpoint's metrics log (NAME.metrics.jsonl beside NAME.pt, or beside
+    NAME.pt for NAME.best.pt), at most METRICS_POINTS points each; None without a log."""
+    from ..plot import read_metrics
+
+    if loaded.source != "checkpoint":
+        return None
+    path = Path(loaded.path)
+    stem = path.name[: -len(".best.pt")] if path.name.endswith(".best.pt") else path.stem
+    log_file = path.with_name(stem + ".metrics.jsonl")
+    try:
+        series = read_metrics(log_file)
+    except UserError:
+        return None
+    train, evals = series["train"], series["eval"]
+    return {"train": {"step": thin(train.get("step", [])), "loss": thin(train.get("loss", []))},
+            "eval": {"step": thin(evals.get("step", [])), "val_loss": thin(evals.get("val_loss", []))}}
+
+
+def thin(values: list) -> list:
+    """At most METRICS_POINTS values, evenly spaced, the first and the last kept."""
+    if len(values) <= METRICS_POINTS:
+        return list(values)
+    last = len(values) - 1
+    return [values[round(i * last / (METRICS_POINTS - 1))] for i in range(METRICS_POINTS)]
+
+
+# ---- metrics -------------------------------------------------------------------------------------
+
+
+class CountRequests:
+    """ASGI middleware: count each response by route and status code (for /metrics)."""
+
+    def __init__(self, app, counts: Counter, paths: set[str]):
+        self.app, self.counts, self.paths = app, counts, paths  # other paths count as "other"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"] if scope["path"] in self.paths else "other"
+
+        async def counted_send(message):
+            if message["type"] == "http.response.start":
+                self.counts[(path, message["status"])] += 1
+            await send(message)
+
+        await self.app(scope, receive, counted_send)
+
+
+def prometheus_text(s: Served | None, requests_total: Counter) -> str:
+    """The counters in Prometheus' text format (version 0.0.4)."""
+    lines = ["# HELP gpt2_requests_total HTTP requests answered, by path and status code.",
+             "# TYPE gpt2_requests_total counter"]
+    for (path, status), count in sorted(requests_total.items()):
+        lines.append(f'gpt2_requests_total{{path="{_label(path)}",code="{status}"}} {count}')
+    if s is not None:
+        e, st = s.engine, s.engine.stats
+        gauges = [("gpt2_queue_length", "Sequences waiting to join the batch.", "gauge", e.queue_length),
+                  ("gpt2_active_sequences", "Sequences in the batch being decoded.", "gauge", e.active_count),
+                  ("gpt2_prompt_tokens_total", "Prompt tokens read (prefill).", "counter", st.prompt_tokens),
+                  ("gpt2_generated_tokens_total", "Tokens generated.", "counter", st.generated_tokens),
+                  ("gpt2_decode_steps_total", "Batched decode steps.", "counter", st.steps),
+                  ("gpt2_tokens_per_second", "Tokens generated per second over the last 10 s.", "gauge",
+                   round(st.tokens_per_second(), 3))]  # fmt: skip
+        for name, help_text, kind, value in gauges:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        lines += ["# HELP gpt2_finished_sequences_total Sequences finished, by reason.",
+                  "# TYPE gpt2_finished_sequences_total counter"]
+        lines += [f'gpt2_finished_sequences_total{{reason="{r}"}} {n}' for r, n in sorted(st.finished.items())]
+        lines += ["# HELP gpt2_time_to_first_token_seconds From a request's arrival to its first token.",
+                  "# TYPE gpt2_time_to_first_token_seconds histogram"]
+        for bound, count in zip(TTFT_BUCKETS, st.ttft_buckets):
+            le = "+Inf" if bound == math.inf else f"{bound:g}"
+            lines.append(f'gpt2_time_to_first_token_seconds_bucket{{le="{le}"}} {count}')
+        lines += [f"gpt2_time_to_first_token_seconds_sum {st.ttft_sum:.6f}",
+                  f"gpt2_time_to_first_token_seconds_count {st.ttft_count}"]
+    return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,433 @@
+"""The generation engine: many requests decoded together, one batched forward step at a time.
+
+    HTTP handlers --submit--> waiting queue (bounded) --admit--> active rows --step--> events per sequence
+                                                       (prefill)   (one batched forward for all rows)
+
+One worker thread owns the model. Each turn of its loop it:
+
+    1. admits waiting sequences while the batch has room: runs each prompt alone (prefill), copies
+       its keys and values into a free row of the batched KV cache, samples its first token;
+    2. decodes one token for every active row in ONE forward pass: the rows' last tokens go in
+       together, each at its own position, and each row attends to its own cached keys;
+    3. samples each row's next token with its own settings and its own seeded generator, turns the
+       token bytes into text (whole UTF-8 characters only, stop strings cut), and hands the new
+       text to the sequence's `on_event` callback (the web app forwards it to its client);
+    4. retires finished rows: an end token, a stop string, max_tokens, a full context, a cancel
+       (the client hung up) or the time limit. The last row moves into the freed one, so the
+       active rows are always rows 0 .. B-1 of the cache (views, no copies, in the step).
+
+This is continuous batching: a request joins at the next step and leaves when done; nobody waits
+for the slowest sequence of a batch.
+
+Batch invariance. A greedy sequence makes the same text alone and beside any others, bit for bit:
+    - a row's matrix products must not depend on the other rows. A CPU's BLAS (MKL/oneDNN on the
+      machines measured) works on blocks of 4 rows; a last block of 1 to 3 rows goes to other
+      kernels, whose sums round differently. With whole blocks every row gets the same bits
+      whatever the other rows hold, so the step pads the batch with rows of zeros to a multiple of
+      ROW_BLOCK (test_engine.py measures it, for every row of batches of up to 16);
+    - attention is computed row by row, each row over exactly its own cached keys (no padding
+      keys, no mask: the sums are the ones it would make alone). Attention is a small share of a
+      step next to the matrix products; the loop costs a few Python calls per row and layer;
+    - sampling draws from each sequence's own torch.Generator, seeded from the request's `seed`.
+test_engine.py checks it (a sequence alone and beside three others, and against GPT2.generate).
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import dataclasses
+import math
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from bpe import BPE, UserError
+
+from ..attention import KVCache, attend
+from ..decoder import norm
+from ..gpt2 import GPT2, check_sampling, sample_next_token
+
+ROW_BLOCK = 4  # a step's matrix products see a multiple of this many rows (see "Batch invariance" above)
+
+
+class QueueFull(Exception):
+    """The waiting queue has no room: the server answers 429 with Retry-After."""
+
+
+# ---- what a request asks for, and what it gets back -------------------------------------------
+
+
+@dataclasses.dataclass
+class SamplingParams:
+    """How one sequence is generated (OpenAI's fields; checked by `check`)."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0: greedy
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None  # None: a fresh random seed
+    stop: tuple[str, ...] = ()  # stop strings: the text ends before the first one found
+
+    def check(self) -> None:
+        if self.max_tokens < 1:
+            raise UserError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        check_sampling(self.max_tokens, self.temperature, self.top_k, self.top_p)
+
+
+@dataclasses.dataclass
+class Event:
+    """What a sequence made in one step: new text (possibly "" while a character or a possible stop
+    string is held back), how many tokens so far, and why it ended (None while it goes on)."""
+
+    text: str
+    tokens: int
+    finish_reason: str | None = None  # "stop" (end token or stop string) | "length" (a limit) | "cancelled"
+
+
+class TextStream:
+    """Token bytes in, text out, never half a character and never a stop string.
+
+    The tokenizer is byte-level, so a token may end in the middle of a UTF-8 character: an
+    incremental decoder keeps the incomplete bytes until the rest comes (invalid bytes become
+    U+FFFD, as bpe.decode does). Text that might be the start of a stop string is held back too,
+    until it is known not to be one; when a stop string appears, the text ends before it.
+    """
+
+    def __init__(self, stop: tuple[str, ...] = ()):
+        self.stop = tuple(s for s in stop if s)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""  # decoded text not given out yet
+        self.stopped = False
+
+    def feed(self, data: bytes) -> str:
+        """The text that is now certain; sets `stopped` when a stop string has appeared."""
+        self._pending += self._decoder.decode(data)
+        return self._release()
+
+    def finish(self) -> str:
+        """The rest, at the end of the sequence (incomplete bytes become U+FFFD)."""
+        self._pending += self._decoder.decode(b"", final=True)
+        return self._release(final=True)
+
+    def _release(self, final: bool = False) -> str:
+        found = [i for i in (self._pending.find(s) for s in self.stop) if i >= 0]
+        if found:
+            out, self._pending, self.stopped = self._pending[: min(found)], "", True
+            return out
+        keep = 0 if final else self._possible_stop_start()
+        out, self._pending = self._pending[: len(self._pending) - keep], self._pending[len(self._pending) - keep :]
+        return out
+
+    def _possible_stop_start(self) -> int:
+        """The length of the longest end of the pending text that begins some stop string."""
+        text = self._pending
+        return max((n for s in self.stop for n in range(min(len(s) - 1, len(text)), 0, -1)
+                    if s.startswith(text[-n:])), default=0)  # fmt: skip
+
+
+class Sequence:
+    """One generation: a prompt, its settings, and where its events go.
+
+    on_event(event) is called from the worker thread, once per step while the sequence is active
+    and once more with its finish_reason; it must not block (the app hands it to its event loop).
+    """
+
+    def __init__(self, prompt: list[int], params: SamplingParams, on_event: Callable[[Event], None],
+                 stop_ids: set[int] = frozenset()):  # fmt: skip
+        self.prompt = list(prompt)
+        self.params = params
+        self.on_event = on_event
+        self.stop_ids = set(stop_ids)  # ids that end the sequence (special tokens); never part of the text
+        self.created = time.monotonic()
+        self.deadline: float | None = None  # set by Engine.submit from --request-timeout
+        self.tokens: list[int] = []  # the generated ids, end token included
+        self.text = TextStream(params.stop)
+        seed = params.seed if params.seed is not None else secrets.randbits(63)
+        self.generator = torch.Generator().manual_seed(seed)  # sampling runs on the CPU
+        self.cancelled = False  # set from any thread (a client hung up); the worker ends it at its next step
+        self.finish_reason: str | None = None
+        self.first_token_at: float | None = None
+
+    @property
+    def position(self) -> int:
+        """The position of the next token the model reads: the prompt and the tokens fed back so far."""
+        return len(self.prompt) + len(self.tokens) - 1
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+# ---- the KV cache of the whole batch -----------------------------------------------------------
+
+
+class BatchCache:
+    """Keys and values of every active row, for every layer: (rows, nkv, block_size, hs) each.
+
+    Row r holds the sequence in batch slot r; `lengths[r]` positions of it are filled. Zeros at
+    first, so the unused part never holds NaNs.
+    """
+
+    def __init__(self, model: GPT2, rows: int, device: torch.device, dtype: torch.dtype):
+        c = model.config
+        shape = (rows, c.kv_heads, c.block_size, c.head_size)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(c.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(c.n_layer)]
+        self.lengths = [0] * rows
+
+    def fill(self, row: int, caches: list[KVCache]) -> None:
+        """Row `row` takes a prefilled sequence's caches (one KVCache per layer, batch of one)."""
+        length = caches[0].length
+        for layer, cache in enumerate(caches):
+            self.k[layer][row, :, :length] = cache.k[0, :, :length]
+            self.v[layer][row, :, :length] = cache.v[0, :, :length]
+        self.lengths[row] = length
+
+    def move(self, src: int, dst: int) -> None:
+        """Row src's sequence goes to row dst (the batch stays packed in rows 0 .. B-1)."""
+        length = self.lengths[src]
+        for k, v in zip(self.k, self.v):
+            k[dst, :, :length] = k[src, :, :length]
+            v[dst, :, :length] = v[src, :, :length]
+        self.lengths[dst] = length
+
+
+# ---- the engine ----------------------------------------------------------------------------------
+
+
+class Engine:
+    """The worker thread and its queue (see the module's docstring)."""
+
+    def __init__(self, model: GPT2, tokenizer: BPE, max_batch: int = 16, max_queue: int = 64,
+                 request_timeout: float | None = None):  # fmt: skip
+        if max_batch < 1:
+            raise UserError(f"--max-batch must be at least 1, got {max_batch}")
+        if max_queue < 1:
+            raise UserError(f"--max-queue must be at least 1, got {max_queue}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch, self.max_queue, self.request_timeout = max_batch, max_queue, request_timeout
+        self.block_size = model.config.block_size
+        weight = model.wte.weight
+        self.device = weight.device
+        self.head = model._generation_head(None)  # (C, vocab), contiguous
+        self.cache = BatchCache(model, max_batch, self.device, weight.dtype)
+        self.active: list[Sequence] = []  # row r of the cache is active[r]
+        self.waiting: collections.deque[Sequence] = collections.deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.stats = Stats()
+
+    # ---- what the app calls (any thread) --------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="gpt2-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the worker: sequences still active or waiting end as "cancelled"."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, sequences: list[Sequence]) -> None:
+        """Queue sequences (all of one request, so all or none); QueueFull when there is no room."""
+        for seq in sequences:
+            seq.params.check()
+            if not seq.prompt:
+                raise UserError("the prompt is empty: give at least one token")
+            if len(seq.prompt) + seq.params.max_tokens > self.block_size:
+                raise UserError(f"the prompt ({len(seq.prompt)} tokens) and max_tokens ({seq.params.max_tokens}) "
+                                f"do not fit the context of {self.block_size} tokens")
+        with self._wake:
+            if self._stopping:
+                raise QueueFull("the server is shutting down")
+            if len(self.waiting) + len(sequences) > self.max_queue:
+                raise QueueFull(f"the queue is full ({len(self.waiting)} sequences waiting, --max-queue "
+                                f"{self.max_queue}); try again shortly")
+            for seq in sequences:
+                seq.deadline = None if self.request_timeout is None else seq.created + self.request_timeout
+            self.waiting.extend(sequences)
+            self._wake.notify()
+
+    @property
+    def queue_length(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def active_count(self) -> int:
+        return len(self.active)
+
+    # ---- the worker --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._wake:
+                    while not self._stopping and not self.waiting and not self.active:
+                        self._wake.wait()
+                    if self._stopping:
+                        break
+                self._admit()
+                if self.active:
+                    self._step()
+        for seq in [*self.active, *self.waiting]:
+            self._emit(seq, Event("", len(seq.tokens), "cancelled"))
+        self.active.clear()
+        self.waiting.clear()
+
+    def _admit(self) -> None:
+        """Prefill waiting sequences into free rows while the batch has room."""
+        while len(self.active) < self.max_batch:
+            with self._wake:
+                if not self.waiting:
+                    return
+                seq = self.waiting.popleft()
+            if seq.cancelled or self._out_of_time(seq):
+                self._finish(seq, "cancelled" if seq.cancelled else "length")
+                continue
+            caches = [KVCache(self.block_size) for _ in self.model.decoder.h]
+            ids = torch.tensor([seq.prompt], dtype=torch.long, device=self.device)
+            logits = self.model._next_logits(ids, caches, self.head)  # (1, vocab): the prompt alone
+            self.stats.prompt_tokens += len(seq.prompt)
+            row = len(self.active)
+            self.cache.fill(row, caches)
+            self.active.append(seq)
+            if self._take_token(seq, logits[0]):
+                self._retire([row])
+
+    def _step(self) -> None:
+        """One token for every active row: one forward pass, then sampling and retiring."""
+        B = len(self.active)
+        last = torch.tensor([seq.tokens[-1] for seq in self.active], device=self.device)
+        logits = self._decode(last, [seq.position for seq in self.active])  # (B, vocab)
+        self.stats.steps += 1
+        done = [row for row, seq in enumerate(self.active) if self._take_token(seq, logits[row])]
+        self._retire(done)
+
+    def _decode(self, ids: torch.Tensor, positions: list[int]) -> torch.Tensor:
+        """The logits after the tokens `ids` (B,), row r's at position positions[r]: the arithmetic
+        of GPT2._next_logits_one, with the batch padded to whole ROW_BLOCKs and attention row by row."""
+        model, cache, C = self.model, self.cache, self.model.config.n_embd
+        B = ids.size(0)
+        rows = -(-B // ROW_BLOCK) * ROW_BLOCK
+        where = torch.tensor(positions + [0] * (rows - B), device=self.device)  # (rows,)
+        x = model.wte.weight[ids]  # (B, C)
+        if model.wpe is not None:
+            x = x + model.wpe.weight[where[:B]]
+        x = F.pad(x, (0, 0, 0, rows - B))  # (rows, C): zero rows past B (see "Batch invariance")
+        batch = torch.arange(B, device=self.device)
+        for layer, block in enumerate(model.decoder.h):
+            attn, mlp = block.attn, block.mlp
+            q, k, v = attn.heads(norm(block.ln_1, x).view(rows, 1, C), where)  # (rows, nh or nkv, 1, hs)
+            keys, values = cache.k[layer], cache.v[layer]  # (max rows, nkv, block_size, hs)
+            keys[batch, :, where[:B]] = k[:B, :, 0]  # each row writes its new key at its own position
+            values[batch, :, where[:B]] = v[:B, :, 0]
+            y = x.new_zeros(rows, C)
+            for row, position in enumerate(positions):  # each row attends to exactly its own keys
+                seen = slice(0, position + 1)
+                y[row] = attend(q[row : row + 1], keys[row : row + 1, :, seen], values[row : row + 1, :, seen]).reshape(C)
+            x = x + F.linear(y, attn.c_proj.weight, attn.c_proj.bias)
+            x = x + F.linear(mlp.hidden(norm(block.ln_2, x)), mlp.c_proj.weight, mlp.c_proj.bias)
+        cache.lengths[:B] = [position + 1 for position in positions]
+        return (norm(model.ln_f, x) @ self.head)[:B]
+
+    def _take_token(self, seq: Sequence, logits: torch.Tensor) -> bool:
+        """Sample the sequence's next token, send its text; True when the sequence is finished."""
+        p = seq.params
+        token = int(sample_next_token(logits.unsqueeze(0), p.temperature, p.top_k, p.top_p, seq.generator))
+        seq.tokens.append(token)
+        if seq.first_token_at is None:
+            seq.first_token_at = time.monotonic()
+            self.stats.first_token(seq.first_token_at - seq.created)
+        self.stats.made_token()
+        if token in seq.stop_ids:
+            return self._finish(seq, "stop")
+        text = seq.text.feed(self.tokenizer.decode_bytes([token]))
+        if seq.text.stopped:
+            return self._finish(seq, "stop", text)
+        if len(seq.tokens) >= p.max_tokens or len(seq.prompt) + len(seq.tokens) > self.block_size:
+            return self._finish(seq, "length", text)
+        if seq.cancelled:
+            return self._finish(seq, "cancelled", text)
+        if self._out_of_time(seq):
+            return self._finish(seq, "length", text)
+        self._emit(seq, Event(text, len(seq.tokens)))
+        return False
+
+    def _finish(self, seq: Sequence, reason: str, text: str = "") -> bool:
+        if reason != "cancelled" and not seq.text.stopped:
+            text += seq.text.finish()
+        seq.finish_reason = reason
+        self.stats.finished[reason] += 1
+        self._emit(seq, Event(text, len(seq.tokens), reason))
+        return True
+
+    def _retire(self, rows: list[int]) -> None:
+        """Remove finished rows; the last active row moves into each freed one."""
+        for row in sorted(rows, reverse=True):
+            last = len(self.active) - 1
+            if row != last:
+                self.cache.move(last, row)
+                self.active[row] = self.active[last]
+            self.active.pop()
+
+    def _out_of_time(self, seq: Sequence) -> bool:
+        return seq.deadline is not None and time.monotonic() > seq.deadline
+
+    def _emit(self, seq: Sequence, event: Event) -> None:
+        try:
+            seq.on_event(event)
+        except Exception:  # the listener is gone (its event loop closed): nobody to tell
+            seq.cancelled = True
+
+
+# ---- numbers for /metrics ------------------------------------------------------------------------
+
+# Time to first token, in seconds: the upper bounds of the histogram's buckets.
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, math.inf)
+
+
+class Stats:
+    """Counters the worker keeps (plain ints, read by /metrics from another thread)."""
+
+    RATE_WINDOW = 10.0  # seconds over which tokens/s is measured
+
+    def __init__(self):
+        self.prompt_tokens = 0
+        self.generated_tokens = 0
+        self.steps = 0
+        self.finished = collections.Counter()
+        self.ttft_buckets = [0] * len(TTFT_BUCKETS)
+        self.ttft_sum = 0.0
+        self.ttft_count = 0
+        self._recent: queue.SimpleQueue = queue.SimpleQueue()  # when each token was made (worker -> reader)
+        self._window: collections.deque = collections.deque()  # those of the last RATE_WINDOW seconds
+
+    def made_token(self) -> None:
+        self.generated_tokens += 1
+        self._recent.put(time.monotonic())
+
+    def first_token(self, seconds: float) -> None:
+        self.ttft_sum += seconds
+        self.ttft_count += 1
+        for i, bound in enumerate(TTFT_BUCKETS):
+            if seconds <= bound:
+                self.ttft_buckets[i] += 1
+
+    def tokens_per_second(self) -> float:
+        """Tokens made over the last RATE_WINDOW seconds, per second (read from one thread: /metrics)."""
+        now = time.monotonic()
+        while not self._recent.empty():
+            self._window.append(self._recent.get())
+        while self._window and self._window[0] < now - self.RATE_WINDOW:
+            self._window.popleft()
+        return len(self._window) / self.RATE_WINDOW
