@@ -51,8 +51,11 @@ def write_model(folder: Path) -> Path:
                            "tokenizer": {"text": tokenizer.to_text(), "hash": tokenizer.hash},
                            "chat_template": TEMPLATES["chat"].to_checkpoint(),
                            "state": {"step": 200, "tokens_seen": 204_800, "best_val_loss": 2.5}})
-    records = [{"step": s, "loss": 5.7 - 3.0 * s / 200, "tokens": 1024 * s} for s in range(1, 201, 10)]
-    records += [{"step": s, "eval": True, "tokens": 1024 * s, "val_loss": 5.6 - 3.1 * s / 200} for s in (0, 100, 200)]
+    records = []  # in the order a run writes them: a step's evaluation after its training record
+    for step in range(0, 201, 10):
+        records.append({"step": step, "loss": 5.7 - 3.0 * step / 200, "tokens": 1024 * step})
+        if step % 100 == 0:
+            records.append({"step": step, "eval": True, "tokens": 1024 * step, "val_loss": 5.6 - 3.1 * step / 200})
     (folder / "tiny.metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
 
@@ -119,7 +122,7 @@ def page(browser, server):
     context.add_init_script(f"sessionStorage.setItem({json.dumps(KEY_STORAGE)}, {json.dumps(API_KEY)})")
     tab = context.new_page()
     errors = []
-    tab.on("pageerror", errors.append)
+    tab.on("pageerror", lambda error: errors.append(error))
     tab.goto(server)
     tab.wait_for_selector("#param-count")
     yield tab
@@ -152,8 +155,7 @@ def test_the_page_asks_for_the_api_key_then_shows_the_model_card(browser, server
     page.fill("#api-key", API_KEY)
     page.press("#api-key", "Enter")
     page.wait_for_selector("#param-count")
-    parameters = sum(p.numel() for p in GPT2(GPT2Config(vocab_size=300, n_layer=2, n_head=2, n_embd=64,
-                                                         block_size=1024)).parameters())
+    parameters = GPT2(GPT2Config(vocab_size=300, n_layer=2, n_head=2, n_embd=64, block_size=1024)).num_parameters()
     assert page.text_content("#param-count").replace(",", "") == str(parameters)
     assert page.is_hidden("#error") and page.is_hidden("#key-form")
     facts = page.text_content("#facts")
