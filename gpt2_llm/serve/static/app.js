@@ -152,10 +152,13 @@ async function stream(path, body, onText, controller) {
 
 function describe(result) {
   const parts = [`${result.exact ? "" : "≈"}${result.tokens} tokens`];
-  if (result.seconds > 0 && result.tokens > 0) parts.push(`${(result.tokens / result.seconds).toFixed(1)} tokens/s`);
+  if (result.seconds > 0 && result.tokens > 0) {
+    const rate = result.tokens / result.seconds;
+    parts.push(`${rate >= 100 ? fmt.format(Math.round(rate)) : rate.toFixed(1)} tokens/s`);
+  }
   if (result.firstMs !== null) parts.push(`first token ${Math.round(result.firstMs)} ms`);
   if (result.stopped) parts.push("stopped");
-  else if (result.finish === "length") parts.push("hit max tokens");
+  else if (result.finish === "length") parts.push("max tokens");
   else if (result.finish === "stop") parts.push("end of text");
   return parts.join(" · ");
 }
@@ -315,12 +318,12 @@ function renderCard(card) {
     el("strong", { id: "param-count", text: fmt.format(card.parameters) }),
     el("span", { cls: "muted", text: ` (${short(card.parameters)})` }))));
   rows.push(fact("Shape", `${a.n_layer} layers · ${a.n_head} heads · ${a.n_embd} wide`));
-  rows.push(fact("Context", `${fmt.format(a.block_size)} tokens`));
-  const options = [a.norm, a.mlp];
+  rows.push(fact("Context", `${fmt.format(a.block_size)} tokens, ${a.rope ? "rotary (RoPE)" : "learned"} positions`));
+  const names = { layernorm: "LayerNorm", rmsnorm: "RMSNorm", gelu: "GELU", swiglu: "SwiGLU", relu2: "ReLU²" };
+  const options = [names[a.norm] || a.norm, a.mlp && `${names[a.mlp] || a.mlp} MLP`];
   if (a.kv_heads && a.kv_heads !== a.n_head) options.push(`${a.kv_heads} KV heads`);
-  if (a.rope) options.push("RoPE");
   if (a.qk_norm) options.push("QK-norm");
-  rows.push(fact("Blocks", options.filter(Boolean).join(" · ") || "GPT-2"));
+  rows.push(fact("Blocks", options.filter(Boolean).join(" · ")));
   rows.push(fact("Tokenizer", `${fmt.format(t.vocab_size ?? a.vocab_size)} tokens, byte-level BPE`));
   const named = { gpt2: "GPT-2's", gpt4: "GPT-4's" }[t.pattern];
   if (named) rows.push(fact("Split pattern", named));
