@@ -209,12 +209,17 @@ def test_the_same_seed_gives_the_same_text(page):
 
 def test_the_chat_view_streams_an_answer(page, tmp_path):
     assert page.is_visible("#view-chat")  # the model has a chat template
-    page.fill("#max-tokens", "12")
+    page.fill("#max-tokens", "5000")  # more than the context: refused, and the question is not lost
     page.fill("#chat-input", "Who are you?")
+    page.press("#chat-input", "Enter")
+    page.wait_for_selector("#error", state="visible")
+    assert "max_tokens" in page.text_content("#error")
+    assert page.locator("#messages .message").count() == 0 and page.input_value("#chat-input") == "Who are you?"
+    page.fill("#max-tokens", "12")
     page.press("#chat-input", "Enter")
     page.wait_for_function("document.querySelector('#chat-stats').textContent.includes('tokens')")
     messages = page.locator("#messages .message")
-    assert messages.count() == 2
+    assert messages.count() == 2 and page.is_hidden("#error")
     assert messages.nth(0).text_content() == "YouWho are you?"
     assert page.text_content("#messages .assistant .content")  # an answer came
     page.fill("#chat-input", "And then?")

@@ -218,6 +218,7 @@ async function generate() {
       (piece) => { generated.append(piece); output.scrollTop = output.scrollHeight; }, controller);
     $("stats").textContent = describe(result);
   } catch (err) {
+    if (!generated.textContent) output.replaceChildren(); // nothing came: back to the empty box
     $("stats").textContent = "";
     showError(err.message);
   } finally {
@@ -262,12 +263,21 @@ async function send() {
   const controller = new AbortController();
   setRunning(controller);
   try {
-    const result = await stream("/v1/chat/completions", { ...sampling(), messages: state.chat },
-      (piece) => { content.append(piece); list.scrollTop = list.scrollHeight; }, controller);
+    let started = false; // the answer's leading blank lines are left out
+    const result = await stream("/v1/chat/completions", { ...sampling(), messages: state.chat }, (piece) => {
+      if (!started) piece = piece.trimStart();
+      started = started || piece !== "";
+      content.append(piece);
+      list.scrollTop = list.scrollHeight;
+    }, controller);
     state.chat.push({ role: "assistant", content: content.textContent });
     $("chat-stats").textContent = describe(result);
   } catch (err) {
+    // Unanswered: the question leaves the conversation and goes back in the box, to send again.
+    state.chat.pop();
     answer.remove();
+    renderChat();
+    $("chat-input").value = text;
     $("chat-stats").textContent = "";
     showError(err.message);
   } finally {
