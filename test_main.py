@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -484,6 +485,21 @@ def test_missing_model_file(tmp_path):
     assert line == "error: model not found: gpt2_model.pt (train one with: python main.py train <text file>)"
     line = one_line_error(run("predict", "hi", 5, tmp_path / "other.pt", cwd=tmp_path))
     assert line == f"error: model not found: {tmp_path / 'other.pt'} (no such checkpoint file or model folder)"
+
+
+def test_serve_refuses_a_bad_model_or_option_in_one_line(tmp_path):
+    line = one_line_error(run("serve", cwd=tmp_path))
+    assert line == "error: model not found: gpt2_model.pt (train one with: python main.py train <text file>)"
+    line = one_line_error(run("serve", tmp_path / "other.pt", cwd=tmp_path))
+    assert line == f"error: model not found: {tmp_path / 'other.pt'} (no such checkpoint file or model folder)"
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with socket.socket() as s:  # a free port for the server that starts, then fails to load the model
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    line = one_line_error(run("serve", tmp_path / "broken.pt", "--port", port, cwd=tmp_path))
+    assert line.startswith("error: ") and "broken.pt" in line
+    line = one_line_error(run("serve", tmp_path / "broken.pt", "--max-batch", 0, cwd=tmp_path))
+    assert line == "error: --max-batch must be at least 1, got 0"
 
 
 def test_export_then_every_command_takes_the_folder(trained, corpus, tmp_path):

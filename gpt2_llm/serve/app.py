@@ -256,6 +256,7 @@ def create_app(load: Callable[[], object], api_key: str | None = None, cors_orig
             state["served"].engine.stop()
 
     app = FastAPI(title="gpt2-toolkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.serving = state  # {"served": Served | None, "error": ...}: for tests and tools
     app.add_middleware(CountRequests, counts=requests_total, paths=COUNTED_PATHS)
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

@@ -306,7 +306,6 @@ class Engine:
 
     def _step(self) -> None:
         """One token for every active row: one forward pass, then sampling and retiring."""
-        B = len(self.active)
         last = torch.tensor([seq.tokens[-1] for seq in self.active], device=self.device)
         logits = self._decode(last, [seq.position for seq in self.active])  # (B, vocab)
         self.stats.steps += 1

@@ -4,7 +4,8 @@
     SIGTERM or Ctrl-C --> stop accepting, let in-flight responses finish (at most GRACE seconds),
                           stop the engine, exit 0
 
-A model that cannot be loaded ends the server: the error is one line (a UserError), exit code 1.
+A model that cannot be loaded ends the server: the error is one line (a UserError), exit code 1;
+nothing else is printed before the model is ready (then one line says where it is served).
 """
 
 from __future__ import annotations
@@ -67,7 +68,6 @@ def serve(load: Callable[[], object], host: str = "127.0.0.1", port: int = 8000,
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=GRACE, lifespan="on")
     server = uvicorn.Server(config)
-    say(f"listening on http://{host_for_url(host)}:{port}; loading the model ...")
     stopped = []
     if threading.current_thread() is threading.main_thread():
         # uvicorn catches SIGTERM and SIGINT while it runs, shuts down gracefully, then raises the

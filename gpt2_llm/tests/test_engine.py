@@ -1,0 +1,183 @@
+"""The serving engine without HTTP: text streaming, batch invariance, seeds, retiring, the queue."""
+
+import queue
+import random
+
+import pytest
+import torch
+
+from bpe import BPE
+from gpt2_llm import GPT2, GPT2Config
+from gpt2_llm.attention import KVCache
+from gpt2_llm.serve.engine import Engine, QueueFull, SamplingParams, Sequence, TextStream
+
+TIMEOUT = 20  # seconds any one wait for the worker may take
+
+
+@pytest.fixture(scope="module")
+def tokenizer(data_dir) -> BPE:
+    return BPE.train((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000], vocab_size=300)
+
+
+def model_of(tokenizer, **options) -> GPT2:
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=4, n_embd=64, block_size=96, **options)
+    return GPT2(config).eval()
+
+
+@pytest.fixture(scope="module")
+def engine(tokenizer):
+    engine = Engine(model_of(tokenizer), tokenizer, max_batch=8)
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+def run(engine: Engine, prompts: list[list[int]], params: list[SamplingParams], **kw) -> list[tuple[str, list, str]]:
+    """Submit the sequences together; return each one's (text, tokens, finish_reason)."""
+    inboxes = [queue.Queue() for _ in prompts]
+    seqs = [Sequence(p, pr, box.put, **kw) for p, pr, box in zip(prompts, params, inboxes)]
+    engine.submit(seqs)
+    out = []
+    for box, seq in zip(inboxes, seqs):
+        text = ""
+        for _ in range(1000):
+            event = box.get(timeout=TIMEOUT)
+            text += event.text
+            if event.finish_reason:
+                break
+        out.append((text, seq.tokens, event.finish_reason))
+    return out
+
+
+# ---- text ----------------------------------------------------------------------------------------
+
+
+def test_text_stream_gives_whole_characters_whatever_the_cut():
+    text = "héllo wörld 😀 €uro"
+    data = text.encode("utf-8")
+    for cut in range(1, 5):
+        stream = TextStream()
+        pieces = [stream.feed(data[i : i + cut]) for i in range(0, len(data), cut)] + [stream.finish()]
+        assert "".join(pieces) == text
+        assert all("\ufffd" not in piece for piece in pieces)
+
+
+def test_text_stream_cuts_at_a_stop_string_and_holds_back_what_may_begin_one():
+    stream = TextStream(stop=("END", "\n\n"))
+    assert stream.feed(b"abc E") == "abc "  # "E" may begin "END": held back
+    assert stream.feed(b"x\n") == "Ex"  # "Ex" cannot; "\n" may begin "\n\n"
+    assert stream.feed(b"y") == "\ny" and not stream.stopped
+    assert stream.feed(b"zEN") == "z"
+    assert stream.feed(b"Dafter") == "" and stream.stopped  # the stop string and what follows are dropped
+    ended = TextStream(stop=("END",))
+    assert ended.feed(b"tail E") == "tail " and ended.finish() == "E"  # at the end nothing is held back
+
+
+def test_text_stream_replaces_bytes_that_are_not_utf8():
+    stream = TextStream()
+    assert stream.feed(b"a\xff") + stream.feed(b"\xc3") + stream.finish() == "a\ufffd\ufffd"
+
+
+# ---- batch invariance ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [{}, {"rope": True, "n_kv_head": 2, "qk_norm": True}], ids=["gpt2", "rope-gqa"])
+def test_a_row_of_a_batched_step_is_the_row_alone_bit_for_bit(tokenizer, options):
+    """Every row of a decode step with up to 9 sequences of different lengths equals the same
+    sequence decoded alone, exactly: padding to whole row blocks and attention row by row leave
+    no trace of the other rows (the docstring of engine.py says why both are needed)."""
+    engine = Engine(model_of(tokenizer, **options), tokenizer, max_batch=9)  # not started: driven by hand
+    rng = random.Random(0)
+
+    def fill(row: int, prompt: list[int]) -> None:
+        caches = [KVCache(engine.block_size) for _ in engine.model.decoder.h]
+        engine.model._next_logits(torch.tensor([prompt]), caches, engine.head)
+        engine.cache.fill(row, caches)
+
+    with torch.inference_mode():
+        for batch in range(1, 10):
+            prompts = [[rng.randrange(300) for _ in range(rng.randint(1, 60))] for _ in range(batch)]
+            for row, prompt in enumerate(prompts):
+                fill(row, prompt)
+            last = [rng.randrange(300) for _ in prompts]
+            together = engine._decode(torch.tensor(last), [len(p) for p in prompts])
+            for row, prompt in enumerate(prompts):
+                fill(0, prompt)
+                alone = engine._decode(torch.tensor([last[row]]), [len(prompt)])
+                diff = (alone[0] - together[row]).abs().max().item()
+                assert torch.equal(alone[0], together[row]), f"batch {batch}, row {row}: largest difference {diff:.3g}"
+
+
+def test_greedy_text_alone_beside_others_and_from_generate_is_the_same(engine, tokenizer):
+    prompt = tokenizer.encode("ROMEO: I")
+    greedy = SamplingParams(max_tokens=50, temperature=0)
+    alone = run(engine, [prompt], [greedy])[0]
+    others = [tokenizer.encode(t) for t in ("To be", "First Citizen:\nWe are", "KING")]
+    mixed = [SamplingParams(max_tokens=m, temperature=t, seed=1) for m, t in ((30, 1.0), (70, 0.7), (5, 0.0))]
+    together = run(engine, [others[0], prompt, *others[1:]], [mixed[0], greedy, *mixed[1:]])
+    assert together[1][:2] == alone[:2] and alone[2] == "length"
+    assert [len(t[1]) for t in together] == [30, 50, 70, 5]  # rows left at different steps around it
+    assert alone[1] == engine.model.generate(prompt, 50, temperature=0)[len(prompt):]
+
+
+def test_a_seed_gives_the_same_tokens_whatever_else_is_decoded(engine, tokenizer):
+    prompt = tokenizer.encode("To be")
+    sampled = SamplingParams(max_tokens=40, temperature=1.0, top_k=50, top_p=0.9, seed=7)
+    alone = run(engine, [prompt], [sampled])[0]
+    beside = run(engine, [tokenizer.encode("KING"), prompt], [SamplingParams(max_tokens=20, seed=3), sampled])[1]
+    other_seed = run(engine, [prompt], [SamplingParams(max_tokens=40, temperature=1.0, top_k=50, top_p=0.9, seed=8)])
+    assert beside == alone
+    assert other_seed[0][1] != alone[1]
+
+
+# ---- how sequences end ---------------------------------------------------------------------------
+
+
+def test_an_end_token_ends_a_sequence_and_is_not_text(engine, tokenizer):
+    prompt = tokenizer.encode("To be")
+    first = run(engine, [prompt], [SamplingParams(max_tokens=5, temperature=0)])[0][1][0]
+    text, tokens, reason = run(engine, [prompt], [SamplingParams(max_tokens=5, temperature=0)], stop_ids={first})[0]
+    assert (text, tokens, reason) == ("", [first], "stop")
+
+
+def test_a_stop_string_ends_the_text_before_it(engine, tokenizer):
+    prompt = tokenizer.encode("ROMEO: I")
+    text = run(engine, [prompt], [SamplingParams(max_tokens=40, temperature=0)])[0][0]
+    stop = text[10:13]
+    cut, _, reason = run(engine, [prompt], [SamplingParams(max_tokens=40, temperature=0, stop=(stop,))])[0]
+    assert reason == "stop" and cut == text[: text.index(stop)]
+
+
+def test_a_cancelled_sequence_leaves_at_the_next_step(tokenizer):
+    engine = Engine(model_of(tokenizer), tokenizer, max_batch=2)
+    events = queue.Queue()
+    seq = Sequence(tokenizer.encode("To be"), SamplingParams(max_tokens=90, temperature=0), events.put)
+    engine.submit([seq])
+    engine._admit()
+    engine._step()
+    seq.cancel()
+    engine._step()
+    assert engine.active == [] and seq.finish_reason == "cancelled" and len(seq.tokens) == 3
+
+
+def test_the_time_limit_ends_a_sequence_as_length(tokenizer):
+    engine = Engine(model_of(tokenizer), tokenizer, request_timeout=0.0)
+    engine.start()
+    try:
+        text, tokens, reason = run(engine, [tokenizer.encode("To be")], [SamplingParams(max_tokens=90)])[0]
+    finally:
+        engine.stop()
+    assert reason == "length" and len(tokens) <= 1
+
+
+def test_the_queue_is_bounded_and_limits_are_checked(tokenizer):
+    engine = Engine(model_of(tokenizer), tokenizer, max_queue=2)  # not started: nothing leaves the queue
+    seqs = [Sequence([1, 2], SamplingParams(), lambda e: None) for _ in range(3)]
+    engine.submit(seqs[:2])
+    with pytest.raises(QueueFull, match="--max-queue 2"):
+        engine.submit(seqs[2:])
+    with pytest.raises(ValueError, match="do not fit the context of 96"):
+        engine.submit([Sequence([1] * 90, SamplingParams(max_tokens=7), lambda e: None)])
+    with pytest.raises(ValueError, match="top_p"):
+        engine.submit([Sequence([1], SamplingParams(top_p=1.5), lambda e: None)])

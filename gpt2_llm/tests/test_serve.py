@@ -1,0 +1,443 @@
+"""The HTTP server: the official openai client, raw HTTP for bad input and hang-ups, threads for
+concurrency, and `main.py serve` itself for SIGTERM. Loopback only; every wait is bounded."""
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from bpe import BPE
+from gpt2_llm import GPT2, GPT2Config, load, save_checkpoint
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+from gpt2_llm.serve.app import create_app  # noqa: E402  (after the skip: fastapi comes with uvicorn)
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT = 15  # seconds any one wait may take
+
+
+# ---- models and servers ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer(data_dir) -> BPE:
+    return BPE.train((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000], vocab_size=300)
+
+
+def save(path: Path, model: GPT2, tokenizer: BPE, **extra) -> Path:
+    save_checkpoint(path, {"model_config": asdict(model.config), "model": model.state_dict(),
+                           "tokenizer": {"text": tokenizer.to_text(), "hash": tokenizer.hash}, **extra})  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tokenizer) -> Path:
+    """A random tiny model with a training state and a metrics log of 1200 steps beside it. It never
+    makes <|endoftext|> (that logit is held far below the others: the final norm's bias points away
+    from its row), so every sequence runs to max_tokens and token counts are exact."""
+    folder = tmp_path_factory.mktemp("serve")
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=4, n_embd=64, block_size=128))
+    with torch.no_grad():
+        model.ln_f.bias[0] = 10.0
+        model.wte.weight[tokenizer.special_tokens["<|endoftext|>"]] = torch.zeros(64).index_fill(0, torch.tensor(0), -10.0)
+    with open(folder / "tiny.metrics.jsonl", "w") as f:
+        for step in range(1, 1201):
+            f.write(json.dumps({"step": step, "loss": 6 - step / 400, "lr": 1e-3}) + "\n")
+            if step % 100 == 0:
+                f.write(json.dumps({"step": step, "eval": True, "val_loss": 6.5 - step / 400}) + "\n")
+    state = {"step": 1200, "tokens_seen": 98304, "best_val_loss": 3.5, "total_steps": 1200}
+    return save(folder / "tiny.pt", model, tokenizer, state=state)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, what: str, seconds: float = WAIT) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def running(path: Path, step_delay: float = 0.0, **options):
+    """A server in a thread on a free loopback port; yields (base URL, app). step_delay slows each
+    decode step, so that a request lasts long enough to hang up on or to fill the queue."""
+    app = create_app(lambda: load(path), **options)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: status(base, "/health") == 200, "the server to load its model")
+        if step_delay:
+            engine = app.state.serving["served"].engine
+            decode = engine._decode
+            engine._decode = lambda *a: (time.sleep(step_delay), decode(*a))[1]
+        yield base, app
+    finally:
+        server.should_exit = True
+        thread.join(WAIT)
+
+
+def request(base: str, method: str, path: str, body=None, headers: dict | None = None, raw: bytes | None = None):
+    """(status, headers, parsed JSON or text) of one plain HTTP request."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=WAIT)
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+    response = conn.getresponse()
+    payload = response.read().decode("utf-8")
+    conn.close()
+    try:
+        payload = json.loads(payload)
+    except ValueError:
+        pass
+    return response.status, dict(response.getheaders()), payload
+
+
+def status(base: str, path: str) -> int:
+    try:
+        return request(base, "GET", path)[0]
+    except OSError:
+        return 0
+
+
+def metric(base: str, name: str, headers: dict | None = None) -> float:
+    text = request(base, "GET", "/metrics", headers=headers)[2]
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    with running(checkpoint) as (base, _):
+        yield base
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=WAIT)
+
+
+def model_id(client) -> str:
+    return client.models.list().data[0].id
+
+
+# ---- the openai client --------------------------------------------------------------------------
+
+
+def test_models_health_and_the_model_card(server, client):
+    (entry,) = client.models.list().data
+    assert (entry.id, entry.object, entry.owned_by) == ("tiny.pt", "model", "gpt2-toolkit") and entry.created > 0
+    card = request(server, "GET", "/model_card")[2]
+    assert card["id"] == "tiny.pt" and card["source"] == "checkpoint" and card["parameters"] > 100_000
+    assert {k: card["architecture"][k] for k in ("n_layer", "n_head", "n_embd", "block_size", "positions")} == \
+        {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 128, "positions": "learned"}
+    assert card["tokenizer"] == {"vocab_size": 300, "pattern": "gpt2", "special_tokens": ["<|endoftext|>"]}
+    assert card["training"] == {"step": 1200, "best_val_loss": 3.5, "tokens": 98304}
+    assert card["chat_template"] == "chat"  # a base model gets the plain chat template
+    train, evals = card["metrics"]["train"], card["metrics"]["eval"]
+    assert len(train["step"]) == len(train["loss"]) == 500 and train["step"][0] == 1 and train["step"][-1] == 1200
+    assert evals["step"] == list(range(100, 1201, 100)) and evals["val_loss"][0] == 6.25
+    assert request(server, "GET", "/health")[0] == 200
+
+
+def test_completions_usage_and_seeds(server, client, tokenizer):
+    model = model_id(client)
+    prompt_tokens = len(tokenizer.encode("ROMEO:"))
+    one = client.completions.create(model=model, prompt="ROMEO:", max_tokens=12, seed=5)
+    again = client.completions.create(model=model, prompt="ROMEO:", max_tokens=12, seed=5)
+    other = client.completions.create(model=model, prompt="ROMEO:", max_tokens=12, seed=6)
+    assert one.object == "text_completion" and one.choices[0].finish_reason == "length"
+    assert one.choices[0].text == again.choices[0].text != other.choices[0].text
+    assert (one.usage.prompt_tokens, one.usage.completion_tokens, one.usage.total_tokens) == (prompt_tokens, 12, prompt_tokens + 12)
+    several = client.completions.create(model=model, prompt="ROMEO:", max_tokens=12, seed=5, n=3)
+    assert [c.index for c in several.choices] == [0, 1, 2] and several.usage.completion_tokens == 36
+    assert several.choices[0].text == one.choices[0].text  # choice i has seed + i
+    assert len({c.text for c in several.choices}) == 3
+
+
+def test_streamed_text_is_the_whole_text_in_pieces(client):
+    model = model_id(client)
+    whole = client.completions.create(model=model, prompt="KING", max_tokens=20, seed=1, temperature=0.8)
+    chunks = list(client.completions.create(model=model, prompt="KING", max_tokens=20, seed=1, temperature=0.8,
+                                            stream=True, stream_options={"include_usage": True}))  # fmt: skip
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 20
+
+
+def test_chat_streamed_and_not(client):
+    model = model_id(client)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who are you?"}]
+    whole = client.chat.completions.create(model=model, messages=messages, max_tokens=15, seed=2)
+    assert whole.object == "chat.completion" and whole.choices[0].message.role == "assistant"
+    chunks = list(client.chat.completions.create(model=model, messages=messages, max_tokens=15, seed=2, stream=True))
+    assert chunks[0].object == "chat.completion.chunk" and chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    prompt = request(client.base_url.scheme + "://" + client.base_url.netloc.decode(), "POST", "/tokenize",
+                     {"messages": messages})[2]  # fmt: skip
+    assert whole.usage.prompt_tokens == prompt["count"] and prompt["max_model_len"] == 128
+
+
+def test_a_stop_string_ends_the_text_with_finish_reason_stop(client):
+    model = model_id(client)
+    text = client.completions.create(model=model, prompt="To be", max_tokens=40, temperature=0).choices[0].text
+    stop = text[12:15]
+    cut = client.completions.create(model=model, prompt="To be", max_tokens=40, temperature=0, stop=[stop, "zzz"])
+    assert cut.choices[0].text == text[: text.index(stop)] and cut.choices[0].finish_reason == "stop"
+
+
+def test_greedy_text_is_the_same_alone_and_among_concurrent_clients(client):
+    model = model_id(client)
+
+    def greedy(prompt: str) -> str:
+        return client.completions.create(model=model, prompt=prompt, max_tokens=30, temperature=0).choices[0].text
+
+    alone = greedy("ROMEO: I")
+    prompts = ["To be", "ROMEO: I", "First Citizen:", "KING", "ROMEO: I", "O"] * 2
+    with ThreadPoolExecutor(8) as pool:
+        texts = list(pool.map(greedy, prompts))
+    assert [t for p, t in zip(prompts, texts) if p == "ROMEO: I"] == [alone] * 4
+
+
+def test_tokenize_and_detokenize(server):
+    code, _, tokens = request(server, "POST", "/tokenize", {"prompt": "To be, or not"})
+    assert code == 200 and tokens["count"] == len(tokens["tokens"]) > 1
+    assert request(server, "POST", "/detokenize", {"tokens": tokens["tokens"]})[2] == {"prompt": "To be, or not"}
+    code, _, error = request(server, "POST", "/detokenize", {"tokens": [1, 300]})
+    assert code == 400 and error["error"]["param"] == "tokens" and "300" in error["error"]["message"]
+
+
+# ---- errors --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path, body, code, param, says", [
+    ("/v1/completions", b"{not json", 400, None, "not valid JSON"),
+    ("/v1/completions", b"[1, 2]", 400, None, "JSON object"),
+    ("/v1/completions", {"prompt": "x", "temperature": "hot"}, 400, "temperature", "temperature"),
+    ("/v1/completions", {"prompt": "x", "temperature": 3}, 400, "temperature", "less than or equal to 2"),
+    ("/v1/completions", {"prompt": "x", "n": 5}, 400, "n", "n:"),
+    ("/v1/completions", {"max_tokens": 3}, 400, "prompt", "Field required"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 500}, 400, "max_tokens", "at most 127"),
+    ("/v1/completions", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "at most 4"),
+    ("/v1/completions", {"prompt": "x", "stream_options": {"include_usage": True}}, 400, "stream_options", "stream"),
+    ("/v1/completions", {"prompt": [5, 999]}, 400, "prompt", "999"),
+    ("/v1/completions", {"prompt": "x", "model": "gpt-4"}, 404, "model", "gpt-4"),
+    ("/v1/completions", {"prompt": "x " * 200}, 413, "prompt", "context is 128"),
+    ("/v1/chat/completions", {"messages": []}, 400, "messages", "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages", "robot"),
+    ("/v1/chat/completions", {"messages": [{"role": "user"}]}, 400, "messages", "content"),
+])  # fmt: skip
+def test_bad_requests_get_openai_error_bodies(server, path, body, code, param, says):
+    raw = body if isinstance(body, bytes) else None
+    status_code, _, payload = request(server, "POST", path, None if raw else body, raw=raw)
+    error = payload["error"]
+    assert status_code == code and error["param"] == param and says in error["message"], payload
+    assert set(error) == {"message", "type", "param", "code"} and error["type"]
+
+
+def test_unknown_paths_and_methods(server):
+    code, _, payload = request(server, "GET", "/v2/nothing")
+    assert code == 404 and payload["error"]["type"] == "not_found_error" and "/v2/nothing" in payload["error"]["message"]
+    code, _, payload = request(server, "GET", "/v1/completions")
+    assert code == 405 and "GET" in payload["error"]["message"]
+    code, _, payload = request(server, "GET", "/static/no-such-file.js")
+    assert code == 404 and "error" in payload
+    assert request(server, "GET", "/")[0] == 200
+
+
+def test_the_server_survives_every_bad_request_above(server, client):
+    assert client.completions.create(model=model_id(client), prompt="x", max_tokens=2).usage.completion_tokens == 2
+
+
+def test_an_api_key_guards_every_api_route_but_not_the_page(checkpoint):
+    with running(checkpoint, api_key="s3cret") as (base, _):
+        for method, path, body in (("GET", "/v1/models", None), ("POST", "/v1/completions", {"prompt": "x"}),
+                                   ("GET", "/model_card", None), ("POST", "/tokenize", {"prompt": "x"}),
+                                   ("GET", "/metrics", None)):  # fmt: skip
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+                code, got, payload = request(base, method, path, body, headers)
+                assert code == 401 and payload["error"]["code"] == "invalid_api_key" and got["www-authenticate"]
+        assert request(base, "GET", "/")[0] == request(base, "GET", "/health")[0] == 200
+        guarded = openai.OpenAI(base_url=base + "/v1", api_key="s3cret", max_retries=0, timeout=WAIT)
+        assert guarded.completions.create(model="tiny.pt", prompt="x", max_tokens=3).usage.completion_tokens == 3
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base + "/v1", api_key="nope", max_retries=0).models.list()
+
+
+def test_cors_only_for_the_origin_named(checkpoint, server):
+    preflight = {"Origin": "http://example.test", "Access-Control-Request-Method": "POST"}
+    assert "access-control-allow-origin" not in request(server, "OPTIONS", "/v1/completions", headers=preflight)[1]
+    with running(checkpoint, cors_origins=("http://example.test",)) as (base, _):
+        _, headers, _ = request(base, "OPTIONS", "/v1/completions", headers=preflight)
+        assert headers["access-control-allow-origin"] == "http://example.test"
+        _, headers, _ = request(base, "OPTIONS", "/v1/completions", headers={**preflight, "Origin": "http://evil.test"})
+        assert "access-control-allow-origin" not in headers
+
+
+# ---- load: a full queue, a hang-up, a time limit, loading ------------------------------------------
+
+
+def test_a_full_queue_answers_429_with_retry_after(checkpoint):
+    with running(checkpoint, step_delay=0.05, max_batch=1, max_queue=1) as (base, _):
+        first = stream_request(base, {"prompt": "To be", "max_tokens": 100, "stream": True})
+        wait_until(lambda: metric(base, "gpt2_active_sequences") == 1, "the first request to be decoded")
+        second = threading.Thread(target=request, args=(base, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 2}))
+        second.start()
+        wait_until(lambda: metric(base, "gpt2_queue_length") == 1, "the second request to wait in the queue")
+        code, headers, payload = request(base, "POST", "/v1/completions", {"prompt": "KING", "max_tokens": 2})
+        assert code == 429 and headers["retry-after"] == "1" and payload["error"]["code"] == "queue_full"
+        first.close()
+        second.join(WAIT)
+        assert not second.is_alive()
+
+
+def stream_request(base: str, body: dict) -> socket.socket:
+    """Send a streaming request by hand and read its first event; returns the open socket."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=WAIT)
+    data = json.dumps(body).encode()
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(data), data))  # fmt: skip
+    received = b""
+    while b"data: " not in received:
+        received += sock.recv(4096)
+    return sock
+
+
+def test_a_client_that_hangs_up_leaves_the_batch(checkpoint):
+    with running(checkpoint, step_delay=0.05) as (base, _):
+        sock = stream_request(base, {"prompt": "To be", "max_tokens": 120, "stream": True})  # 6 s if read to the end
+        assert metric(base, "gpt2_active_sequences") == 1
+        sock.close()
+        started = time.monotonic()
+        wait_until(lambda: metric(base, "gpt2_active_sequences") == 0, "the sequence to leave the batch", 3)
+        assert time.monotonic() - started < 3
+        text = request(base, "GET", "/metrics")[2]
+        assert 'gpt2_finished_sequences_total{reason="cancelled"} 1' in text
+        assert metric(base, "gpt2_generated_tokens_total") < 120
+
+
+def test_the_request_time_limit_ends_a_request_early(checkpoint):
+    with running(checkpoint, step_delay=0.05, request_timeout=0.5) as (base, _):
+        code, _, payload = request(base, "POST", "/v1/completions", {"prompt": "To be", "max_tokens": 100})
+        assert code == 200 and payload["choices"][0]["finish_reason"] == "length"
+        assert 2 <= payload["usage"]["completion_tokens"] < 50
+
+
+def test_health_is_503_until_the_model_is_loaded(checkpoint):
+    ready = threading.Event()
+    app = create_app(lambda: (ready.wait(WAIT), load(checkpoint))[1])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: status(base, "/health") != 0, "the server to listen")
+        code, headers, payload = request(base, "GET", "/health")
+        assert code == 503 and headers["retry-after"] == "1" and "loading" in payload["error"]["message"]
+        assert request(base, "POST", "/v1/completions", {"prompt": "x"})[0] == 503
+        ready.set()
+        wait_until(lambda: status(base, "/health") == 200, "the model to load")
+    finally:
+        ready.set()
+        server.should_exit = True
+        thread.join(WAIT)
+
+
+# ---- UTF-8 ---------------------------------------------------------------------------------------
+
+# Every byte of these characters is its own token; each character takes 2 to 4 tokens.
+CHARACTERS = "é😀ж€"
+
+
+@pytest.fixture(scope="module")
+def utf8_model(tmp_path_factory, tokenizer) -> Path:
+    """A model made by hand whose greedy text is CHARACTERS over and over, one byte per token:
+    its blocks add nothing (zero output projections), so the next token depends on the last one
+    alone, and its untied head maps each byte of the cycle to the next one."""
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=64, block_size=64,
+                        tie_embeddings=False)  # fmt: skip
+    model = GPT2(config)
+    cycle = list(CHARACTERS.encode("utf-8"))  # byte b is token b in our tokenizers
+    with torch.no_grad():
+        for block in model.decoder.h:
+            for proj in (block.attn.c_proj, block.mlp.c_proj):
+                proj.weight.zero_()
+                proj.bias.zero_()
+        model.wpe.weight.zero_()
+        model.lm_head.weight.zero_()
+        for here, after in zip(cycle, cycle[1:] + cycle[:1]):
+            x = torch.nn.functional.layer_norm(model.wte.weight[here], (64,))
+            model.lm_head.weight[after] = 10 * x / x.norm()
+    return save(tmp_path_factory.mktemp("utf8") / "utf8.pt", model, tokenizer)
+
+
+def test_stream_chunks_never_split_a_character(utf8_model):
+    with running(utf8_model) as (base, _):
+        cycle = len(CHARACTERS.encode("utf-8"))  # 11 bytes, 11 tokens
+        body = {"prompt": [CHARACTERS.encode("utf-8")[-1]], "max_tokens": 4 * cycle, "temperature": 0}
+        whole = request(base, "POST", "/v1/completions", body)[2]["choices"][0]["text"]
+        assert whole == CHARACTERS * 4
+        cut = request(base, "POST", "/v1/completions", {**body, "max_tokens": 4 * cycle - 1})[2]["choices"][0]["text"]
+        assert cut == CHARACTERS * 3 + CHARACTERS[:3] + "\ufffd"  # the end of an unfinished character, as bpe.decode
+        host, port = base.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=WAIT)
+        conn.request("POST", "/v1/completions", json.dumps({**body, "stream": True}), {"Content-Type": "application/json"})
+        raw = conn.getresponse().read()
+        conn.close()
+    events = [line[len(b"data: "):] for line in raw.split(b"\n\n") if line.startswith(b"data: ")]
+    assert events[-1] == b"[DONE]"
+    pieces = [json.loads(e.decode("utf-8", errors="strict"))["choices"][0]["text"] for e in events[:-1]]
+    assert "".join(pieces) == whole and "\ufffd" not in whole
+    assert all(piece == "" or piece[0] in CHARACTERS for piece in pieces)
+    assert sum(1 for piece in pieces if piece) == 16  # a chunk per character, not one at the end
+
+
+# ---- main.py serve ---------------------------------------------------------------------------------
+
+
+def test_main_serve_stops_cleanly_on_sigterm_while_streaming(checkpoint):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "serve", str(checkpoint), "--port", str(port),
+                                "--api-key", "k"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: status(base, "/health") == 200, "main.py serve to load its model", 60)
+        client = openai.OpenAI(base_url=base + "/v1", api_key="k", max_retries=0, timeout=WAIT)
+        stream = client.completions.create(model="tiny.pt", prompt="To be", max_tokens=100, stream=True)
+        first = next(iter(stream))
+        process.send_signal(signal.SIGTERM)
+        rest = list(stream)  # the response in flight is finished
+        out, err = process.communicate(timeout=WAIT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err.decode()
+    assert first.choices[0].finish_reason is None and rest[-1].choices[0].finish_reason in ("stop", "length")
+    assert "Traceback" not in err.decode() and f"http://127.0.0.1:{port}" in err.decode()
