@@ -169,7 +169,7 @@ def test_the_page_asks_for_the_api_key_then_shows_the_model_card(browser, server
     context.close()
 
 
-def test_generate_streams_into_the_output_and_stop_ends_it(page, tmp_path):
+def test_generate_streams_into_the_output_and_stop_ends_it(page, server, tmp_path):
     page.click("#tab-completion")
     page.fill("#prompt", "To be, or not")
     page.fill("#max-tokens", "1000")
@@ -193,6 +193,19 @@ def test_generate_streams_into_the_output_and_stop_ends_it(page, tmp_path):
     generated = page.text_content("#output .generated")
     assert 0 < len(generated) and len(stopped) == len("To be, or not") + len(generated)
     page.screenshot(path=tmp_path / "stopped.png")
+    wait_until_idle(server)  # the server ended the sequence when the page hung up
+
+
+def wait_until_idle(url: str, seconds: float = 3) -> None:
+    """Until the server's /metrics says no sequence is being decoded."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
+        with urllib.request.urlopen(request, timeout=2) as response:
+            if "\ngpt2_active_sequences 0\n" in response.read().decode():
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"the server still decodes a sequence {seconds} s after Stop")
 
 
 def test_the_same_seed_gives_the_same_text(page):

@@ -131,9 +131,9 @@ async function stream(path, body, onText, controller) {
         const piece = choice.text ?? (choice.delta && choice.delta.content) ?? "";
         if (piece) {
           if (result.firstMs === null) result.firstMs = performance.now() - started;
+          result.tokens += 1; // about a token a chunk, until the usage chunk says exactly
           onText(piece);
         }
-        if (piece) result.tokens += 1; // about a token a chunk, until the usage chunk says exactly
         if (choice.finish_reason) result.finish = choice.finish_reason;
       }
       if (chunk.usage) {
