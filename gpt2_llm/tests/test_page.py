@@ -46,6 +46,11 @@ def write_model(folder: Path) -> Path:
     tokenizer = BPE.train(text, vocab_size=300)
     torch.manual_seed(0)
     model = GPT2(GPT2Config(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=64, block_size=1024))
+    with torch.no_grad():
+        # <|endoftext|> never drawn, so a long generation lasts until Stop: the final LayerNorm's
+        # output has zero mean before its bias, so a constant head row scores only the bias, -64.
+        model.wte.weight[tokenizer.special_tokens["<|endoftext|>"]] = 10.0
+        model.ln_f.bias.fill_(-0.1)
     path = folder / "tiny.pt"
     save_checkpoint(path, {"model_config": asdict(model.config), "model": model.state_dict(),
                            "tokenizer": {"text": tokenizer.to_text(), "hash": tokenizer.hash},
@@ -165,6 +170,9 @@ def test_the_page_asks_for_the_api_key_then_shows_the_model_card(browser, server
     assert page.locator("#chart path.line").count() == 2
     assert page.text_content("#chart svg").count("loss") >= 3
     assert page.is_visible("#view-chat") and page.is_hidden("#view-completion")
+    chart = page.locator("#chart svg").bounding_box()  # pointing at its right end reads the last values
+    page.mouse.move(chart["x"] + chart["width"] - 2, chart["y"] + chart["height"] / 2)
+    assert page.text_content("#chart .readout") == "step 200 · train loss 2.700 · val loss 2.500"
     page.screenshot(path=tmp_path / "card.png")
     context.close()
 

@@ -328,7 +328,8 @@ function renderCard(card) {
     el("strong", { id: "param-count", text: fmt.format(card.parameters) }),
     el("span", { cls: "muted", text: ` (${short(card.parameters)})` }))));
   rows.push(fact("Shape", `${a.n_layer} layers · ${a.n_head} heads · ${a.n_embd} wide`));
-  rows.push(fact("Context", `${fmt.format(a.block_size)} tokens, ${a.rope ? "rotary (RoPE)" : "learned"} positions`));
+  rows.push(fact("Context", `${fmt.format(a.block_size)} tokens`));
+  rows.push(fact("Positions", a.rope ? "rotary (RoPE)" : "learned"));
   const names = { layernorm: "LayerNorm", rmsnorm: "RMSNorm", gelu: "GELU", swiglu: "SwiGLU", relu2: "ReLU²" };
   const options = [names[a.norm] || a.norm, a.mlp && `${names[a.mlp] || a.mlp} MLP`];
   if (a.kv_heads && a.kv_heads !== a.n_head) options.push(`${a.kv_heads} KV heads`);
@@ -350,10 +351,9 @@ function renderCard(card) {
         el("span", { cls: "muted", text: ` (perplexity ${Math.exp(tr.best_val_loss).toFixed(2)})` }))));
     }
   }
-  rows.push(fact("Source", card.source));
   $("facts").replaceChildren(...rows.flat());
-  $("model-name").textContent = card.id;
-  $("model-name").title = card.id;
+  $("model-name").textContent = `${card.id} · ${card.source}`;
+  $("model-name").title = `the model this server loaded, from a ${card.source}`;
   drawChart($("chart"), card.metrics);
   const max = $("max-tokens");
   if (a.block_size) {
@@ -372,6 +372,8 @@ function ticks(lo, hi, count) {
   return out;
 }
 
+const CHART = { W: 340, H: 220, left: 44, right: 10, top: 12, bottom: 36 }; // the SVG's size and margins
+
 function drawChart(box, metrics) {
   const train = metrics && metrics.train && metrics.train.step ? metrics.train : { step: [], loss: [] };
   const val = metrics && metrics.eval && metrics.eval.step ? metrics.eval : { step: [], val_loss: [] };
@@ -383,7 +385,7 @@ function drawChart(box, metrics) {
     box.replaceChildren(el("p", { cls: "muted", text: "No training log." }));
     return;
   }
-  const W = 340, H = 220, left = 44, right = 10, top = 12, bottom = 36;
+  const { W, H, left, right, top, bottom } = CHART;
   const xsAll = series.flatMap((s) => s.xs), ysAll = series.flatMap((s) => s.ys).filter(Number.isFinite);
   const x0 = Math.min(0, ...xsAll), x1 = Math.max(...xsAll, x0 + 1);
   let y0 = Math.min(...ysAll), y1 = Math.max(...ysAll);
@@ -421,13 +423,36 @@ function drawChart(box, metrics) {
       chart.append(svg("text", { class: "value", x: px(lastX) - 2, y: py(lastY) - 7, "text-anchor": "end" }, lastY.toFixed(3)));
     }
   }
-  // The legend, top right, one row per series.
+  // The legend, top right, one row per series, on a backing that hides the grid and the rule.
+  chart.append(svg("rect", { class: "legend-box", x: W - right - 90, y: top, width: 88, height: 15 * series.length + 3 }));
   series.forEach((s, i) => {
     const y = top + 8 + i * 15, x = W - right - 86;
     chart.append(svg("line", { class: `line ${s.cls}`, x1: x, x2: x + 16, y1: y, y2: y }));
     chart.append(svg("text", { class: "legend", x: x + 21, y: y + 3.5 }, s.name));
   });
-  box.replaceChildren(chart);
+  box.replaceChildren(chart, readout(chart, series, px, x0, x1));
+}
+
+// Under the chart: the values at the step under the pointer, and a rule across the plot there.
+function readout(chart, series, px, x0, x1) {
+  const { W, H, left, right, top, bottom } = CHART;
+  const line = el("p", { cls: "readout muted", text: "Point at the chart to read the losses." });
+  const rule = svg("line", { class: "rule", y1: top, y2: H - bottom, visibility: "hidden" });
+  chart.prepend(rule); // beneath the lines and the legend
+  const nearest = (xs, x) => xs.reduce((best, v, i) => (Math.abs(v - x) < Math.abs(xs[best] - x) ? i : best), 0);
+  chart.addEventListener("mousemove", (event) => {
+    const box = chart.getBoundingClientRect();
+    const share = ((event.clientX - box.left) * (W / box.width) - left) / (W - left - right); // 0..1 across the plot
+    const x = x0 + Math.min(1, Math.max(0, share)) * (x1 - x0);
+    const step = series[0].xs[nearest(series[0].xs, x)];
+    const values = series.map((s) => `${s.name} ${s.ys[nearest(s.xs, step)].toFixed(3)}`);
+    line.textContent = [`step ${fmt.format(step)}`, ...values].join(" · ");
+    rule.setAttribute("x1", px(step));
+    rule.setAttribute("x2", px(step));
+    rule.setAttribute("visibility", "visible");
+  });
+  chart.addEventListener("mouseleave", () => rule.setAttribute("visibility", "hidden"));
+  return line;
 }
 
 // ---------------------------------------------------------------------------------------------
