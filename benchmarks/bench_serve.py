@@ -1,0 +1,284 @@
+"""Serving throughput and latency: 1, 4, 8 and 16 concurrent clients against `main.py serve`, side by
+side with transformers' own server (`transformers serve`, on our exported folder), or, where that
+cannot start offline, transformers' `generate` called per request from as many client threads.
+
+    python benchmarks/bench_serve.py                 # both servers, the table for BENCHMARKS.md
+    python benchmarks/bench_serve.py --ours-only
+
+The model: the `mini` preset's shape (6 layers, 6 heads, 384 wide, context 256) with random
+weights and GPT-2's own tokenizer (../shared/data/gpt2), so the head has GPT-2's 50,257 rows; speed
+does not depend on what the weights have learned. Every client sends streaming completions of a
+fixed length (max_tokens, min_tokens-free: the model never makes <|endoftext|>, see below), one
+after another, and times each token as it arrives: total tokens/s over the run, time to first
+token (TTFT) and time between tokens (TBT), p50 and p99. Both servers run on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GPT2_FILES = ROOT.parent / "shared" / "data" / "gpt2"
+
+
+def make_model(folder: Path) -> Path:
+    """A mini-shaped checkpoint with GPT-2's tokenizer, random weights, and <|endoftext|> ruled out
+    (its logit is held far below the others), so every request runs to max_tokens."""
+    import torch
+
+    from bpe import BPE
+    from gpt2_llm import GPT2, GPT2Config, save_checkpoint
+
+    tokenizer = BPE.from_gpt2(GPT2_FILES / "encoder.json", GPT2_FILES / "vocab.bpe")
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config.from_preset("mini", vocab_size=tokenizer.vocab_size, dropout=0.0))
+    with torch.no_grad():
+        model.ln_f.bias[0] = 10.0
+        model.wte.weight[tokenizer.special_tokens["<|endoftext|>"]] = 0.0
+        model.wte.weight[tokenizer.special_tokens["<|endoftext|>"], 0] = -10.0
+    path = folder / "mini.pt"
+    save_checkpoint(path, {"model_config": asdict(model.config), "model": model.state_dict(),
+                           "tokenizer": {"text": tokenizer.to_text(), "hash": tokenizer.hash}})  # fmt: skip
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port: int, path: str, process: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with code {process.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("the server did not get ready in time")
+
+
+def one_request(port: int, model: str, prompt: str, max_tokens: int, seed: int) -> list[float]:
+    """Send one streaming completion; return the arrival time of each chunk that carries text
+    (the first one is measured from the request's start: index 0 is the start itself)."""
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
+                       "temperature": 1.0, "seed": seed})  # fmt: skip
+    start = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}: {response.read()[:300]!r}")
+    times = [start]
+    for line in response:
+        if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
+            choices = json.loads(line[6:]).get("choices") or [{}]
+            if choices[0].get("text"):
+                times.append(time.perf_counter())
+    conn.close()
+    return times
+
+
+def run_clients(port: int, model: str, clients: int, requests_each: int, max_tokens: int) -> dict:
+    """`clients` threads, each sending `requests_each` requests one after another."""
+    results: list[list[float]] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        for r in range(requests_each):
+            times = one_request(port, model, f"Request {k}.{r}: once upon a time", max_tokens, seed=1000 * k + r)
+            with lock:
+                results.append(times)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    ttft = [t[1] - t[0] for t in results if len(t) > 1]
+    tbt = [b - a for t in results for a, b in zip(t[1:], t[2:])]
+    chunks = sum(len(t) - 1 for t in results)
+    return {"clients": clients, "requests": len(results), "tokens": clients * requests_each * max_tokens,
+            "chunks": chunks, "wall": wall, "tokens_per_s": clients * requests_each * max_tokens / wall,
+            "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99), "tbt_p50": pct(tbt, 50), "tbt_p99": pct(tbt, 99)}
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def bench_server(command: list[str], ready_path: str, port: int, model: str, levels, requests_each, max_tokens,
+                 env=None) -> list[dict]:  # fmt: skip
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log, env=env)
+    try:
+        wait_ready(port, ready_path, process)
+        one_request(port, model, "warm up", 8, 0)
+        rows = []
+        for clients in levels:
+            row = run_clients(port, model, clients, requests_each, max_tokens)
+            print(f"  {clients:2d} clients: {row['tokens_per_s']:7.1f} tokens/s, TTFT p50 {row['ttft_p50'] * 1e3:6.0f} ms "
+                  f"p99 {row['ttft_p99'] * 1e3:6.0f} ms, TBT p50 {row['tbt_p50'] * 1e3:5.1f} ms p99 "
+                  f"{row['tbt_p99'] * 1e3:6.1f} ms", flush=True)
+            rows.append(row)
+        return rows
+    except RuntimeError:
+        log.seek(0)
+        sys.stderr.write(log.read().decode(errors="replace")[-3000:])
+        raise
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", default="1,4,8,16", help="concurrent clients, comma-separated")
+    parser.add_argument("--requests", type=int, default=3, help="requests per client (default 3)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default 64)")
+    parser.add_argument("--ours-only", action="store_true", help="skip transformers serve")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+          f"{args.requests} requests x {args.max_tokens} tokens per client", flush=True)
+    folder = Path(tempfile.mkdtemp(prefix="bench_serve_"))
+    try:
+        checkpoint = make_model(folder)
+        port = free_port()
+        print(f"main.py serve {checkpoint.name} (mini shape, GPT-2 tokenizer, random weights)", flush=True)
+        ours = bench_server([sys.executable, "main.py", "serve", str(checkpoint), "--port", str(port),
+                             "--max-batch", "16"], "/health", port, "mini.pt", levels, args.requests,
+                            args.max_tokens)  # fmt: skip
+        theirs, label = None, None
+        if not args.ours_only:
+            exported = folder / "exported"
+            subprocess.run([sys.executable, "main.py", "export", str(checkpoint), str(exported)], cwd=ROOT, check=True,
+                           stdout=subprocess.DEVNULL)
+            theirs, label = try_transformers_serve(exported, levels, args.requests, args.max_tokens), "transformers serve"
+            if theirs is None:
+                label = "transformers generate"
+                print("transformers generate, called per request, on the exported folder", flush=True)
+                theirs = bench_generate(exported, levels, args.requests, args.max_tokens)
+        print_table(ours, theirs, label)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def try_transformers_serve(exported: Path, levels, requests_each: int, max_tokens: int) -> list[dict] | None:
+    """transformers' own server on our folder, offline; None when it cannot start here (it needs
+    `accelerate`, which this project does not install)."""
+    port = free_port()
+    cli = shutil.which("transformers") or str(Path(sys.executable).parent / "transformers")
+    print(f"transformers serve {exported.name} (offline, continuous batching)", flush=True)
+    command = [cli, "serve", str(exported), "--port", str(port), "--host", "127.0.0.1", "--continuous-batching",
+               "--device", "cpu", "--dtype", "float32", "--log-level", "warning"]  # fmt: skip
+    try:
+        return bench_server(command, "/health", port, str(exported), levels, requests_each, max_tokens,
+                            {**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    except RuntimeError as e:
+        print(f"  transformers serve cannot run here ({e}); measuring generate per request instead", flush=True)
+        return None
+
+
+def bench_generate(exported: Path, levels, requests_each: int, max_tokens: int) -> list[dict]:
+    """The same clients, each calling transformers' generate for its own request (threads share
+    the model; nothing batches requests together), timing tokens with a streamer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(exported).eval()
+    tokenizer = AutoTokenizer.from_pretrained(exported)
+
+    class Clock:
+        def __init__(self, start):
+            self.times, self.prompt_seen = [start], False
+
+        def put(self, value):
+            if self.prompt_seen:  # the first call hands over the prompt
+                self.times.append(time.perf_counter())
+            self.prompt_seen = True
+
+        def end(self):
+            pass
+
+    def request(prompt: str, seed: int) -> list[float]:
+        clock = Clock(time.perf_counter())
+        ids = tokenizer(prompt, return_tensors="pt")
+        torch.manual_seed(seed)  # generate samples from the global generator (shared by the threads)
+        with torch.inference_mode():
+            model.generate(**ids, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=True, top_k=0,
+                           streamer=clock, pad_token_id=tokenizer.eos_token_id)  # fmt: skip
+        return clock.times
+
+    request("warm up", 0)
+    rows = []
+    for clients in levels:
+        results, lock = [], threading.Lock()
+
+        def client(k: int) -> None:
+            for r in range(requests_each):
+                times = request(f"Request {k}.{r}: once upon a time", 1000 * k + r)
+                with lock:
+                    results.append(times)
+
+        start = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - start
+        ttft = [t[1] - t[0] for t in results if len(t) > 1]
+        tbt = [b - a for t in results for a, b in zip(t[1:], t[2:])]
+        row = {"clients": clients, "tokens_per_s": clients * requests_each * max_tokens / wall,
+               "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99), "tbt_p50": pct(tbt, 50), "tbt_p99": pct(tbt, 99)}
+        print(f"  {clients:2d} clients: {row['tokens_per_s']:7.1f} tokens/s", flush=True)
+        rows.append(row)
+    return rows
+
+
+def print_table(ours: list[dict], theirs: list[dict] | None, label: str | None) -> None:
+    print("\n| clients | server | tokens/s | vs 1 client | TTFT p50 | TTFT p99 | TBT p50 | TBT p99 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, rows in (("main.py serve", ours), (label, theirs)):
+        if rows is None:
+            continue
+        base = rows[0]["tokens_per_s"]
+        for r in rows:
+            print(f"| {r['clients']} | {name} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base:.1f}x | "
+                  f"{r['ttft_p50'] * 1e3:.0f} ms | {r['ttft_p99'] * 1e3:.0f} ms | {r['tbt_p50'] * 1e3:.1f} ms | "
+                  f"{r['tbt_p99'] * 1e3:.1f} ms |")
+
+
+if __name__ == "__main__":
+    main()
