@@ -611,7 +611,9 @@ def card(s: Served) -> dict:
         "parameters": loaded.model.num_parameters(),
         "tokenizer": {"vocab_size": tokenizer.vocab_size, "pattern": names.get(tokenizer.pattern, tokenizer.pattern),
                       "special_tokens": list(tokenizer.special_tokens)},
-        "chat_template": s.chat[2],
+        # The model's own template (None for a base model), and the one /v1/chat/completions uses.
+        "chat_template": s.chat[2] if loaded.chat_template is not None else None,
+        "chat_served_with": s.chat[2],
         "training": training_state(loaded),
         "metrics": training_curves(loaded),
     }

@@ -154,7 +154,8 @@ def test_models_health_and_the_model_card(server, client):
         {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 128, "positions": "learned"}
     assert card["tokenizer"] == {"vocab_size": 300, "pattern": "gpt2", "special_tokens": ["<|endoftext|>"]}
     assert card["training"] == {"step": 1200, "best_val_loss": 3.5, "tokens": 98304}
-    assert card["chat_template"] == "chat"  # a base model gets the plain chat template
+    # A base model has no template of its own; its chat route uses the plain chat template.
+    assert (card["chat_template"], card["chat_served_with"]) == (None, "chat")
     train, evals = card["metrics"]["train"], card["metrics"]["eval"]
     assert len(train["step"]) == len(train["loss"]) == 500 and train["step"][0] == 1 and train["step"][-1] == 1200
     assert evals["step"] == list(range(100, 1201, 100)) and evals["val_loss"][0] == 6.25
