@@ -1,8 +1,7 @@
 """Quality in a fixed time: train on Tiny Shakespeare for a wall-clock budget, report val bits per byte.
 
     python benchmarks/bench_train.py                       # the README recipe, 10 minutes
-    python benchmarks/bench_train.py --minutes 1.4         # the same recipe in 84 seconds (BENCHMARKS.md's
-                                                           # 84-second row used --dropout 0.2)
+    python benchmarks/bench_train.py --minutes 1.4         # the same recipe in 84 seconds
     python benchmarks/bench_train.py --minutes 3 -- --preset tiny --lr 3e-3    # any train flags after --
 
 It runs the real command line (`main.py train`) in a fresh folder, exactly as a user would, and
