@@ -99,14 +99,15 @@ def one_request(port: int, model: str, prompt: str, max_tokens: int, seed: int) 
     return times
 
 
-def run_clients(port: int, model: str, clients: int, requests_each: int, max_tokens: int) -> dict:
-    """`clients` threads, each sending `requests_each` requests one after another."""
+def run_clients(request, clients: int, requests_each: int, max_tokens: int) -> dict:
+    """`clients` threads, each sending `requests_each` requests one after another through
+    request(prompt, seed) -> the times of its prompt's start and of each streamed chunk."""
     results: list[list[float]] = []
     lock = threading.Lock()
 
     def client(k: int) -> None:
         for r in range(requests_each):
-            times = one_request(port, model, f"Request {k}.{r}: once upon a time", max_tokens, seed=1000 * k + r)
+            times = request(f"Request {k}.{r}: once upon a time", 1000 * k + r)
             with lock:
                 results.append(times)
 
@@ -119,9 +120,7 @@ def run_clients(port: int, model: str, clients: int, requests_each: int, max_tok
     wall = time.perf_counter() - start
     ttft = [t[1] - t[0] for t in results if len(t) > 1]
     tbt = [b - a for t in results for a, b in zip(t[1:], t[2:])]
-    chunks = sum(len(t) - 1 for t in results)
-    return {"clients": clients, "requests": len(results), "tokens": clients * requests_each * max_tokens,
-            "chunks": chunks, "wall": wall, "tokens_per_s": clients * requests_each * max_tokens / wall,
+    return {"clients": clients, "tokens_per_s": clients * requests_each * max_tokens / wall,
             "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99), "tbt_p50": pct(tbt, 50), "tbt_p99": pct(tbt, 99)}
 
 
@@ -141,7 +140,8 @@ def bench_server(command: list[str], ready_path: str, port: int, model: str, lev
         one_request(port, model, "warm up", 8, 0)
         rows = []
         for clients in levels:
-            row = run_clients(port, model, clients, requests_each, max_tokens)
+            row = run_clients(lambda prompt, seed: one_request(port, model, prompt, max_tokens, seed=seed),
+                              clients, requests_each, max_tokens)
             print(f"  {clients:2d} clients: {row['tokens_per_s']:7.1f} tokens/s, TTFT p50 {row['ttft_p50'] * 1e3:6.0f} ms "
                   f"p99 {row['ttft_p99'] * 1e3:6.0f} ms, TBT p50 {row['tbt_p50'] * 1e3:5.1f} ms p99 "
                   f"{row['tbt_p99'] * 1e3:6.1f} ms", flush=True)
@@ -243,25 +243,7 @@ def bench_generate(exported: Path, levels, requests_each: int, max_tokens: int) 
     request("warm up", 0)
     rows = []
     for clients in levels:
-        results, lock = [], threading.Lock()
-
-        def client(k: int) -> None:
-            for r in range(requests_each):
-                times = request(f"Request {k}.{r}: once upon a time", 1000 * k + r)
-                with lock:
-                    results.append(times)
-
-        start = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - start
-        ttft = [t[1] - t[0] for t in results if len(t) > 1]
-        tbt = [b - a for t in results for a, b in zip(t[1:], t[2:])]
-        row = {"clients": clients, "tokens_per_s": clients * requests_each * max_tokens / wall,
-               "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99), "tbt_p50": pct(tbt, 50), "tbt_p99": pct(tbt, 99)}
+        row = run_clients(request, clients, requests_each, max_tokens)
         print(f"  {clients:2d} clients: {row['tokens_per_s']:7.1f} tokens/s", flush=True)
         rows.append(row)
     return rows
