@@ -279,7 +279,8 @@ class Trainer:
         self._resume_data: dict | None = None  # the data position of a checkpoint, until train()
         self.log = (log or _log_line) if self.dist.is_main else _quiet
         self.clock = time.monotonic  # tests replace it to make time budgets deterministic
-        self._stop_signal: int | None = None
+        self._signal_received: int | None = None  # set by the handler, on this rank, at any moment
+        self._stop_signal: int | None = None  # the signal every rank agreed to stop for (see _agree)
         self._nonfinite: tuple[int, float] | None = None  # (step, loss) of a loss that was not finite
         self._training_model = None
         self._peak: tuple[float, str] | None = None
@@ -486,7 +487,7 @@ class Trainer:
     def _reason_to_stop(self, run: _Run) -> str | None:
         """"signal", "steps" or "time" when the run must stop before another step; None to go on.
         A non-finite loss raises a TrainingError instead. Every rank decides alike."""
-        out_of_time = self._agree(self.clock() >= run.deadline)
+        out_of_time = self._agree(self.clock() >= run.deadline)  # also sets _stop_signal
         if self._nonfinite is not None:
             bad_step, bad_loss = self._nonfinite
             kept = f"; the last good checkpoint {run.save_path} is kept" if run.save_path.exists() else ""
@@ -572,11 +573,14 @@ class Trainer:
         """Make every rank take the same decisions before the step: rank 0's schedule length, and
         stop (or fail) if any rank must. Returns whether time is up."""
         if self.dist.world_size == 1:
+            self._stop_signal = self._signal_received
             return out_of_time
+        # A signal that lands after this reduction is not lost: _signal_received is never cleared,
+        # so the next step's reduction carries it, and until then every rank goes on alike.
         total = self.total_steps if self.dist.is_main and self.total_steps is not None else -1
         bad_step = self._nonfinite[0] if self._nonfinite is not None else -1
         total, out_of_time, signum, bad_step = self.dist.max(
-            [total, float(out_of_time), self._stop_signal or 0, bad_step])
+            [total, float(out_of_time), self._signal_received or 0, bad_step])
         self.total_steps = None if total < 0 else int(total)
         self._stop_signal = int(signum) or None
         if bad_step >= 0 and self._nonfinite is None:
@@ -797,9 +801,9 @@ class Trainer:
             return
 
         def handler(signum, frame):
-            if self._stop_signal is not None:
+            if self._signal_received is not None:
                 raise KeyboardInterrupt
-            self._stop_signal = signum
+            self._signal_received = signum
             if self.dist.is_main:
                 print(f"\n{signal.Signals(signum).name}: finishing this step and saving (press Ctrl-C again to abort)",
                       file=sys.stderr, flush=True)

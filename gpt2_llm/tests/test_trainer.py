@@ -3,6 +3,8 @@ handling, checkpoints on schedule, what a run shows (progress lines, samples, th
 MFU, and evaluation as a plain function."""
 
 import io
+import os
+import signal
 import math
 from dataclasses import replace
 
@@ -123,12 +125,33 @@ def _train_until(trainer, text, path, total, stop_at):
     def step_then_maybe_stop(model):
         loss = original(model)
         if trainer.step + 1 == stop_at:
-            trainer._stop_signal = 2  # what the SIGINT handler sets
+            trainer._signal_received = 2  # what the SIGINT handler sets
         return loss
 
     trainer._train_step = step_then_maybe_stop
     result = trainer.train(text, save_path=path, steps=total, progress=False)
     assert result["stopped_by"] == "signal" and result["step"] == stop_at
+
+
+def test_a_signal_that_lands_while_the_ranks_agree_stops_the_next_step(corpus):
+    """Under torchrun the handler may run between a rank's reduction of the stop flags and the use
+    of its result; the signal must then stop the next step on every rank, not vanish."""
+    trainer = tiny_trainer(corpus[1])
+
+    class TwoRanks:  # stands in for the process group: the other rank reports nothing
+        world_size, is_main, exchanges = 2, True, 0
+
+        def max(self, values):
+            self.exchanges += 1
+            if self.exchanges == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # the signal arrives during the first exchange
+            return list(values)
+
+    trainer.dist = TwoRanks()
+    with trainer._signals_caught():
+        assert trainer._agree(False) is False and trainer._stop_signal is None  # the ranks go on alike...
+        trainer._agree(False)
+    assert trainer._stop_signal == signal.SIGTERM  # ...and stop together one step later
 
 
 def test_checkpoint_holds_everything_and_loads_without_pickles(corpus, tmp_path):
