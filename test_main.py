@@ -582,13 +582,28 @@ def test_plot_draws_one_run_or_compares_several(trained, tmp_path):
 # ---- continuing a run --------------------------------------------------------------------------
 
 
+def make_short_run(folder: Path, corpus: Path) -> Path:
+    """A finished 4-step run in folder: t.txt, v.txt, m.pt."""
+    (folder / "t.txt").write_bytes(corpus.read_bytes())
+    result = run("train", folder / "t.txt", folder / "v.txt", "--out", folder / "m.pt", "--steps", 4, *TRAIN)
+    assert result.returncode == 0, result.stderr.decode()
+    return folder / "m.pt"
+
+
 @pytest.fixture
 def short_run(corpus, tmp_path) -> Path:
-    """A finished 4-step run in tmp_path: t.txt, v.txt, m.pt."""
-    (tmp_path / "t.txt").write_bytes(corpus.read_bytes())
-    result = run("train", tmp_path / "t.txt", tmp_path / "v.txt", "--out", tmp_path / "m.pt", "--steps", 4, *TRAIN)
-    assert result.returncode == 0, result.stderr.decode()
-    return tmp_path / "m.pt"
+    """A finished 4-step run of this test's own, to continue or change."""
+    return make_short_run(tmp_path, corpus)
+
+
+@pytest.fixture(scope="module")
+def refused_run(corpus, tmp_path_factory) -> Path:
+    """A finished 4-step run shared by the tests of refusals: they must leave it as it is."""
+    from gpt2_llm import load_checkpoint
+
+    path = make_short_run(tmp_path_factory.mktemp("refused"), corpus)
+    yield path
+    assert load_checkpoint(path)["state"]["step"] == 4, "a refused command changed the checkpoint"
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -605,11 +620,16 @@ def short_run(corpus, tmp_path) -> Path:
     (["--optimizer", "muon"], "--optimizer muon does not fit {ckpt}, trained with adamw"),
     (["--vocab-size", "512"], "--vocab-size 512 does not fit {ckpt}, whose tokenizer has 300 tokens"),
 ])  # fmt: skip
-def test_shape_flags_that_disagree_with_a_continued_checkpoint_are_refused(short_run, flags, message):
+def test_shape_flags_that_disagree_with_a_continued_checkpoint_are_refused(refused_run, flags, message):
+    folder = refused_run.parent
+    args = ["train", folder / "t.txt", folder / "v.txt", refused_run, "--steps", 8, "--device", "cpu"]
+    assert message.format(ckpt=refused_run) in one_line_error(run(*args, *flags))
+
+
+def test_shape_flags_that_agree_with_a_continued_checkpoint_are_fine(short_run):
     folder = short_run.parent
     args = ["train", folder / "t.txt", folder / "v.txt", short_run, "--steps", 8, "--device", "cpu"]
-    assert message.format(ckpt=short_run) in one_line_error(run(*args, *flags))
-    # Agreeing flags are fine: --kv-heads 2 is the tiny preset's one key/value head per head.
+    # --kv-heads 2 is the tiny preset's one key/value head per head.
     same = run(*args, "--context", "32", "--preset", "tiny", "--kv-heads", "2", "--norm", "layernorm", "--dtype", "float32")
     assert same.returncode == 0, same.stderr.decode()
     assert b"continuing" in same.stderr and b"step 8:" in same.stdout
@@ -854,23 +874,23 @@ def test_init_from_with_a_shorter_context_then_resume(short_run, other_text):
     (["--context", "64"], "--context 64 is longer than the model's learned positions (32); give 32 or less"),
     (["--lr", "0"], "--lr must be positive, got 0.0"),
 ])  # fmt: skip
-def test_init_from_refuses_another_shape_or_tokenizer(short_run, other_text, flags, message):
+def test_init_from_refuses_another_shape_or_tokenizer(refused_run, other_text, flags, message):
     folder = other_text.parent
-    args = ["train", other_text, "--init-from", short_run, "--out", folder / "ft.pt", *FINETUNE, *flags]
-    assert message.format(model=short_run) in one_line_error(run(*args, cwd=folder))
+    args = ["train", other_text, "--init-from", refused_run, "--out", folder / "ft.pt", *FINETUNE, *flags]
+    assert message.format(model=refused_run) in one_line_error(run(*args, cwd=folder))
     assert not (folder / "ft.pt").exists()
 
 
-def test_init_from_refuses_a_vocab_file_of_another_tokenizer_and_a_checkpoint_beside_it(short_run, other_text):
+def test_init_from_refuses_a_vocab_file_of_another_tokenizer_and_a_checkpoint_beside_it(refused_run, other_text):
     folder = other_text.parent
     made = run("tokenize", other_text, "--vocab-size", 280, "-o", folder / "v280.txt")
     assert made.returncode == 0, made.stderr.decode()
-    args = ["train", other_text, folder / "v280.txt", "--init-from", short_run, "--out", folder / "ft.pt", *FINETUNE]
+    args = ["train", other_text, folder / "v280.txt", "--init-from", refused_run, "--out", folder / "ft.pt", *FINETUNE]
     assert "v280.txt (hash" in one_line_error(run(*args, cwd=folder))
-    same = run("train", other_text, short_run.parent / "v.txt", "--init-from", short_run, "--out", folder / "ft.pt",
+    same = run("train", other_text, refused_run.parent / "v.txt", "--init-from", refused_run, "--out", folder / "ft.pt",
                *FINETUNE, cwd=folder)  # the model's own tokenizer, as a vocab file: fine
     assert same.returncode == 0, same.stderr.decode()
-    both = run("train", other_text, short_run.parent / "v.txt", short_run, "--init-from", short_run, *FINETUNE)
+    both = run("train", other_text, refused_run.parent / "v.txt", refused_run, "--init-from", refused_run, *FINETUNE)
     assert "not both" in one_line_error(both)
 
 
