@@ -49,7 +49,8 @@ OPTIONS = ["--norm", "rmsnorm", "--mlp", "swiglu", "--kv-heads", "1", "--qk-norm
            "--grad-checkpoint", "--optimizer", "muon"]  # fmt: skip
 
 
-@pytest.mark.parametrize("options", [[], OPTIONS], ids=["gpt2", "options"])
+# The plain GPT-2 run is in the slow set: the options run goes through the same DDP code and more.
+@pytest.mark.parametrize("options", [pytest.param([], marks=pytest.mark.slow), OPTIONS], ids=["gpt2", "options"])
 def test_two_processes_train_like_one_with_the_same_global_batch(corpus, tmp_path, options):
     args = train_args(corpus, tmp_path, "--steps", "6", "--eval-every", "3", *options)
     ddp = torchrun(2, *args, "--out", tmp_path / "ddp.pt")
