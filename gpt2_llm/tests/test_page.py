@@ -252,6 +252,41 @@ def test_the_chat_view_streams_an_answer(page, tmp_path):
     assert messages.count() == 0
 
 
+def test_a_conversation_that_outgrows_the_context_leaves_out_its_oldest_turns(page, tmp_path):
+    """The tiny model's context is 1024 tokens and its answers run to max_tokens: by the third or
+    fourth turn the server answers context_length_exceeded and the page sends fewer turns."""
+    sent = []  # the messages of every chat request the page makes, refused ones included
+    page.on("request", lambda r: sent.append(json.loads(r.post_data)["messages"])
+            if r.url.endswith("/v1/chat/completions") else None)  # fmt: skip
+    page.fill("#max-tokens", "300")
+    for turn in range(1, 7):
+        page.fill("#chat-input", f"Question {turn}?")
+        page.press("#chat-input", "Enter")
+        page.wait_for_selector("#send:enabled")
+        assert page.is_hidden("#error"), page.text_content("#error")
+        if page.locator("#messages .left-out").count():
+            break
+    else:
+        raise AssertionError(f"six turns of 300 tokens never filled the context: {[len(m) for m in sent]}")
+    messages = page.locator("#messages .message")
+    assert messages.count() == 2 * turn and page.text_content("#messages .message:last-child .content")
+    left_out = page.locator("#messages .left-out").count()
+    assert left_out % 2 == 0 and f"{left_out} earlier messages not sent" in page.text_content("#chat-stats")
+    for i in range(messages.count()):  # the oldest turns are the dimmed ones
+        assert ("left-out" in messages.nth(i).get_attribute("class")) == (i < left_out)
+    # The refused request held the whole conversation; the answered one, the same without its
+    # oldest exchanges, down to the question itself at most.
+    whole, answered = [m for m in sent if len(m) == 2 * turn - 1][-1], sent[-1]
+    assert whole[0]["content"] == "Question 1?" and answered == whole[left_out:]
+    assert answered[-1] == {"role": "user", "content": f"Question {turn}?"}
+    page.screenshot(path=tmp_path / "left_out.png")
+    page.click("#chat-clear")  # a new conversation sends everything again
+    page.fill("#chat-input", "Again?")
+    page.press("#chat-input", "Enter")
+    page.wait_for_selector("#send:enabled")
+    assert sent[-1] == [{"role": "user", "content": "Again?"}] and page.locator("#messages .left-out").count() == 0
+
+
 def test_a_base_model_opens_in_the_completion_view(page, server):
     """A model without a chat template (its card's chat_template null) opens where it is useful."""
     def without_template(route):

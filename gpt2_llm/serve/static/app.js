@@ -14,6 +14,7 @@ const state = {
   modelId: null,    // the "model" field of requests
   running: null,    // the AbortController of the generation under way, or null
   chat: [],         // [{role, content}] of the chat view
+  chatFrom: 0,      // the first message of state.chat still sent (older ones no longer fit)
   view: "completion",
 };
 
@@ -49,9 +50,10 @@ function showError(message) {
 // Talking to the server: the API key, error bodies, server-sent events.
 
 class ApiError extends Error {
-  constructor(status, message) {
+  constructor(status, message, code = null) {
     super(message);
     this.status = status;
+    this.code = code; // the OpenAI error body's code, such as "context_length_exceeded"
   }
 }
 
@@ -73,25 +75,27 @@ async function request(path, options = {}) {
     throw new ApiError(0, `The server did not answer (${err.message}). Is it still running?`);
   }
   if (response.ok) return response;
-  const message = await errorMessage(response);
+  const { message, code } = await errorMessage(response);
   if (response.status === 401) askForKey();
-  throw new ApiError(response.status, message);
+  throw new ApiError(response.status, message, code);
 }
 
 async function errorMessage(response) {
   const text = await response.text().catch(() => "");
   let message = text.trim() || response.statusText;
+  let code = null;
   try {
     const body = JSON.parse(text);
     if (body && body.error && body.error.message) {
       message = body.error.message;
+      code = body.error.code || null;
       if (body.error.param) message += ` (field: ${body.error.param})`;
     } else if (body && body.detail) {
       message = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
     }
   } catch (_) { /* not JSON: the text as it came */ }
   if (response.status === 401) message = `The server wants an API key: ${message}`;
-  return `Error ${response.status}: ${message}`;
+  return { message: `Error ${response.status}: ${message}`, code };
 }
 
 // The JSON payloads of a server-sent event stream, one per "data:" line, until "data: [DONE]".
@@ -233,7 +237,10 @@ function continueFromHere() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The chat view: the conversation is sent whole each turn; the answer streams into its bubble.
+// The chat view: the conversation is sent each turn, from state.chatFrom on; the answer streams into
+// its bubble. When the server says the conversation no longer fits the model's context, the oldest
+// exchange is left out and the request sent again, until it fits or only the question is left; the
+// turns left out stay on the page, dimmed.
 
 function bubble(role, content) {
   return el("div", { cls: `message ${role}` },
@@ -243,6 +250,22 @@ function bubble(role, content) {
 
 function renderChat() {
   $("messages").replaceChildren(...state.chat.map((m) => bubble(m.role, m.content)));
+  markLeftOut();
+}
+
+function markLeftOut() {
+  [...$("messages").children].forEach((node, i) => {
+    const out = i < state.chatFrom;
+    node.classList.toggle("left-out", out);
+    node.title = out ? "not sent any more: the conversation outgrew the model's context" : "";
+  });
+}
+
+// The index of the next user message after `from`: the start of the conversation without its
+// oldest exchange (null when the question being asked is all that is left).
+function afterOldestExchange(from) {
+  for (let i = from + 1; i < state.chat.length; i++) if (state.chat[i].role === "user") return i;
+  return null;
 }
 
 async function send() {
@@ -262,18 +285,34 @@ async function send() {
   $("chat-stats").textContent = "answering…";
   const controller = new AbortController();
   setRunning(controller);
+  const sentFrom = state.chatFrom;
   try {
     let started = false; // the answer's leading blank lines are left out
-    const result = await stream("/v1/chat/completions", { ...sampling(), messages: state.chat }, (piece) => {
+    const onText = (piece) => {
       if (!started) piece = piece.trimStart();
       started = started || piece !== "";
       content.append(piece);
       list.scrollTop = list.scrollHeight;
-    }, controller);
+    };
+    let result;
+    for (;;) {
+      try {
+        const messages = state.chat.slice(state.chatFrom);
+        result = await stream("/v1/chat/completions", { ...sampling(), messages }, onText, controller);
+        break;
+      } catch (err) {
+        const next = afterOldestExchange(state.chatFrom);
+        if (!(err instanceof ApiError) || err.code !== "context_length_exceeded" || next === null) throw err;
+        state.chatFrom = next; // nothing was streamed yet: the server refuses before it starts
+        markLeftOut();
+      }
+    }
     state.chat.push({ role: "assistant", content: content.textContent });
-    $("chat-stats").textContent = describe(result);
+    const leftOut = state.chatFrom ? ` · ${state.chatFrom} earlier messages not sent (the context is full)` : "";
+    $("chat-stats").textContent = describe(result) + leftOut;
   } catch (err) {
     // Unanswered: the question leaves the conversation and goes back in the box, to send again.
+    state.chatFrom = sentFrom;
     state.chat.pop();
     answer.remove();
     renderChat();
@@ -289,6 +328,7 @@ async function send() {
 function clearChat() {
   if (state.running) return;
   state.chat = [];
+  state.chatFrom = 0;
   renderChat();
   $("chat-stats").textContent = "";
 }
