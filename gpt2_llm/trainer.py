@@ -228,12 +228,12 @@ class _Run:
     start_tokens: int
     start_time: float
     deadline: float  # clock time when the budget is spent (inf without --minutes)
-    fitting: bool  # is the schedule's length still being fitted to the budget?
+    fitting: bool  # is the schedule's length fitted to the budget (--minutes)?
     step_limit: int | None  # the most steps the fitted schedule may have (--steps, --epochs)
-    refit_at: float  # when to fit it once more, with a better measurement
+    refit_at: float  # when to fit it once more, with the speed measured so far
     flops_per_token: int  # model FLOPs of one training token
     peak: float  # the device's peak FLOP/s
-    first_step_done: float = 0.0
+    timed_from: tuple[float, int, float] = (0.0, 0, 0.0)  # (clock, step, eval_total) where the speed's timing starts
     eval_seconds: float | None = None  # what the last evaluation-and-save took
     eval_total: float = 0.0  # the time of all of them: not the training steps' time
     fitted_with_eval: bool = False  # has the schedule been fitted knowing an evaluation's cost?
@@ -454,28 +454,34 @@ class Trainer:
 
     def _fit_schedule_to_budget(self, run: _Run) -> None:
         """With a time budget, fit the schedule to the speed of the first steps (the very first one
-        also warms up, so it is not timed), again a tenth of the way in, and once more after the
-        first evaluation, whose cost (evaluation, sample, save, picture) is then known."""
+        also warms up, so it is not timed), again every tenth of the budget, and once more after
+        the first evaluation, whose cost (evaluation, sample, save, picture) is then known. The
+        refits keep the schedule's end (its lowest learning rate) at the budget's end when the
+        speed drifts: a run that slows stops by time before its decay is done, one that speeds
+        up would leave time unused."""
         done = self.step - run.start_step
         if done == 1:
-            run.first_step_done = self.clock()
+            run.timed_from = (self.clock(), self.step, run.eval_total)
         if self.config.minutes is None or done < 2:
             return
         by_speed = run.fitting and (done == 10 or self.clock() >= run.refit_at)
         by_evaluation = run.eval_seconds is not None and not run.fitted_with_eval
         if by_speed or by_evaluation:
-            fitted = self._steps_in_budget(done - 1, run)
+            fitted = self._steps_in_budget(run)
             self.total_steps = fitted if run.step_limit is None else min(fitted, run.step_limit)
             run.progress.total = self.total_steps
             run.fitted_with_eval = run.eval_seconds is not None
-            if by_speed:
-                run.fitting = done < 10 or self.clock() < run.refit_at
+            if by_speed and self.clock() >= run.refit_at:
+                run.refit_at = self.clock() + 6 * self.config.minutes  # a tenth of the budget later
+                run.timed_from = (self.clock(), self.step, run.eval_total)  # the next fit times the steps from here
 
-    def _steps_in_budget(self, timed_steps: int, run: _Run) -> int:
-        """Total steps that fit the time budget, from the speed of the last `timed_steps` steps and
+    def _steps_in_budget(self, run: _Run) -> int:
+        """Total steps that fit the time budget, from the speed of the steps since the last fit (a
+        tenth of the budget: recent enough to follow a drift, long enough to average out noise) and
         the cost of an evaluation every eval_every steps: as measured once one has run, else
         guessed as its forward passes (a third of a training step's work per token)."""
-        per_step = (self.clock() - run.first_step_done - run.eval_total) / timed_steps
+        since, step, eval_total = run.timed_from
+        per_step = (self.clock() - since - (run.eval_total - eval_total)) / max(1, self.step - step)
         if run.eval_seconds is not None:
             per_eval = run.eval_seconds
         else:

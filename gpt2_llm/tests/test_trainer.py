@@ -239,12 +239,33 @@ def test_time_budget_fits_the_schedule_to_the_measured_speed(corpus, tmp_path):
     assert load_checkpoint(tmp_path / "m.pt")["state"]["step"] == 29
 
 
-def test_time_budget_stops_a_run_that_slows_down(corpus, tmp_path):
+def planned_lengths(trainer: Trainer) -> list[int | None]:
+    """The schedule's length as each step's learning rate is set."""
+    plans, original = [], trainer._set_lr
+    trainer._set_lr = lambda step: (plans.append(trainer.total_steps), original(step))
+    return plans
+
+
+@pytest.mark.parametrize("speeds, plans_at_10", [((1.0, 2.0), 29), ((2.0, 1.0), 14)], ids=["slows", "speeds-up"])
+def test_time_budget_refits_a_run_whose_speed_changes_to_end_with_the_budget(corpus, tmp_path, speeds, plans_at_10):
+    """The speed changes after step 10, where the schedule was fitted; the refits every tenth of the
+    budget (3 s) time the steps since the last one and move the schedule's end to the budget's end:
+    10 x 1 s + 10 x 2 s, or 10 x 2 s + 10 x 1 s, both fill the 30 s with 20 steps."""
     trainer = tiny_trainer(corpus[1], eval_every=1000)
-    with_fake_clock(trainer, lambda step: 1.0 if step < 10 else 2.0)  # the schedule was fitted at 1 s a step
+    now = with_fake_clock(trainer, lambda step: speeds[0] if step < 10 else speeds[1])
+    plans = planned_lengths(trainer)
     result = trainer.train(corpus[0], save_path=tmp_path / "m.pt", minutes=0.5, progress=False)
-    assert result["stopped_by"] == "time" and result["step"] == 20  # 10 x 1 s + 10 x 2 s = the 30 s budget
+    assert plans[10] == plans_at_10 and plans[-1] == 20
+    assert result["stopped_by"] == "steps" and result["step"] == 20 and now[0] == 30.0
     assert load_checkpoint(tmp_path / "m.pt")["state"]["step"] == 20
+
+
+def test_time_budget_stops_a_run_whose_schedule_outlasts_it(corpus, tmp_path):
+    trainer = tiny_trainer(corpus[1], eval_every=1000)
+    with_fake_clock(trainer, lambda step: 1.0 if step < 25 else 10.0)  # a sudden slowdown after the last refit
+    result = trainer.train(corpus[0], save_path=tmp_path / "m.pt", minutes=0.5, progress=False)
+    assert result["stopped_by"] == "time" and result["step"] == 26  # 25 x 1 s + 10 s: past the 30 s budget
+    assert load_checkpoint(tmp_path / "m.pt")["state"]["step"] == 26
 
 
 def test_mfu_in_the_metrics_is_the_hand_computed_figure(corpus, tmp_path):
@@ -420,11 +441,11 @@ def test_the_schedule_is_refitted_once_an_evaluation_has_been_timed(corpus, tmp_
         now[0] += 10.0
 
     trainer._evaluate_sample_save_draw = slow_evaluation
-    trainer.train(corpus[0], save_path=tmp_path / "m.pt", minutes=1.0, progress=False)
-    # At step 10 (20 s in, 10 of them the evaluation at step 5): 1 s a step plus 10 s every 5 steps
-    # leaves room for int(40 / (1 + 10 / 5)) = 13 more steps. Counting evaluations as forward passes
-    # only (as before one was timed) would have planned 10 + int(40 / 2.1) = 29.
-    assert trainer.total_steps == 23
+    result = trainer.train(corpus[0], save_path=tmp_path / "m.pt", minutes=1.0, progress=False)
+    # 1 s a step plus 10 s every 5 steps: 20 steps and their 4 evaluations fill the 60 s exactly.
+    # Counting evaluations as forward passes only (as before one was timed) would plan 29 steps
+    # there, which the budget would cut short of the schedule's end.
+    assert result["stopped_by"] == "steps" and trainer.total_steps == 20 and now[0] == 60.0
 
 
 # ---- Muon, gradient checkpointing, memory of the options -------------------------------------------
