@@ -425,12 +425,36 @@ def learn_run_vocab(args, files: list, vocab_size: int, train_config, block_size
         data.split_records(data.read_records(files)[1], train_config.val_fraction)  # "too few records": before any work
         tokenizer = data.records_tokenizer(files, vocab_size, workers=args.workers, progress=True)
     else:
-        tokenizer = bpe.BPE.train(files, vocab_size, progress=True, workers=args.workers)
+        learn_from = training_part(files, train_config.val_fraction)
+        tokenizer = bpe.BPE.train(learn_from, vocab_size, progress=True, workers=args.workers)
+        if learn_from is not files:  # it is the run's text all the same: a later run on it finds this vocab
+            tokenizer.trained_on = {**tokenizer.trained_on, "sha256": bpe.text_digest(files),
+                                    "text": ", ".join(str(f) for f in files), "held_out": train_config.val_fraction}
         tokens = data.load_tokens(files, tokenizer, progress=True, workers=train_config.workers)
         data.split_tokens(tokens, train_config.val_fraction, block_size)  # "too short" fails here, before the save
     tokenizer.save(args.vocab_file)
-    say(f"wrote {args.vocab_file}: {tokenizer.vocab_size} tokens learned from {args.file}", file=sys.stderr)
+    held_out = (tokenizer.trained_on or {}).get("held_out")
+    part = f" (its first {1 - held_out:.0%}: the held-out part taught it nothing)" if held_out else ""
+    say(f"wrote {args.vocab_file}: {tokenizer.vocab_size} tokens learned from {args.file}{part}", file=sys.stderr)
     return tokenizer
+
+
+HELD_OUT_CUT_BYTES = 512 * 2**20  # texts up to this size are cut in memory (see training_part)
+
+
+def training_part(files: list, val_fraction: float) -> str | list:
+    """What a run's own tokenizer learns from: the text without its last val_fraction, the part held
+    out for validation, so that no merge is made from text the model is then scored on (a merge
+    learned there turns whole held-out words and phrases into single tokens, and the larger the
+    vocabulary, the more it flatters the validation loss). Several files are joined as training
+    joins them, with <|endoftext|> between. The cut is by characters and the held-out part is the
+    last val_fraction of the tokens, so the two meet within a few tokens. A text over
+    HELD_OUT_CUT_BYTES is learned from whole (the files, streamed): at that size the held-out part
+    is a fair sample of the text's words, not a source of its own merges."""
+    if not val_fraction or text_bytes(files) > HELD_OUT_CUT_BYTES:
+        return files
+    text = bpe.ENDOFTEXT.join("".join(bpe.iter_text_chunks(f, (bpe.ENDOFTEXT,))) for f in files)
+    return text[: int(len(text) * (1 - val_fraction))]
 
 
 def check_same_tokenizer(stored: bpe.BPE, given: bpe.BPE, vocab_path: str, checkpoint: str) -> None:

@@ -813,6 +813,23 @@ def test_a_vocab_found_from_another_text_is_named_and_a_new_one_records_its_text
     assert b"using vocab.txt, found here (300 tokens, learned from this text)" in again.stderr
 
 
+def test_a_runs_own_tokenizer_learns_nothing_from_the_held_out_text(tmp_path, corpus):
+    """A word that only the held-out tail holds, 200 times: learned from the whole text, a
+    1000-token vocabulary makes it one or two tokens; learned from the training part, not."""
+    text = corpus.read_text(encoding="utf-8") + " Zyxwvutsrq" * 200  # the last 3% of the text
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    result = run("train", "t.txt", "--steps", 1, *TRAIN[:-4], "--vocab-size", 1000, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"1000 tokens learned from t.txt (its first 90%: the held-out part taught it nothing)" in result.stderr
+    learned = bpe.BPE.load(tmp_path / "vocab.txt")
+    assert learned.trained_on["held_out"] == 0.1 and learned.trained_on["text"] == "t.txt"
+    assert len(bpe.BPE.train(text, 1000).encode(" Zyxwvutsrq")) <= 2  # what the old way learned
+    assert len(learned.encode(" Zyxwvutsrq")) >= 5
+    assert learned.hash == bpe.BPE.train(text[: int(len(text) * 0.9)], 1000).hash  # the same merges
+    again = run("train", "t.txt", "--steps", 1, *TRAIN[:-4], "--vocab-size", 1000, "--out", "b.pt", cwd=tmp_path)
+    assert b"using vocab.txt, found here (1,000 tokens, learned from this text)" in again.stderr
+
+
 # ---- train --init-from: fine-tuning a trained model ----------------------------------------------
 
 FINETUNE = ["--steps", 2, "--device", "cpu", "--dtype", "float32", "--eval-every", 20, "--eval-tokens", 2000]
