@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py                       # the README recipe, 10 minutes
     python benchmarks/bench_train.py --minutes 1.4         # the same recipe in 84 seconds
+    python benchmarks/bench_train.py --minutes 1.4 --dropout 0   # ...without dropout (better in so short a run)
     python benchmarks/bench_train.py --minutes 3 -- --preset tiny --lr 3e-3    # any train flags after --
 
 It runs the real command line (`main.py train`) in a fresh folder, exactly as a user would, and
@@ -39,9 +40,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget (default 10)")
     parser.add_argument("--text", type=Path, default=DATA, help="training text (default: Tiny Shakespeare)")
+    parser.add_argument("--dropout", default=None, help="replaces the flags' dropout (0 suits an 84-second run)")
     parser.add_argument("train_args", nargs="*", help="flags for main.py train, after -- (default: the recipe)")
     args = parser.parse_args()
     train_args = args.train_args or RECIPE
+    if args.dropout is not None:  # main.py train takes the last --dropout given
+        train_args = [*train_args, "--dropout", args.dropout]
 
     with tempfile.TemporaryDirectory(prefix="bench_train_") as folder:
         folder = Path(folder)
