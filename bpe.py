@@ -225,6 +225,12 @@ def text_digest(files: list[Path]) -> str:
     return hashlib.sha256("".join(file_sha256(f) + "\n" for f in files).encode()).hexdigest()
 
 
+def files_name(files: list[Path]) -> str:
+    """How a vocab file names the text it was learned from: the files, the first three of a longer list."""
+    more = f" and {len(files) - 3} more files" if len(files) > 3 else ""
+    return ", ".join(str(f) for f in files[:3]) + more
+
+
 def workers_problem(workers: int | None) -> str | None:
     """What is wrong with a number of worker processes (the --workers flag), or None: the one check
     of it, used by training and encoding here and by the trainer's config."""
@@ -1034,8 +1040,7 @@ class BPE:
         specials = {s: len(token_bytes) + k for k, s in enumerate(special_tokens)}
         tokenizer = cls(token_bytes, specials, pattern, parents)
         if _names_path(text_or_path):
-            names = ", ".join(str(f) for f in files[:3]) + (f" and {len(files) - 3} more files" if len(files) > 3 else "")
-            tokenizer.trained_on = {"text": names, "bytes": num_bytes, "sha256": text_digest(files)}
+            tokenizer.trained_on = {"text": files_name(files), "bytes": num_bytes, "sha256": text_digest(files)}
         else:
             digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
             tokenizer.trained_on = {"text": "a str", "bytes": num_bytes, "sha256": digest}

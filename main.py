@@ -421,6 +421,7 @@ def learn_run_vocab(args, files: list, vocab_size: int, train_config, block_size
     from gpt2_llm import data
 
     say(f"{args.vocab_file} not found: training a tokenizer of {vocab_size} tokens on {args.file}", file=sys.stderr)
+    part = ""  # what of the text it learned from, when not all of it
     if data.is_instruction_input(files):
         data.split_records(data.read_records(files)[1], train_config.val_fraction)  # "too few records": before any work
         tokenizer = data.records_tokenizer(files, vocab_size, workers=args.workers, progress=True)
@@ -429,12 +430,11 @@ def learn_run_vocab(args, files: list, vocab_size: int, train_config, block_size
         tokenizer = bpe.BPE.train(learn_from, vocab_size, progress=True, workers=args.workers)
         if learn_from is not files:  # it is the run's text all the same: a later run on it finds this vocab
             tokenizer.trained_on = {**tokenizer.trained_on, "sha256": bpe.text_digest(files),
-                                    "text": ", ".join(str(f) for f in files), "held_out": train_config.val_fraction}
+                                    "text": bpe.files_name(files), "held_out": train_config.val_fraction}
+            part = f" (its first {1 - train_config.val_fraction:.0%}: the held-out part taught it nothing)"
         tokens = data.load_tokens(files, tokenizer, progress=True, workers=train_config.workers)
         data.split_tokens(tokens, train_config.val_fraction, block_size)  # "too short" fails here, before the save
     tokenizer.save(args.vocab_file)
-    held_out = (tokenizer.trained_on or {}).get("held_out")
-    part = f" (its first {1 - held_out:.0%}: the held-out part taught it nothing)" if held_out else ""
     say(f"wrote {args.vocab_file}: {tokenizer.vocab_size} tokens learned from {args.file}{part}", file=sys.stderr)
     return tokenizer
 

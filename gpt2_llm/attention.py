@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GPT2Config
+from .dropout import Dropout, drop
 
 
 class RotaryPositionEmbedding(nn.Module):
@@ -111,7 +112,7 @@ def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout:
     # Query i sits at position S - T + i and may look at keys up to that position, not later.
     allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
     scores = scores.masked_fill(~allowed, float("-inf"))
-    weights = F.dropout(scores.softmax(dim=-1), dropout) if dropout else scores.softmax(dim=-1)
+    weights = drop(scores.softmax(dim=-1), dropout)  # dropout > 0 only in training
     return weights @ v  # (B, nh, T, hs)
 
 
@@ -140,7 +141,7 @@ class QKVAttention(nn.Module):
         # One matrix product makes q, k and v side by side, [q | k | v] (GPT-2's layout): fewer, larger kernels.
         self.c_attn = nn.Linear(C, (self.num_heads + 2 * self.num_kv_heads) * hs, bias=config.bias)
         self.c_proj = nn.Linear(C, C, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = Dropout(config.dropout)
         self.q_norm = self.k_norm = None
         if config.qk_norm:  # one gain per head channel, shared by the heads (as in Qwen3's q_norm, k_norm)
             self.q_norm = nn.RMSNorm(hs, eps=config.layer_norm_eps)

@@ -228,7 +228,6 @@ class _Run:
     start_tokens: int
     start_time: float
     deadline: float  # clock time when the budget is spent (inf without --minutes)
-    fitting: bool  # is the schedule's length fitted to the budget (--minutes)?
     step_limit: int | None  # the most steps the fitted schedule may have (--steps, --epochs)
     refit_at: float  # when to fit it once more, with the speed measured so far
     flops_per_token: int  # model FLOPs of one training token
@@ -374,12 +373,11 @@ class Trainer:
             _start_metrics_log(metrics_path, self.step)
 
         now = self.clock()  # after the slow parts: the speed measured from here is the steps'
-        fitting = c.minutes is not None  # the budget decides the schedule's length, or shortens it
         return _Run(save_path=save_path, metrics_path=metrics_path, model=self._model_for_training(), data=data,
                    progress=Progress(self.total_steps, self.step, progress and self.dist.is_main),
                    start_step=self.step, start_tokens=self.tokens_seen, start_time=now,
                    deadline=now + 60 * c.minutes if c.minutes else math.inf,
-                   fitting=fitting, step_limit=step_limit, refit_at=now + 6 * c.minutes if fitting else math.inf,  # a tenth of the budget in
+                   step_limit=step_limit, refit_at=now + 6 * c.minutes if c.minutes else math.inf,  # a tenth of the budget in
                    flops_per_token=self.model.flops_per_token(), peak=peak)
 
     def _streams(self) -> tuple[int, range]:
@@ -464,7 +462,7 @@ class Trainer:
             run.timed_from = (self.clock(), self.step, run.eval_total)
         if self.config.minutes is None or done < 2:
             return
-        by_speed = run.fitting and (done == 10 or self.clock() >= run.refit_at)
+        by_speed = done == 10 or self.clock() >= run.refit_at
         by_evaluation = run.eval_seconds is not None and not run.fitted_with_eval
         if by_speed or by_evaluation:
             fitted = self._steps_in_budget(run)
