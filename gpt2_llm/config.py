@@ -283,6 +283,8 @@ class TrainConfig:
     beta1: float = _opt(0.9, "AdamW's beta1")
     beta2: float = _opt(0.95, "AdamW's beta2")
     grad_clip: float = _opt(1.0, 'clip the gradient norm to this')
+    label_smoothing: float = _opt(0.0, 'train toward (1 - e) x the next token + e x uniform over the vocabulary '
+                                       '(the loss in training only; evaluations are plain cross-entropy)')
     eval_every: int = _opt(250, 'steps between evaluations and checkpoints')
     eval_tokens: int = _opt(200_000, 'validation tokens per evaluation (at most)')
     log_every: int = _opt(10, 'steps between metrics-log lines')
@@ -334,6 +336,8 @@ class TrainConfig:
             problems.append("--steps and --epochs both give the schedule's length: choose one (--minutes may join either)")
         if self.epochs is not None and self.epochs <= 0:
             problems.append(f"--epochs must be positive, got {self.epochs}")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.val_fraction < 1:
             problems.append(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if not is_device_name(self.device):

@@ -48,6 +48,9 @@ class GPT2(nn.Module):
         # forward() checks ids on the host before the embedding (a clear error, never a device-side
         # assert). That costs a sync per step on a GPU: a trainer whose data is known good may turn it off.
         self.check_ids = True
+        # A training setting (the Trainer sets it from --label-smoothing): the loss in training mode
+        # aims at (1 - e) x the target + e x uniform; in eval mode it is always plain cross-entropy.
+        self.label_smoothing = 0.0
 
         self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
         self.wpe = None if config.rope else nn.Embedding(config.block_size, config.n_embd)
@@ -140,7 +143,8 @@ class GPT2(nn.Module):
         logits = self.lm_head(x)  # (B, T, padded vocab)
         loss = None
         if targets is not None:
-            loss = cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), self.config.vocab_size)
+            smoothing = self.label_smoothing if self.training else 0.0
+            loss = cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), self.config.vocab_size, smoothing)
         return logits[..., : self.config.vocab_size], loss
 
     # ---- generation --------------------------------------------------------------------------
@@ -361,9 +365,12 @@ def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int | Non
     return indices.gather(-1, choice)
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int | None = None,
+                  label_smoothing: float = 0.0) -> torch.Tensor:  # fmt: skip
     """Mean cross-entropy of logits (N, padded vocab) against targets (N,); targets of -100 are ignored.
-    Only the first vocab_size columns are classes (default: all); the rest are padding.
+    Only the first vocab_size columns are classes (default: all); the rest are padding. With
+    label_smoothing e, each row's loss is (1 - e) x -log p(target) + e x the mean of -log p over
+    the classes, as F.cross_entropy's label_smoothing.
 
     Equal to F.cross_entropy (tested), but on a CPU, eagerly, when a backward pass will follow, it
     takes the chunked path below: there that is the largest single saving of a training step. A
@@ -374,7 +381,9 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int |
     chunked = (logits.device.type == "cpu" and not torch.compiler.is_compiling()  # the compiler fuses on its own
                and torch.is_grad_enabled() and logits.requires_grad)
     if chunked:
-        return _ChunkedCrossEntropy.apply(logits, targets, vocab_size)
+        return _ChunkedCrossEntropy.apply(logits, targets, vocab_size, label_smoothing)
+    if label_smoothing:  # the mean over the classes must not take in the padding columns
+        return F.cross_entropy(logits[:, :vocab_size], targets, label_smoothing=label_smoothing)
     if logits.size(1) > vocab_size:
         # A GPU's fused kernel wants the rows whole: rule the padding columns out with -inf logits
         # (probability 0, gradient 0) rather than copy the first vocab_size columns out.
@@ -393,13 +402,16 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
         d loss / d logits of row i = (softmax(row i) - one_hot(target i)) * kept_i / count
 
-    and written once, in the logits' own dtype. The backward pass only scales it.
+    and written once, in the logits' own dtype. The backward pass only scales it. With label
+    smoothing e the target is (1 - e) x one_hot + e / V, the loss (1 - e) x -log p(target) + e x
+    the mean of -log p over the V classes, i.e. log-sum-exp - (1 - e) x logit(target) - e x the
+    mean logit.
     """
 
     CHUNK_ELEMENTS = 1 << 19  # float32 values per chunk: 2 MB, about a core's L2 cache
 
     @staticmethod
-    def forward(ctx, logits, targets, V):
+    def forward(ctx, logits, targets, V, smoothing=0.0):
         N, padded = logits.shape
         step = max(1, _ChunkedCrossEntropy.CHUNK_ELEMENTS // V)
         kept = targets != -100  # (N,), the positions that count
@@ -416,9 +428,13 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             exps.sub_(top).exp_()  # shifted by the row's maximum, so nothing overflows
             total = exps.sum(dim=1, keepdim=True)
             lse = total.log() + top  # log-sum-exp of the row
-            losses[rows] = lse - logits[rows].gather(1, safe_targets[rows]).float()  # -log p(target)
+            losses[rows] = lse - (1 - smoothing) * logits[rows].gather(1, safe_targets[rows]).float()
+            if smoothing:
+                losses[rows] -= smoothing * logits[rows, :V].float().mean(dim=1, keepdim=True)
             exps.mul_(weight[rows] / total)  # softmax, times the row's share
-            exps.scatter_add_(1, safe_targets[rows], -weight[rows])  # minus the one-hot target
+            exps.scatter_add_(1, safe_targets[rows], -(1 - smoothing) * weight[rows])  # minus the target
+            if smoothing:
+                exps.sub_(weight[rows] * (smoothing / V))
             grad[rows, :V] = exps
         ctx.save_for_backward(grad)
         return (losses.squeeze(1) * weight.squeeze(1)).sum()
@@ -427,8 +443,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         (grad,) = ctx.saved_tensors
         if grad_loss.device.type == "cpu" and grad_loss.item() == 1.0:
-            return grad, None, None  # the usual case: no pass over the gradient at all
-        return grad * grad_loss, None, None
+            return grad, None, None, None  # the usual case: no pass over the gradient at all
+        return grad * grad_loss, None, None, None
 
 
 def pad_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:

@@ -262,6 +262,7 @@ class Trainer:
         self.device_notes = setup_device(self.device, self.dist.local_world_size)
         self.model = model.to(self.device)
         self.model.decoder.grad_checkpoint = config.grad_checkpoint
+        self.model.label_smoothing = config.label_smoothing
         if self.device.type != "cpu":
             # The ids come from the tokenizer's own token file, so they are known to fit; checking
             # them would make the CPU wait for the GPU every step.

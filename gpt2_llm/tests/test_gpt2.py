@@ -443,3 +443,44 @@ def test_ignored_targets_get_no_gradient_and_the_loss_is_the_mean_of_the_others(
     other = logits.detach().clone()
     other[:7] = 100 * torch.randn(7, 128)  # whatever the model predicts at the prompt's positions
     assert cross_entropy(other, masked, 97).item() == pytest.approx(loss.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("path", ["chunked", "fused kernel"])
+def test_label_smoothing_matches_torchs_over_the_real_columns(path, monkeypatch):
+    """--label-smoothing: the same loss and gradient as F.cross_entropy(label_smoothing=e) on the
+    vocab_size real columns, with the padding columns and ignored targets left out."""
+    if path == "fused kernel":
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    torch.manual_seed(0)
+    targets = torch.randint(0, 97, (60,))
+    padded = 3 * torch.randn(60, 128)
+    padded[torch.arange(60), targets] += 8.0  # a confident model: smoothing then costs it something
+    padded.requires_grad_()
+    targets[[5, 40]] = -100
+    loss = cross_entropy(padded, targets, 97, label_smoothing=0.1)
+    (2.5 * loss).backward()
+    real = padded.detach()[:, :97].clone().requires_grad_()
+    expected = F.cross_entropy(real, targets, label_smoothing=0.1)
+    (2.5 * expected).backward()
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert_close(padded.grad[:, :97], real.grad, atol=1e-7)
+    assert not padded.grad[:, 97:].any() and not padded.grad[[5, 40]].any()
+    # A different loss from the plain one: for a confident model, higher.
+    assert loss.item() > F.cross_entropy(real.detach(), targets).item() + 0.5
+
+
+def test_label_smoothing_applies_in_training_mode_only(tiny_model):
+    ids = torch.randint(0, 97, (2, 10))
+    tiny_model.eval()
+    _, plain = tiny_model(ids[:, :-1], ids[:, 1:])
+    tiny_model.label_smoothing = 0.2
+    _, evaluated = tiny_model(ids[:, :-1], ids[:, 1:])
+    assert evaluated.item() == plain.item()  # evaluations always report plain cross-entropy
+    tiny_model.train()
+    tiny_model.drop.p = 0.0
+    for block in tiny_model.decoder.h:
+        block.attn.resid_dropout.p = block.mlp.dropout.p = 0.0
+    logits, smoothed = tiny_model(ids[:, :-1], ids[:, 1:])
+    flat = logits.detach().reshape(-1, logits.size(-1))
+    expected = F.cross_entropy(flat, ids[:, 1:].reshape(-1), label_smoothing=0.2)
+    assert smoothed.item() == pytest.approx(expected.item(), abs=1e-5)
