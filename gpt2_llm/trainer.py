@@ -236,6 +236,7 @@ class _Run:
     eval_seconds: float | None = None  # what the last evaluation-and-save took
     eval_total: float = 0.0  # the time of all of them: not the training steps' time
     fitted_with_eval: bool = False  # has the schedule been fitted knowing an evaluation's cost?
+    on_floor: bool = False  # has the fitted schedule ended early, the run going on at its lowest rate?
     plotted_at: float = -math.inf
     result: dict = field(default_factory=dict)
 
@@ -461,8 +462,8 @@ class Trainer:
         done = self.step - run.start_step
         if done == 1:
             run.timed_from = (self.clock(), self.step, run.eval_total)
-        if self.config.minutes is None or done < 2:
-            return
+        if self.config.minutes is None or done < 2 or self._on_the_floor(run):
+            return  # on the floor, a refit would lift the learning rate back up the schedule
         by_speed = done == 10 or self.clock() >= run.refit_at
         by_evaluation = run.eval_seconds is not None and not run.fitted_with_eval
         if by_speed or by_evaluation:
@@ -500,9 +501,29 @@ class Trainer:
                                 f"(try a lower --lr)")
         if self._stop_signal is not None:
             return "signal"
-        if self.total_steps is not None and self.step >= self.total_steps:
-            return "steps"
+        if self.total_steps is not None and self.step >= self.total_steps and not self._on_the_floor(run):
+            return "steps"  # (a refit just before, within the budget's last tenth, may have moved the end on)
         return "time" if out_of_time else None
+
+    def _on_the_floor(self, run: _Run) -> bool:
+        """Should a run whose schedule has ended go on, at its lowest learning rate, until the time
+        budget ends? Yes when the schedule's length was fitted to the budget (no --steps or
+        --epochs cut it shorter) and more than a tenth of the budget is left: a fit made while the
+        steps were slow (another program busy on the machine) planned too few, and the speed came
+        back before the next refit. Stopping would leave that time unused."""
+        if run.on_floor:
+            return True
+        ended = self.total_steps is not None and self.step >= self.total_steps
+        if not ended or self.config.minutes is None or self.total_steps == run.step_limit:
+            return False
+        left = run.deadline - self.clock()
+        if left <= 6 * self.config.minutes:  # within a tenth of the budget: a fitted end, as planned
+            return False
+        run.on_floor = True
+        self.log(f"the schedule ended at step {self.step} with {_clock_time(left)} of the budget left (it was "
+                 f"fitted while the steps ran slower): training on at the lowest learning rate until the budget ends")
+        run.progress.total = None
+        return True
 
     def _checkpoint_due(self, run: _Run) -> bool:
         """Every eval_every steps: evaluate (if there is a validation split) and save (always)."""

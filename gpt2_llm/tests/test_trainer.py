@@ -671,3 +671,30 @@ def test_a_checkpoint_of_text_does_not_continue_on_records(corpus, alpaca_record
     again = Trainer.from_checkpoint(tmp_path / "m.pt", log=lambda line: None)
     with pytest.raises(DataError, match="trained on text, not on instruction records"):
         again.train(alpaca_records[0], save_path=tmp_path / "m.pt", steps=4, progress=False)
+
+
+def test_time_budget_a_fit_made_while_the_machine_was_busy_does_not_end_the_run_early(corpus, tmp_path):
+    """Steps 10 and 11 take a minute each (another program held the cores), then 1 s again. The
+    refit after step 11 times that one-minute step and plans 2 more, which run in 2 s, long before
+    the next refit (a tenth of the 300 s budget later): the schedule ends at step 14 with 2:48
+    left. The run goes on at the lowest learning rate until the budget ends instead of stopping."""
+    trainer = tiny_trainer(corpus[1], eval_every=1000)
+    now = with_fake_clock(trainer, lambda step: 60.0 if 10 <= step < 12 else 1.0)
+    plans = planned_lengths(trainer)
+    lines = []
+    trainer.log = lines.append
+    result = trainer.train(corpus[0], save_path=tmp_path / "m.pt", minutes=5, progress=False)
+    assert result["stopped_by"] == "time" and now[0] >= 300
+    assert plans[13] == 14 and set(plans[14:]) == {14}  # no refit after the end: the rate stays on its floor
+    assert result["step"] == 14 + 168  # the 168 s left, at 1 s a step
+    floor = trainer.config.lr * trainer.config.min_lr_ratio
+    assert all(group["lr"] == pytest.approx(floor) for group in trainer.optimizer.param_groups)
+    assert "the schedule ended at step 14 with 2:48 of the budget left" in " ".join(lines)
+
+
+def test_time_budget_with_steps_stops_at_the_steps(corpus, tmp_path):
+    """--steps with --minutes: the steps are the user's limit, reached well within the budget."""
+    trainer = tiny_trainer(corpus[1], eval_every=1000)
+    with_fake_clock(trainer, lambda step: 1.0)
+    result = trainer.train(corpus[0], save_path=tmp_path / "m.pt", minutes=5, steps=30, progress=False)
+    assert result["stopped_by"] == "steps" and result["step"] == 30
