@@ -4,6 +4,7 @@
     python benchmarks/bench_train.py --minutes 1.4         # the same recipe in 84 seconds
     python benchmarks/bench_train.py --minutes 1.4 --dropout 0   # ...without dropout (better in so short a run)
     python benchmarks/bench_train.py --minutes 3 -- --preset tiny --lr 3e-3    # any train flags after --
+    python benchmarks/bench_train.py --keep runs/recipe    # keep the model (for probe_calibration.py)
 
 It runs the real command line (`main.py train`) in a fresh folder, exactly as a user would, and
 reads the result from the metrics log. Bits per byte compare across tokenizers; on this
@@ -30,10 +31,12 @@ DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 # (6 layers, 384 wide, context 256) with dropout 0.2 outside attention, a 2048-token vocabulary
 # (learned from the training part of the text only, as every run's own tokenizer is), Muon for
 # the blocks' matrices (AdamW at --lr 2e-3 for embeddings, head, norms and biases), ReLU^2 MLPs,
-# rotary positions, RMS-normalised queries and keys, an untied head; batch 8, bf16 autocast where
-# the CPU has it (auto), and the schedule fitted to the time budget.
+# rotary positions, RMS-normalised queries and keys, an untied head; weight decay 1.0 (times each
+# optimizer's learning rate, on the matrices), batch 8, bf16 autocast where the CPU has it (auto),
+# and the schedule fitted to the time budget.
 RECIPE = ["--preset", "mini", "--vocab-size", "2048", "--lr", "2e-3", "--batch-size", "8", "--eval-every", "200",
-          "--optimizer", "muon", "--mlp", "relu2", "--untied", "--rope", "--qk-norm", "--dropout", "0.2"]
+          "--optimizer", "muon", "--mlp", "relu2", "--untied", "--rope", "--qk-norm", "--dropout", "0.2",
+          "--weight-decay", "1.0"]
 
 
 def main() -> None:
@@ -41,14 +44,20 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget (default 10)")
     parser.add_argument("--text", type=Path, default=DATA, help="training text (default: Tiny Shakespeare)")
     parser.add_argument("--dropout", default=None, help="replaces the flags' dropout (0 suits an 84-second run)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="train in this folder and keep it (model.pt, vocab.txt, the metrics log); default: a temporary one")
     parser.add_argument("train_args", nargs="*", help="flags for main.py train, after -- (default: the recipe)")
     args = parser.parse_args()
     train_args = args.train_args or RECIPE
     if args.dropout is not None:  # main.py train takes the last --dropout given
         train_args = [*train_args, "--dropout", args.dropout]
 
-    with tempfile.TemporaryDirectory(prefix="bench_train_") as folder:
-        folder = Path(folder)
+    if args.keep is not None:
+        if (args.keep / "model.pt").exists() or (args.keep / "vocab.txt").exists():
+            sys.exit(f"bench_train: {args.keep} already holds a run (model.pt or vocab.txt); give a new folder")
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as temporary:
+        folder = args.keep or Path(temporary)
         command = [sys.executable, str(ROOT / "main.py"), "train", str(args.text), str(folder / "vocab.txt"),
                    "--out", str(folder / "model.pt"), "--minutes", str(args.minutes), *train_args]
         print("command:", " ".join(["python main.py", *command[2:]]).replace(str(folder), "<tmp>"), flush=True)

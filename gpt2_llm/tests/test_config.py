@@ -155,6 +155,8 @@ def test_training_config_errors_name_every_flag_at_once():
         TrainConfig(dtype="float8")
     with pytest.raises(ConfigError, match=r"--val-fraction must be in \[0, 1\), got 1.5"):
         TrainConfig(val_fraction=1.5)
+    with pytest.raises(ConfigError, match=r"--label-smoothing must be in \[0, 1\), got -0.1"):
+        TrainConfig(label_smoothing=-0.1)
     with pytest.raises(ConfigError, match="--device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"):
         TrainConfig(device="gpu")
 

@@ -698,3 +698,18 @@ def test_time_budget_with_steps_stops_at_the_steps(corpus, tmp_path):
     with_fake_clock(trainer, lambda step: 1.0)
     result = trainer.train(corpus[0], save_path=tmp_path / "m.pt", minutes=5, steps=30, progress=False)
     assert result["stopped_by"] == "steps" and result["step"] == 30
+
+
+def test_label_smoothing_reaches_the_models_training_loss_only(corpus, tmp_path):
+    smoothed, plain = tiny_trainer(corpus[1], label_smoothing=0.2), tiny_trainer(corpus[1])
+    assert smoothed.model.label_smoothing == 0.2 and plain.model.label_smoothing == 0.0
+    ids = torch.randint(0, 300, (2, 17))
+    smoothed.model.train()
+    plain.model.train()
+    torch.manual_seed(0)
+    _, with_smoothing = smoothed.model(ids[:, :-1], ids[:, 1:])
+    torch.manual_seed(0)
+    _, without = plain.model(ids[:, :-1], ids[:, 1:])  # the same weights (same seed), the same dropout
+    assert with_smoothing.item() != pytest.approx(without.item(), abs=1e-3)
+    windows = torch.randint(0, 300, (4, 33))
+    assert evaluate(smoothed.model, windows, 1000)["val_loss"] == evaluate(plain.model, windows, 1000)["val_loss"]

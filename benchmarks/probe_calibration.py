@@ -1,0 +1,70 @@
+"""Is a trained model over- or under-confident on its held-out text? The held-out loss at several
+softmax temperatures, and the loss by position in the context window.
+
+    python benchmarks/bench_train.py --keep runs/recipe          # train the recipe, keep the model
+    python benchmarks/probe_calibration.py runs/recipe/model.pt runs/recipe/vocab.txt
+
+The held-out part is the one training validated on: the last --val-fraction of the text's tokens,
+in the same non-overlapping windows, with the same bits-per-byte denominator. A temperature
+above 1 that lowers the loss means the model is overconfident there (its probabilities are too
+sharp); the temperature is only looked at, nothing is fitted or changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from bpe import BPE  # noqa: E402
+from gpt2_llm.data import load_tokens, split_tokens, validation_windows  # noqa: E402
+from gpt2_llm.hardware import autocast, pick_dtype  # noqa: E402
+from gpt2_llm.loading import load  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+TEMPERATURES = (0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path)
+    parser.add_argument("vocab", type=Path)
+    parser.add_argument("--text", type=Path, default=DATA, help="the text it was trained on (default: Tiny Shakespeare)")
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    args = parser.parse_args()
+
+    model = load(args.model).model.eval()
+    tokenizer = BPE.load(args.vocab)
+    T = model.config.block_size
+    _, held_out = split_tokens(load_tokens(args.text, tokenizer), args.val_fraction, T)
+    windows, num_bytes = validation_windows(held_out, T, tokenizer)
+    device = torch.device("cpu")
+    logits, targets = [], windows[:, 1:]
+    with torch.no_grad(), autocast(device, pick_dtype("auto", device)):
+        for batch in windows.split(16):
+            logits.append(model(batch[:, :-1])[0].float())
+    logits = torch.cat(logits)  # (windows, T, vocab)
+
+    print(f"{args.model}: {targets.numel():,} held-out tokens, {num_bytes:,} bytes\n")
+    print("| temperature | " + " | ".join(f"{t:g}" for t in TEMPERATURES) + " |")
+    print("|---|" + "---:|" * len(TEMPERATURES))
+    bpb = [F.cross_entropy((logits / t).flatten(0, 1), targets.flatten(), reduction="sum").item() / math.log(2) / num_bytes
+           for t in TEMPERATURES]
+    print("| held-out bits per byte | " + " | ".join(f"{b:.4f}" for b in bpb) + " |")
+
+    by_position = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(dim=0)  # (T,)
+    spans = [(0, 1), (1, 8), (8, 32), (32, 128), (128, T)]
+    print("\n| positions in the window | " + " | ".join(f"{a}-{b - 1}" if b - a > 1 else f"{a}" for a, b in spans) + " |")
+    print("|---|" + "---:|" * len(spans))
+    print("| mean loss (nats per token) | " + " | ".join(f"{by_position[a:b].mean():.3f}" for a, b in spans) + " |")
+
+
+if __name__ == "__main__":
+    main()
