@@ -1,10 +1,10 @@
 """Dropout whose mask is cheap to draw on a CPU.
 
 torch's CPU dropout draws one random number per element (bernoulli_): 4.8 ms forward and backward
-for the (8, 256, 384) activations of the `mini` preset at batch 8, so some 10% of a bf16 training
-step with its 13 dropout layers. One 64-bit random number holds four 16-bit draws, which cuts that
-to 1.7 ms (BENCHMARKS.md, "A cheaper dropout mask"). GPUs, and compiled models, keep torch's own
-kernels.
+for the (8, 256, 384) activations of the `mini` preset at batch 8, and 12% of a bf16 training step
+with its 13 dropout layers. One 64-bit random number holds four 16-bit draws, which cuts a layer
+to about 2 ms and dropout's share of the step to 5% (BENCHMARKS.md, "A cheaper dropout mask").
+GPUs, and compiled models, keep torch's own kernels.
 """
 
 import torch

@@ -493,7 +493,10 @@ class Trainer:
     def _reason_to_stop(self, run: _Run) -> str | None:
         """"signal", "steps" or "time" when the run must stop before another step; None to go on.
         A non-finite loss raises a TrainingError instead. Every rank decides alike."""
-        out_of_time = self._agree(self.clock() >= run.deadline)  # also sets _stop_signal
+        # Whether an ended schedule goes on at its floor is rank 0's decision (its clock, its
+        # schedule); _agree passes it on, and also sets _stop_signal.
+        on_floor = self.dist.is_main and self._on_the_floor(run)
+        out_of_time, run.on_floor = self._agree(self.clock() >= run.deadline, on_floor)
         if self._nonfinite is not None:
             bad_step, bad_loss = self._nonfinite
             kept = f"; the last good checkpoint {run.save_path} is kept" if run.save_path.exists() else ""
@@ -501,23 +504,24 @@ class Trainer:
                                 f"(try a lower --lr)")
         if self._stop_signal is not None:
             return "signal"
-        if self.total_steps is not None and self.step >= self.total_steps and not self._on_the_floor(run):
-            return "steps"  # (a refit just before, within the budget's last tenth, may have moved the end on)
+        if self.total_steps is not None and self.step >= self.total_steps and not run.on_floor:
+            return "steps"
         return "time" if out_of_time else None
 
     def _on_the_floor(self, run: _Run) -> bool:
         """Should a run whose schedule has ended go on, at its lowest learning rate, until the time
         budget ends? Yes when the schedule's length was fitted to the budget (no --steps or
-        --epochs cut it shorter) and more than a tenth of the budget is left: a fit made while the
-        steps were slow (another program busy on the machine) planned too few, and the speed came
-        back before the next refit. Stopping would leave that time unused."""
+        --epochs cut it shorter) and more than a tenth of the budget is left beside the final
+        evaluation: a fit made while the steps were slow (another program busy on the machine)
+        planned too few, and the speed came back before the next refit. Stopping would leave
+        that time unused."""
         if run.on_floor:
             return True
         ended = self.total_steps is not None and self.step >= self.total_steps
         if not ended or self.config.minutes is None or self.total_steps == run.step_limit:
             return False
         left = run.deadline - self.clock()
-        if left <= 6 * self.config.minutes:  # within a tenth of the budget: a fitted end, as planned
+        if left - (run.eval_seconds or 0.0) <= 6 * self.config.minutes:  # with the last evaluation: a fitted end
             return False
         run.on_floor = True
         self.log(f"the schedule ended at step {self.step} with {_clock_time(left)} of the budget left (it was "
@@ -595,23 +599,24 @@ class Trainer:
         self._append_metrics(run, record)
         run.progress.report(record, steps_per_s)
 
-    def _agree(self, out_of_time: bool) -> bool:
-        """Make every rank take the same decisions before the step: rank 0's schedule length, and
-        stop (or fail) if any rank must. Returns whether time is up."""
+    def _agree(self, out_of_time: bool, on_floor: bool = False) -> tuple[bool, bool]:
+        """Make every rank take the same decisions before the step: rank 0's schedule length and
+        whether it goes on past the schedule's end (on_floor, see _on_the_floor), and stop (or
+        fail) if any rank must. Returns (whether time is up, on_floor)."""
         if self.dist.world_size == 1:
             self._stop_signal = self._signal_received
-            return out_of_time
+            return out_of_time, on_floor
         # A signal that lands after this reduction is not lost: _signal_received is never cleared,
         # so the next step's reduction carries it, and until then every rank goes on alike.
         total = self.total_steps if self.dist.is_main and self.total_steps is not None else -1
         bad_step = self._nonfinite[0] if self._nonfinite is not None else -1
-        total, out_of_time, signum, bad_step = self.dist.max(
-            [total, float(out_of_time), self._signal_received or 0, bad_step])
+        total, out_of_time, signum, bad_step, on_floor = self.dist.max(
+            [total, float(out_of_time), self._signal_received or 0, bad_step, float(on_floor)])
         self.total_steps = None if total < 0 else int(total)
         self._stop_signal = int(signum) or None
         if bad_step >= 0 and self._nonfinite is None:
             self._nonfinite = (int(bad_step), float("nan"))  # another rank saw it
-        return bool(out_of_time)
+        return bool(out_of_time), bool(on_floor)
 
     def _note_if_nonfinite(self, loss: float, step: int) -> None:
         if not math.isfinite(loss) and self._nonfinite is None:

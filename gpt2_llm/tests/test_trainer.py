@@ -149,7 +149,7 @@ def test_a_signal_that_lands_while_the_ranks_agree_stops_the_next_step(corpus):
 
     trainer.dist = TwoRanks()
     with trainer._signals_caught():
-        assert trainer._agree(False) is False and trainer._stop_signal is None  # the ranks go on alike...
+        assert trainer._agree(False) == (False, False) and trainer._stop_signal is None  # the ranks go on alike...
         trainer._agree(False)
     assert trainer._stop_signal == signal.SIGTERM  # ...and stop together one step later
 
