@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,11 +57,13 @@ def main() -> None:
         if (args.keep / "model.pt").exists() or (args.keep / "vocab.txt").exists():
             sys.exit(f"bench_train: {args.keep} already holds a run (model.pt or vocab.txt); give a new folder")
         args.keep.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bench_train_") as temporary:
-        folder = args.keep or Path(temporary)
+    place = nullcontext(args.keep) if args.keep is not None else tempfile.TemporaryDirectory(prefix="bench_train_")
+    with place as folder:
+        folder = Path(folder)
         command = [sys.executable, str(ROOT / "main.py"), "train", str(args.text), str(folder / "vocab.txt"),
                    "--out", str(folder / "model.pt"), "--minutes", str(args.minutes), *train_args]
-        print("command:", " ".join(["python main.py", *command[2:]]).replace(str(folder), "<tmp>"), flush=True)
+        shown = " ".join(["python main.py", *command[2:]])
+        print("command:", shown if args.keep is not None else shown.replace(str(folder), "<tmp>"), flush=True)
         start = time.monotonic()
         subprocess.run(command, check=True)
         wall = time.monotonic() - start

@@ -462,8 +462,8 @@ class Trainer:
         done = self.step - run.start_step
         if done == 1:
             run.timed_from = (self.clock(), self.step, run.eval_total)
-        if self.config.minutes is None or done < 2 or self._on_the_floor(run):
-            return  # on the floor, a refit would lift the learning rate back up the schedule
+        if self.config.minutes is None or done < 2 or run.on_floor or self._ended_early(run):
+            return  # past the schedule's end, a refit would lift the learning rate back up the schedule
         by_speed = done == 10 or self.clock() >= run.refit_at
         by_evaluation = run.eval_seconds is not None and not run.fitted_with_eval
         if by_speed or by_evaluation:
@@ -495,8 +495,14 @@ class Trainer:
         A non-finite loss raises a TrainingError instead. Every rank decides alike."""
         # Whether an ended schedule goes on at its floor is rank 0's decision (its clock, its
         # schedule); _agree passes it on, and also sets _stop_signal.
-        on_floor = self.dist.is_main and self._on_the_floor(run)
-        out_of_time, run.on_floor = self._agree(self.clock() >= run.deadline, on_floor)
+        on_floor = run.on_floor or (self.dist.is_main and self._ended_early(run))
+        out_of_time, on_floor = self._agree(self.clock() >= run.deadline, on_floor)
+        if on_floor and not run.on_floor:
+            run.on_floor = True
+            run.progress.total = None
+            self.log(f"the schedule ended at step {self.step} with {_clock_time(run.deadline - self.clock())} of the "
+                     f"budget left (it was fitted while the steps ran slower): training on at the lowest learning "
+                     f"rate until the budget ends")
         if self._nonfinite is not None:
             bad_step, bad_loss = self._nonfinite
             kept = f"; the last good checkpoint {run.save_path} is kept" if run.save_path.exists() else ""
@@ -508,26 +514,19 @@ class Trainer:
             return "steps"
         return "time" if out_of_time else None
 
-    def _on_the_floor(self, run: _Run) -> bool:
-        """Should a run whose schedule has ended go on, at its lowest learning rate, until the time
-        budget ends? Yes when the schedule's length was fitted to the budget (no --steps or
-        --epochs cut it shorter) and more than a tenth of the budget is left beside the final
-        evaluation: a fit made while the steps were slow (another program busy on the machine)
-        planned too few, and the speed came back before the next refit. Stopping would leave
-        that time unused."""
-        if run.on_floor:
-            return True
-        ended = self.total_steps is not None and self.step >= self.total_steps
-        if not ended or self.config.minutes is None or self.total_steps == run.step_limit:
+    def _ended_early(self, run: _Run) -> bool:
+        """Has the schedule ended with more than a tenth of the budget left beside the final
+        evaluation, though its length was fitted to the budget (no --steps or --epochs cut it
+        shorter)? Then a fit made while the steps were slow (another program busy on the machine)
+        planned too few and the speed came back before the next refit: the run goes on at the
+        lowest learning rate until the budget ends ("on the floor") rather than leave that time
+        unused."""
+        c = self.config
+        if c.minutes is None or self.total_steps is None or self.step < self.total_steps:
             return False
-        left = run.deadline - self.clock()
-        if left - (run.eval_seconds or 0.0) <= 6 * self.config.minutes:  # with the last evaluation: a fitted end
+        if self.total_steps == run.step_limit:
             return False
-        run.on_floor = True
-        self.log(f"the schedule ended at step {self.step} with {_clock_time(left)} of the budget left (it was "
-                 f"fitted while the steps ran slower): training on at the lowest learning rate until the budget ends")
-        run.progress.total = None
-        return True
+        return run.deadline - self.clock() - (run.eval_seconds or 0.0) > 6 * c.minutes
 
     def _checkpoint_due(self, run: _Run) -> bool:
         """Every eval_every steps: evaluate (if there is a validation split) and save (always)."""
@@ -601,7 +600,7 @@ class Trainer:
 
     def _agree(self, out_of_time: bool, on_floor: bool = False) -> tuple[bool, bool]:
         """Make every rank take the same decisions before the step: rank 0's schedule length and
-        whether it goes on past the schedule's end (on_floor, see _on_the_floor), and stop (or
+        whether it goes on past the schedule's end (on_floor, see _ended_early), and stop (or
         fail) if any rank must. Returns (whether time is up, on_floor)."""
         if self.dist.world_size == 1:
             self._stop_signal = self._signal_received
