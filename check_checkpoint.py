@@ -49,6 +49,10 @@ def report(model: str, vocab_path: str | None) -> tuple[list[str], list[str]]:
         lines.append(f"training:         step {state['step']:,}{total}, {state['tokens_seen']:,} tokens seen, "
                      f"best val loss {best_text}")
         lines.append(f"optimizer:        {optimizer_text(loaded.checkpoint['train_config'])}")
+        if "training_weights" in loaded.checkpoint:
+            decay = loaded.checkpoint["train_config"].get("ema", 0)
+            lines.append(f"weights:          a moving average of the training weights (--ema {decay:g}); "
+                         f"a continued run goes on from those, stored beside it")
     elif loaded.source == "checkpoint":
         lines.append("training:         no training state (weights only)")
     else:

@@ -273,7 +273,7 @@ def new_run(args: argparse.Namespace, files: list, overrides: dict, ranks, say):
     config = model_config(args, vocab_size)
     device = pick_device(ranks.device_name(train_config.device))
     check_step_memory(config, train_config.batch_size, device, pick_dtype(train_config.dtype, device),
-                      train_config.grad_checkpoint)
+                      train_config.grad_checkpoint, train_config.ema > 0)
     if not ranks.is_main:
         ranks.barrier()  # rank 0 trains the tokenizer if there is none yet; the others then load it
         tokenizer = load_tokenizer(args.vocab_file)

@@ -42,7 +42,19 @@ def test_a_checkpoint_and_its_own_vocab_are_compatible(trained):
     assert ok.stdout.startswith(f"checkpoint:       {trained} (")
     assert "architecture:     GPT-2 (MLP width 256)" in ok.stdout
     assert "optimizer:        AdamW (lr 0.0006)" in ok.stdout
+    assert "moving average" not in ok.stdout
     assert ok.stdout.rstrip().endswith("verdict:          compatible")
+
+
+def test_a_checkpoint_of_averaged_weights_says_so(trained, tmp_path):
+    from gpt2_llm import Trainer
+
+    again = Trainer.from_checkpoint(trained, log=lambda line: None, ema=0.99)
+    again.train(trained.parent / "text.txt", save_path=tmp_path / "averaged.pt", steps=5, progress=False)
+    result = check(tmp_path / "averaged.pt")
+    assert result.returncode == 0, result.stderr
+    assert ("weights:          a moving average of the training weights (--ema 0.99); a continued run goes on "
+            "from those, stored beside it") in result.stdout
 
 
 def test_another_vocab_is_not_compatible(trained, tmp_path):

@@ -37,7 +37,7 @@ DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 # and the schedule fitted to the time budget.
 RECIPE = ["--preset", "mini", "--vocab-size", "2048", "--lr", "2e-3", "--batch-size", "8", "--eval-every", "200",
           "--optimizer", "muon", "--mlp", "relu2", "--untied", "--rope", "--qk-norm", "--dropout", "0.2",
-          "--weight-decay", "1.0"]
+          "--weight-decay", "1.0", "--ema", "0.99"]
 
 
 def main() -> None:

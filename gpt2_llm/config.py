@@ -285,6 +285,8 @@ class TrainConfig:
     grad_clip: float = _opt(1.0, 'clip the gradient norm to this')
     label_smoothing: float = _opt(0.0, 'train toward (1 - e) x the next token + e x uniform over the vocabulary '
                                        '(the loss in training only; evaluations are plain cross-entropy)')
+    ema: float = _opt(0.0, 'evaluate, sample and save a moving average of the weights that takes in each step '
+                           'with this decay (0: off; 0.99 spans about the last 100 steps)')
     eval_every: int = _opt(250, 'steps between evaluations and checkpoints')
     eval_tokens: int = _opt(200_000, 'validation tokens per evaluation (at most)')
     log_every: int = _opt(10, 'steps between metrics-log lines')
@@ -338,6 +340,8 @@ class TrainConfig:
             problems.append(f"--epochs must be positive, got {self.epochs}")
         if not 0 <= self.label_smoothing < 1:
             problems.append(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.ema < 1:
+            problems.append(f"--ema must be in [0, 1), got {self.ema}")
         if not 0 <= self.val_fraction < 1:
             problems.append(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if not is_device_name(self.device):

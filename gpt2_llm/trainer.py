@@ -40,6 +40,7 @@ import torch
 
 from bpe import UserError, atomic_write
 
+from .averaging import WeightAverage
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import MUON_LR, GPT2Config, TrainConfig, config_from_dict
 from .data import (Batches, DataError, InstructionBatches, encode_examples, input_files, instruction_eval_set,
@@ -112,10 +113,12 @@ def make_muon(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimi
                             adjust_lr_fn="original")
 
 
-def step_memory(config: GPT2Config, batch_size: int, dtype: torch.dtype, grad_checkpoint: bool = False) -> int:
+def step_memory(config: GPT2Config, batch_size: int, dtype: torch.dtype, grad_checkpoint: bool = False,
+                averaged: bool = False) -> int:  # fmt: skip
     """Bytes one training micro-step needs, roughly (an estimate to refuse what cannot fit, not a
     measurement): the weights, their gradients and AdamW's two moments in float32 (16 bytes a
-    weight; Muon keeps one moment, so for it this is a little high); the activations kept for the
+    weight; Muon keeps one moment, so for it this is a little high), and with --ema (averaged) the
+    weights' moving average (4 more); the activations kept for the
     backward pass; and the logits with their gradient and a float32 copy. BENCHMARKS.md compares
     it with measured peaks.
 
@@ -141,14 +144,14 @@ def step_memory(config: GPT2Config, batch_size: int, dtype: torch.dtype, grad_ch
     kept = L * 2 * C + layer if grad_checkpoint else L * layer
     activations = batch_size * T * kept * width // 2
     logits = batch_size * T * V * (2 * width + 4)
-    return 16 * weights + activations + logits
+    return (20 if averaged else 16) * weights + activations + logits
 
 
 def check_step_memory(config: GPT2Config, batch_size: int, device: torch.device, dtype: torch.dtype,
-                      grad_checkpoint: bool = False) -> str:  # fmt: skip
+                      grad_checkpoint: bool = False, averaged: bool = False) -> str:  # fmt: skip
     """Refuse a batch whose step cannot fit the device's memory (one line naming --batch-size), rather
     than let the system kill the run; otherwise return a line for the start-up log."""
-    need, have = step_memory(config, batch_size, dtype, grad_checkpoint), available_memory(device)
+    need, have = step_memory(config, batch_size, dtype, grad_checkpoint, averaged), available_memory(device)
     shape = f"batch {batch_size} x context {config.block_size}"
     if have is not None and need > have:
         recompute = "" if grad_checkpoint else ", or --grad-checkpoint"
@@ -259,7 +262,7 @@ class Trainer:
         self.device = pick_device(self.dist.device_name(config.device))
         self.dtype = pick_dtype(config.dtype, self.device)
         self.memory_note = check_step_memory(model.config, config.batch_size, self.device, self.dtype,
-                                             config.grad_checkpoint)
+                                             config.grad_checkpoint, config.ema > 0)
         self.device_notes = setup_device(self.device, self.dist.local_world_size)
         self.model = model.to(self.device)
         self.model.decoder.grad_checkpoint = config.grad_checkpoint
@@ -270,6 +273,7 @@ class Trainer:
             self.model.check_ids = False
         self.optimizer = make_optimizer(self.model, config, self.device)
         self.muon = make_muon(self.model, config)  # None unless --optimizer muon
+        self.average = WeightAverage(self.model, config.ema) if config.ema else None  # --ema
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step = 0  # optimizer steps done
         self.tokens_seen = 0
@@ -308,6 +312,7 @@ class Trainer:
         processes = f" x {self.dist.world_size} processes" if self.dist.world_size > 1 else ""
         notes += ", gradient checkpointing" if c.grad_checkpoint else ""
         notes += f", Muon (lr {c.muon_lr or MUON_LR:g}) beside AdamW" if self.muon is not None else ""
+        notes += f", evaluating and saving a moving average of the weights (--ema {c.ema:g})" if c.ema else ""
         return (f"device {self.device.type}, {precision}{', compiled' if c.compile else ''}{notes}; "
                 f"{self.model.num_parameters():,} parameters; global batch {c.batch_size} x {c.grad_accum} "
                 f"accumulation{processes} x {self.model.config.block_size} tokens "
@@ -574,6 +579,8 @@ class Trainer:
             self.scaler.step(optimizer)
         self.scaler.update()
         self.model.zero_grad(set_to_none=True)
+        if self.average is not None:
+            self.average.update()
         return total
 
     def _log_step(self, run: _Run, loss: torch.Tensor) -> None:
@@ -653,6 +660,17 @@ class Trainer:
         run.eval_total += run.eval_seconds
 
     def _evaluate_sample_save_draw(self, run: _Run, last: bool) -> None:
+        """With --ema the evaluation and the sample are the moving average's, which is also what
+        the checkpoint's model holds."""
+        with self.average.swapped_in() if self.average is not None else nullcontext():
+            improved = self._evaluate_and_sample(run)
+        self.saved_to = self.save(run.save_path)
+        if improved:
+            self.save(best_path(run.save_path))
+        self._draw_loss_picture(run, last)
+
+    def _evaluate_and_sample(self, run: _Run) -> bool:
+        """Evaluate (with a validation split) and show a sample; return whether the loss is the best yet."""
         improved = False
         if run.data.val is not None:
             result = evaluate(self.model, run.data.val, run.data.val_bytes, self.config.batch_size, self.dtype,
@@ -667,10 +685,7 @@ class Trainer:
             improved = result["val_loss"] < self.best_val_loss
             self.best_val_loss = min(self.best_val_loss, result["val_loss"])
         self._show_sample(run)
-        self.saved_to = self.save(run.save_path)
-        if improved:
-            self.save(best_path(run.save_path))
-        self._draw_loss_picture(run, last)
+        return improved
 
     def _sample_prompt(self, tokens) -> list[int]:
         """The prompt of the samples: --sample-prompt, or 16 tokens of the validation text (of the
@@ -740,12 +755,16 @@ class Trainer:
                 rng["cuda_ranks"] = self.dist.gather(torch.cuda.get_rng_state(self.device))
         return {
             "model_config": asdict(self.model.config),
-            "model": self.model.state_dict(),
+            # With --ema the model is the weights' moving average, and the weights themselves (what
+            # training goes on from) are stored beside it.
+            **({"model": self.model.state_dict()} if self.average is None else
+               {"model": self.average.state_dict(self.model), "training_weights": self.model.state_dict()}),
             "optimizer": self.optimizer.state_dict(),
             **({} if self.muon is None else {"muon": self.muon.state_dict()}),
             "train_config": asdict(self.config),
             "state": {"step": self.step, "tokens_seen": self.tokens_seen, "best_val_loss": self.best_val_loss,
-                      "total_steps": self.total_steps},
+                      "total_steps": self.total_steps,
+                      "average_updates": 0 if self.average is None else self.average.updates},
             "rng": rng,
             "data": self.batches.state_dict() if self.batches is not None else self._resume_data,
             "tokenizer": {"text": self.bpe.to_text(), "hash": self.bpe.hash},
@@ -796,7 +815,12 @@ class Trainer:
             config = config_from_dict(TrainConfig, {**stored, **overrides}, "training config")
         except UserError as e:
             raise CheckpointError(f"{path}: {e}") from None
-        trainer = cls(loaded.model.train(), loaded.tokenizer, config, log=log)
+        trainer = cls(loaded.model.train(), loaded.tokenizer, config, log=log)  # with --ema: from the average...
+        if "training_weights" in ckpt:  # ...while training goes on from the weights (see checkpoint)
+            try:
+                trainer.model.load_state_dict(ckpt["training_weights"])
+            except RuntimeError:
+                raise CheckpointError(f"{path}: its training weights do not fit its model (a damaged file?)") from None
         trainer.optimizer.load_state_dict(ckpt["optimizer"])
         if trainer.muon is not None:
             if "muon" not in ckpt:
@@ -805,6 +829,8 @@ class Trainer:
         state = ckpt["state"]
         trainer.step, trainer.tokens_seen = state["step"], state["tokens_seen"]
         trainer.best_val_loss, trainer.total_steps = state["best_val_loss"], state["total_steps"]
+        if trainer.average is not None:
+            trainer.average.updates = state.get("average_updates", 0)
         trainer._restore_rng(ckpt["rng"])
         trainer._resume_data = ckpt.get("data")
         template_from_checkpoint(ckpt.get("chat_template"), str(path))  # one this version knows, or an error

@@ -157,11 +157,13 @@ def test_training_config_errors_name_every_flag_at_once():
         TrainConfig(val_fraction=1.5)
     with pytest.raises(ConfigError, match=r"--label-smoothing must be in \[0, 1\), got -0.1"):
         TrainConfig(label_smoothing=-0.1)
+    with pytest.raises(ConfigError, match=r"--ema must be in \[0, 1\), got 1.0"):
+        TrainConfig(ema=1.0)
     with pytest.raises(ConfigError, match="--device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"):
         TrainConfig(device="gpu")
 
 
-@pytest.mark.parametrize("name", ["lr", "minutes", "epochs", "grad_clip", "min_lr_ratio", "val_fraction", "beta1"])
+@pytest.mark.parametrize("name", ["lr", "minutes", "epochs", "grad_clip", "min_lr_ratio", "val_fraction", "beta1", "ema"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_no_float_flag_takes_nan_or_infinity(name, value):
     with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be a finite number"):

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from bpe import BPE
 from gpt2_llm import GPT2, GPT2Config, load_checkpoint
-from gpt2_llm.data import validation_windows
+from gpt2_llm.averaging import WeightAverage
+from gpt2_llm.data import load_tokens, split_tokens, validation_windows
 from gpt2_llm.tests.conftest import assert_close, losses, records
 from gpt2_llm.trainer import (Progress, Trainer, TrainingError, best_path, evaluate, get_lr, loss_picture_path,
                               step_memory)
@@ -560,6 +561,91 @@ def test_step_memory_follows_the_shapes_of_the_options():
     assert step_memory(replace(gpt2, tie_embeddings=False), b, torch.bfloat16) - step_memory(gpt2, b, torch.bfloat16) == 16 * V * C
     assert step_memory(gpt2, b, torch.bfloat16, grad_checkpoint=True) == (
         16 * (12 * L * C * C + (V + T) * C) + b * T * (L * 2 * C + 34 * C) + logits)
+    # --ema keeps a float32 average of every weight.
+    assert step_memory(gpt2, b, torch.bfloat16, averaged=True) - step_memory(gpt2, b, torch.bfloat16) == (
+        4 * (12 * L * C * C + (V + T) * C))
+
+
+# ---- the moving average of the weights (--ema) -------------------------------------------------------
+
+
+def test_the_moving_average_follows_its_formula_and_swaps_in_and_out_exactly():
+    model = torch.nn.Linear(2, 1, bias=False)
+    average = WeightAverage(model, decay=0.9)
+    expected = model.weight.detach().clone()
+    for t, value in enumerate([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0]):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        average.update()
+        keep = min(0.9, (1 + t) / (10 + t))  # 0.1, 0.18, ..., then 0.9 from t = 71: here the warm-up alone
+        expected = keep * expected + (1 - keep) * value
+    assert average.updates == 12
+    torch.testing.assert_close(average.average[0], expected, rtol=1e-6, atol=0)
+    with average.swapped_in():
+        torch.testing.assert_close(model.weight.detach(), expected, rtol=1e-6, atol=0)
+    assert (model.weight == 12.0).all()  # the weights themselves back, exactly
+
+
+def test_the_averages_state_dict_names_a_tied_weight_twice(corpus):
+    trainer = tiny_trainer(corpus[1], ema=0.5)
+    assert trainer.model.config.tie_embeddings
+    with torch.no_grad():
+        trainer.model.wte.weight.add_(1.0)  # the weights move; the average has not taken them in
+    state = trainer.average.state_dict(trainer.model)
+    assert state.keys() == trainer.model.state_dict().keys()
+    torch.testing.assert_close(state["lm_head.weight"], state["wte.weight"], atol=0, rtol=0)
+    torch.testing.assert_close(state["wte.weight"] + 1.0, trainer.model.wte.weight.detach(), atol=0, rtol=0)
+
+
+def test_with_ema_the_checkpoint_holds_the_average_and_resumes_exactly(corpus, tmp_path):
+    text, tokenizer = corpus
+    options = dict(ema=0.8, eval_every=4, optimizer="muon")
+    straight = tiny_trainer(tokenizer, **options)
+    result = straight.train(text, save_path=tmp_path / "a.pt", steps=10, progress=False)
+    first = tiny_trainer(tokenizer, **options)
+    _train_until(first, text, tmp_path / "b.pt", total=10, stop_at=6)
+    again = Trainer.from_checkpoint(tmp_path / "b.pt", log=lambda line: None)
+    assert again.average.updates == 6
+    again.train(text, save_path=tmp_path / "b.pt", progress=False)
+    assert losses(tmp_path / "b.metrics.jsonl") == losses(tmp_path / "a.metrics.jsonl")
+    a, b = load_checkpoint(tmp_path / "a.pt"), load_checkpoint(tmp_path / "b.pt")
+    for key in ("model", "training_weights"):
+        for name in a[key]:
+            torch.testing.assert_close(a[key][name], b[key][name], atol=0, rtol=0, msg=f"{key} {name}")
+    name = "decoder.h.0.mlp.c_fc.weight"
+    assert (a["model"][name] - a["training_weights"][name]).abs().max() > 1e-4  # the average is not the weights
+    # The reported loss is the average's: the model every reader of the checkpoint gets.
+    model = GPT2(GPT2Config(**a["model_config"]))
+    model.load_state_dict(a["model"])
+    c = straight.config
+    _, held_out = split_tokens(load_tokens(text, tokenizer), c.val_fraction, 32)
+    windows, num_bytes = validation_windows(held_out, 32, tokenizer, c.eval_tokens)
+    assert result["val_loss"] == pytest.approx(evaluate(model, windows, num_bytes, c.batch_size)["val_loss"], rel=1e-6)
+
+
+def test_a_run_continued_without_ema_goes_on_from_the_weights_not_their_average(corpus, tmp_path):
+    trainer = tiny_trainer(corpus[1], ema=0.8, eval_every=1000)
+    trainer.train(corpus[0], save_path=tmp_path / "m.pt", steps=5, progress=False)
+    ckpt = load_checkpoint(tmp_path / "m.pt")
+    plain = Trainer.from_checkpoint(tmp_path / "m.pt", log=lambda line: None, ema=0.0)
+    assert plain.average is None
+    for name, value in plain.model.state_dict().items():
+        torch.testing.assert_close(value, ckpt["training_weights"][name], atol=0, rtol=0, msg=name)
+    plain.train(corpus[0], save_path=tmp_path / "m.pt", steps=7, progress=False)
+    assert "training_weights" not in load_checkpoint(tmp_path / "m.pt")
+
+
+def test_training_weights_that_do_not_fit_the_model_are_refused_in_one_line(corpus, tmp_path):
+    from gpt2_llm import save_checkpoint
+    from gpt2_llm.checkpoint import CheckpointError
+
+    trainer = tiny_trainer(corpus[1], ema=0.8, eval_every=1000)
+    trainer.train(corpus[0], save_path=tmp_path / "m.pt", steps=2, progress=False)
+    ckpt = load_checkpoint(tmp_path / "m.pt")
+    del ckpt["training_weights"]["wpe.weight"]
+    save_checkpoint(tmp_path / "broken.pt", ckpt)
+    with pytest.raises(CheckpointError, match=r"broken.pt: its training weights do not fit its model \(a damaged file\?\)$"):
+        Trainer.from_checkpoint(tmp_path / "broken.pt", log=lambda line: None)
 
 
 # ---- instruction records ---------------------------------------------------------------------------
