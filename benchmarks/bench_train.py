@@ -36,7 +36,7 @@ DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 # optimizer's learning rate, on the matrices), batch 8, bf16 autocast where the CPU has it (auto),
 # and the schedule fitted to the time budget.
 RECIPE = ["--preset", "mini", "--vocab-size", "2048", "--lr", "2e-3", "--batch-size", "8", "--eval-every", "200",
-          "--optimizer", "muon", "--mlp", "relu2", "--untied", "--rope", "--qk-norm", "--dropout", "0.2",
+          "--optimizer", "muon", "--mlp", "relu2", "--untied", "--rope", "--qk-norm", "--dropout", "0.1",
           "--weight-decay", "1.0", "--ema", "0.99"]
 
 
