@@ -571,13 +571,13 @@ def test_step_memory_follows_the_shapes_of_the_options():
 
 def test_the_moving_average_follows_its_formula_and_swaps_in_and_out_exactly():
     model = torch.nn.Linear(2, 1, bias=False)
-    average = WeightAverage(model, decay=0.9)
+    average = WeightAverage(model, decay=0.5)
     expected = model.weight.detach().clone()
     for t, value in enumerate([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0]):
         with torch.no_grad():
             model.weight.fill_(value)
         average.update()
-        keep = min(0.9, (1 + t) / (10 + t))  # 0.1, 0.18, ..., then 0.9 from t = 71: here the warm-up alone
+        keep = min(0.5, (1 + t) / (10 + t))  # the warm-up's 0.1, 0.18, ... up to t = 7, then the decay
         expected = keep * expected + (1 - keep) * value
     assert average.updates == 12
     torch.testing.assert_close(average.average[0], expected, rtol=1e-6, atol=0)
