@@ -2,10 +2,11 @@
 softmax temperatures, and the loss by position in the context window.
 
     python benchmarks/bench_train.py --keep runs/recipe          # train the recipe, keep the model
-    python benchmarks/probe_calibration.py runs/recipe/model.pt runs/recipe/vocab.txt
+    python benchmarks/probe_calibration.py runs/recipe/model.pt
 
-The held-out part is the one training validated on: the last --val-fraction of the text's tokens,
-in the same non-overlapping windows, with the same bits-per-byte denominator. A temperature
+The held-out part is the one training validated on: the last --val-fraction of the text's tokens
+(the checkpoint's own, and its own tokenizer), in the same non-overlapping windows, with the same
+bits-per-byte denominator. A temperature
 above 1 that lowers the loss means the model is overconfident there (its probabilities are too
 sharp); the temperature is only looked at, nothing is fitted or changed.
 """
@@ -23,7 +24,6 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bpe import BPE  # noqa: E402
 from gpt2_llm.data import load_tokens, split_tokens, validation_windows  # noqa: E402
 from gpt2_llm.hardware import autocast, pick_dtype  # noqa: E402
 from gpt2_llm.loading import load  # noqa: E402
@@ -34,16 +34,14 @@ TEMPERATURES = (0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=Path)
-    parser.add_argument("vocab", type=Path)
+    parser.add_argument("model", type=Path, help="a checkpoint written by main.py train")
     parser.add_argument("--text", type=Path, default=DATA, help="the text it was trained on (default: Tiny Shakespeare)")
-    parser.add_argument("--val-fraction", type=float, default=0.1)
     args = parser.parse_args()
 
-    model = load(args.model).model.eval()
-    tokenizer = BPE.load(args.vocab)
+    loaded = load(args.model)
+    model, tokenizer = loaded.model.eval(), loaded.tokenizer
     T = model.config.block_size
-    _, held_out = split_tokens(load_tokens(args.text, tokenizer), args.val_fraction, T)
+    _, held_out = split_tokens(load_tokens(args.text, tokenizer), loaded.checkpoint["train_config"]["val_fraction"], T)
     windows, num_bytes = validation_windows(held_out, T, tokenizer)
     device = torch.device("cpu")
     logits, targets = [], windows[:, 1:]
@@ -60,7 +58,7 @@ def main() -> None:
     print("| held-out bits per byte | " + " | ".join(f"{b:.4f}" for b in bpb) + " |")
 
     by_position = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(dim=0)  # (T,)
-    spans = [(0, 1), (1, 8), (8, 32), (32, 128), (128, T)]
+    spans = [(a, min(b, T)) for a, b in ((0, 1), (1, 8), (8, 32), (32, 128), (128, T)) if a < T]  # T may be short
     print("\n| positions in the window | " + " | ".join(f"{a}-{b - 1}" if b - a > 1 else f"{a}" for a, b in spans) + " |")
     print("|---|" + "---:|" * len(spans))
     print("| mean loss (nats per token) | " + " | ".join(f"{by_position[a:b].mean():.3f}" for a, b in spans) + " |")
