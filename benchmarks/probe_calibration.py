@@ -39,9 +39,13 @@ def main() -> None:
     args = parser.parse_args()
 
     loaded = load(args.model)
+    train_config = loaded.checkpoint.get("train_config")
+    if train_config is None or loaded.tokenizer is None:
+        sys.exit(f"probe_calibration: {args.model} is not a checkpoint of main.py train (it needs the run's "
+                 f"tokenizer and held-out fraction)")
     model, tokenizer = loaded.model.eval(), loaded.tokenizer
     T = model.config.block_size
-    _, held_out = split_tokens(load_tokens(args.text, tokenizer), loaded.checkpoint["train_config"]["val_fraction"], T)
+    _, held_out = split_tokens(load_tokens(args.text, tokenizer), train_config["val_fraction"], T)
     windows, num_bytes = validation_windows(held_out, T, tokenizer)
     device = torch.device("cpu")
     logits, targets = [], windows[:, 1:]
