@@ -2,7 +2,9 @@
 
 A log (NAME.metrics.jsonl, beside the checkpoint) holds one JSON object per line:
     step records  {"step": 10, "loss": 5.1, "lr": 0.0006, "tokens_per_s": 3800, ..., "tokens": 40960}
+                  (with --optimizer muon also "muon_lr": Muon's rate beside AdamW's "lr")
     eval records  {"step": 250, "eval": true, "val_loss": 4.2, "val_ppl": 66.7, ..., "tokens": 1024000}
+                  (with --ema also "ema": 0.99: the loss is the weights' moving average's)
 Any other record (a text sample, say) is ignored, and so is a line that is not JSON (the half-written
 last line of a killed run). A run resumed after a kill logs again from its checkpoint's step: when
 the steps go back, the records logged after that point are dropped and the later ones kept, since
@@ -75,15 +77,25 @@ def plot_runs(paths: str | os.PathLike | list, out: str | os.PathLike, labels: l
     step number, so the runs stay comparable.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
 
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if labels is None:
         labels = [Path(p).name.removesuffix(".jsonl").removesuffix(".metrics") for p in paths]
     if len(labels) != len(paths):
         raise UserError(f"{len(labels)} labels for {len(paths)} runs: give one label per metrics file")
-    runs = [read_metrics(p) for p in paths]
+    fig = draw_runs([read_metrics(p) for p in paths], labels)
+    buffer = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buffer)
+    with atomic_write(out) as f:  # a reader (an image viewer refreshing) never sees half a PNG
+        f.write(buffer.getvalue())
+
+
+def draw_runs(runs: list[dict], labels: list[str]):
+    """The figure plot_runs saves, for runs as read_metrics returns them: a matplotlib Figure."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
+
     by_tokens = all("tokens" in s for run in runs for s in run.values() if s["step"])
     x = "tokens" if by_tokens else "step"
 
@@ -94,16 +106,23 @@ def plot_runs(paths: str | os.PathLike | list, out: str | os.PathLike, labels: l
         if train["step"]:
             loss_ax.plot(train[x], train["loss"], color=colour, linewidth=0.8, alpha=0.6, label=f"{label} train")
         if evals["step"]:
+            averaged = " (EMA weights)" if "ema" in evals else ""  # --ema: the average was evaluated
             loss_ax.plot(evals[x], evals["val_loss"], color=colour, linewidth=1.8, marker="o", markersize=5,
-                         label=f"{label} val")
+                         label=f"{label} val{averaged}")
         if "lr" in train:
             lr_ax.plot(train[x], train["lr"], color=colour, linewidth=1.2)
+        if "muon_lr" in train:  # Muon's matrices follow the same schedule from their own peak
+            lr_ax.plot(train[x], train["muon_lr"], color=colour, linewidth=1.2, linestyle="--")
     loss_ax.set_ylim(*_loss_limits(runs))
     loss_ax.set_ylabel("loss (nats per token)")
     loss_ax.legend(loc="upper right", ncols=1 if len(runs) < 3 else 2, fontsize=9)
     names = ", ".join(labels) if len(runs) <= 3 else f"{len(runs)} runs"  # a longer title would run off
     loss_ax.set_title(f"Training and validation loss: {names}")
     lr_ax.set_ylabel("learning rate")
+    if any("muon_lr" in run["train"] for run in runs):  # say which line is which optimizer's
+        lr_ax.legend(handles=[Line2D([], [], color="0.3", linewidth=1.2, label="AdamW (--lr)"),
+                              Line2D([], [], color="0.3", linewidth=1.2, linestyle="--", label="Muon (--muon-lr)")],
+                     loc="upper right", fontsize=8)
     lr_ax.set_ylim(bottom=0)
     lr_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _short_rate(v)))
     which = "this log has" if len(runs) == 1 else "a log has"
@@ -112,10 +131,7 @@ def plot_runs(paths: str | os.PathLike | list, out: str | os.PathLike, labels: l
         lr_ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _short_count(v)))
     for ax in (loss_ax, lr_ax):
         ax.grid(True, alpha=0.3)
-    buffer = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buffer)
-    with atomic_write(out) as f:  # a reader (an image viewer refreshing) never sees half a PNG
-        f.write(buffer.getvalue())
+    return fig
 
 
 def _loss_limits(runs: list[dict]) -> tuple[float, float]:

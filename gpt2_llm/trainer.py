@@ -599,6 +599,7 @@ class Trainer:
         steps_per_s = (self.step - run.start_step) / elapsed
         tokens_per_s = (self.tokens_seen - run.start_tokens) / elapsed  # instruction batches vary in length
         record = {"step": self.step, "loss": round(loss_value, 5), "lr": self.optimizer.param_groups[0]["lr"],
+                  **({} if self.muon is None else {"muon_lr": self.muon.param_groups[0]["lr"]}),
                   "tokens": self.tokens_seen, "tokens_per_s": round(tokens_per_s),
                   "mfu": round(tokens_per_s * run.flops_per_token / (run.peak * self.dist.world_size), 4),
                   "elapsed_s": round(elapsed, 2)}
@@ -676,7 +677,9 @@ class Trainer:
             result = evaluate(self.model, run.data.val, run.data.val_bytes, self.config.batch_size, self.dtype,
                               self.dist)
             run.result = result
+            # "ema": the decay of the moving average evaluated in place of the weights (--ema)
             self._append_metrics(run, {"step": self.step, "eval": True, "tokens": self.tokens_seen,
+                                       **({"ema": self.config.ema} if self.average is not None else {}),
                                        **{k: round(v, 5) for k, v in result.items()}})
             self.log(f"step {self.step}: val loss {result['val_loss']:.4f}, perplexity {result['val_ppl']:.2f}, "
                      f"{result['val_bpb']:.4f} bits per byte")

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from gpt2_llm.plot import _short_count, _short_rate, plot_runs, read_metrics
+from gpt2_llm.plot import _short_count, _short_rate, draw_runs, plot_runs, read_metrics
 
 
 def write_log(path, records, tail=""):
@@ -107,6 +107,21 @@ def test_plot_a_run_with_only_evaluations(tmp_path):
     log = write_log(tmp_path / "a.metrics.jsonl", [r for r in run_records() if r.get("eval")])
     plot_runs(str(log), tmp_path / "a.png")
     assert_png(tmp_path / "a.png")
+
+
+def test_the_picture_names_the_averaged_evaluations_and_draws_muons_rate(tmp_path):
+    plain = run_records()
+    muon = [{**r, "ema": 0.99} if r.get("eval") else {**r, "muon_lr": 6 * r["lr"]} for r in run_records()]
+    runs = [read_metrics(write_log(tmp_path / f"{name}.metrics.jsonl", records))
+            for name, records in (("plain", plain), ("muon", muon))]
+    loss_ax, lr_ax = draw_runs(runs, ["plain", "muon"]).axes
+    assert loss_ax.get_legend_handles_labels()[1] == ["plain train", "plain val", "muon train",
+                                                      "muon val (EMA weights)"]  # fmt: skip
+    # The learning rates: plain's AdamW, then muon's AdamW (solid) and Muon (dashed), in the run's colour.
+    assert [(line.get_linestyle(), line.get_color(), max(line.get_ydata())) for line in lr_ax.get_lines()] == [
+        ("-", "C0", 6e-4), ("-", "C1", 6e-4), ("--", "C1", pytest.approx(3.6e-3))]
+    assert [t.get_text() for t in lr_ax.get_legend().get_texts()] == ["AdamW (--lr)", "Muon (--muon-lr)"]
+    assert draw_runs(runs[:1], ["plain"]).axes[1].get_legend() is None  # no Muon: nothing to tell apart
 
 
 def test_plot_errors(tmp_path):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from bpe import BPE
 from gpt2_llm import GPT2, GPT2Config, load_checkpoint
 from gpt2_llm.averaging import WeightAverage
+from gpt2_llm.config import MUON_LR
 from gpt2_llm.data import load_tokens, split_tokens, validation_windows
 from gpt2_llm.tests.conftest import assert_close, losses, records
 from gpt2_llm.trainer import (Progress, Trainer, TrainingError, best_path, evaluate, get_lr, loss_picture_path,
@@ -614,6 +615,12 @@ def test_with_ema_the_checkpoint_holds_the_average_and_resumes_exactly(corpus, t
             torch.testing.assert_close(a[key][name], b[key][name], atol=0, rtol=0, msg=f"{key} {name}")
     name = "decoder.h.0.mlp.c_fc.weight"
     assert (a["model"][name] - a["training_weights"][name]).abs().max() > 1e-4  # the average is not the weights
+    # The log says that the evaluations are the average's, and holds both optimizers' rates: one
+    # schedule from two peaks (the loss picture draws both).
+    logged = records(tmp_path / "a.metrics.jsonl")
+    assert [r.get("ema") for r in logged if r.get("eval")] == [0.8] * 3  # steps 4, 8 and the last
+    steps = [r for r in logged if "loss" in r]
+    assert steps and all(r["muon_lr"] == pytest.approx(r["lr"] * MUON_LR / straight.config.lr) for r in steps)
     # The reported loss is the average's: the model every reader of the checkpoint gets.
     model = GPT2(GPT2Config(**a["model_config"]))
     model.load_state_dict(a["model"])
