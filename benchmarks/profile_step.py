@@ -1,0 +1,74 @@
+"""Where one training step of the Tiny Shakespeare recipe's model goes: forward and backward,
+gradient clipping, AdamW's step, Muon's step (its Newton-Schulz iterations), on this CPU.
+
+    python benchmarks/profile_step.py                  # the recipe's shape, batch 8
+    python benchmarks/profile_step.py --batch-size 12
+
+The model is the recipe's (mini preset, 2048 tokens, ReLU^2, untied head, RoPE, QK-norm, dropout
+0.2) on random token ids, trained with the trainer's own optimizers (make_optimizer, make_muon) in
+bf16 autocast where the CPU has it. Each part is timed on its own, over timed steps after warm-up
+ones; the table gives medians.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gpt2_llm import GPT2, GPT2Config  # noqa: E402
+from gpt2_llm.config import TrainConfig  # noqa: E402
+from gpt2_llm.hardware import autocast, pick_dtype  # noqa: E402
+from gpt2_llm.trainer import make_muon, make_optimizer  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    config = GPT2Config.from_preset("mini", vocab_size=2048, dropout=0.2, mlp="relu2", tie_embeddings=False,
+                                    rope=True, qk_norm=True)
+    model = GPT2(config)
+    train = TrainConfig(batch_size=args.batch_size, lr=2e-3, optimizer="muon", muon_lr=0.012, weight_decay=1.0)
+    device = torch.device("cpu")
+    adamw, muon = make_optimizer(model, train, device), make_muon(model, train)
+    dtype = pick_dtype("auto", device)  # what main.py train picks: bf16 where the CPU has it
+    ids = torch.randint(0, config.vocab_size, (args.batch_size, config.block_size + 1))
+
+    def forward_backward():
+        with autocast(device, dtype):
+            _, loss = model(ids[:, :-1], ids[:, 1:])
+        loss.backward()
+
+    parts = {"forward + backward": forward_backward,
+             "clip": lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0),
+             "AdamW step": adamw.step, "Muon step": muon.step,
+             "zero_grad": lambda: model.zero_grad(set_to_none=True)}
+    times = {name: [] for name in parts}
+    for step in range(3 + args.steps):
+        for name, part in parts.items():
+            start = time.perf_counter()
+            part()
+            if step >= 3:
+                times[name].append(time.perf_counter() - start)
+
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    total = sum(medians.values())
+    print(f"batch {args.batch_size} x context {config.block_size}, {dtype}, {torch.get_num_threads()} threads, "
+          f"medians of {args.steps} steps")
+    print("| part | ms | share |")
+    print("|---|---:|---:|")
+    for name, seconds in medians.items():
+        print(f"| {name} | {seconds * 1e3:.0f} | {seconds / total:.0%} |")
+    print(f"| the step | {total * 1e3:.0f} | {args.batch_size * config.block_size / total:,.0f} tokens/s |")
+
+
+if __name__ == "__main__":
+    main()
