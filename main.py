@@ -365,6 +365,7 @@ SHAPE_FLAGS = {
     "n_layer": ("--n-layer", "n_layer"), "n_head": ("--n-head", "n_head"), "n_embd": ("--n-embd", "n_embd"),
     "norm": ("--norm", "norm"), "mlp": ("--mlp", "mlp"), "kv_heads": ("--kv-heads", "n_kv_head"),
     "qk_norm": ("--qk-norm", "qk_norm"), "tie_embeddings": ("--untied", "tie_embeddings"), "bias": ("--no-bias", "bias"),
+    "token_shift": ("--token-shift", "token_shift"),
 }  # fmt: skip
 FINE_TUNING_MAY_CHANGE = ("context", "dropout", "attn_dropout")  # what `train --init-from` may set
 # A field whose None stands for a derived value is compared by that value (--kv-heads 12 is n_kv_head None).
@@ -809,6 +810,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--qk-norm", action="store_true", default=None, help="RMS-normalise each head's queries and keys before their product")
     p.add_argument("--untied", dest="tie_embeddings", action="store_false", default=None, help="an output head with its own matrix (GPT-2's is the token embedding)")
     p.add_argument("--no-bias", dest="bias", action="store_false", default=None, help="no biases in the linear and norm layers (GPT-2 has them)")
+    p.add_argument("--token-shift", action="store_true", default=None, help="mix each block's normalised inputs, per channel, with the previous token's (RWKV's token shift)")
     p.add_argument("--vocab-size", type=int, default=None, help="size of a tokenizer made from the text (default: recommended for its size)")
     for f in fields(TrainConfig):  # one flag per field: the defaults live in TrainConfig alone
         flag = "--" + f.name.replace("_", "-")

@@ -915,8 +915,8 @@ def test_init_from_refuses_a_vocab_file_of_another_tokenizer_and_a_checkpoint_be
 # ---- architecture options ------------------------------------------------------------------------
 
 ALL_OPTIONS = ["--n-layer", 3, "--n-head", 4, "--n-embd", 64, "--norm", "rmsnorm", "--mlp", "swiglu", "--kv-heads", 2,
-               "--qk-norm", "--untied", "--no-bias", "--rope", "--grad-checkpoint", "--optimizer", "muon",
-               "--muon-lr", "0.03", "--ema", "0.99"]  # fmt: skip
+               "--qk-norm", "--untied", "--no-bias", "--rope", "--token-shift", "--grad-checkpoint", "--optimizer",
+               "muon", "--muon-lr", "0.03", "--ema", "0.99"]  # fmt: skip
 
 
 def test_every_architecture_option_at_once_trains_predicts_and_resumes(corpus, tmp_path):
@@ -930,14 +930,16 @@ def test_every_architecture_option_at_once_trains_predicts_and_resumes(corpus, t
             b"weights (--ema 0.99)") in result.stderr
     ckpt = load_checkpoint(tmp_path / "m.pt")
     stored = {name: ckpt["model_config"][name] for name in
-              ("n_layer", "n_head", "n_embd", "norm", "mlp", "n_kv_head", "qk_norm", "tie_embeddings", "bias", "rope")}
+              ("n_layer", "n_head", "n_embd", "norm", "mlp", "n_kv_head", "qk_norm", "tie_embeddings", "bias", "rope",
+               "token_shift")}
     assert stored == {"n_layer": 3, "n_head": 4, "n_embd": 64, "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 2,
-                      "qk_norm": True, "tie_embeddings": False, "bias": False, "rope": True}
+                      "qk_norm": True, "tie_embeddings": False, "bias": False, "rope": True, "token_shift": True}
     assert (ckpt["train_config"]["optimizer"], ckpt["train_config"]["muon_lr"]) == ("muon", 0.03)
     assert ckpt["train_config"]["grad_checkpoint"] and "muon" in ckpt
     assert ckpt["train_config"]["ema"] == 0.99 and ckpt["training_weights"].keys() == ckpt["model"].keys()
     assert ckpt["model"]["decoder.h.0.attn.c_attn.weight"].shape == (64 + 2 * 2 * 16, 64)
     assert ckpt["model"]["decoder.h.2.mlp.c_fc2.weight"].shape == (192, 64)
+    assert ckpt["model"]["decoder.h.2.shift.1.mix"].shape == (64,)
 
     a = run("predict", "ROMEO:", 10, tmp_path / "m.pt", "--seed", 3)
     assert a.returncode == 0, a.stderr.decode()

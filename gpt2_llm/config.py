@@ -54,6 +54,7 @@ class GPT2Config:
     n_kv_head: int | None = None  # key/value heads (grouped-query attention); None: one per query head
     qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE and their product
     tie_embeddings: bool = True  # the head is the token embedding matrix (GPT-2); False: its own matrix
+    token_shift: bool = False  # each branch's input mixed, per channel, with the previous position's (RWKV)
 
     def __post_init__(self):
         # Report every problem at once, each naming the command-line flag where there is one.
@@ -126,7 +127,8 @@ class GPT2Config:
         """The architecture options this config takes that GPT-2 has not (empty for GPT-2's own)."""
         options = [("RMSNorm", self.norm == "rmsnorm"), (f"{self.mlp} MLP", self.mlp != "gelu"),
                    (f"{self.kv_heads} key/value head{'s' * (self.kv_heads > 1)}", self.kv_heads != self.n_head), ("QK-norm", self.qk_norm),
-                   ("untied head", not self.tie_embeddings), ("RoPE", self.rope), ("no bias", not self.bias)]
+                   ("untied head", not self.tie_embeddings), ("RoPE", self.rope), ("no bias", not self.bias),
+                   ("token shift", self.token_shift)]
         return [name for name, taken in options if taken]
 
     @property

@@ -28,7 +28,7 @@ from .dropout import Dropout
 
 # Config fields (and derived sizes) that decide the weights: a checkpoint must agree on all of them.
 SHAPE_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "n_inner", "bias", "rope",
-                "norm", "mlp", "kv_heads", "qk_norm", "tie_embeddings")
+                "norm", "mlp", "kv_heads", "qk_norm", "tie_embeddings", "token_shift")
 
 
 class _class_or_instance_method:
@@ -166,11 +166,13 @@ class GPT2(nn.Module):
             x = x + self.wpe.weight[position]
         for block, cache in zip(self.decoder.h, caches):
             attn, mlp = block.attn, block.mlp
-            q, k, v = attn.heads(norm(block.ln_1, x).view(B, 1, C), position)  # (B, nh or nkv, 1, hs)
+            h = block.shift_one(0, norm(block.ln_1, x), cache.inputs)  # (B, C)
+            q, k, v = attn.heads(h.view(B, 1, C), position)  # (B, nh or nkv, 1, hs)
             k, v = cache.append(k, v)
             y = attend(q, k, v).view(B, C)  # one query sees every cached key
             x = x + F.linear(y, attn.c_proj.weight, attn.c_proj.bias)
-            x = x + F.linear(mlp.hidden(norm(block.ln_2, x)), mlp.c_proj.weight, mlp.c_proj.bias)
+            h = block.shift_one(1, norm(block.ln_2, x), cache.inputs)
+            x = x + F.linear(mlp.hidden(h), mlp.c_proj.weight, mlp.c_proj.bias)
         return norm(self.ln_f, x) @ head
 
     def _prepare_prompt(self, ids, max_new_tokens: int, temperature: float, top_k, top_p, stop_token):

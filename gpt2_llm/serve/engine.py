@@ -179,6 +179,10 @@ class BatchCache:
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(c.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(c.n_layer)]
         self.lengths = [0] * rows
+        # Token shift (KVCache.inputs): each row's branch inputs at its newest position, for every
+        # row a padded step computes (a multiple of ROW_BLOCK).
+        padded = -(-rows // ROW_BLOCK) * ROW_BLOCK
+        self.inputs = [torch.zeros(2, padded, c.n_embd, device=device) for _ in range(c.n_layer)] if c.token_shift else None
 
     def fill(self, row: int, caches: list[KVCache]) -> None:
         """Row `row` takes a prefilled sequence's caches (one KVCache per layer, batch of one)."""
@@ -186,6 +190,8 @@ class BatchCache:
         for layer, cache in enumerate(caches):
             self.k[layer][row, :, :length] = cache.k[0, :, :length]
             self.v[layer][row, :, :length] = cache.v[0, :, :length]
+            if self.inputs is not None:
+                self.inputs[layer][:, row] = cache.inputs[:, 0]
         self.lengths[row] = length
 
     def move(self, src: int, dst: int) -> None:
@@ -194,6 +200,8 @@ class BatchCache:
         for k, v in zip(self.k, self.v):
             k[dst, :, :length] = k[src, :, :length]
             v[dst, :, :length] = v[src, :, :length]
+        for inputs in self.inputs or ():
+            inputs[:, dst] = inputs[:, src]
         self.lengths[dst] = length
 
 
@@ -326,7 +334,9 @@ class Engine:
         batch = torch.arange(B, device=self.device)
         for layer, block in enumerate(model.decoder.h):
             attn, mlp = block.attn, block.mlp
-            q, k, v = attn.heads(norm(block.ln_1, x).view(rows, 1, C), where)  # (rows, nh or nkv, 1, hs)
+            inputs = None if cache.inputs is None else cache.inputs[layer][:, :rows]  # token shift's
+            h = block.shift_one(0, norm(block.ln_1, x), inputs)
+            q, k, v = attn.heads(h.view(rows, 1, C), where)  # (rows, nh or nkv, 1, hs)
             keys, values = cache.k[layer], cache.v[layer]  # (max rows, nkv, block_size, hs)
             keys[batch, :, where[:B]] = k[:B, :, 0]  # each row writes its new key at its own position
             values[batch, :, where[:B]] = v[:B, :, 0]
@@ -335,7 +345,7 @@ class Engine:
                 seen = slice(0, position + 1)
                 y[row] = attend(q[row : row + 1], keys[row : row + 1, :, seen], values[row : row + 1, :, seen]).reshape(C)
             x = x + F.linear(y, attn.c_proj.weight, attn.c_proj.bias)
-            x = x + F.linear(mlp.hidden(norm(block.ln_2, x)), mlp.c_proj.weight, mlp.c_proj.bias)
+            x = x + F.linear(mlp.hidden(block.shift_one(1, norm(block.ln_2, x), inputs)), mlp.c_proj.weight, mlp.c_proj.bias)
         cache.lengths[:B] = [position + 1 for position in positions]
         return (norm(model.ln_f, x) @ self.head)[:B]
 

@@ -10,6 +10,7 @@ from bpe import BPE
 from gpt2_llm import GPT2, GPT2Config
 from gpt2_llm.attention import KVCache
 from gpt2_llm.serve.engine import Engine, QueueFull, SamplingParams, Sequence, TextStream
+from gpt2_llm.tests.conftest import assert_close, shifting
 
 TIMEOUT = 20  # seconds any one wait for the worker may take
 
@@ -82,12 +83,14 @@ def test_text_stream_replaces_bytes_that_are_not_utf8():
 # ---- batch invariance ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("options", [{}, {"rope": True, "n_kv_head": 2, "qk_norm": True}], ids=["gpt2", "rope-gqa"])
+@pytest.mark.parametrize("options", [{}, {"rope": True, "n_kv_head": 2, "qk_norm": True}, {"token_shift": True}],
+                         ids=["gpt2", "rope-gqa", "token-shift"])
 def test_a_row_of_a_batched_step_is_the_row_alone_bit_for_bit(tokenizer, options):
     """Every row of a decode step with up to 9 sequences of different lengths equals the same
     sequence decoded alone, exactly: padding to whole row blocks and attention row by row leave
-    no trace of the other rows (the docstring of engine.py says why both are needed)."""
-    engine = Engine(model_of(tokenizer, **options), tokenizer, max_batch=9)  # not started: driven by hand
+    no trace of the other rows (the docstring of engine.py says why both are needed). And it is
+    the model's own forward pass over the whole sequence, to float rounding."""
+    engine = Engine(shifting(model_of(tokenizer, **options)), tokenizer, max_batch=9)  # not started: driven by hand
     rng = random.Random(0)
 
     def fill(row: int, prompt: list[int]) -> None:
@@ -107,6 +110,7 @@ def test_a_row_of_a_batched_step_is_the_row_alone_bit_for_bit(tokenizer, options
                 alone = engine._decode(torch.tensor([last[row]]), [len(prompt)])
                 diff = (alone[0] - together[row]).abs().max().item()
                 assert torch.equal(alone[0], together[row]), f"batch {batch}, row {row}: largest difference {diff:.3g}"
+                assert_close(alone[0], engine.model(torch.tensor([prompt + [last[row]]]))[0][0, -1], atol=1e-4)
 
 
 def test_greedy_text_alone_beside_others_and_from_generate_is_the_same(engine, tokenizer):
