@@ -32,13 +32,14 @@ DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 # (6 layers, 384 wide, context 256) with dropout 0.2 outside attention, a 2048-token vocabulary
 # (learned from the training part of the text only, as every run's own tokenizer is), Muon at a
 # peak rate of 0.012 for the blocks' matrices (AdamW at --lr 2e-3 for embeddings, head, norms and
-# biases), ReLU^2 MLPs, rotary positions, RMS-normalised queries and keys, an untied head; weight
+# biases), ReLU^2 MLPs, rotary positions, RMS-normalised queries and keys, an untied head, token
+# shift (each block's inputs mixed with the previous position's); weight
 # decay 1.0 (times each optimizer's learning rate, on the matrices), a moving average of the
 # weights (decay 0.99) as the model evaluated and saved, batch 8, bf16 autocast where the CPU has
 # it (auto), and the schedule fitted to the time budget.
 RECIPE = ["--preset", "mini", "--vocab-size", "2048", "--lr", "2e-3", "--batch-size", "8", "--eval-every", "200",
           "--optimizer", "muon", "--muon-lr", "0.012", "--mlp", "relu2", "--untied", "--rope", "--qk-norm",
-          "--dropout", "0.2", "--weight-decay", "1.0", "--ema", "0.99"]
+          "--token-shift", "--dropout", "0.2", "--weight-decay", "1.0", "--ema", "0.99"]
 
 
 def main() -> None:

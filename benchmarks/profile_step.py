@@ -3,9 +3,10 @@ gradient clipping, AdamW's step, Muon's step (its Newton-Schulz iterations), on 
 
     python benchmarks/profile_step.py                  # the recipe's shape, batch 8
     python benchmarks/profile_step.py --batch-size 12
+    python benchmarks/profile_step.py --no-token-shift  # what token shift costs
 
-The model is the recipe's (mini preset, 2048 tokens, ReLU^2, untied head, RoPE, QK-norm, dropout
-0.2) on random token ids, trained with the trainer's own optimizers (make_optimizer, make_muon) in
+The model is the recipe's (mini preset, 2048 tokens, ReLU^2, untied head, RoPE, QK-norm, token
+shift, dropout 0.2) on random token ids, trained with the trainer's own optimizers (make_optimizer, make_muon) in
 bf16 autocast where the CPU has it. Each part is timed on its own, over timed steps after warm-up
 ones; the table gives medians.
 """
@@ -30,11 +31,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
+    parser.add_argument("--token-shift", action=argparse.BooleanOptionalAction, default=True,
+                        help="the recipe's token shift (default: on)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
     config = GPT2Config.from_preset("mini", vocab_size=2048, dropout=0.2, mlp="relu2", tie_embeddings=False,
-                                    rope=True, qk_norm=True)
+                                    rope=True, qk_norm=True, token_shift=args.token_shift)
     model = GPT2(config)
     train = TrainConfig(batch_size=args.batch_size, lr=2e-3, optimizer="muon", muon_lr=0.012, weight_decay=1.0)
     device = torch.device("cpu")
@@ -61,8 +64,8 @@ def main() -> None:
 
     medians = {name: statistics.median(t) for name, t in times.items()}
     total = sum(medians.values())
-    print(f"batch {args.batch_size} x context {config.block_size}, {dtype}, {torch.get_num_threads()} threads, "
-          f"medians of {args.steps} steps")
+    print(f"batch {args.batch_size} x context {config.block_size}, token shift {'on' if args.token_shift else 'off'}, "
+          f"{dtype}, {torch.get_num_threads()} threads, medians of {args.steps} steps")
     print("| part | ms | share |")
     print("|---|---:|---:|")
     for name, seconds in medians.items():
