@@ -6,8 +6,8 @@ gradient clipping, AdamW's step, Muon's step (its Newton-Schulz iterations), on 
     python benchmarks/profile_step.py --no-token-shift  # what token shift costs
 
 The model is the recipe's (mini preset, 2048 tokens, ReLU^2, untied head, RoPE, QK-norm, token
-shift, dropout 0.2) on random token ids, trained with the trainer's own optimizers (make_optimizer, make_muon) in
-bf16 autocast where the CPU has it. Each part is timed on its own, over timed steps after warm-up
+shift, dropout 0.2) on random token ids, trained with the trainer's own optimizers
+(make_optimizer, make_muon) in bf16 autocast where the CPU has it. Each part is timed on its own, over timed steps after warm-up
 ones; the table gives medians.
 """
 

@@ -120,7 +120,7 @@ class DecoderBlock(nn.Module):
         inputs (2, R, C) each row's inputs at the position before (KVCache.inputs), where h goes."""
         if self.shift is None:
             return h
-        shifted = h + inputs[branch].to(h.dtype) * self.shift[branch].mix.to(h.dtype)
+        shifted = self.shift[branch](h.unsqueeze(1), inputs[branch])[:, 0]  # a sequence of one position
         inputs[branch] = h
         return shifted
 
