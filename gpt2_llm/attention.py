@@ -109,11 +109,16 @@ def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout:
     """
     groups = q.size(1) // k.size(1)
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)  # (B, nh, S, hs)
-    T, S = q.size(-2), k.size(-2)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, S)
-    # Query i sits at position S - T + i and may look at keys up to that position, not later.
-    allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
-    scores = scores.masked_fill(~allowed, float("-inf"))
+    B, nh, T, hs = q.shape
+    S = k.size(-2)
+    # Query i sits at position S - T + i and may look at keys up to that position, not later: the
+    # later ones get -inf added to their scores, so softmax gives them weight 0.
+    future = torch.full((T, S), float("-inf"), dtype=q.dtype, device=q.device).triu(diagonal=S - T + 1)
+    # scores = q k^T / sqrt(hs) + future, (B, nh, T, S). The scale goes onto q, a quarter of the
+    # scores' size at T = S = 4 hs, and one baddbmm adds the mask as it multiplies; the backward
+    # pass then has no elementwise work of its own to undo either (BENCHMARKS.md, "Tenth session").
+    scores = torch.baddbmm(future, (q * (1.0 / math.sqrt(hs))).reshape(B * nh, T, hs),
+                           k.reshape(B * nh, S, hs).transpose(1, 2)).view(B, nh, T, S)  # fmt: skip
     weights = drop(scores.softmax(dim=-1), dropout)  # dropout > 0 only in training
     return weights @ v  # (B, nh, T, hs)
 

@@ -20,11 +20,15 @@ This is continuous batching: a request joins at the next step and leaves when do
 for the slowest sequence of a batch.
 
 Batch invariance. A greedy sequence makes the same text alone and beside any others, bit for bit:
-    - a row's matrix products must not depend on the other rows. A CPU's BLAS (MKL/oneDNN on the
-      machines measured) works on blocks of 4 rows; a last block of 1 to 3 rows goes to other
-      kernels, whose sums round differently. With whole blocks every row gets the same bits
-      whatever the other rows hold, so the step pads the batch with rows of zeros to a multiple of
-      ROW_BLOCK (test_engine.py measures it, for every row of batches of up to 16);
+    - a row's matrix products must not depend on the other rows. A CPU's BLAS picks its kernels by
+      the shape of the product, and kernels round sums differently: on an AMD EPYC (MKL/oneDNN) a
+      last block of 1 to 3 rows goes to other kernels than the blocks of 4 before it; on an Intel
+      Xeon products of fewer rows than a threshold that depends on the matrix (from 2 to 57 rows
+      for the shapes tried) go to other kernels than those of more rows. At one shape each kernel
+      gives a row the same bits whatever the other rows hold and wherever the row sits. So every
+      step multiplies the same number of rows, the batch's capacity rounded up to a multiple of
+      ROW_BLOCK, zeros past the active rows (test_engine.py checks it, for every row of batches of
+      1 to 9). The price is paid by a step with few active rows: it multiplies all of them;
     - attention is computed row by row, each row over exactly its own cached keys (no padding
       keys, no mask: the sums are the ones it would make alone). Attention is a small share of a
       step next to the matrix products; the loop costs a few Python calls per row and layer;
@@ -53,7 +57,7 @@ from ..attention import KVCache, attend
 from ..decoder import norm
 from ..gpt2 import GPT2, check_sampling, sample_next_token
 
-ROW_BLOCK = 4  # a step's matrix products see a multiple of this many rows (see "Batch invariance" above)
+ROW_BLOCK = 4  # a step's matrix products see a fixed multiple of this many rows (see "Batch invariance" above)
 
 
 class QueueFull(Exception):
@@ -179,10 +183,10 @@ class BatchCache:
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(c.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(c.n_layer)]
         self.lengths = [0] * rows
-        # Token shift (KVCache.inputs): each row's branch inputs at its newest position, for every
-        # row a padded step computes (a multiple of ROW_BLOCK).
-        padded = -(-rows // ROW_BLOCK) * ROW_BLOCK
-        self.inputs = [torch.zeros(2, padded, c.n_embd, device=device) for _ in range(c.n_layer)] if c.token_shift else None
+        # The rows every decode step computes: all of them, rounded up to a multiple of ROW_BLOCK.
+        self.step_rows = -(-rows // ROW_BLOCK) * ROW_BLOCK
+        # Token shift (KVCache.inputs): each row's branch inputs at its newest position, for every row a step computes.
+        self.inputs = [torch.zeros(2, self.step_rows, c.n_embd, device=device) for _ in range(c.n_layer)] if c.token_shift else None
 
     def fill(self, row: int, caches: list[KVCache]) -> None:
         """Row `row` takes a prefilled sequence's caches (one KVCache per layer, batch of one)."""
@@ -322,10 +326,10 @@ class Engine:
 
     def _decode(self, ids: torch.Tensor, positions: list[int]) -> torch.Tensor:
         """The logits after the tokens `ids` (B,), row r's at position positions[r]: the arithmetic
-        of GPT2._next_logits_one, with the batch padded to whole ROW_BLOCKs and attention row by row."""
+        of GPT2._next_logits_one, with the batch padded to the same number of rows at every step and
+        attention row by row."""
         model, cache, C = self.model, self.cache, self.model.config.n_embd
-        B = ids.size(0)
-        rows = -(-B // ROW_BLOCK) * ROW_BLOCK
+        B, rows = ids.size(0), self.cache.step_rows
         where = torch.tensor(positions + [0] * (rows - B), device=self.device)  # (rows,)
         x = model.wte.weight[ids]  # (B, C)
         if model.wpe is not None:

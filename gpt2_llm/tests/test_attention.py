@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2_llm import GPT2Config
-from gpt2_llm.attention import KVCache, QKVAttention, RotaryPositionEmbedding, manual_attention
+from gpt2_llm.attention import KVCache, QKVAttention, RotaryPositionEmbedding, manual_attention, repeat_kv
 from gpt2_llm.tests.conftest import assert_close
 
 
@@ -65,6 +65,26 @@ def test_manual_attention_equals_sdpa(prefix):
     assert_close(manual_attention(q, k, v), F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-5)
     if prefix == 0:
         assert_close(manual_attention(q, k, v), F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-5)
+
+
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2)], ids=["one key/value head per query head", "shared ones"])
+def test_manual_attentions_gradients_equal_sdpas(heads):
+    """The training path on a CPU in bf16: its gradients too, for every input, from views as the
+    layer makes them (heads split from a wider tensor, not contiguous)."""
+    torch.manual_seed(0)
+    nh, nkv = heads
+    x = torch.randn(2, 6, (nh + 2 * nkv) * 8, dtype=torch.float64)
+    grads = []
+    for attention in (manual_attention, lambda q, k, v: F.scaled_dot_product_attention(
+            q, repeat_kv(k, nh // nkv), repeat_kv(v, nh // nkv), is_causal=True)):  # fmt: skip
+        leaf = x.clone().requires_grad_()
+        q, k, v = leaf.split((nh * 8, nkv * 8, nkv * 8), dim=-1)
+        q, k, v = (t.view(2, 6, -1, 8).transpose(1, 2) for t in (q, k, v))
+        out = attention(q, k, v)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out))
+        grads.append((out.detach(), leaf.grad))
+    assert_close(grads[0][0], grads[1][0], atol=1e-6)
+    assert_close(grads[0][1], grads[1][1], atol=1e-6)
 
 
 @pytest.mark.parametrize("options", [{"rope": False}, {"rope": True}, {"rope": True, "n_kv_head": 1},

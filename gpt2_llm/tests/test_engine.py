@@ -87,7 +87,7 @@ def test_text_stream_replaces_bytes_that_are_not_utf8():
                          ids=["gpt2", "rope-gqa", "token-shift"])
 def test_a_row_of_a_batched_step_is_the_row_alone_bit_for_bit(tokenizer, options):
     """Every row of a decode step with up to 9 sequences of different lengths equals the same
-    sequence decoded alone, exactly: padding to whole row blocks and attention row by row leave
+    sequence decoded alone, exactly: padding every step to the same rows and attention row by row leave
     no trace of the other rows (the docstring of engine.py says why both are needed). And it is
     the model's own forward pass over the whole sequence, to float rounding."""
     engine = Engine(shifting(model_of(tokenizer, **options)), tokenizer, max_batch=9)  # not started: driven by hand
