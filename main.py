@@ -33,7 +33,11 @@ import time
 import typing
 from dataclasses import fields
 
-import bpe
+try:
+    import bpe
+except KeyboardInterrupt:  # Ctrl-C as the tool starts: the same one line as at any later moment
+    print("interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
 DEFAULT_VOCAB = "vocab.txt"
 DEFAULT_MODEL = "gpt2_model.pt"
@@ -179,6 +183,28 @@ def ctrl_c_remembered() -> typing.Iterator[typing.Callable[[], None]]:
         yield stop_if_interrupted
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred() -> typing.Iterator[None]:
+    """Ctrl-C within the block takes effect when the block ends.
+
+    For importing torch: its C++ extension calls back into Python as it loads, and a
+    KeyboardInterrupt raised there cannot cross the C++ frames: the process aborts
+    ("terminate called after throwing an instance of 'pybind11::error_already_set'", exit -6)
+    instead of saying "interrupted" and exiting 130.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield  # only the main thread may set a handler; a Ctrl-C ignored (nohup, a background job) stays ignored
+        return
+    came: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if came:
+        raise KeyboardInterrupt
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
@@ -831,6 +857,9 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(encoding="utf-8", errors="replace")
     try:
+        if args.func not in (cmd_encode, cmd_decode):  # every other command loads torch
+            with ctrl_c_deferred():
+                import torch  # noqa: F401
         return args.func(args) or 0
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as a killed pipe writer would
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes

@@ -240,16 +240,42 @@ def test_ctrl_c_at_any_moment_of_tokenize_exits_130_and_keeps_the_old_vocab(tmp_
     start = time.perf_counter()
     assert subprocess.run(command, cwd=tmp_path, capture_output=True).returncode == 0
     whole_run = time.perf_counter() - start
-    old = b"my old vocab"
+    new, old = (tmp_path / "vocab.txt").read_bytes(), b"my old vocab"
+    interrupted = 0
     for fraction in [0.15, 0.25, 0.35, 0.45, 0.55, 0.65]:  # never near the end: a Ctrl-C after the write is too late
         (tmp_path / "vocab.txt").write_bytes(old)
         process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(fraction * whole_run)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=60)
-        assert process.returncode == 130, (fraction, err.decode())
-        assert (tmp_path / "vocab.txt").read_bytes() == old, fraction
         assert sorted(os.listdir(tmp_path)) == ["text.txt", "vocab.txt"]
+        if process.returncode == 0:  # it ran faster than when timed (the machine is shared): whole, then
+            assert (tmp_path / "vocab.txt").read_bytes() == new, fraction
+            continue
+        assert process.returncode == 130 and err.decode().endswith("interrupted\n"), (fraction, err.decode())
+        assert (tmp_path / "vocab.txt").read_bytes() == old, fraction
+        interrupted += 1
+    assert interrupted >= 4  # most of the six land while it works
+
+
+def test_ctrl_c_while_torch_loads_takes_effect_after_it():
+    """A Ctrl-C that lands inside torch's C++ import code aborts the process (exit -6); main()
+    imports torch with Ctrl-C deferred (main.ctrl_c_deferred), so it ends in "interrupted", 130."""
+    done, before = [], signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with main.ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # the handler runs between bytecodes: here, it must not raise
+            done.append("the block ran to its end")
+    assert done == ["the block ran to its end"]
+    assert signal.getsignal(signal.SIGINT) is before  # put back
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup: a Ctrl-C ignored stays ignored
+    try:
+        with main.ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_workers_must_be_at_least_one(tmp_path, data_dir):
