@@ -29,6 +29,13 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
     pytest.skip("no chromium on PATH (apt-get install chromium)", allow_module_level=True)
 
+# One worker runs every test of this file (pytest.ini's --dist loadgroup): one server and one
+# browser, not one of each in both workers at once.
+pytestmark = pytest.mark.xdist_group("page")
+# The server keeps torch's threads, which conftest.py sets to one for test workers: on one thread
+# the tiny model wrote its whole answer before the page could see it stream.
+SERVER_ENV = {name: value for name, value in os.environ.items() if name != "OMP_NUM_THREADS"}
+
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "page-test-key"
 KEY_STORAGE = "gpt2-toolkit-api-key"  # app.js's sessionStorage entry
@@ -94,7 +101,7 @@ def server(tmp_path_factory):
     command = [sys.executable, str(ROOT / "main.py"), "serve", str(model), "--host", "127.0.0.1",
                "--port", str(port), "--api-key", API_KEY]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**SERVER_ENV, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(url, process)
