@@ -857,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(encoding="utf-8", errors="replace")
     try:
-        if args.func not in (cmd_encode, cmd_decode):  # every other command loads torch
+        if args.func not in (cmd_encode, cmd_decode, cmd_plot):  # every other command loads torch
             with ctrl_c_deferred():
                 import torch  # noqa: F401
         return args.func(args) or 0
