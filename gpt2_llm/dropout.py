@@ -23,7 +23,9 @@ def cpu_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     n = x.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), 2**63 - 1)
     draws = words.view(torch.int16)[:n].view(x.shape)  # uniform over -32768 .. 32767
-    keep = draws >= dropped - _LEVELS // 2  # true for 65536 - dropped of the 65536 values
+    # True for 65536 - dropped of the 65536 values; read as 0/1 bytes, which multiply x about three
+    # times faster than a bool mask does (torch converts bools element by element).
+    keep = (draws >= dropped - _LEVELS // 2).view(torch.uint8)
     # Scaled after the product, not through a mask of x's dtype: in bf16 the scale itself would be
     # rounded (1/0.9 by 0.16%), and every kept element with it, the same way.
     return torch.mul(x, keep).mul_(_LEVELS / (_LEVELS - dropped))
