@@ -2,8 +2,9 @@
 
 torch's CPU dropout draws one random number per element (bernoulli_): 4.8 ms forward and backward
 for the (8, 256, 384) activations of the `mini` preset at batch 8, and 12% of a bf16 training step
-with its 13 dropout layers. One 64-bit random number holds four 16-bit draws, which cuts a layer
-to about 2 ms and dropout's share of the step to 5% (BENCHMARKS.md, "A cheaper dropout mask").
+with its 13 dropout layers (on an AMD EPYC). One 64-bit random number holds four 16-bit draws, and
+the mask multiplies as bytes, which cuts a layer to 2-3 ms and dropout's share of the step to
+4-5% (BENCHMARKS.md, "A cheaper dropout mask" and "Eleventh session").
 GPUs, and compiled models, keep torch's own kernels.
 """
 
@@ -23,8 +24,8 @@ def cpu_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     n = x.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), 2**63 - 1)
     draws = words.view(torch.int16)[:n].view(x.shape)  # uniform over -32768 .. 32767
-    # True for 65536 - dropped of the 65536 values; read as 0/1 bytes, which multiply x about three
-    # times faster than a bool mask does (torch converts bools element by element).
+    # True for 65536 - dropped of the 65536 values. Read as 0/1 bytes: x times a byte mask ran three
+    # times as fast as x times a bool mask on an Intel Xeon (BENCHMARKS.md, "Eleventh session").
     keep = (draws >= dropped - _LEVELS // 2).view(torch.uint8)
     # Scaled after the product, not through a mask of x's dtype: in bf16 the scale itself would be
     # rounded (1/0.9 by 0.16%), and every kept element with it, the same way.

@@ -4,12 +4,11 @@ Muon (Jordan et al. 2024) replaces each hidden matrix's update by an orthogonali
 Nesterov momentum M, scaled to norm 1, goes through five steps of the quintic iteration
 X <- a X + (b A + c A^2) X, with A = X X^T, which pushes every singular value toward 1.
 torch.optim.Muon runs that iteration matrix by matrix. A model's blocks all have the same shapes,
-so the four (or more) attention and MLP matrices of every layer can share each product: one
-batched product per shape in place of one product per matrix. On a 2-core CPU that cut the
-iterations' time by a third (BENCHMARKS.md, "Muon in batches"), since small products leave the
-matrix units idle between calls. The arithmetic is torch's, in the same order and in bf16; only
-the grouping differs, so the results agree with torch's to bf16's rounding, and the state (one
-momentum buffer per matrix, under torch's name) is torch's: checkpoints move between the two.
+so the matrices of every layer can share each product: one batched product per shape in place of
+one product per matrix (BENCHMARKS.md, "Muon in batches", has what that saves). The arithmetic is
+torch's, in the same order and in bf16; only the grouping differs, so the results agree with
+torch's to bf16's rounding, and the state (one momentum buffer per matrix, under torch's name) is
+torch's: checkpoints move between the two.
 """
 
 import math
