@@ -851,7 +851,9 @@ def add_train_parser(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, exiting: bool = False) -> int:
+    """Run one command; its exit status. exiting: the process ends when this returns (python
+    main.py ...), so Ctrl-C is ignored once the command is over (see the end)."""
     args = build_parser().parse_args(argv)
     for stream in (sys.stdout, sys.stderr):  # UTF-8 output whatever the locale
         if hasattr(stream, "reconfigure"):
@@ -873,7 +875,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if exiting:
+            # All that is left is the interpreter's teardown, which Python runs with Ctrl-C's default
+            # action restored: a Ctrl-C landing there (unloading torch takes a while) would kill the
+            # finished process with no message and a status of -2 in place of the command's own.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(exiting=True))

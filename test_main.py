@@ -258,6 +258,39 @@ def test_ctrl_c_at_any_moment_of_tokenize_exits_130_and_keeps_the_old_vocab(tmp_
     assert interrupted >= 4  # most of the six land while it works
 
 
+SLOW_TEARDOWN = """
+import os, sys, time
+import main
+
+class SlowToDie:  # dies with main's globals, in the interpreter's teardown
+    def __del__(self, write=os.write, sleep=time.sleep):
+        write(2, b"tearing down\\n")
+        sleep(5)
+
+main.slow = SlowToDie()
+sys.exit(main.main(sys.argv[1:], exiting=True))
+"""
+
+
+def test_a_ctrl_c_after_the_command_has_finished_changes_nothing(tmp_path):
+    """Python tears the interpreter down with Ctrl-C's default action restored, so a Ctrl-C then
+    killed a finished `main.py` (status -2, no message); main() now ignores it once done."""
+    command = [sys.executable, "-c", SLOW_TEARDOWN, "decode", "[1]", str(tmp_path / "missing.txt")]
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"tearing down" not in seen and time.monotonic() < deadline:
+        chunk = process.stderr.read1(4096)  # blocks until some output, or b"" when it has ended
+        if not chunk:
+            break
+        seen += chunk
+    assert b"tearing down" in seen, seen
+    process.send_signal(signal.SIGINT)
+    seen += process.stderr.read()
+    assert process.wait(timeout=60) == 1, seen  # decode's own status: its vocab file is missing
+    assert seen.decode().startswith("error: ") and "Traceback" not in seen.decode(), seen
+
+
 def test_ctrl_c_while_torch_loads_takes_effect_after_it():
     """A Ctrl-C that lands inside torch's C++ import code aborts the process (exit -6); main()
     imports torch with Ctrl-C deferred (main.ctrl_c_deferred), so it ends in "interrupted", 130."""
