@@ -883,5 +883,11 @@ def main(argv: list[str] | None = None, *, exiting: bool = False) -> int:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def run() -> int:
+    """The command line: `python main.py ...` and the installed `gpt2-toolkit` script, whose
+    process ends when the command does."""
+    return main(exiting=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main(exiting=True))
+    sys.exit(run())
