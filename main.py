@@ -878,7 +878,7 @@ def main(argv: list[str] | None = None, *, exiting: bool = False) -> int:
     finally:
         if exiting:
             # All that is left is the interpreter's teardown, which Python runs with Ctrl-C's default
-            # action restored: a Ctrl-C landing there (unloading torch takes a while) would kill the
+            # action restored: a Ctrl-C landing there (while it unloads every module, torch too) would kill the
             # finished process with no message and a status of -2 in place of the command's own.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
