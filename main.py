@@ -326,7 +326,8 @@ def pretrained_run(args: argparse.Namespace, overrides: dict, ranks, say):
     model, tokenizer = loaded.model, loaded.tokenizer
     if ranks.is_main:
         ranks.barrier()
-    model = model.with_changes(dropout=args.dropout, attn_dropout=args.attn_dropout, block_size=args.context)
+    model = model.with_changes(dropout=args.dropout, attn_dropout=args.attn_dropout, block_size=args.context,
+                               copy_weight=args.copy, copy_sharpness=args.copy_sharpness)
     shown = " ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in defaults.items())
     say(f"starting from {args.init_from}: {model.num_parameters():,} parameters, context {model.config.block_size}, "
         f"its own tokenizer ({tokenizer.vocab_size:,} tokens)" + (f"; fine-tuning defaults {shown}" if shown else ""),
@@ -341,7 +342,7 @@ def check_init_from_flags(args: argparse.Namespace) -> None:
     for flag, value in (("--preset", args.preset), *shape, ("--vocab-size", args.vocab_size)):
         if value is not None:
             raise UserError(f"{flag} does not go with --init-from: the run keeps {args.init_from}'s shape and tokenizer "
-                            f"(--context, --dropout and --attn-dropout may change)")
+                            f"(--context, --dropout, --attn-dropout, --copy and --copy-sharpness may change)")
     if args.checkpoint is not None:
         raise UserError(f"give a checkpoint to continue ({args.checkpoint}) or --init-from to start from a trained "
                         f"model, not both")
@@ -391,9 +392,11 @@ SHAPE_FLAGS = {
     "n_layer": ("--n-layer", "n_layer"), "n_head": ("--n-head", "n_head"), "n_embd": ("--n-embd", "n_embd"),
     "norm": ("--norm", "norm"), "mlp": ("--mlp", "mlp"), "kv_heads": ("--kv-heads", "n_kv_head"),
     "qk_norm": ("--qk-norm", "qk_norm"), "tie_embeddings": ("--untied", "tie_embeddings"), "bias": ("--no-bias", "bias"),
-    "token_shift": ("--token-shift", "token_shift"),
+    "token_shift": ("--token-shift", "token_shift"), "copy": ("--copy", "copy_weight"),
+    "copy_sharpness": ("--copy-sharpness", "copy_sharpness"),
 }  # fmt: skip
-FINE_TUNING_MAY_CHANGE = ("context", "dropout", "attn_dropout")  # what `train --init-from` may set
+# What `train --init-from` may set: no new weights needed.
+FINE_TUNING_MAY_CHANGE = ("context", "dropout", "attn_dropout", "copy", "copy_sharpness")
 # A field whose None stands for a derived value is compared by that value (--kv-heads 12 is n_kv_head None).
 COMPARED_AS = {"n_kv_head": "kv_heads"}
 DEFAULT_PRESET = "small"
@@ -837,6 +840,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--untied", dest="tie_embeddings", action="store_false", default=None, help="an output head with its own matrix (GPT-2's is the token embedding)")
     p.add_argument("--no-bias", dest="bias", action="store_false", default=None, help="no biases in the linear and norm layers (GPT-2 has them)")
     p.add_argument("--token-shift", action="store_true", default=None, help="mix each block's normalised inputs, per channel, with the previous token's (RWKV's token shift)")
+    p.add_argument("--copy", type=float, default=None, metavar="WEIGHT", help="a continuous cache: predictions mix in, with this weight, the tokens that followed earlier positions like the current one (0, the default: off; the recipe: 0.1)")
+    p.add_argument("--copy-sharpness", type=float, default=None, help="how sharply the cache prefers the most similar earlier positions (default 10)")
     p.add_argument("--vocab-size", type=int, default=None, help="size of a tokenizer made from the text (default: recommended for its size)")
     for f in fields(TrainConfig):  # one flag per field: the defaults live in TrainConfig alone
         flag = "--" + f.name.replace("_", "-")

@@ -908,7 +908,7 @@ def test_init_from_starts_at_the_models_weights_with_its_tokenizer_and_fine_tuni
     folder = other_text.parent
     # A learning rate far too small to move a weight shows where the run started.
     result = run("train", other_text, "--init-from", short_run, "--out", folder / "ft.pt", "--lr", "1e-12",
-                 "--dropout", "0.1", *FINETUNE, cwd=folder)
+                 "--dropout", "0.1", "--copy", "0.2", *FINETUNE, cwd=folder)
     assert result.returncode == 0, result.stderr.decode()
     err = result.stderr.decode()
     assert f"starting from {short_run}: " in err and "its own tokenizer (300 tokens)" in err
@@ -917,7 +917,7 @@ def test_init_from_starts_at_the_models_weights_with_its_tokenizer_and_fine_tuni
     for name, weight in pretrained["model"].items():
         assert_close(tuned["model"][name], weight, atol=1e-9)
     assert tuned["tokenizer"]["hash"] == pretrained["tokenizer"]["hash"]
-    assert tuned["model_config"] == {**pretrained["model_config"], "dropout": 0.1}
+    assert tuned["model_config"] == {**pretrained["model_config"], "dropout": 0.1, "copy_weight": 0.2}
     config = tuned["train_config"]
     assert (config["init_from"], config["lr"], config["warmup_steps"], config["batch_size"]) == (str(short_run), 1e-12, 20, 8)
     assert not (folder / "vocab.txt").exists()  # the model's tokenizer is used, no vocab file is made
@@ -975,7 +975,7 @@ def test_init_from_refuses_a_vocab_file_of_another_tokenizer_and_a_checkpoint_be
 
 ALL_OPTIONS = ["--n-layer", 3, "--n-head", 4, "--n-embd", 64, "--norm", "rmsnorm", "--mlp", "swiglu", "--kv-heads", 2,
                "--qk-norm", "--untied", "--no-bias", "--rope", "--token-shift", "--grad-checkpoint", "--optimizer",
-               "muon", "--muon-lr", "0.03", "--ema", "0.99"]  # fmt: skip
+               "muon", "--muon-lr", "0.03", "--ema", "0.99", "--copy", "0.1", "--copy-sharpness", "8"]  # fmt: skip
 
 
 def test_every_architecture_option_at_once_trains_predicts_and_resumes(corpus, tmp_path):
@@ -990,9 +990,10 @@ def test_every_architecture_option_at_once_trains_predicts_and_resumes(corpus, t
     ckpt = load_checkpoint(tmp_path / "m.pt")
     stored = {name: ckpt["model_config"][name] for name in
               ("n_layer", "n_head", "n_embd", "norm", "mlp", "n_kv_head", "qk_norm", "tie_embeddings", "bias", "rope",
-               "token_shift")}
+               "token_shift", "copy_weight", "copy_sharpness")}
     assert stored == {"n_layer": 3, "n_head": 4, "n_embd": 64, "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 2,
-                      "qk_norm": True, "tie_embeddings": False, "bias": False, "rope": True, "token_shift": True}
+                      "qk_norm": True, "tie_embeddings": False, "bias": False, "rope": True, "token_shift": True,
+                      "copy_weight": 0.1, "copy_sharpness": 8.0}
     assert (ckpt["train_config"]["optimizer"], ckpt["train_config"]["muon_lr"]) == ("muon", 0.03)
     assert ckpt["train_config"]["grad_checkpoint"] and "muon" in ckpt
     assert ckpt["train_config"]["ema"] == 0.99 and ckpt["training_weights"].keys() == ckpt["model"].keys()

@@ -55,6 +55,10 @@ class GPT2Config:
     qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE and their product
     tie_embeddings: bool = True  # the head is the token embedding matrix (GPT-2); False: its own matrix
     token_shift: bool = False  # each branch's input mixed, per channel, with the previous position's (RWKV)
+    # A continuous cache (copying.py): when the model predicts, its distribution mixed with weight
+    # copy_weight with one over the tokens that followed earlier positions like this one. No weights.
+    copy_weight: float = 0.0  # 0: off (GPT-2)
+    copy_sharpness: float = 10.0  # how sharply the cache prefers the most similar earlier positions
 
     def __post_init__(self):
         # Report every problem at once, each naming the command-line flag where there is one.
@@ -84,6 +88,10 @@ class GPT2Config:
             problems.append(f"dropout (--dropout) must be in [0, 1), got {self.dropout}")
         if self.attn_dropout is not None and not 0.0 <= self.attn_dropout < 1.0:
             problems.append(f"attn_dropout (--attn-dropout) must be in [0, 1), got {self.attn_dropout}")
+        if not 0.0 <= self.copy_weight < 1.0:
+            problems.append(f"copy_weight (--copy) must be in [0, 1), got {self.copy_weight}")
+        if not self.copy_sharpness > 0.0:
+            problems.append(f"copy_sharpness (--copy-sharpness) must be positive, got {self.copy_sharpness}")
         if not self.rope_base > 1.0:
             problems.append(f"rope_base must be greater than 1, got {self.rope_base}")
         if not self.layer_norm_eps > 0.0:
@@ -128,7 +136,7 @@ class GPT2Config:
         options = [("RMSNorm", self.norm == "rmsnorm"), (f"{self.mlp} MLP", self.mlp != "gelu"),
                    (f"{self.kv_heads} key/value head{'s' * (self.kv_heads > 1)}", self.kv_heads != self.n_head), ("QK-norm", self.qk_norm),
                    ("untied head", not self.tie_embeddings), ("RoPE", self.rope), ("no bias", not self.bias),
-                   ("token shift", self.token_shift)]
+                   ("token shift", self.token_shift), ("a copying cache", self.copy_weight > 0)]
         return [name for name, taken in options if taken]
 
     @property

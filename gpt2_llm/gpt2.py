@@ -23,6 +23,7 @@ from bpe import UserError
 from .attention import KVCache, attend
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import GPT2Config, config_from_original_args
+from .copying import mix_copies
 from .decoder import GPT2Decoder, make_norm, norm
 from .dropout import Dropout
 
@@ -141,11 +142,26 @@ class GPT2(nn.Module):
             self._check_ids(ids)
         x = self.ln_f(self.decoder(self._embed(ids, 0)))
         logits = self.lm_head(x)  # (B, T, padded vocab)
+        if self.copying:
+            # Log-probabilities with the cache mixed in (copying.py): a softmax of them is the
+            # mixture, so a loss or a sampler takes them as it takes logits.
+            logits = self._mix_copies(logits[..., : self.config.vocab_size], x, x[:, :-1], ids[:, 1:], causal=True)
+            loss = None if targets is None else F.nll_loss(logits.reshape(B * T, -1), targets.reshape(B * T))
+            return logits, loss
         loss = None
         if targets is not None:
             smoothing = self.label_smoothing if self.training else 0.0
             loss = cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), self.config.vocab_size, smoothing)
         return logits[..., : self.config.vocab_size], loss
+
+    @property
+    def copying(self) -> bool:
+        """Whether predictions mix in the continuous cache: a model that has one, outside training."""
+        return self.config.copy_weight > 0 and not self.training
+
+    def _mix_copies(self, logits, queries, keys, values, causal: bool) -> torch.Tensor:
+        c = self.config
+        return mix_copies(logits, queries, keys, values, c.copy_weight, c.copy_sharpness, causal)
 
     # ---- generation --------------------------------------------------------------------------
 
@@ -159,6 +175,10 @@ class GPT2(nn.Module):
         plain function calls on the blocks' weights. At batch 1 the general path's ~80 module calls,
         reshapes and mask checks are a visible share of a token's time next to its matrix products;
         this path leaves them out (tested equal to _next_logits)."""
+        return self._hidden_one(ids, caches) @ head
+
+    def _hidden_one(self, ids: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
+        """The final hidden state (B, C), what the head reads, after one new token per row, ids (B, 1)."""
         B, C = ids.size(0), self.config.n_embd
         position = caches[0].length
         x = self.wte.weight[ids[:, 0]]  # (B, C)
@@ -173,7 +193,13 @@ class GPT2(nn.Module):
             x = x + F.linear(y, attn.c_proj.weight, attn.c_proj.bias)
             h = block.shift_one(1, norm(block.ln_2, x), cache.inputs)
             x = x + F.linear(mlp.hidden(h), mlp.c_proj.weight, mlp.c_proj.bias)
-        return norm(self.ln_f, x) @ head
+        return norm(self.ln_f, x)
+
+    def _copying_logits(self, hidden: torch.Tensor, context: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        """The next token's log-probabilities (B, vocab) with the cache mixed in: hidden (B, T, C)
+        holds the final hidden states of the context's tokens (B, T), the last one the query."""
+        logits = hidden[:, -1:] @ head  # (B, 1, vocab)
+        return self._mix_copies(logits, hidden[:, -1:], hidden[:, :-1], context[:, 1:], causal=False)[:, 0]
 
     def _prepare_prompt(self, ids, max_new_tokens: int, temperature: float, top_k, top_p, stop_token):
         """Check the arguments of generate(); return the prompt as a (B, T) tensor on the model's device."""
@@ -205,7 +231,12 @@ class GPT2(nn.Module):
         try:
             context = ids[:, -block_size:]  # a longer prompt keeps its last block_size tokens
             caches = [KVCache(block_size) for _ in self.decoder.h]
-            logits = self._next_logits(context, caches, head)
+            copying = self.copying
+            if copying:  # the cache needs every position's final hidden state, not the last alone
+                hidden = self.ln_f(self.decoder(self._embed(context, 0), caches))  # (B, T, C)
+                logits = self._copying_logits(hidden, context, head)
+            else:
+                logits = self._next_logits(context, caches, head)
             done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
             for step in range(max_new_tokens):
                 next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
@@ -218,12 +249,20 @@ class GPT2(nn.Module):
                     return
                 context = torch.cat((context, next_id), dim=1)[:, -block_size:]
                 if caches[0].length < block_size:
-                    logits = self._next_logits_one(next_id, caches, head)  # one new position per step
+                    if copying:
+                        hidden = torch.cat((hidden, self._hidden_one(next_id, caches)[:, None]), dim=1)
+                        logits = self._copying_logits(hidden, context, head)
+                    else:
+                        logits = self._next_logits_one(next_id, caches, head)  # one new position per step
                 else:
                     # The context is full: slide the window by refilling the caches from its last
                     # block_size tokens, positions from 0 again (learned positions end at block_size).
                     caches = [KVCache(block_size) for _ in self.decoder.h]
-                    logits = self._next_logits(context, caches, head)
+                    if copying:
+                        hidden = self.ln_f(self.decoder(self._embed(context, 0), caches))
+                        logits = self._copying_logits(hidden, context, head)
+                    else:
+                        logits = self._next_logits(context, caches, head)
         finally:
             self.train(was_training)
 
@@ -291,12 +330,15 @@ class GPT2(nn.Module):
         return self
 
     def with_changes(self, dropout: float | None = None, attn_dropout: float | None = None,
-                     block_size: int | None = None) -> "GPT2":
-        """This model with what fine-tuning may change without new weights: the dropout rates, and
-        a shorter context (learned positions keep their first block_size rows; RoPE takes any
-        length). Returns self when nothing changes, else a new model holding the same weights."""
+                     block_size: int | None = None, copy_weight: float | None = None,
+                     copy_sharpness: float | None = None) -> "GPT2":  # fmt: skip
+        """This model with what fine-tuning may change without new weights: the dropout rates, the
+        copying cache, and a shorter context (learned positions keep their first block_size rows;
+        RoPE takes any length). Returns self when nothing changes, else a new model holding the
+        same weights."""
         changes = {name: value for name, value in
-                   (("dropout", dropout), ("attn_dropout", attn_dropout), ("block_size", block_size))
+                   (("dropout", dropout), ("attn_dropout", attn_dropout), ("block_size", block_size),
+                    ("copy_weight", copy_weight), ("copy_sharpness", copy_sharpness))
                    if value is not None and value != getattr(self.config, name)}  # fmt: skip
         if not changes:
             return self

@@ -50,7 +50,7 @@ def llama_departures(config: GPT2Config) -> list[str]:
     """What a model of this config has that Llama's shape has not (empty: it is Llama's shape)."""
     options = [("LayerNorm", config.norm != "rmsnorm"), (f"a {config.mlp} MLP", config.mlp != "swiglu"),
                ("learned positions", not config.rope), ("biases", config.bias), ("QK-norm", config.qk_norm),
-               ("token shift", config.token_shift)]
+               ("token shift", config.token_shift), ("a copying cache", config.copy_weight > 0)]
     return [name for name, taken in options if taken]
 
 

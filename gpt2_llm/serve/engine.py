@@ -157,6 +157,7 @@ class Sequence:
         self.cancelled = False  # set from any thread (a client hung up); the worker ends it at its next step
         self.finish_reason: str | None = None
         self.first_token_at: float | None = None
+        self.hidden: torch.Tensor | None = None  # (positions, C): the final hidden states, for a copying cache
 
     @property
     def position(self) -> int:
@@ -308,7 +309,12 @@ class Engine:
                 continue
             caches = [KVCache(self.block_size) for _ in self.model.decoder.h]
             ids = torch.tensor([seq.prompt], dtype=torch.long, device=self.device)
-            logits = self.model._next_logits(ids, caches, self.head)  # (1, vocab): the prompt alone
+            if self.model.copying:  # the cache reads every position's final hidden state
+                model = self.model
+                seq.hidden = model.ln_f(model.decoder(model._embed(ids, 0), caches))[0]  # (T, C)
+                logits = model._copying_logits(seq.hidden[None], ids, self.head)
+            else:
+                logits = self.model._next_logits(ids, caches, self.head)  # (1, vocab): the prompt alone
             self.stats.prompt_tokens += len(seq.prompt)
             row = len(self.active)
             self.cache.fill(row, caches)
@@ -351,7 +357,15 @@ class Engine:
             x = x + F.linear(y, attn.c_proj.weight, attn.c_proj.bias)
             x = x + F.linear(mlp.hidden(block.shift_one(1, norm(block.ln_2, x), inputs)), mlp.c_proj.weight, mlp.c_proj.bias)
         cache.lengths[:B] = [position + 1 for position in positions]
-        return (norm(model.ln_f, x) @ self.head)[:B]
+        hidden = norm(model.ln_f, x)[:B]  # (B, C)
+        if not model.copying:
+            return hidden @ self.head
+        logits = []
+        for seq, h in zip(self.active, hidden):  # each row's cache holds its own sequence's positions
+            seq.hidden = torch.cat((seq.hidden, h[None]))
+            context = torch.tensor([seq.prompt + seq.tokens], device=self.device)
+            logits.append(model._copying_logits(seq.hidden[None], context, self.head)[0])
+        return torch.stack(logits)
 
     def _take_token(self, seq: Sequence, logits: torch.Tensor) -> bool:
         """Sample the sequence's next token, send its text; True when the sequence is finished."""
