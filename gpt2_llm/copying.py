@@ -52,7 +52,8 @@ def _mix(logits, queries, keys, values, weight, sharpness, causal):
     has_memory = seen.any(dim=-1)  # (T,): False only for a causal first row
     attention = torch.softmax(scores, dim=-1).masked_fill(~has_memory[:, None], 0.0)  # (B, T, S)
     p_copy = torch.zeros_like(log_model).scatter_add_(-1, values[:, None, :].expand(B, T, S), attention)
-    # log((1 - w) p_model + w p_copy), in logs: p_copy is exactly 0 for tokens never seen, and the
-    # model's log-probabilities can be far below what float32 holds as probabilities.
+    # log((1 - w) p_model + w p_copy), in logs: the model's log-probabilities can be far below what
+    # float32 holds as probabilities. p_copy is 0 for tokens the context never had; the floor (far
+    # below anything that adds to a probability) keeps a backward pass through the log finite.
     w = torch.where(has_memory, weight, 0.0)[:, None]  # (T, 1): the first row keeps the model's
-    return torch.logaddexp(log_model + torch.log1p(-w), p_copy.log() + w.log())
+    return torch.logaddexp(log_model + torch.log1p(-w), p_copy.clamp_min(1e-30).log() + w.log())
