@@ -545,6 +545,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     check_sampling(args.num_tokens, args.temperature, args.top_k, args.top_p)  # before the slow load
     take_model_from_the_prompt(args)
     model, tokenizer, template = load_model(args.model_file, args.device, args.vocab_file)
+    model = with_copy_flags(model, args)
     if args.chat:
         return chat(model, tokenizer, template, args)
     prompts = iter(lambda: input("> "), None) if args.interactive else [args.prompt]
@@ -554,6 +555,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
                 generate_text(model, tokenizer, prompt, args)
     except EOFError:
         print(file=sys.stderr)
+
+
+def with_copy_flags(model, args: argparse.Namespace):
+    """The model with `--copy` / `--copy-sharpness` of predict, eval or export in place of its own."""
+    return model.with_changes(copy_weight=args.copy, copy_sharpness=args.copy_sharpness)
+
+
+def add_copy_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--copy", type=float, default=None, metavar="WEIGHT", help="the copying cache's weight, in place of the model's own (0: without it; see train --copy)")
+    p.add_argument("--copy-sharpness", type=float, default=None, help="the copying cache's sharpness, in place of the model's own")
 
 
 def take_model_from_the_prompt(args: argparse.Namespace) -> None:
@@ -651,6 +662,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     files = text_inputs(args.file, "evaluate on")
     model, tokenizer, _ = load_model(args.model_file, args.device)
+    model = with_copy_flags(model, args)
     if is_instruction_input(files):
         windows, num_bytes, what = records_eval_set(files, model, tokenizer)
     else:
@@ -683,12 +695,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     check_out_dir(args.out_dir, args.overwrite)  # before the slow load
     loaded = load_named(args.model, "cpu", args.vocab_file, "give its vocab file with --vocab-file")
-    problem = export_problem(loaded.model.config)
+    model = with_copy_flags(loaded.model, args)
+    problem = export_problem(model.config)
     if problem:
-        raise UserError(f"cannot export {args.model}: {problem}")
-    files = export_folder(loaded.model, loaded.tokenizer, args.out_dir, loaded.chat_template, args.overwrite)
-    print(f"wrote {args.out_dir}: {', '.join(files)} ({HF_CLASSES[export_type(loaded.model.config)]}, "
-          f"{loaded.model.num_parameters():,} parameters, "
+        hint = "; --copy 0 exports it without its copying cache" if model.config.copy_weight > 0 else ""
+        raise UserError(f"cannot export {args.model}: {problem}{hint}")
+    files = export_folder(model, loaded.tokenizer, args.out_dir, loaded.chat_template, args.overwrite)
+    print(f"wrote {args.out_dir}: {', '.join(files)} ({HF_CLASSES[export_type(model.config)]}, "
+          f"{model.num_parameters():,} parameters, "
           f"{loaded.tokenizer.vocab_size:,} tokens); load it with transformers' "
           f"AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained")
 
@@ -764,6 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interactive", action="store_true", help="read prompts from the terminal until end of input")
     p.add_argument("--chat", action="store_true", help="a model trained on instruction records: put each prompt in its template and print the answer alone, up to its end of turn (predict --chat MODEL: a conversation on the terminal)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    add_copy_flags(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a model on a text", description="Evaluate a trained model on a text file.")
@@ -772,6 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (default auto)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
+    add_copy_flags(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="write a model as a transformers folder", description=(
@@ -784,6 +800,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="the folder to write (new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder at out_dir")
     p.add_argument("--vocab-file", default=None, help="the tokenizer of a model that holds none (a checkpoint saved by GPT2.save)")
+    add_copy_flags(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("plot", help="draw the loss curves of training runs", description=(

@@ -447,6 +447,38 @@ def test_eval_reports_loss_perplexity_bpb(trained, corpus):
     assert "bits per byte" in line
 
 
+def test_eval_predict_and_export_take_the_copying_cache_in_place_of_the_models(trained, corpus, tmp_path):
+    from dataclasses import asdict
+
+    from gpt2_llm import load_checkpoint
+    from gpt2_llm.checkpoint import save_checkpoint
+    from gpt2_llm.data import load_tokens, validation_windows
+    from gpt2_llm.loading import load
+    from gpt2_llm.trainer import evaluate
+
+    def bits(*flags) -> float:
+        result = run("eval", corpus, trained, "--dtype", "float32", *flags)
+        assert result.returncode == 0, result.stderr.decode()
+        return float(result.stdout.decode().split("perplexity ")[1].split(", ")[1].split(" bits")[0])
+
+    loaded = load(trained)
+    model, tokenizer = loaded.model.with_changes(copy_weight=0.3, copy_sharpness=5.0), loaded.tokenizer
+    windows, num_bytes = validation_windows(load_tokens([corpus], tokenizer), model.config.block_size, tokenizer)
+    assert bits("--copy", "0.3", "--copy-sharpness", "5") == pytest.approx(evaluate(model, windows, num_bytes)["val_bpb"], abs=1e-4)
+    assert bits("--copy", "0") == bits() != bits("--copy", "0.3")  # the model has none: 0 is its own
+    assert "copy_weight (--copy) must be in [0, 1), got 1.0" in one_line_error(run("eval", corpus, trained, "--copy", "1"))
+    greedy = ["predict", "ROMEO:", 20, trained, "--greedy"]
+    assert run(*greedy, "--copy", "0.5").stdout != run(*greedy).stdout
+
+    save_checkpoint(tmp_path / "copying.pt", {**load_checkpoint(trained), "model_config": asdict(model.config)})
+    refused = one_line_error(run("export", tmp_path / "copying.pt", tmp_path / "out"))
+    assert "not GPT-2's (it has a copying cache) nor Llama's" in refused
+    assert refused.endswith("biases, a copying cache); --copy 0 exports it without its copying cache")
+    written = run("export", tmp_path / "copying.pt", tmp_path / "out", "--copy", "0")
+    assert written.returncode == 0, written.stderr.decode()
+    assert (tmp_path / "out" / "model.safetensors").exists()
+
+
 # SIGTERM takes the same path as Ctrl-C (and test_distributed sends it through torchrun): slow run only.
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])
 def test_signal_saves_and_resume_matches_an_uninterrupted_run(corpus, tmp_path, sig, code):

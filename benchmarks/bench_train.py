@@ -36,11 +36,13 @@ DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 # norms and biases), ReLU^2 MLPs, rotary positions, RMS-normalised queries and keys, an untied
 # head, token shift (each block's inputs mixed with the previous position's); weight decay 1.0
 # (times each optimizer's learning rate, on the matrices), a moving average of the weights (decay
-# 0.99) as the model evaluated and saved, batch 8, bf16 autocast where the CPU has it (auto), and
-# the schedule fitted to the time budget.
+# 0.99) as the model evaluated and saved, a copying cache of weight 0.1 when the model predicts (new
+# names of the held-out text are copied from the context), batch 8, bf16 autocast where the CPU has
+# it (auto), and the schedule fitted to the time budget.
 RECIPE = ["--preset", "mini", "--n-layer", "4", "--vocab-size", "2048", "--lr", "2e-3", "--batch-size", "8",
           "--eval-every", "200", "--optimizer", "muon", "--muon-lr", "0.012", "--mlp", "relu2", "--untied",
-          "--rope", "--qk-norm", "--token-shift", "--dropout", "0.2", "--weight-decay", "1.0", "--ema", "0.99"]
+          "--rope", "--qk-norm", "--token-shift", "--dropout", "0.2", "--weight-decay", "1.0", "--ema", "0.99",
+          "--copy", "0.1"]
 
 
 def main() -> None:

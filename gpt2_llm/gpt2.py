@@ -170,6 +170,11 @@ class GPT2(nn.Module):
         x = self.decoder(self._embed(ids, caches[0].length), caches)  # (B, T, C)
         return self.ln_f(x[:, -1]) @ head  # only the last position predicts the next token
 
+    def _hidden(self, ids: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
+        """The final hidden states (B, T, C) of ids fed after what the caches hold: every position's,
+        which the copying cache reads (_next_logits normalises the last one alone)."""
+        return self.ln_f(self.decoder(self._embed(ids, caches[0].length), caches))
+
     def _next_logits_one(self, ids: torch.Tensor, caches: list[KVCache], head: torch.Tensor) -> torch.Tensor:
         """_next_logits for one new token per row, ids (B, 1): the same arithmetic, spelled out as
         plain function calls on the blocks' weights. At batch 1 the general path's ~80 module calls,
@@ -233,7 +238,7 @@ class GPT2(nn.Module):
             caches = [KVCache(block_size) for _ in self.decoder.h]
             copying = self.copying
             if copying:  # the cache needs every position's final hidden state, not the last alone
-                hidden = self.ln_f(self.decoder(self._embed(context, 0), caches))  # (B, T, C)
+                hidden = self._hidden(context, caches)  # (B, T, C)
                 logits = self._copying_logits(hidden, context, head)
             else:
                 logits = self._next_logits(context, caches, head)
@@ -259,7 +264,7 @@ class GPT2(nn.Module):
                     # block_size tokens, positions from 0 again (learned positions end at block_size).
                     caches = [KVCache(block_size) for _ in self.decoder.h]
                     if copying:
-                        hidden = self.ln_f(self.decoder(self._embed(context, 0), caches))
+                        hidden = self._hidden(context, caches)
                         logits = self._copying_logits(hidden, context, head)
                     else:
                         logits = self._next_logits(context, caches, head)

@@ -310,9 +310,8 @@ class Engine:
             caches = [KVCache(self.block_size) for _ in self.model.decoder.h]
             ids = torch.tensor([seq.prompt], dtype=torch.long, device=self.device)
             if self.model.copying:  # the cache reads every position's final hidden state
-                model = self.model
-                seq.hidden = model.ln_f(model.decoder(model._embed(ids, 0), caches))[0]  # (T, C)
-                logits = model._copying_logits(seq.hidden[None], ids, self.head)
+                seq.hidden = self.model._hidden(ids, caches)[0]  # (T, C)
+                logits = self.model._copying_logits(seq.hidden[None], ids, self.head)
             else:
                 logits = self.model._next_logits(ids, caches, self.head)  # (1, vocab): the prompt alone
             self.stats.prompt_tokens += len(seq.prompt)
@@ -357,11 +356,11 @@ class Engine:
             x = x + F.linear(y, attn.c_proj.weight, attn.c_proj.bias)
             x = x + F.linear(mlp.hidden(block.shift_one(1, norm(block.ln_2, x), inputs)), mlp.c_proj.weight, mlp.c_proj.bias)
         cache.lengths[:B] = [position + 1 for position in positions]
-        hidden = norm(model.ln_f, x)[:B]  # (B, C)
+        hidden = norm(model.ln_f, x)  # (rows, C)
         if not model.copying:
-            return hidden @ self.head
-        logits = []
-        for seq, h in zip(self.active, hidden):  # each row's cache holds its own sequence's positions
+            return (hidden @ self.head)[:B]  # every row in the product, as above
+        logits = []  # the copying cache: each row alone, its hidden states beside the sequence
+        for seq, h in zip(self.active, hidden[:B]):
             seq.hidden = torch.cat((seq.hidden, h[None]))
             context = torch.tensor([seq.prompt + seq.tokens], device=self.device)
             logits.append(model._copying_logits(seq.hidden[None], context, self.head)[0])
