@@ -134,7 +134,9 @@ class GPT2(nn.Module):
         return self.drop(x)
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None):
-        """ids (B, T) -> (logits (B, T, vocab), mean cross-entropy against targets (B, T) or None)."""
+        """ids (B, T) -> (logits (B, T, vocab), mean cross-entropy against targets (B, T) or None).
+        With a copying cache (config.copy_weight), outside training, the logits are the mixture's
+        log-probabilities."""
         B, T = ids.shape
         if T > self.config.block_size:
             raise UserError(f"{T} tokens do not fit the context of {self.config.block_size} (--context)")

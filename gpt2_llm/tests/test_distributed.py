@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gpt2_llm import load_checkpoint
-from gpt2_llm.tests.conftest import last_logged_step, losses
+from gpt2_llm.tests.conftest import last_logged_step, losses, records
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ def train_args(corpus, tmp_path, *extra):
 
 # Every architecture option, with gradient checkpointing and Muon.
 OPTIONS = ["--norm", "rmsnorm", "--mlp", "swiglu", "--kv-heads", "1", "--qk-norm", "--untied", "--no-bias", "--rope",
-           "--token-shift", "--grad-checkpoint", "--optimizer", "muon"]  # fmt: skip
+           "--token-shift", "--grad-checkpoint", "--optimizer", "muon", "--copy", "0.1"]  # fmt: skip
 
 
 # The plain GPT-2 run is in the slow set: the options run goes through the same DDP code and more.
@@ -66,6 +66,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(corpus, tmp_pat
     for name, weight in a["model"].items():
         torch.testing.assert_close(weight, b["model"][name], atol=2e-5, rtol=1e-4, msg=name)
     assert losses(tmp_path / "ddp.metrics.jsonl") == pytest.approx(losses(tmp_path / "one.metrics.jsonl"), abs=1e-4)
+    val = [[r["val_loss"] for r in records(tmp_path / f"{run}.metrics.jsonl") if "val_loss" in r] for run in ("ddp", "one")]
+    assert len(val[0]) == 2 and val[0] == pytest.approx(val[1], abs=1e-4)  # each rank scores its share of the windows
 
 
 def test_two_processes_train_on_records_like_one(tmp_path):
