@@ -32,21 +32,29 @@ DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 TEMPERATURES = (0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
 
 
+def load_run(path: Path, text: Path, probe: str):
+    """A model trained by main.py train (eval mode), its tokenizer, and its text's training and
+    held-out token arrays, split as the run split them; exits with a line when path is not such a run."""
+    loaded = load(path)
+    train_config = loaded.checkpoint.get("train_config")
+    if train_config is None or loaded.tokenizer is None:
+        sys.exit(f"{probe}: {path} is not a checkpoint of main.py train (it needs the run's tokenizer and "
+                 f"held-out fraction)")
+    model = loaded.model.eval()
+    training, held_out = split_tokens(load_tokens(text, loaded.tokenizer), train_config["val_fraction"],
+                                      model.config.block_size)
+    return model, loaded.tokenizer, training, held_out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="a checkpoint written by main.py train")
     parser.add_argument("--text", type=Path, default=DATA, help="the text it was trained on (default: Tiny Shakespeare)")
     args = parser.parse_args()
 
-    loaded = load(args.model)
-    train_config = loaded.checkpoint.get("train_config")
-    if train_config is None or loaded.tokenizer is None:
-        sys.exit(f"probe_calibration: {args.model} is not a checkpoint of main.py train (it needs the run's "
-                 f"tokenizer and held-out fraction)")
-    model, tokenizer = loaded.model.eval(), loaded.tokenizer
+    model, tokenizer, _, held_out = load_run(args.model, args.text, "probe_calibration")
+    windows, num_bytes = validation_windows(held_out, model.config.block_size, tokenizer)
     T = model.config.block_size
-    _, held_out = split_tokens(load_tokens(args.text, tokenizer), train_config["val_fraction"], T)
-    windows, num_bytes = validation_windows(held_out, T, tokenizer)
     device = torch.device("cpu")
     logits, targets = [], windows[:, 1:]
     with torch.no_grad(), autocast(device, pick_dtype("auto", device)):

@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from gpt2_llm.copying import mix_copies  # noqa: E402
-from gpt2_llm.data import load_tokens, split_tokens, validation_windows  # noqa: E402
+from gpt2_llm.data import validation_windows  # noqa: E402
 from gpt2_llm.hardware import autocast, pick_dtype  # noqa: E402
-from gpt2_llm.loading import load  # noqa: E402
+from probe_calibration import load_run  # noqa: E402  (this folder's: the same run, the same split)
 
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
@@ -41,14 +41,9 @@ def main() -> None:
     parser.add_argument("--training-part", action="store_true", help="score the end of the training part instead")
     args = parser.parse_args()
 
-    loaded = load(args.model)
-    train_config = loaded.checkpoint.get("train_config")
-    if train_config is None or loaded.tokenizer is None:
-        sys.exit(f"probe_copy: {args.model} is not a checkpoint of main.py train (it needs the run's tokenizer "
-                 f"and held-out fraction)")
-    model, tokenizer = loaded.model.with_changes(copy_weight=0.0).eval(), loaded.tokenizer  # its own logits
+    model, tokenizer, training, held_out = load_run(args.model, args.text, "probe_copy")
+    model = model.with_changes(copy_weight=0.0).eval()  # its own logits: the grid mixes the cache in
     T = model.config.block_size
-    training, held_out = split_tokens(load_tokens(args.text, tokenizer), train_config["val_fraction"], T)
     scored = training[-len(held_out) :] if args.training_part else held_out
     windows, num_bytes = validation_windows(scored, T, tokenizer)
     inputs, targets = windows[:, :-1], windows[:, 1:]
