@@ -357,14 +357,16 @@ class Engine:
             x = x + F.linear(mlp.hidden(block.shift_one(1, norm(block.ln_2, x), inputs)), mlp.c_proj.weight, mlp.c_proj.bias)
         cache.lengths[:B] = [position + 1 for position in positions]
         hidden = norm(model.ln_f, x)  # (rows, C)
+        logits = (hidden @ self.head)[:B]  # every row in the product, as above
         if not model.copying:
-            return (hidden @ self.head)[:B]  # every row in the product, as above
-        logits = []  # the copying cache: each row alone, its hidden states beside the sequence
-        for seq, h in zip(self.active, hidden[:B]):
+            return logits
+        mixed = []  # the copying cache, row by row: each sequence keeps its own hidden states
+        for seq, h, row in zip(self.active, hidden[:B], logits):
             seq.hidden = torch.cat((seq.hidden, h[None]))
             context = torch.tensor([seq.prompt + seq.tokens], device=self.device)
-            logits.append(model._copying_logits(seq.hidden[None], context, self.head)[0])
-        return torch.stack(logits)
+            mixed.append(model._mix_copies(row[None, None], h[None, None], seq.hidden[None, :-1], context[:, 1:],
+                                           causal=False)[0, 0])  # fmt: skip
+        return torch.stack(mixed)
 
     def _take_token(self, seq: Sequence, logits: torch.Tensor) -> bool:
         """Sample the sequence's next token, send its text; True when the sequence is finished."""
