@@ -172,10 +172,13 @@ class GPT2(nn.Module):
         x = self.decoder(self._embed(ids, caches[0].length), caches)  # (B, T, C)
         return self.ln_f(x[:, -1]) @ head  # only the last position predicts the next token
 
-    def _hidden(self, ids: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
-        """The final hidden states (B, T, C) of ids fed after what the caches hold: every position's,
-        which the copying cache reads (_next_logits normalises the last one alone)."""
-        return self.ln_f(self.decoder(self._embed(ids, caches[0].length), caches))
+    def _prefill(self, ids: torch.Tensor, caches: list[KVCache], head: torch.Tensor):
+        """The next token's logits (B, vocab) after ids (B, T) fed into empty caches, and with a
+        copying cache every position's final hidden state (B, T, C), which it reads (else None)."""
+        if not self.copying:
+            return self._next_logits(ids, caches, head), None
+        hidden = self.ln_f(self.decoder(self._embed(ids, 0), caches))
+        return self._copying_logits(hidden[:, -1] @ head, hidden, ids), hidden
 
     def _next_logits_one(self, ids: torch.Tensor, caches: list[KVCache], head: torch.Tensor) -> torch.Tensor:
         """_next_logits for one new token per row, ids (B, 1): the same arithmetic, spelled out as
@@ -202,11 +205,11 @@ class GPT2(nn.Module):
             x = x + F.linear(mlp.hidden(h), mlp.c_proj.weight, mlp.c_proj.bias)
         return norm(self.ln_f, x)
 
-    def _copying_logits(self, hidden: torch.Tensor, context: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-        """The next token's log-probabilities (B, vocab) with the cache mixed in: hidden (B, T, C)
-        holds the final hidden states of the context's tokens (B, T), the last one the query."""
-        logits = hidden[:, -1:] @ head  # (B, 1, vocab)
-        return self._mix_copies(logits, hidden[:, -1:], hidden[:, :-1], context[:, 1:], causal=False)[:, 0]
+    def _copying_logits(self, logits: torch.Tensor, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The next token's log-probabilities (B, vocab): its logits (B, vocab) mixed with the cache
+        of the context (B, T), whose tokens' final hidden states are hidden (B, T, C), the last one
+        the query."""
+        return self._mix_copies(logits[:, None], hidden[:, -1:], hidden[:, :-1], context[:, 1:], causal=False)[:, 0]
 
     def _prepare_prompt(self, ids, max_new_tokens: int, temperature: float, top_k, top_p, stop_token):
         """Check the arguments of generate(); return the prompt as a (B, T) tensor on the model's device."""
@@ -238,12 +241,7 @@ class GPT2(nn.Module):
         try:
             context = ids[:, -block_size:]  # a longer prompt keeps its last block_size tokens
             caches = [KVCache(block_size) for _ in self.decoder.h]
-            copying = self.copying
-            if copying:  # the cache needs every position's final hidden state, not the last alone
-                hidden = self._hidden(context, caches)  # (B, T, C)
-                logits = self._copying_logits(hidden, context, head)
-            else:
-                logits = self._next_logits(context, caches, head)
+            logits, hidden = self._prefill(context, caches, head)  # hidden: for a copying cache
             done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
             for step in range(max_new_tokens):
                 next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
@@ -255,21 +253,18 @@ class GPT2(nn.Module):
                 if step == max_new_tokens - 1 or (stop_token is not None and bool(done.all())):
                     return
                 context = torch.cat((context, next_id), dim=1)[:, -block_size:]
-                if caches[0].length < block_size:
-                    if copying:
-                        hidden = torch.cat((hidden, self._hidden_one(next_id, caches)[:, None]), dim=1)
-                        logits = self._copying_logits(hidden, context, head)
+                if caches[0].length < block_size:  # one new position per step
+                    if hidden is None:
+                        logits = self._next_logits_one(next_id, caches, head)
                     else:
-                        logits = self._next_logits_one(next_id, caches, head)  # one new position per step
+                        h = self._hidden_one(next_id, caches)  # (B, C)
+                        hidden = torch.cat((hidden, h[:, None]), dim=1)
+                        logits = self._copying_logits(h @ head, hidden, context)
                 else:
                     # The context is full: slide the window by refilling the caches from its last
                     # block_size tokens, positions from 0 again (learned positions end at block_size).
                     caches = [KVCache(block_size) for _ in self.decoder.h]
-                    if copying:
-                        hidden = self._hidden(context, caches)
-                        logits = self._copying_logits(hidden, context, head)
-                    else:
-                        logits = self._next_logits(context, caches, head)
+                    logits, hidden = self._prefill(context, caches, head)
         finally:
             self.train(was_training)
 

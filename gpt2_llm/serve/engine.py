@@ -309,11 +309,8 @@ class Engine:
                 continue
             caches = [KVCache(self.block_size) for _ in self.model.decoder.h]
             ids = torch.tensor([seq.prompt], dtype=torch.long, device=self.device)
-            if self.model.copying:  # the cache reads every position's final hidden state
-                seq.hidden = self.model._hidden(ids, caches)[0]  # (T, C)
-                logits = self.model._copying_logits(seq.hidden[None], ids, self.head)
-            else:
-                logits = self.model._next_logits(ids, caches, self.head)  # (1, vocab): the prompt alone
+            logits, hidden = self.model._prefill(ids, caches, self.head)  # (1, vocab): the prompt alone
+            seq.hidden = None if hidden is None else hidden[0]  # a copying cache's (T, C)
             self.stats.prompt_tokens += len(seq.prompt)
             row = len(self.active)
             self.cache.fill(row, caches)
@@ -364,8 +361,7 @@ class Engine:
         for seq, h, row in zip(self.active, hidden[:B], logits):
             seq.hidden = torch.cat((seq.hidden, h[None]))
             context = torch.tensor([seq.prompt + seq.tokens], device=self.device)
-            mixed.append(model._mix_copies(row[None, None], h[None, None], seq.hidden[None, :-1], context[:, 1:],
-                                           causal=False)[0, 0])  # fmt: skip
+            mixed.append(model._copying_logits(row[None], seq.hidden[None], context)[0])
         return torch.stack(mixed)
 
     def _take_token(self, seq: Sequence, logits: torch.Tensor) -> bool:
