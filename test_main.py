@@ -1029,6 +1029,8 @@ def test_every_architecture_option_at_once_trains_predicts_and_resumes(corpus, t
     assert (ckpt["train_config"]["optimizer"], ckpt["train_config"]["muon_lr"]) == ("muon", 0.03)
     assert ckpt["train_config"]["grad_checkpoint"] and "muon" in ckpt
     assert ckpt["train_config"]["ema"] == 0.99 and ckpt["training_weights"].keys() == ckpt["model"].keys()
+    evals = [json.loads(line) for line in (tmp_path / "m.metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    assert evals and all(r["ema"] == 0.99 and r["copy"] == 0.1 for r in evals)  # what the picture's legend names
     assert ckpt["model"]["decoder.h.0.attn.c_attn.weight"].shape == (64 + 2 * 2 * 16, 64)
     assert ckpt["model"]["decoder.h.2.mlp.c_fc2.weight"].shape == (192, 64)
     assert ckpt["model"]["decoder.h.2.shift.1.mix"].shape == (64,)

@@ -681,9 +681,12 @@ class Trainer:
             result = evaluate(self.model, run.data.val, run.data.val_bytes, self.config.batch_size, self.dtype,
                               self.dist)
             run.result = result
-            # "ema": the decay of the moving average evaluated in place of the weights (--ema)
+            # "ema": the decay of the moving average evaluated in place of the weights (--ema);
+            # "copy": the copying cache's weight, mixed into this loss but not the training one (--copy)
+            copy_weight = self.model.config.copy_weight
             self._append_metrics(run, {"step": self.step, "eval": True, "tokens": self.tokens_seen,
                                        **({"ema": self.config.ema} if self.average is not None else {}),
+                                       **({"copy": copy_weight} if copy_weight > 0 else {}),
                                        **{k: round(v, 5) for k, v in result.items()}})
             self.log(f"step {self.step}: val loss {result['val_loss']:.4f}, perplexity {result['val_ppl']:.2f}, "
                      f"{result['val_bpb']:.4f} bits per byte")
