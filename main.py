@@ -369,9 +369,12 @@ def report_end(result: dict, args, trainer, resume_from, out, ranks, say) -> int
         say(f"stopped at step {result['step']}; saved {saved}. Resume with: {command}", file=sys.stderr)
         return 128 + result["signal"]
     ended = f" (the time budget, --minutes {trainer.config.minutes:g}, ran out)" if result["stopped_by"] == "time" else ""
+    test = f"; test loss {result['test_loss']:.4f}, {result['test_bpb']:.4f} bits per byte" if "test_bpb" in result else ""
     if "val_bpb" in result:
-        say(f"step {result['step']}: val loss {result['val_loss']:.4f}, {result['val_bpb']:.4f} bits per byte; "
+        say(f"step {result['step']}: val loss {result['val_loss']:.4f}, {result['val_bpb']:.4f} bits per byte{test}; "
             f"saved {saved}{ended}")
+    elif test:
+        say(f"step {result['step']}: {test[2:]}; saved {saved}{ended}")
     else:
         say(f"step {result['step']}: saved {saved}{ended}")
     return 0
@@ -456,14 +459,17 @@ def learn_run_vocab(args, files: list, vocab_size: int, train_config, block_size
         data.split_records(data.read_records(files)[1], train_config.val_fraction)  # "too few records": before any work
         tokenizer = data.records_tokenizer(files, vocab_size, workers=args.workers, progress=True)
     else:
-        learn_from = training_part(files, train_config.val_fraction)
+        held_out = train_config.val_fraction + train_config.test_fraction
+        learn_from = training_part(files, held_out)
         tokenizer = bpe.BPE.train(learn_from, vocab_size, progress=True, workers=args.workers)
         if learn_from is not files:  # it is the run's text all the same: a later run on it finds this vocab
             tokenizer.trained_on = {**tokenizer.trained_on, "sha256": bpe.text_digest(files),
-                                    "text": bpe.files_name(files), "held_out": train_config.val_fraction}
-            part = f" (its first {1 - train_config.val_fraction:.0%}: the held-out part taught it nothing)"
+                                    "text": bpe.files_name(files), "held_out": held_out}
+            parts = "parts" if train_config.test_fraction else "part"
+            part = f" (its first {1 - held_out:.0%}: the held-out {parts} taught it nothing)"
         tokens = data.load_tokens(files, tokenizer, progress=True, workers=train_config.workers)
-        data.split_tokens(tokens, train_config.val_fraction, block_size)  # "too short" fails here, before the save
+        # "too short" fails here, before the save
+        data.split_tokens(tokens, train_config.val_fraction, block_size, train_config.test_fraction)
     tokenizer.save(args.vocab_file)
     say(f"wrote {args.vocab_file}: {tokenizer.vocab_size} tokens learned from {args.file}{part}", file=sys.stderr)
     return tokenizer
@@ -472,19 +478,19 @@ def learn_run_vocab(args, files: list, vocab_size: int, train_config, block_size
 HELD_OUT_CUT_BYTES = 512 * 2**20  # texts up to this size are cut in memory (see training_part)
 
 
-def training_part(files: list, val_fraction: float) -> str | list:
-    """What a run's own tokenizer learns from: the text without its last val_fraction, the part held
-    out for validation, so that no merge is made from text the model is then scored on (a merge
+def training_part(files: list, held_out: float) -> str | list:
+    """What a run's own tokenizer learns from: the text without its last `held_out` fraction, the parts held
+    out for validation and testing, so that no merge is made from text the model is then scored on (a merge
     learned there turns whole held-out words and phrases into single tokens, and the larger the
     vocabulary, the more it flatters the validation loss). Several files are joined as training
     joins them, with <|endoftext|> between. The cut is by characters and the held-out part is the
-    last val_fraction of the tokens, so the two meet within a few tokens. A text over
+    last `held_out` of the tokens, so the two meet within a few tokens. A text over
     HELD_OUT_CUT_BYTES is learned from whole (the files, streamed): at that size the held-out part
     is a fair sample of the text's words, not a source of its own merges."""
-    if not val_fraction or text_bytes(files) > HELD_OUT_CUT_BYTES:
+    if not held_out or text_bytes(files) > HELD_OUT_CUT_BYTES:
         return files
     text = bpe.ENDOFTEXT.join("".join(bpe.iter_text_chunks(f, (bpe.ENDOFTEXT,))) for f in files)
-    return text[: int(len(text) * (1 - val_fraction))]
+    return text[: int(len(text) * (1 - held_out))]
 
 
 def check_same_tokenizer(stored: bpe.BPE, given: bpe.BPE, vocab_path: str, checkpoint: str) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -919,6 +920,20 @@ def test_a_runs_own_tokenizer_learns_nothing_from_the_held_out_text(tmp_path, co
     assert learned.hash == bpe.BPE.train(text[: int(len(text) * 0.9)], 1000).hash  # the same merges
     again = run("train", "t.txt", "--steps", 1, *TRAIN[:-4], "--vocab-size", 1000, "--out", "b.pt", cwd=tmp_path)
     assert b"using vocab.txt, found here (1,000 tokens, learned from this text)" in again.stderr
+
+
+def test_a_test_part_is_held_out_from_the_tokenizer_and_reported_at_the_end(tmp_path, corpus):
+    text = corpus.read_text(encoding="utf-8")
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    result = run("train", "t.txt", "--steps", 3, *TRAIN[:-4], "--vocab-size", 400, "--test-fraction", 0.2, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"400 tokens learned from t.txt (its first 70%: the held-out parts taught it nothing)" in result.stderr
+    assert bpe.BPE.load(tmp_path / "vocab.txt").hash == bpe.BPE.train(text[: int(len(text) * 0.7)], 400).hash
+    last = result.stdout.decode().strip().splitlines()[-1]
+    assert re.fullmatch(r"step 3: val loss \d\.\d{4}, \d\.\d{4} bits per byte; test loss \d\.\d{4}, "
+                        r"\d\.\d{4} bits per byte; saved gpt2_model\.pt", last), last
+    assert "--test-fraction must be in [0, 1), got 1.5" in one_line_error(run("train", "t.txt", "--test-fraction", 1.5,
+                                                                             cwd=tmp_path))
 
 
 # ---- train --init-from: fine-tuning a trained model ----------------------------------------------

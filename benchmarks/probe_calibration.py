@@ -41,8 +41,9 @@ def load_run(path: Path, text: Path, probe: str):
         sys.exit(f"{probe}: {path} is not a checkpoint of main.py train (it needs the run's tokenizer and "
                  f"held-out fraction)")
     model = loaded.model.eval()
-    training, held_out = split_tokens(load_tokens(text, loaded.tokenizer), train_config["val_fraction"],
-                                      model.config.block_size)
+    # The validation part: a probe chooses settings, so it never reads the test part.
+    training, held_out, _ = split_tokens(load_tokens(text, loaded.tokenizer), train_config["val_fraction"],
+                                         model.config.block_size, train_config.get("test_fraction", 0.0))
     return model, loaded.tokenizer, training, held_out
 
 

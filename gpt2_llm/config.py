@@ -300,7 +300,10 @@ class TrainConfig:
     eval_every: int = _opt(250, 'steps between evaluations and checkpoints')
     eval_tokens: int = _opt(200_000, 'validation tokens per evaluation (at most)')
     log_every: int = _opt(10, 'steps between metrics-log lines')
-    val_fraction: float = _opt(0.1, 'the last part of the text held out for validation')
+    val_fraction: float = _opt(0.1, 'the part of the text held out for validation: its end, or with --test-fraction '
+                                    'the part just before the test part')
+    test_fraction: float = _opt(0.0, 'the last part of the text held out as a test part: no evaluation reads it until '
+                                     "the run's end, where its loss and bits per byte are reported beside validation's")
     batch_mode: str = _opt("random", 'random windows, or epoch: every window once per epoch')
     stride: int | None = _opt(None, 'window stride in epoch mode (default: the context length)')
     device: str = _opt("auto", 'auto | cpu | cuda | mps')
@@ -354,6 +357,11 @@ class TrainConfig:
             problems.append(f"--ema must be in [0, 1), got {self.ema}")
         if not 0 <= self.val_fraction < 1:
             problems.append(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.test_fraction < 1:
+            problems.append(f"--test-fraction must be in [0, 1), got {self.test_fraction}")
+        elif self.val_fraction + self.test_fraction >= 1:
+            problems.append(f"--val-fraction {self.val_fraction:g} and --test-fraction {self.test_fraction:g} leave "
+                            f"nothing to train on: together they must be under 1")
         if not is_device_name(self.device):
             problems.append(f"--device must be {DEVICE_NAMES}, got {self.device!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):

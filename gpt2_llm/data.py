@@ -117,18 +117,25 @@ def _encode_to_file(files: list[Path], tokenizer, path: Path, dtype: np.dtype, p
             f.write(ids)
 
 
-def split_tokens(tokens: np.ndarray, val_fraction: float, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train on the first part, validate on the last `val_fraction` (checked by TrainConfig) of the tokens."""
+def split_tokens(tokens: np.ndarray, val_fraction: float, block_size: int, test_fraction: float = 0.0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """The tokens in three parts, in text order: train | validation | test. The test part is the
+    last `test_fraction` of the tokens, validation the `val_fraction` before it (both fractions of
+    the whole, checked by TrainConfig); an empty part is a fraction of 0."""
+    n_test = int(len(tokens) * test_fraction)
     n_val = int(len(tokens) * val_fraction)
-    train, val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
+    train_end, val_end = len(tokens) - n_test - n_val, len(tokens) - n_test
+    train, val, test = tokens[:train_end], tokens[train_end:val_end], tokens[val_end:]
     need = block_size + 1
-    if len(train) < need or (val_fraction > 0 and len(val) < need):
+    short = [name for name, part, fraction in (("training", train, 1), ("validation", val, val_fraction),
+                                              ("test", test, test_fraction)) if fraction > 0 and len(part) < need]
+    if short:
         raise DataError(
-            f"the text is too short: {len(tokens):,} tokens give {len(train):,} for training and {len(val):,} "
-            f"for validation, and each needs at least one window of {need} (--context {block_size}); "
-            f"use a longer text, a shorter --context or a smaller --val-fraction"
+            f"the text is too short: {len(tokens):,} tokens give {len(train):,} for training, {len(val):,} "
+            f"for validation and {len(test):,} for the test part, and each needs at least one window of {need} "
+            f"(--context {block_size}); use a longer text, a shorter --context or smaller --val-fraction/--test-fraction"
         )
-    return train, val
+    return train, val, test
 
 
 class Batches:

@@ -217,6 +217,8 @@ class _Data:
     val: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None  # the validation set (see evaluate); None: none
     val_bytes: int  # the text its counted targets stand for
     val_positions: int  # positions one evaluation computes
+    test: torch.Tensor | None  # the test part's windows (--test-fraction), read once, at the run's end
+    test_bytes: int
     sample_prompt: list[int]  # token ids; empty: no samples
     sample_stop: int | None  # the token that ends a sample (the end of a response), if any
     epoch: tuple[int, str, int]  # one pass over the training data: (items, their name, items per step)
@@ -358,6 +360,8 @@ class Trainer:
                 if reason or self._checkpoint_due(run):
                     self._evaluate_and_save(run, last=reason is not None)
                 if reason:
+                    if reason != "signal":
+                        self._evaluate_test_part(run)
                     return {**run.result, "stopped_by": reason, "signal": self._stop_signal, "step": self.step}
                 self._set_lr(self.step)
                 loss = self._train_step(run.model)
@@ -406,10 +410,12 @@ class Trainer:
             if (self.dist.local_rank == 0) == turn:
                 tokens = load_tokens(text, self.bpe, progress=progress and self.dist.is_main, workers=c.workers)
             self.dist.barrier()
-        train_tokens, val_tokens = split_tokens(tokens, c.val_fraction, block)
+        train_tokens, val_tokens, test_tokens = split_tokens(tokens, c.val_fraction, block, c.test_fraction)
         self.batches = Batches(train_tokens, c.batch_size, block, c.seed, c.batch_mode, c.stride, *self._streams())
         val, val_bytes = validation_windows(val_tokens, block, self.bpe, c.eval_tokens) if len(val_tokens) else (None, 0)
+        test, test_bytes = validation_windows(test_tokens, block, self.bpe) if len(test_tokens) else (None, 0)
         return _Data(val=val, val_bytes=val_bytes, val_positions=0 if val is None else val[:, 1:].numel(),
+                     test=test, test_bytes=test_bytes,
                      sample_prompt=self._sample_prompt(val_tokens if len(val_tokens) else train_tokens),
                      sample_stop=None, epoch=(len(train_tokens), "tokens", self.tokens_per_step))
 
@@ -417,6 +423,8 @@ class Trainer:
         """Instruction records: every k-th held out, each an example of its own, the loss on the
         responses (on every token with --no-mask-prompt; validation always on the responses)."""
         c, block = self.config, self.model.config.block_size
+        if c.test_fraction:
+            raise DataError("--test-fraction holds out the end of a text; instruction records have --val-fraction only")
         template, conversations = read_records(files)
         stored = template_from_checkpoint(self.chat_template, "the checkpoint")
         if stored is not None and stored.name != template.name:
@@ -437,6 +445,7 @@ class Trainer:
                  f"{block} tokens were cut ({cut:,} of those to train on)")
         sample = self._instruction_sample_prompt(template, val or train)
         return _Data(val=val_set, val_bytes=val_bytes, val_positions=0 if val_set is None else val_set[0].numel(),
+                     test=None, test_bytes=0,
                      sample_prompt=sample, sample_stop=eot, epoch=(len(train), "records", c.batch_size * streams))
 
     def _plan_schedule(self, size: int, unit: str, per_step: int) -> int | None:
@@ -696,6 +705,20 @@ class Trainer:
             self.best_val_loss = min(self.best_val_loss, result["val_loss"])
         self._show_sample(run)
         return improved
+
+    def _evaluate_test_part(self, run: _Run) -> None:
+        """At the end of a run, the one evaluation of the test part (--test-fraction), with the
+        weights the checkpoint holds; its figures join the run's result and the metrics log."""
+        if run.data.test is None:
+            return
+        with self.average.swapped_in() if self.average is not None else nullcontext():
+            result = evaluate(self.model, run.data.test, run.data.test_bytes, self.config.batch_size, self.dtype,
+                              self.dist)
+        test = {"test_" + name.removeprefix("val_"): value for name, value in result.items()}
+        run.result.update(test)
+        self._append_metrics(run, {"step": self.step, "test": True, **{k: round(v, 5) for k, v in test.items()}})
+        self.log(f"step {self.step}: test loss {test['test_loss']:.4f}, perplexity {test['test_ppl']:.2f}, "
+                 f"{test['test_bpb']:.4f} bits per byte (the test part, --test-fraction {self.config.test_fraction:g})")
 
     def _sample_prompt(self, tokens) -> list[int]:
         """The prompt of the samples: --sample-prompt, or 16 tokens of the validation text (of the

@@ -131,10 +131,19 @@ def test_read_only_folder_of_several_files_uses_the_cache_dir(tmp_path, tokenize
 
 def test_split_takes_the_last_part_for_validation():
     tokens = np.arange(1000, dtype=np.uint16)
-    train, val = split_tokens(tokens, 0.1, 16)
-    assert train.tolist() == list(range(900)) and val.tolist() == list(range(900, 1000))
+    train, val, test = split_tokens(tokens, 0.1, 16)
+    assert train.tolist() == list(range(900)) and val.tolist() == list(range(900, 1000)) and test.tolist() == []
     with pytest.raises(DataError, match="too short.*--context 200"):
         split_tokens(tokens, 0.1, 200)
+
+
+def test_split_with_a_test_part_takes_it_from_the_end_and_validation_just_before():
+    tokens = np.arange(1000, dtype=np.uint16)
+    train, val, test = split_tokens(tokens, 0.1, 16, test_fraction=0.15)
+    assert train.tolist() == list(range(750)) and val.tolist() == list(range(750, 850))
+    assert test.tolist() == list(range(850, 1000))
+    with pytest.raises(DataError, match="150 for the test part.*--context 199"):
+        split_tokens(tokens, 0.1, 199, test_fraction=0.15)
 
 
 def test_random_batches_are_shifted_windows_and_reproducible():

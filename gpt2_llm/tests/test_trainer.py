@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from bpe import BPE
 from gpt2_llm import GPT2, GPT2Config, load_checkpoint
 from gpt2_llm.averaging import WeightAverage
-from gpt2_llm.config import MUON_LR
+import gpt2_llm.trainer
+from gpt2_llm.config import MUON_LR, ConfigError, TrainConfig
 from gpt2_llm.data import load_tokens, split_tokens, validation_windows
 from gpt2_llm.tests.conftest import assert_close, losses, records
 from gpt2_llm.trainer import (Progress, Trainer, TrainingError, best_path, evaluate, get_lr, loss_picture_path,
@@ -625,7 +626,7 @@ def test_with_ema_the_checkpoint_holds_the_average_and_resumes_exactly(corpus, t
     model = GPT2(GPT2Config(**a["model_config"]))
     model.load_state_dict(a["model"])
     c = straight.config
-    _, held_out = split_tokens(load_tokens(text, tokenizer), c.val_fraction, 32)
+    _, held_out, _ = split_tokens(load_tokens(text, tokenizer), c.val_fraction, 32)
     windows, num_bytes = validation_windows(held_out, 32, tokenizer, c.eval_tokens)
     assert result["val_loss"] == pytest.approx(evaluate(model, windows, num_bytes, c.batch_size)["val_loss"], rel=1e-6)
 
@@ -806,3 +807,39 @@ def test_label_smoothing_reaches_the_models_training_loss_only(corpus, tmp_path)
     assert with_smoothing.item() != pytest.approx(without.item(), abs=1e-3)
     windows = torch.randint(0, 300, (4, 33))
     assert evaluate(smoothed.model, windows, 1000)["val_loss"] == evaluate(plain.model, windows, 1000)["val_loss"]
+
+
+def test_the_test_part_is_read_once_at_the_end_and_reported_beside_validation(corpus, tmp_path):
+    text, tokenizer = corpus
+    trainer = tiny_trainer(tokenizer, val_fraction=0.1, test_fraction=0.2, eval_every=3)
+    read = []  # every set of windows an evaluation reads, in order
+    real_evaluate = gpt2_llm.trainer.evaluate
+
+    def watched(model, windows, *args, **kwargs):
+        read.append(windows)
+        return real_evaluate(model, windows, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(gpt2_llm.trainer, "evaluate", watched)
+        result = trainer.train(text, save_path=tmp_path / "m.pt", steps=7, progress=False)
+    tokens = load_tokens(text, tokenizer)
+    _, val, test = split_tokens(tokens, 0.1, 32, 0.2)
+    assert len(test) == int(len(tokens) * 0.2) and len(val) == int(len(tokens) * 0.1)
+    test_windows, test_bytes = validation_windows(test, 32, tokenizer)
+    # Validation at steps 3, 6 and the last; the test part once, after the last validation.
+    assert [torch.equal(w, test_windows) for w in read] == [False, False, False, True]
+    model = GPT2(GPT2Config(**load_checkpoint(tmp_path / "m.pt")["model_config"]))
+    model.load_state_dict(load_checkpoint(tmp_path / "m.pt")["model"])
+    expected = evaluate(model, test_windows, test_bytes, trainer.config.batch_size)
+    assert result["test_loss"] == pytest.approx(expected["val_loss"], rel=1e-6)
+    assert result["test_bpb"] == pytest.approx(expected["val_bpb"], rel=1e-6)
+    assert result["val_loss"] != result["test_loss"]
+    logged = records(tmp_path / "m.metrics.jsonl")
+    assert logged[-1] == {"step": 7, "test": True, **{k: round(v, 5) for k, v in result.items() if k.startswith("test_")}}
+
+
+def test_test_fraction_is_checked():
+    with pytest.raises(ConfigError, match="--test-fraction must be in"):
+        TrainConfig(test_fraction=1.0)
+    with pytest.raises(ConfigError, match="leave nothing to train on"):
+        TrainConfig(val_fraction=0.5, test_fraction=0.5)
