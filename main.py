@@ -34,6 +34,7 @@ import typing
 from dataclasses import fields
 
 try:
+    import basics
     import bpe
 except KeyboardInterrupt:  # Ctrl-C as the tool starts: the same one line as at any later moment
     print("interrupted", file=sys.stderr)
@@ -47,7 +48,7 @@ TEXT_INPUT_HELP = ("UTF-8 text to %s: a file, a folder (all its .txt files, join
                    "them), or a quoted glob pattern such as 'data/*.txt'")
 
 
-UserError = bpe.UserError  # any error the user can fix: one line, exit code 1 (see main())
+UserError = basics.UserError  # any error the user can fix: one line, exit code 1 (see main())
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -104,7 +105,7 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
             made = f"the tokenizer of {args.from_checkpoint}"
         else:
             tok, made = learn_vocab(args, files)
-        with bpe.atomic_write(args.output, "w") as f:
+        with basics.atomic_write(args.output, "w") as f:
             f.write(tok.to_text())
             stop_if_interrupted()  # raised inside the block, it removes the new file: the old one stays
     print(f"wrote {args.output}: {tok.vocab_size} tokens ({len(tok.merges)} merges), {made}, hash {tok.hash[:16]}")

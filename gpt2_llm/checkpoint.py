@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from bpe import UserError, atomic_write
+from basics import UserError, atomic_write
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_config", "model")

@@ -10,7 +10,8 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 
-from bpe import UserError, workers_problem
+from basics import UserError
+from bpe import workers_problem
 
 
 class ConfigError(UserError):

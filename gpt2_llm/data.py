@@ -41,7 +41,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bpe import BPE, ENDOFTEXT, TokenizerError, UserError, atomic_write, text_digest, text_files, token_typecode
+from basics import UserError, atomic_write
+from bpe import BPE, ENDOFTEXT, TokenizerError, text_digest, text_files, token_typecode
 
 from .instruct import IGNORE_INDEX, TEMPLATES, RecordError, Template, example_arrays, record_kind, record_messages
 

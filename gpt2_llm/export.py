@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 import bpe
-from bpe import BPE, ENDOFTEXT, GPT2_PATTERN, PATTERNS, TokenizerError, UserError
+from basics import UserError
+from bpe import BPE, ENDOFTEXT, GPT2_PATTERN, PATTERNS, TokenizerError
 
 from . import hf_llama
 from .checkpoint import CheckpointError

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bpe import UserError
+from basics import UserError
 
 from .attention import KVCache, attend
 from .checkpoint import CheckpointError, save_checkpoint

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from bpe import UserError, atomic_write
+from basics import UserError, atomic_write
 
 from .config import DEVICE_NAMES, is_device_name
 

@@ -25,7 +25,7 @@ from dataclasses import replace
 
 import torch
 
-from bpe import UserError
+from basics import UserError
 
 from .config import ConfigError, GPT2Config
 

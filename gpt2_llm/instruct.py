@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bpe import ENDOFTEXT, UserError
+from basics import UserError
+from bpe import ENDOFTEXT
 
 IGNORE_INDEX = -100  # a target that is not trained on: gpt2.cross_entropy leaves it out of the mean
 ROLES = ("system", "user", "assistant")

@@ -21,7 +21,7 @@ import math
 import os
 from pathlib import Path
 
-from bpe import UserError, atomic_write
+from basics import UserError, atomic_write
 
 # The fields drawn; a record without them is not one of the two kinds.
 TRAIN_FIELDS = ("step", "loss")

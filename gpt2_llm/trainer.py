@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from bpe import UserError, atomic_write
+from basics import UserError, atomic_write
 
 from .averaging import WeightAverage
 from .checkpoint import CheckpointError, save_checkpoint

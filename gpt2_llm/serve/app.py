@@ -39,7 +39,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bpe import PATTERNS, UserError
+from basics import UserError
+from bpe import PATTERNS
 
 from .engine import TTFT_BUCKETS, Engine, Event, QueueFull, SamplingParams, Sequence
 

@@ -51,7 +51,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from bpe import BPE, UserError
+from basics import UserError
+from bpe import BPE
 
 from ..attention import KVCache, attend
 from ..decoder import norm

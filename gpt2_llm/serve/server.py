@@ -15,7 +15,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-from bpe import UserError
+from basics import UserError
 
 GRACE = 5  # seconds in-flight responses get to finish after SIGTERM
 
