@@ -327,8 +327,7 @@ def pretrained_run(args: argparse.Namespace, overrides: dict, ranks, say):
     model, tokenizer = loaded.model, loaded.tokenizer
     if ranks.is_main:
         ranks.barrier()
-    model = model.with_changes(dropout=args.dropout, attn_dropout=args.attn_dropout, block_size=args.context,
-                               copy_weight=args.copy, copy_sharpness=args.copy_sharpness)
+    model = model.with_changes(dropout=args.dropout, attn_dropout=args.attn_dropout, block_size=args.context)
     shown = " ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in defaults.items())
     say(f"starting from {args.init_from}: {model.num_parameters():,} parameters, context {model.config.block_size}, "
         f"its own tokenizer ({tokenizer.vocab_size:,} tokens)" + (f"; fine-tuning defaults {shown}" if shown else ""),
@@ -343,7 +342,7 @@ def check_init_from_flags(args: argparse.Namespace) -> None:
     for flag, value in (("--preset", args.preset), *shape, ("--vocab-size", args.vocab_size)):
         if value is not None:
             raise UserError(f"{flag} does not go with --init-from: the run keeps {args.init_from}'s shape and tokenizer "
-                            f"(--context, --dropout, --attn-dropout, --copy and --copy-sharpness may change)")
+                            f"(--context, --dropout and --attn-dropout may change)")
     if args.checkpoint is not None:
         raise UserError(f"give a checkpoint to continue ({args.checkpoint}) or --init-from to start from a trained "
                         f"model, not both")
@@ -396,11 +395,9 @@ SHAPE_FLAGS = {
     "n_layer": ("--n-layer", "n_layer"), "n_head": ("--n-head", "n_head"), "n_embd": ("--n-embd", "n_embd"),
     "norm": ("--norm", "norm"), "mlp": ("--mlp", "mlp"), "kv_heads": ("--kv-heads", "n_kv_head"),
     "qk_norm": ("--qk-norm", "qk_norm"), "tie_embeddings": ("--untied", "tie_embeddings"), "bias": ("--no-bias", "bias"),
-    "token_shift": ("--token-shift", "token_shift"), "copy": ("--copy", "copy_weight"),
-    "copy_sharpness": ("--copy-sharpness", "copy_sharpness"),
 }  # fmt: skip
 # What `train --init-from` may set: no new weights needed.
-FINE_TUNING_MAY_CHANGE = ("context", "dropout", "attn_dropout", "copy", "copy_sharpness")
+FINE_TUNING_MAY_CHANGE = ("context", "dropout", "attn_dropout")
 # A field whose None stands for a derived value is compared by that value (--kv-heads 12 is n_kv_head None).
 COMPARED_AS = {"n_kv_head": "kv_heads"}
 DEFAULT_PRESET = "small"
@@ -552,7 +549,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
     check_sampling(args.num_tokens, args.temperature, args.top_k, args.top_p)  # before the slow load
     take_model_from_the_prompt(args)
     model, tokenizer, template = load_model(args.model_file, args.device, args.vocab_file)
-    model = with_copy_flags(model, args)
     if args.chat:
         return chat(model, tokenizer, template, args)
     prompts = iter(lambda: input("> "), None) if args.interactive else [args.prompt]
@@ -562,16 +558,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
                 generate_text(model, tokenizer, prompt, args)
     except EOFError:
         print(file=sys.stderr)
-
-
-def with_copy_flags(model, args: argparse.Namespace):
-    """The model with `--copy` / `--copy-sharpness` of predict, eval or export in place of its own."""
-    return model.with_changes(copy_weight=args.copy, copy_sharpness=args.copy_sharpness)
-
-
-def add_copy_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--copy", type=float, default=None, metavar="WEIGHT", help="the copying cache's weight, in place of the model's own (0: without it; see train --copy)")
-    p.add_argument("--copy-sharpness", type=float, default=None, help="the copying cache's sharpness, in place of the model's own")
 
 
 def take_model_from_the_prompt(args: argparse.Namespace) -> None:
@@ -669,7 +655,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     files = text_inputs(args.file, "evaluate on")
     model, tokenizer, _ = load_model(args.model_file, args.device)
-    model = with_copy_flags(model, args)
     if is_instruction_input(files):
         windows, num_bytes, what = records_eval_set(files, model, tokenizer)
     else:
@@ -702,14 +687,12 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     check_out_dir(args.out_dir, args.overwrite)  # before the slow load
     loaded = load_named(args.model, "cpu", args.vocab_file, "give its vocab file with --vocab-file")
-    model = with_copy_flags(loaded.model, args)
-    problem = export_problem(model.config)
+    problem = export_problem(loaded.model.config)
     if problem:
-        hint = "; --copy 0 exports it without its copying cache" if model.config.copy_weight > 0 else ""
-        raise UserError(f"cannot export {args.model}: {problem}{hint}")
-    files = export_folder(model, loaded.tokenizer, args.out_dir, loaded.chat_template, args.overwrite)
-    print(f"wrote {args.out_dir}: {', '.join(files)} ({HF_CLASSES[export_type(model.config)]}, "
-          f"{model.num_parameters():,} parameters, "
+        raise UserError(f"cannot export {args.model}: {problem}")
+    files = export_folder(loaded.model, loaded.tokenizer, args.out_dir, loaded.chat_template, args.overwrite)
+    print(f"wrote {args.out_dir}: {', '.join(files)} ({HF_CLASSES[export_type(loaded.model.config)]}, "
+          f"{loaded.model.num_parameters():,} parameters, "
           f"{loaded.tokenizer.vocab_size:,} tokens); load it with transformers' "
           f"AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained")
 
@@ -785,7 +768,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interactive", action="store_true", help="read prompts from the terminal until end of input")
     p.add_argument("--chat", action="store_true", help="a model trained on instruction records: put each prompt in its template and print the answer alone, up to its end of turn (predict --chat MODEL: a conversation on the terminal)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
-    add_copy_flags(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a model on a text", description="Evaluate a trained model on a text file.")
@@ -794,7 +776,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (default auto)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
-    add_copy_flags(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="write a model as a transformers folder", description=(
@@ -807,7 +788,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="the folder to write (new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder at out_dir")
     p.add_argument("--vocab-file", default=None, help="the tokenizer of a model that holds none (a checkpoint saved by GPT2.save)")
-    add_copy_flags(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("plot", help="draw the loss curves of training runs", description=(
@@ -863,9 +843,6 @@ def add_train_parser(sub) -> None:
     p.add_argument("--qk-norm", action="store_true", default=None, help="RMS-normalise each head's queries and keys before their product")
     p.add_argument("--untied", dest="tie_embeddings", action="store_false", default=None, help="an output head with its own matrix (GPT-2's is the token embedding)")
     p.add_argument("--no-bias", dest="bias", action="store_false", default=None, help="no biases in the linear and norm layers (GPT-2 has them)")
-    p.add_argument("--token-shift", action="store_true", default=None, help="mix each block's normalised inputs, per channel, with the previous token's (RWKV's token shift)")
-    p.add_argument("--copy", type=float, default=None, metavar="WEIGHT", help="a continuous cache: predictions mix in, with this weight, the tokens that followed earlier positions like the current one (0, the default: off; the recipe: 0.1)")
-    p.add_argument("--copy-sharpness", type=float, default=None, help="how sharply the cache prefers the most similar earlier positions (default 10)")
     p.add_argument("--vocab-size", type=int, default=None, help="size of a tokenizer made from the text (default: recommended for its size)")
     for f in fields(TrainConfig):  # one flag per field: the defaults live in TrainConfig alone
         flag = "--" + f.name.replace("_", "-")

@@ -448,38 +448,6 @@ def test_eval_reports_loss_perplexity_bpb(trained, corpus):
     assert "bits per byte" in line
 
 
-def test_eval_predict_and_export_take_the_copying_cache_in_place_of_the_models(trained, corpus, tmp_path):
-    from dataclasses import asdict
-
-    from gpt2_llm import load_checkpoint
-    from gpt2_llm.checkpoint import save_checkpoint
-    from gpt2_llm.data import load_tokens, validation_windows
-    from gpt2_llm.loading import load
-    from gpt2_llm.trainer import evaluate
-
-    def bits(*flags) -> float:
-        result = run("eval", corpus, trained, "--dtype", "float32", *flags)
-        assert result.returncode == 0, result.stderr.decode()
-        return float(result.stdout.decode().split("perplexity ")[1].split(", ")[1].split(" bits")[0])
-
-    loaded = load(trained)
-    model, tokenizer = loaded.model.with_changes(copy_weight=0.3, copy_sharpness=5.0), loaded.tokenizer
-    windows, num_bytes = validation_windows(load_tokens([corpus], tokenizer), model.config.block_size, tokenizer)
-    assert bits("--copy", "0.3", "--copy-sharpness", "5") == pytest.approx(evaluate(model, windows, num_bytes)["val_bpb"], abs=1e-4)
-    assert bits("--copy", "0") == bits() != bits("--copy", "0.3")  # the model has none: 0 is its own
-    assert "copy_weight (--copy) must be in [0, 1), got 1.0" in one_line_error(run("eval", corpus, trained, "--copy", "1"))
-    greedy = ["predict", "ROMEO:", 20, trained, "--greedy"]
-    assert run(*greedy, "--copy", "0.5").stdout != run(*greedy).stdout
-
-    save_checkpoint(tmp_path / "copying.pt", {**load_checkpoint(trained), "model_config": asdict(model.config)})
-    refused = one_line_error(run("export", tmp_path / "copying.pt", tmp_path / "out"))
-    assert "not GPT-2's (it has a copying cache) nor Llama's" in refused
-    assert refused.endswith("biases, a copying cache); --copy 0 exports it without its copying cache")
-    written = run("export", tmp_path / "copying.pt", tmp_path / "out", "--copy", "0")
-    assert written.returncode == 0, written.stderr.decode()
-    assert (tmp_path / "out" / "model.safetensors").exists()
-
-
 # SIGTERM takes the same path as Ctrl-C (and test_distributed sends it through torchrun): slow run only.
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])
 def test_signal_saves_and_resume_matches_an_uninterrupted_run(corpus, tmp_path, sig, code):
@@ -571,6 +539,36 @@ def test_broken_checkpoints(trained, tmp_path, make, message):
     make(path, trained)
     assert message in one_line_error(run("predict", "hi", 5, path))
     assert message in one_line_error(run("eval", trained.parent / "shakespeare.txt", path))
+
+
+# Options earlier versions had (token shift, the copying cache): a checkpoint that used one is refused
+# by every command that reads a model, one that stored them switched off loads as it always did.
+@pytest.mark.parametrize("used,flag", [({"token_shift": True}, "--token-shift"), ({"copy_weight": 0.1}, "--copy 0.1")])
+def test_a_checkpoint_trained_with_a_removed_option_is_refused_in_one_line(trained, corpus, tmp_path, capsys, used, flag):
+    path = tmp_path / "old.pt"
+    with_config(used)(path, trained)
+    cpu = ["--device", "cpu"]
+    commands = [["predict", "hi", "5", path, *cpu], ["eval", corpus, path, *cpu], ["export", path, tmp_path / "out"],
+                ["train", corpus, "--init-from", path, "--out", tmp_path / "ft.pt", *cpu],
+                ["train", corpus, trained.parent / "vocab.txt", path, "--steps", "40", *cpu]]  # fmt: skip
+    for argv in commands:
+        assert main.main(list(map(str, argv))) == 1, argv
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith(f"error: {path}: the model was trained with {flag} ("), err
+        assert err.endswith("an experimental option this version of the toolkit removed; retrain without it"
+                            + (", or write the model without the cache, which holds no weights, with an earlier "
+                               "version's export --copy 0\n" if "copy" in flag else "\n")), err
+
+
+def test_a_checkpoint_that_stored_the_removed_options_switched_off_still_predicts(trained, tmp_path, capsys):
+    path = tmp_path / "old.pt"
+    with_config({"token_shift": False, "copy_weight": 0.0, "copy_sharpness": 10.0})(path, trained)
+    outputs = []
+    for model in (trained, path):
+        assert main.main(["predict", "ROMEO:", "12", str(model), "--greedy", "--device", "cpu"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0].startswith("ROMEO:") and outputs[1] == outputs[0]
 
 
 def test_missing_model_file(tmp_path):
@@ -955,7 +953,7 @@ def test_init_from_starts_at_the_models_weights_with_its_tokenizer_and_fine_tuni
     folder = other_text.parent
     # A learning rate far too small to move a weight shows where the run started.
     result = run("train", other_text, "--init-from", short_run, "--out", folder / "ft.pt", "--lr", "1e-12",
-                 "--dropout", "0.1", "--copy", "0.2", *FINETUNE, cwd=folder)
+                 "--dropout", "0.1", *FINETUNE, cwd=folder)
     assert result.returncode == 0, result.stderr.decode()
     err = result.stderr.decode()
     assert f"starting from {short_run}: " in err and "its own tokenizer (300 tokens)" in err
@@ -964,7 +962,7 @@ def test_init_from_starts_at_the_models_weights_with_its_tokenizer_and_fine_tuni
     for name, weight in pretrained["model"].items():
         assert_close(tuned["model"][name], weight, atol=1e-9)
     assert tuned["tokenizer"]["hash"] == pretrained["tokenizer"]["hash"]
-    assert tuned["model_config"] == {**pretrained["model_config"], "dropout": 0.1, "copy_weight": 0.2}
+    assert tuned["model_config"] == {**pretrained["model_config"], "dropout": 0.1}
     config = tuned["train_config"]
     assert (config["init_from"], config["lr"], config["warmup_steps"], config["batch_size"]) == (str(short_run), 1e-12, 20, 8)
     assert not (folder / "vocab.txt").exists()  # the model's tokenizer is used, no vocab file is made
@@ -1021,8 +1019,8 @@ def test_init_from_refuses_a_vocab_file_of_another_tokenizer_and_a_checkpoint_be
 # ---- architecture options ------------------------------------------------------------------------
 
 ALL_OPTIONS = ["--n-layer", 3, "--n-head", 4, "--n-embd", 64, "--norm", "rmsnorm", "--mlp", "swiglu", "--kv-heads", 2,
-               "--qk-norm", "--untied", "--no-bias", "--rope", "--token-shift", "--grad-checkpoint", "--optimizer",
-               "muon", "--muon-lr", "0.03", "--ema", "0.99", "--copy", "0.1", "--copy-sharpness", "8"]  # fmt: skip
+               "--qk-norm", "--untied", "--no-bias", "--rope", "--grad-checkpoint", "--optimizer", "muon",
+               "--muon-lr", "0.03", "--ema", "0.99"]  # fmt: skip
 
 
 def test_every_architecture_option_at_once_trains_predicts_and_resumes(corpus, tmp_path):
@@ -1036,19 +1034,16 @@ def test_every_architecture_option_at_once_trains_predicts_and_resumes(corpus, t
             b"weights (--ema 0.99)") in result.stderr
     ckpt = load_checkpoint(tmp_path / "m.pt")
     stored = {name: ckpt["model_config"][name] for name in
-              ("n_layer", "n_head", "n_embd", "norm", "mlp", "n_kv_head", "qk_norm", "tie_embeddings", "bias", "rope",
-               "token_shift", "copy_weight", "copy_sharpness")}
+              ("n_layer", "n_head", "n_embd", "norm", "mlp", "n_kv_head", "qk_norm", "tie_embeddings", "bias", "rope")}
     assert stored == {"n_layer": 3, "n_head": 4, "n_embd": 64, "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 2,
-                      "qk_norm": True, "tie_embeddings": False, "bias": False, "rope": True, "token_shift": True,
-                      "copy_weight": 0.1, "copy_sharpness": 8.0}
+                      "qk_norm": True, "tie_embeddings": False, "bias": False, "rope": True}
     assert (ckpt["train_config"]["optimizer"], ckpt["train_config"]["muon_lr"]) == ("muon", 0.03)
     assert ckpt["train_config"]["grad_checkpoint"] and "muon" in ckpt
     assert ckpt["train_config"]["ema"] == 0.99 and ckpt["training_weights"].keys() == ckpt["model"].keys()
     evals = [json.loads(line) for line in (tmp_path / "m.metrics.jsonl").read_text().splitlines() if '"eval"' in line]
-    assert evals and all(r["ema"] == 0.99 and r["copy"] == 0.1 for r in evals)  # what the picture's legend names
+    assert evals and all(r["ema"] == 0.99 for r in evals)  # what the picture's legend names
     assert ckpt["model"]["decoder.h.0.attn.c_attn.weight"].shape == (64 + 2 * 2 * 16, 64)
     assert ckpt["model"]["decoder.h.2.mlp.c_fc2.weight"].shape == (192, 64)
-    assert ckpt["model"]["decoder.h.2.shift.1.mix"].shape == (64,)
 
     a = run("predict", "ROMEO:", 10, tmp_path / "m.pt", "--seed", 3)
     assert a.returncode == 0, a.stderr.decode()

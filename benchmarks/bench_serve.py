@@ -4,7 +4,6 @@ cannot start offline, transformers' `generate` called per request from as many c
 
     python benchmarks/bench_serve.py                 # both servers, the table for BENCHMARKS.md
     python benchmarks/bench_serve.py --ours-only
-    python benchmarks/bench_serve.py --ours-only --copy 0.1   # the model with a copying cache
 
 The model: the `mini` preset's shape (6 layers, 6 heads, 384 wide, context 256) with random
 weights and GPT-2's own tokenizer (../shared/data/gpt2), so the head has GPT-2's 50,257 rows; speed
@@ -36,10 +35,9 @@ sys.path.insert(0, str(ROOT))
 GPT2_FILES = ROOT.parent / "shared" / "data" / "gpt2"
 
 
-def make_model(folder: Path, copy: float = 0.0) -> Path:
+def make_model(folder: Path) -> Path:
     """A mini-shaped checkpoint with GPT-2's tokenizer, random weights, and <|endoftext|> ruled out
-    (its logit is held far below the others), so every request runs to max_tokens; copy: the
-    copying cache's weight (0: none)."""
+    (its logit is held far below the others), so every request runs to max_tokens."""
     import torch
 
     from bpe import BPE
@@ -47,7 +45,7 @@ def make_model(folder: Path, copy: float = 0.0) -> Path:
 
     tokenizer = BPE.from_gpt2(GPT2_FILES / "encoder.json", GPT2_FILES / "vocab.bpe")
     torch.manual_seed(0)
-    model = GPT2(GPT2Config.from_preset("mini", vocab_size=tokenizer.vocab_size, dropout=0.0, copy_weight=copy))
+    model = GPT2(GPT2Config.from_preset("mini", vocab_size=tokenizer.vocab_size, dropout=0.0))
     with torch.no_grad():
         model.ln_f.bias[0] = 10.0
         model.wte.weight[tokenizer.special_tokens["<|endoftext|>"]] = 0.0
@@ -167,11 +165,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3, help="requests per client (default 3)")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default 64)")
     parser.add_argument("--ours-only", action="store_true", help="skip transformers serve")
-    parser.add_argument("--copy", type=float, default=0.0, help="serve a model with a copying cache of this weight "
-                        "(transformers has no such model: with --ours-only)")
     args = parser.parse_args()
-    if args.copy and not args.ours_only:
-        parser.error("--copy needs --ours-only: transformers has no model with a copying cache")
     levels = [int(x) for x in args.levels.split(",")]
     import torch
 
@@ -179,7 +173,7 @@ def main() -> None:
           f"{args.requests} requests x {args.max_tokens} tokens per client", flush=True)
     folder = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     try:
-        checkpoint = make_model(folder, args.copy)
+        checkpoint = make_model(folder)
         port = free_port()
         print(f"main.py serve {checkpoint.name} (mini shape, GPT-2 tokenizer, random weights)", flush=True)
         ours = bench_server([sys.executable, "main.py", "serve", str(checkpoint), "--port", str(port),

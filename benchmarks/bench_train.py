@@ -31,19 +31,16 @@ DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 # The recipe (also in the README; the runs that chose it are in BENCHMARKS.md): the `mini` preset
 # with 4 layers instead of its 6 (384 wide; on a slow CPU 4 layers get half as many steps again
 # into the 10 minutes, and end better) and a context of 512 tokens instead of its 256 (batch 4:
-# the same tokens a step; the longer window gives the copying cache more to copy from), dropout
-# 0.2 outside attention, a 2048-token vocabulary (learned from the training part of the text
-# only, as every run's own tokenizer is), Muon at a peak rate of 0.012 for the blocks' matrices
-# (AdamW at --lr 2e-3 for embeddings, head, norms and biases), ReLU^2 MLPs, rotary positions,
-# RMS-normalised queries and keys, an untied head, token shift (each block's inputs mixed with the
-# previous position's); weight decay 1.0 (times each optimizer's learning rate, on the matrices),
-# a moving average of the weights (decay 0.99) as the model evaluated and saved, a copying cache
-# of weight 0.1 when the model predicts (the held-out text's new names are copied from the
-# context), bf16 autocast where the CPU has it (auto), and the schedule fitted to the time budget.
+# the same tokens a step), dropout 0.2 outside attention, a 2048-token vocabulary (learned from
+# the training part of the text only, as every run's own tokenizer is), Muon at a peak rate of
+# 0.012 for the blocks' matrices (AdamW at --lr 2e-3 for embeddings, head, norms and biases),
+# ReLU^2 MLPs, rotary positions, RMS-normalised queries and keys, an untied head; weight decay 1.0
+# (times each optimizer's learning rate, on the matrices), a moving average of the weights (decay
+# 0.99) as the model evaluated and saved, bf16 autocast where the CPU has it (auto), and the
+# schedule fitted to the time budget.
 RECIPE = ["--preset", "mini", "--n-layer", "4", "--context", "512", "--vocab-size", "2048", "--lr", "2e-3",
           "--batch-size", "4", "--eval-every", "200", "--optimizer", "muon", "--muon-lr", "0.012", "--mlp", "relu2",
-          "--untied", "--rope", "--qk-norm", "--token-shift", "--dropout", "0.2", "--weight-decay", "1.0",
-          "--ema", "0.99", "--copy", "0.1"]
+          "--untied", "--rope", "--qk-norm", "--dropout", "0.2", "--weight-decay", "1.0", "--ema", "0.99"]
 
 
 def main() -> None:

@@ -53,8 +53,7 @@ def check_options() -> None:
     """Every architecture option at once on the GPU: attention with the flash kernel forced, bf16 logits
     against CPU float32, cached generation against full recomputation, and training steps with
     gradient checkpointing and Muon, eager and compiled."""
-    options = dict(norm="rmsnorm", mlp="swiglu", n_kv_head=4, qk_norm=True, tie_embeddings=False, rope=True, bias=False,
-                   token_shift=True)
+    options = dict(norm="rmsnorm", mlp="swiglu", n_kv_head=4, qk_norm=True, tie_embeddings=False, rope=True, bias=False)
     config = GPT2Config(vocab_size=50257, n_layer=4, n_head=12, n_embd=768, block_size=1024, **options)
     torch.manual_seed(0)
     ids = torch.randint(0, config.vocab_size, (4, 512))

@@ -3,13 +3,12 @@ gradient clipping, AdamW's step, Muon's step (its Newton-Schulz iterations), on 
 
     python benchmarks/profile_step.py                  # the recipe's shape, batch 8
     python benchmarks/profile_step.py --batch-size 12
-    python benchmarks/profile_step.py --no-token-shift  # what token shift costs
     python benchmarks/profile_step.py --n-layer 6       # the mini preset's 6 layers (the recipes before the tenth session)
 
-The model is the recipe's (mini preset with 4 layers, 2048 tokens, ReLU^2, untied head, RoPE, QK-norm, token
-shift, dropout 0.2) on random token ids, trained with the trainer's own optimizers
-(make_optimizer, make_muon) in bf16 autocast where the CPU has it. Each part is timed on its own, over timed steps after warm-up
-ones; the table gives medians.
+The model is the recipe's (mini preset with 4 layers, 2048 tokens, ReLU^2, untied head, RoPE,
+QK-norm, dropout 0.2) on random token ids, trained with the trainer's own optimizers (make_optimizer,
+make_muon) in bf16 autocast where the CPU has it. Each part is timed on its own, over timed steps
+after warm-up ones; the table gives medians.
 """
 
 import argparse
@@ -33,13 +32,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--n-layer", type=int, default=4, help="blocks (default 4, the recipe's; the mini preset has 6)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
-    parser.add_argument("--token-shift", action=argparse.BooleanOptionalAction, default=True,
-                        help="the recipe's token shift (default: on)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
     config = GPT2Config.from_preset("mini", n_layer=args.n_layer, vocab_size=2048, dropout=0.2, mlp="relu2",
-                                    tie_embeddings=False, rope=True, qk_norm=True, token_shift=args.token_shift)
+                                    tie_embeddings=False, rope=True, qk_norm=True)
     model = GPT2(config)
     train = TrainConfig(batch_size=args.batch_size, lr=2e-3, optimizer="muon", muon_lr=0.012, weight_decay=1.0)
     device = torch.device("cpu")
@@ -66,7 +63,7 @@ def main() -> None:
 
     medians = {name: statistics.median(t) for name, t in times.items()}
     total = sum(medians.values())
-    print(f"{config.n_layer} layers, batch {args.batch_size} x context {config.block_size}, token shift {'on' if args.token_shift else 'off'}, "
+    print(f"{config.n_layer} layers, batch {args.batch_size} x context {config.block_size}, "
           f"{dtype}, {torch.get_num_threads()} threads, medians of {args.steps} steps")
     print("| part | ms | share |")
     print("|---|---:|---:|")

@@ -61,8 +61,6 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
         self.k = self.v = None
-        # With token shift (decoder.TokenShift): each branch's input at the newest position, (2, B, C).
-        self.inputs = None
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nkv, T, hs); return all keys and values so far, each (B, nkv, S, hs)."""

@@ -55,11 +55,6 @@ class GPT2Config:
     n_kv_head: int | None = None  # key/value heads (grouped-query attention); None: one per query head
     qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE and their product
     tie_embeddings: bool = True  # the head is the token embedding matrix (GPT-2); False: its own matrix
-    token_shift: bool = False  # each branch's input mixed, per channel, with the previous position's (RWKV)
-    # A continuous cache (copying.py): when the model predicts, its distribution mixed with weight
-    # copy_weight with one over the tokens that followed earlier positions like this one. No weights.
-    copy_weight: float = 0.0  # 0: off (GPT-2)
-    copy_sharpness: float = 10.0  # how sharply the cache prefers the most similar earlier positions
 
     def __post_init__(self):
         # Report every problem at once, each naming the command-line flag where there is one.
@@ -89,10 +84,6 @@ class GPT2Config:
             problems.append(f"dropout (--dropout) must be in [0, 1), got {self.dropout}")
         if self.attn_dropout is not None and not 0.0 <= self.attn_dropout < 1.0:
             problems.append(f"attn_dropout (--attn-dropout) must be in [0, 1), got {self.attn_dropout}")
-        if not 0.0 <= self.copy_weight < 1.0:
-            problems.append(f"copy_weight (--copy) must be in [0, 1), got {self.copy_weight}")
-        if not self.copy_sharpness > 0.0:
-            problems.append(f"copy_sharpness (--copy-sharpness) must be positive, got {self.copy_sharpness}")
         if not self.rope_base > 1.0:
             problems.append(f"rope_base must be greater than 1, got {self.rope_base}")
         if not self.layer_norm_eps > 0.0:
@@ -136,8 +127,7 @@ class GPT2Config:
         """The architecture options this config takes that GPT-2 has not (empty for GPT-2's own)."""
         options = [("RMSNorm", self.norm == "rmsnorm"), (f"{self.mlp} MLP", self.mlp != "gelu"),
                    (f"{self.kv_heads} key/value head{'s' * (self.kv_heads > 1)}", self.kv_heads != self.n_head), ("QK-norm", self.qk_norm),
-                   ("untied head", not self.tie_embeddings), ("RoPE", self.rope), ("no bias", not self.bias),
-                   ("token shift", self.token_shift), ("a copying cache", self.copy_weight > 0)]
+                   ("untied head", not self.tie_embeddings), ("RoPE", self.rope), ("no bias", not self.bias)]
         return [name for name, taken in options if taken]
 
     @property
@@ -156,8 +146,9 @@ class GPT2Config:
     def from_dict(cls, stored: dict) -> "GPT2Config":
         """The config stored in a checkpoint (`asdict` of one), or a ConfigError saying what is wrong
         (see config_from_dict). Fields added after the first version may be missing: their
-        defaults give the model as it was before them."""
-        return config_from_dict(cls, stored, "model config", REQUIRED_FIELDS)
+        defaults give the model as it was before them. Fields of removed options are dropped when
+        they hold the option's "off" value, and refused when they do (without_removed_options)."""
+        return config_from_dict(cls, without_removed_options(stored), "model config", REQUIRED_FIELDS)
 
 
 NORMS = ("layernorm", "rmsnorm")
@@ -174,6 +165,31 @@ def is_device_name(name: str) -> bool:
 # Fields every stored model config has had since the first version. Fields added later must have
 # a default that gives the model as it was before them (see GPT2Config.from_dict).
 REQUIRED_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size")
+
+# Experimental options earlier versions stored in the model config, and this one removed: each
+# field's flag, the value that meant "off" (None: any value, the field means nothing alone), what
+# the option was, and what a user of such a model can still do. A model trained with one computes
+# something else here, so it is refused rather than loaded as another model.
+REMOVED_OPTIONS = {
+    "token_shift": ("--token-shift", False, "RWKV's token shift", "retrain without it"),
+    "copy_weight": ("--copy", 0.0, "a copying cache", "retrain without it, or write the model without the "
+                    "cache, which holds no weights, with an earlier version's export --copy 0"),
+    "copy_sharpness": ("--copy-sharpness", None, "", ""),
+}
+
+
+def without_removed_options(stored):
+    """A stored model config without the fields of REMOVED_OPTIONS, or a ConfigError naming the
+    option when the model used one. Anything but a dict is left to config_from_dict to refuse."""
+    if not isinstance(stored, dict):
+        return stored
+    for name, (flag, off, what, instead) in REMOVED_OPTIONS.items():
+        value = stored.get(name, off)
+        if off is not None and value != off:
+            used = flag if isinstance(off, bool) else f"{flag} {value}"
+            raise ConfigError(f"the model was trained with {used} ({what}), an experimental option this version "
+                              f"of the toolkit removed; {instead}")
+    return {name: value for name, value in stored.items() if name not in REMOVED_OPTIONS}
 
 
 def config_from_dict(cls, stored: dict, what: str, required: tuple[str, ...] = ()):

@@ -77,32 +77,10 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.hidden(x)))  # (B, T, C)
 
 
-class TokenShift(nn.Module):
-    """RWKV's token shift (Peng et al. 2023), as an addition: h_t + mix * h_(t-1), one learned weight
-    per channel, zero at first (the block starts as GPT-2's). Each position gets the features of the
-    one before it without attention having to find them: a cheap bigram path, elementwise work only.
-    BENCHMARKS.md has what it did for the Tiny Shakespeare recipe."""
-
-    def __init__(self, n_embd: int):
-        super().__init__()
-        self.mix = nn.Parameter(torch.zeros(n_embd))
-
-    def forward(self, h: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
-        """h (B, T, C) -> (B, T, C). previous (B, C): the input at the position before h's first
-        (generation after a cached prefix); None: nothing comes before it, zeros."""
-        if previous is None:
-            before = F.pad(h[:, :-1], (0, 0, 1, 0))  # (B, T, C): position t holds h_(t-1), zeros at t = 0
-        else:
-            before = torch.cat((previous.to(h.dtype).unsqueeze(1), h[:, :-1]), dim=1)
-        return h + before * self.mix.to(h.dtype)
-
-
 class DecoderBlock(nn.Module):
     """One transformer block, pre-norm as in GPT-2: normalise, then attend or transform, then add.
 
     The residual stream x itself is never normalised, so gradients reach early layers undamped.
-    With config.token_shift each branch's normalised input is first mixed with the previous
-    position's (TokenShift); the KV cache keeps the newest position's for the next token.
     """
 
     def __init__(self, config: GPT2Config):
@@ -111,35 +89,11 @@ class DecoderBlock(nn.Module):
         self.attn = QKVAttention(config)
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
-        # One for the attention's input, one for the MLP's.
-        self.shift = nn.ModuleList(TokenShift(config.n_embd) for _ in range(2)) if config.token_shift else None
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.branch_input(0, self.ln_1(x), cache), cache)  # tokens exchange information
-        x = x + self.mlp(self.branch_input(1, self.ln_2(x), cache))  # each token is transformed on its own
+        x = x + self.attn(self.ln_1(x), cache)  # tokens exchange information
+        x = x + self.mlp(self.ln_2(x))  # each token is transformed on its own
         return x
-
-    def branch_input(self, branch: int, h: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
-        """h (B, T, C), branch 0's (attention) or 1's (MLP) normalised input, token-shifted when the
-        block shifts; a cache supplies the position before h's first and keeps h's last."""
-        if self.shift is None:
-            return h
-        if cache is None:
-            return self.shift[branch](h)
-        if cache.inputs is None:  # the cache's first tokens: nothing before them
-            cache.inputs = h.new_zeros(2, h.size(0), h.size(-1))
-        shifted = self.shift[branch](h, cache.inputs[branch])
-        cache.inputs[branch] = h[:, -1]
-        return shifted
-
-    def shift_one(self, branch: int, h: torch.Tensor, inputs: torch.Tensor | None) -> torch.Tensor:
-        """branch_input for one new position per row, as the generation steps hold it: h (R, C);
-        inputs (2, R, C) each row's inputs at the position before (KVCache.inputs), where h goes."""
-        if self.shift is None:
-            return h
-        shifted = self.shift[branch](h.unsqueeze(1), inputs[branch])[:, 0]  # a sequence of one position
-        inputs[branch] = h
-        return shifted
 
 
 class GPT2Decoder(nn.Module):

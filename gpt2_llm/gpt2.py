@@ -23,13 +23,12 @@ from basics import UserError
 from .attention import KVCache, attend
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import GPT2Config, config_from_original_args
-from .copying import mix_copies
 from .decoder import GPT2Decoder, make_norm, norm
 from .dropout import Dropout
 
 # Config fields (and derived sizes) that decide the weights: a checkpoint must agree on all of them.
 SHAPE_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "n_inner", "bias", "rope",
-                "norm", "mlp", "kv_heads", "qk_norm", "tie_embeddings", "token_shift")
+                "norm", "mlp", "kv_heads", "qk_norm", "tie_embeddings")
 
 
 class _class_or_instance_method:
@@ -134,9 +133,7 @@ class GPT2(nn.Module):
         return self.drop(x)
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None):
-        """ids (B, T) -> (logits (B, T, vocab), mean cross-entropy against targets (B, T) or None).
-        With a copying cache (config.copy_weight), outside training, the logits are the mixture's
-        log-probabilities."""
+        """ids (B, T) -> (logits (B, T, vocab), mean cross-entropy against targets (B, T) or None)."""
         B, T = ids.shape
         if T > self.config.block_size:
             raise UserError(f"{T} tokens do not fit the context of {self.config.block_size} (--context)")
@@ -144,26 +141,11 @@ class GPT2(nn.Module):
             self._check_ids(ids)
         x = self.ln_f(self.decoder(self._embed(ids, 0)))
         logits = self.lm_head(x)  # (B, T, padded vocab)
-        if self.copying:
-            # Log-probabilities with the cache mixed in (copying.py): a softmax of them is the
-            # mixture, so a loss or a sampler takes them as it takes logits.
-            logits = self._mix_copies(logits[..., : self.config.vocab_size], x, x[:, :-1], ids[:, 1:], causal=True)
-            loss = None if targets is None else F.nll_loss(logits.reshape(B * T, -1), targets.reshape(B * T))
-            return logits, loss
         loss = None
         if targets is not None:
             smoothing = self.label_smoothing if self.training else 0.0
             loss = cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), self.config.vocab_size, smoothing)
         return logits[..., : self.config.vocab_size], loss
-
-    @property
-    def copying(self) -> bool:
-        """Whether predictions mix in the continuous cache: a model that has one, outside training."""
-        return self.config.copy_weight > 0 and not self.training
-
-    def _mix_copies(self, logits, queries, keys, values, causal: bool) -> torch.Tensor:
-        c = self.config
-        return mix_copies(logits, queries, keys, values, c.copy_weight, c.copy_sharpness, causal)
 
     # ---- generation --------------------------------------------------------------------------
 
@@ -172,23 +154,11 @@ class GPT2(nn.Module):
         x = self.decoder(self._embed(ids, caches[0].length), caches)  # (B, T, C)
         return self.ln_f(x[:, -1]) @ head  # only the last position predicts the next token
 
-    def _prefill(self, ids: torch.Tensor, caches: list[KVCache], head: torch.Tensor):
-        """The next token's logits (B, vocab) after ids (B, T) fed into empty caches, and with a
-        copying cache every position's final hidden state (B, T, C), which it reads (else None)."""
-        if not self.copying:
-            return self._next_logits(ids, caches, head), None
-        hidden = self.ln_f(self.decoder(self._embed(ids, 0), caches))
-        return self._copying_logits(hidden[:, -1] @ head, hidden, ids), hidden
-
     def _next_logits_one(self, ids: torch.Tensor, caches: list[KVCache], head: torch.Tensor) -> torch.Tensor:
         """_next_logits for one new token per row, ids (B, 1): the same arithmetic, spelled out as
         plain function calls on the blocks' weights. At batch 1 the general path's ~80 module calls,
         reshapes and mask checks are a visible share of a token's time next to its matrix products;
         this path leaves them out (tested equal to _next_logits)."""
-        return self._hidden_one(ids, caches) @ head
-
-    def _hidden_one(self, ids: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
-        """The final hidden state (B, C), what the head reads, after one new token per row, ids (B, 1)."""
         B, C = ids.size(0), self.config.n_embd
         position = caches[0].length
         x = self.wte.weight[ids[:, 0]]  # (B, C)
@@ -196,20 +166,12 @@ class GPT2(nn.Module):
             x = x + self.wpe.weight[position]
         for block, cache in zip(self.decoder.h, caches):
             attn, mlp = block.attn, block.mlp
-            h = block.shift_one(0, norm(block.ln_1, x), cache.inputs)  # (B, C)
-            q, k, v = attn.heads(h.view(B, 1, C), position)  # (B, nh or nkv, 1, hs)
+            q, k, v = attn.heads(norm(block.ln_1, x).view(B, 1, C), position)  # (B, nh or nkv, 1, hs)
             k, v = cache.append(k, v)
             y = attend(q, k, v).view(B, C)  # one query sees every cached key
             x = x + F.linear(y, attn.c_proj.weight, attn.c_proj.bias)
-            h = block.shift_one(1, norm(block.ln_2, x), cache.inputs)
-            x = x + F.linear(mlp.hidden(h), mlp.c_proj.weight, mlp.c_proj.bias)
-        return norm(self.ln_f, x)
-
-    def _copying_logits(self, logits: torch.Tensor, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """The next token's log-probabilities (B, vocab): its logits (B, vocab) mixed with the cache
-        of the context (B, T), whose tokens' final hidden states are hidden (B, T, C), the last one
-        the query."""
-        return self._mix_copies(logits[:, None], hidden[:, -1:], hidden[:, :-1], context[:, 1:], causal=False)[:, 0]
+            x = x + F.linear(mlp.hidden(norm(block.ln_2, x)), mlp.c_proj.weight, mlp.c_proj.bias)
+        return norm(self.ln_f, x) @ head
 
     def _prepare_prompt(self, ids, max_new_tokens: int, temperature: float, top_k, top_p, stop_token):
         """Check the arguments of generate(); return the prompt as a (B, T) tensor on the model's device."""
@@ -241,7 +203,7 @@ class GPT2(nn.Module):
         try:
             context = ids[:, -block_size:]  # a longer prompt keeps its last block_size tokens
             caches = [KVCache(block_size) for _ in self.decoder.h]
-            logits, hidden = self._prefill(context, caches, head)  # hidden: for a copying cache
+            logits = self._next_logits(context, caches, head)
             done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
             for step in range(max_new_tokens):
                 next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
@@ -253,18 +215,13 @@ class GPT2(nn.Module):
                 if step == max_new_tokens - 1 or (stop_token is not None and bool(done.all())):
                     return
                 context = torch.cat((context, next_id), dim=1)[:, -block_size:]
-                if caches[0].length < block_size:  # one new position per step
-                    if hidden is None:
-                        logits = self._next_logits_one(next_id, caches, head)
-                    else:
-                        h = self._hidden_one(next_id, caches)  # (B, C)
-                        hidden = torch.cat((hidden, h[:, None]), dim=1)
-                        logits = self._copying_logits(h @ head, hidden, context)
+                if caches[0].length < block_size:
+                    logits = self._next_logits_one(next_id, caches, head)  # one new position per step
                 else:
                     # The context is full: slide the window by refilling the caches from its last
                     # block_size tokens, positions from 0 again (learned positions end at block_size).
                     caches = [KVCache(block_size) for _ in self.decoder.h]
-                    logits, hidden = self._prefill(context, caches, head)
+                    logits = self._next_logits(context, caches, head)
         finally:
             self.train(was_training)
 
@@ -332,15 +289,12 @@ class GPT2(nn.Module):
         return self
 
     def with_changes(self, dropout: float | None = None, attn_dropout: float | None = None,
-                     block_size: int | None = None, copy_weight: float | None = None,
-                     copy_sharpness: float | None = None) -> "GPT2":  # fmt: skip
-        """This model with what fine-tuning may change without new weights: the dropout rates, the
-        copying cache, and a shorter context (learned positions keep their first block_size rows;
-        RoPE takes any length). Returns self when nothing changes, else a new model holding the
-        same weights."""
+                     block_size: int | None = None) -> "GPT2":
+        """This model with what fine-tuning may change without new weights: the dropout rates and a
+        shorter context (learned positions keep their first block_size rows; RoPE takes any length).
+        Returns self when nothing changes, else a new model holding the same weights."""
         changes = {name: value for name, value in
-                   (("dropout", dropout), ("attn_dropout", attn_dropout), ("block_size", block_size),
-                    ("copy_weight", copy_weight), ("copy_sharpness", copy_sharpness))
+                   (("dropout", dropout), ("attn_dropout", attn_dropout), ("block_size", block_size))
                    if value is not None and value != getattr(self.config, name)}  # fmt: skip
         if not changes:
             return self

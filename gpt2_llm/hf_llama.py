@@ -49,8 +49,7 @@ _OURS_OUTSIDE = {theirs: ours for ours, theirs in OUTER_NAMES.items()}
 def llama_departures(config: GPT2Config) -> list[str]:
     """What a model of this config has that Llama's shape has not (empty: it is Llama's shape)."""
     options = [("LayerNorm", config.norm != "rmsnorm"), (f"a {config.mlp} MLP", config.mlp != "swiglu"),
-               ("learned positions", not config.rope), ("biases", config.bias), ("QK-norm", config.qk_norm),
-               ("token shift", config.token_shift), ("a copying cache", config.copy_weight > 0)]
+               ("learned positions", not config.rope), ("biases", config.bias), ("QK-norm", config.qk_norm)]
     return [name for name, taken in options if taken]
 
 

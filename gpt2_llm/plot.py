@@ -4,8 +4,7 @@ A log (NAME.metrics.jsonl, beside the checkpoint) holds one JSON object per line
     step records  {"step": 10, "loss": 5.1, "lr": 0.0006, "tokens_per_s": 3800, ..., "tokens": 40960}
                   (with --optimizer muon also "muon_lr": Muon's rate beside AdamW's "lr")
     eval records  {"step": 250, "eval": true, "val_loss": 4.2, "val_ppl": 66.7, ..., "tokens": 1024000}
-                  (with --ema also "ema": 0.99: the loss is the weights' moving average's; with
-                  --copy also "copy": 0.1: the loss has the copying cache mixed in, the training loss not)
+                  (with --ema also "ema": 0.99: the loss is the weights' moving average's)
 Any other record (a text sample, say) is ignored, and so is a line that is not JSON (the half-written
 last line of a killed run). A run resumed after a kill logs again from its checkpoint's step: when
 the steps go back, the records logged after that point are dropped and the later ones kept, since
@@ -107,10 +106,9 @@ def draw_runs(runs: list[dict], labels: list[str]):
         if train["step"]:
             loss_ax.plot(train[x], train["loss"], color=colour, linewidth=0.8, alpha=0.6, label=f"{label} train")
         if evals["step"]:
-            # --ema: the average was evaluated; --copy: the cache was mixed into the evaluations alone
-            how = [what for what, taken in (("EMA weights", "ema" in evals), ("copying cache", "copy" in evals)) if taken]
+            averaged = " (EMA weights)" if "ema" in evals else ""  # --ema: the average was evaluated
             loss_ax.plot(evals[x], evals["val_loss"], color=colour, linewidth=1.8, marker="o", markersize=5,
-                         label=f"{label} val" + (f" ({', '.join(how)})" if how else ""))
+                         label=f"{label} val{averaged}")
         if "lr" in train:
             lr_ax.plot(train[x], train["lr"], color=colour, linewidth=1.2)
         if "muon_lr" in train:  # Muon's matrices follow the same schedule from their own peak

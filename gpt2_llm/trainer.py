@@ -129,11 +129,10 @@ def step_memory(config: GPT2Config, batch_size: int, dtype: torch.dtype, grad_ch
     (4 bytes in float32), counted here from the layer's real widths so that the options change it:
     the norms' inputs 4C; attention's input 2C, queries 2C, keys and values 4 x their width, the
     projection's input 2C and its dropout mask C; the MLP's input 2C, its activation's inputs and
-    c_proj's 4H (6H with SwiGLU's two) and a mask C; QK-norm's inputs; token shift's two inputs 4C.
-    The attention scores (the second term) are only kept for the short contexts that take the
-    plain-product path (see attention.plain_products_are_faster); the fused kernels never store
-    them. With grad_checkpoint a layer keeps only its input (2C), and one layer's activations exist
-    at a time."""
+    c_proj's 4H (6H with SwiGLU's two) and a mask C; QK-norm's inputs. The attention scores (the
+    second term) are only kept for the short contexts that take the plain-product path (see
+    attention.plain_products_are_faster); the fused kernels never store them. With grad_checkpoint
+    a layer keeps only its input (2C), and one layer's activations exist at a time."""
     C, L, T, V = config.n_embd, config.n_layer, config.block_size, config.padded_vocab_size
     H, kv = config.mlp_size, config.kv_heads * config.head_size  # the MLP's width; the keys' (and values')
     gated = config.mlp == "swiglu"
@@ -144,7 +143,6 @@ def step_memory(config: GPT2Config, batch_size: int, dtype: torch.dtype, grad_ch
     scores = 5 * config.n_head * T if T <= 256 else 0
     layer = 4 * C + (7 * C + 4 * kv) + (3 * C + (6 if gated else 4) * H) + scores
     layer += 2 * C + 2 * kv if config.qk_norm else 0
-    layer += 4 * C if config.token_shift else 0  # the two shifted inputs
     kept = L * 2 * C + layer if grad_checkpoint else L * layer
     activations = batch_size * T * kept * width // 2
     logits = batch_size * T * V * (2 * width + 4)
@@ -690,12 +688,9 @@ class Trainer:
             result = evaluate(self.model, run.data.val, run.data.val_bytes, self.config.batch_size, self.dtype,
                               self.dist)
             run.result = result
-            # "ema": the decay of the moving average evaluated in place of the weights (--ema);
-            # "copy": the copying cache's weight, mixed into this loss but not the training one (--copy)
-            copy_weight = self.model.config.copy_weight
+            # "ema": the decay of the moving average evaluated in place of the weights (--ema)
             self._append_metrics(run, {"step": self.step, "eval": True, "tokens": self.tokens_seen,
                                        **({"ema": self.config.ema} if self.average is not None else {}),
-                                       **({"copy": copy_weight} if copy_weight > 0 else {}),
                                        **{k: round(v, 5) for k, v in result.items()}})
             self.log(f"step {self.step}: val loss {result['val_loss']:.4f}, perplexity {result['val_ppl']:.2f}, "
                      f"{result['val_bpb']:.4f} bits per byte")

@@ -158,7 +158,6 @@ class Sequence:
         self.cancelled = False  # set from any thread (a client hung up); the worker ends it at its next step
         self.finish_reason: str | None = None
         self.first_token_at: float | None = None
-        self.hidden: torch.Tensor | None = None  # (positions, C): the final hidden states, for a copying cache
 
     @property
     def position(self) -> int:
@@ -187,8 +186,6 @@ class BatchCache:
         self.lengths = [0] * rows
         # The rows every decode step computes: all of them, rounded up to a multiple of ROW_BLOCK.
         self.step_rows = -(-rows // ROW_BLOCK) * ROW_BLOCK
-        # Token shift (KVCache.inputs): each row's branch inputs at its newest position, for every row a step computes.
-        self.inputs = [torch.zeros(2, self.step_rows, c.n_embd, device=device) for _ in range(c.n_layer)] if c.token_shift else None
 
     def fill(self, row: int, caches: list[KVCache]) -> None:
         """Row `row` takes a prefilled sequence's caches (one KVCache per layer, batch of one)."""
@@ -196,8 +193,6 @@ class BatchCache:
         for layer, cache in enumerate(caches):
             self.k[layer][row, :, :length] = cache.k[0, :, :length]
             self.v[layer][row, :, :length] = cache.v[0, :, :length]
-            if self.inputs is not None:
-                self.inputs[layer][:, row] = cache.inputs[:, 0]
         self.lengths[row] = length
 
     def move(self, src: int, dst: int) -> None:
@@ -206,8 +201,6 @@ class BatchCache:
         for k, v in zip(self.k, self.v):
             k[dst, :, :length] = k[src, :, :length]
             v[dst, :, :length] = v[src, :, :length]
-        for inputs in self.inputs or ():
-            inputs[:, dst] = inputs[:, src]
         self.lengths[dst] = length
 
 
@@ -310,8 +303,7 @@ class Engine:
                 continue
             caches = [KVCache(self.block_size) for _ in self.model.decoder.h]
             ids = torch.tensor([seq.prompt], dtype=torch.long, device=self.device)
-            logits, hidden = self.model._prefill(ids, caches, self.head)  # (1, vocab): the prompt alone
-            seq.hidden = None if hidden is None else hidden[0]  # a copying cache's (T, C)
+            logits = self.model._next_logits(ids, caches, self.head)  # (1, vocab): the prompt alone
             self.stats.prompt_tokens += len(seq.prompt)
             row = len(self.active)
             self.cache.fill(row, caches)
@@ -341,9 +333,7 @@ class Engine:
         batch = torch.arange(B, device=self.device)
         for layer, block in enumerate(model.decoder.h):
             attn, mlp = block.attn, block.mlp
-            inputs = None if cache.inputs is None else cache.inputs[layer][:, :rows]  # token shift's
-            h = block.shift_one(0, norm(block.ln_1, x), inputs)
-            q, k, v = attn.heads(h.view(rows, 1, C), where)  # (rows, nh or nkv, 1, hs)
+            q, k, v = attn.heads(norm(block.ln_1, x).view(rows, 1, C), where)  # (rows, nh or nkv, 1, hs)
             keys, values = cache.k[layer], cache.v[layer]  # (max rows, nkv, block_size, hs)
             keys[batch, :, where[:B]] = k[:B, :, 0]  # each row writes its new key at its own position
             values[batch, :, where[:B]] = v[:B, :, 0]
@@ -352,18 +342,9 @@ class Engine:
                 seen = slice(0, position + 1)
                 y[row] = attend(q[row : row + 1], keys[row : row + 1, :, seen], values[row : row + 1, :, seen]).reshape(C)
             x = x + F.linear(y, attn.c_proj.weight, attn.c_proj.bias)
-            x = x + F.linear(mlp.hidden(block.shift_one(1, norm(block.ln_2, x), inputs)), mlp.c_proj.weight, mlp.c_proj.bias)
+            x = x + F.linear(mlp.hidden(norm(block.ln_2, x)), mlp.c_proj.weight, mlp.c_proj.bias)
         cache.lengths[:B] = [position + 1 for position in positions]
-        hidden = norm(model.ln_f, x)  # (rows, C)
-        logits = (hidden @ self.head)[:B]  # every row in the product, as above
-        if not model.copying:
-            return logits
-        mixed = []  # the copying cache, row by row: each sequence keeps its own hidden states
-        for seq, h, row in zip(self.active, hidden[:B], logits):
-            seq.hidden = torch.cat((seq.hidden, h[None]))
-            context = torch.tensor([seq.prompt + seq.tokens], device=self.device)
-            mixed.append(model._copying_logits(row[None], seq.hidden[None], context)[0])
-        return torch.stack(mixed)
+        return (norm(model.ln_f, x) @ self.head)[:B]  # every row in the product, as above
 
     def _take_token(self, seq: Sequence, logits: torch.Tensor) -> bool:
         """Sample the sequence's next token, send its text; True when the sequence is finished."""

@@ -16,16 +16,6 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-
     assert diff <= atol, f"largest difference {diff:.3g} > {atol}"
 
 
-def shifting(model: GPT2) -> GPT2:
-    """The model with its token shifts' weights drawn at random: they start at zero, where a shift
-    changes nothing and a test of the generation paths could not tell a missing one."""
-    with torch.no_grad():
-        for block in model.decoder.h:
-            for shift in block.shift or ():
-                shift.mix.normal_(0.0, 0.5)
-    return model
-
-
 @pytest.fixture
 def tiny_config() -> GPT2Config:
     # Small enough to run in milliseconds, with 4 heads and an MLP of its own width.

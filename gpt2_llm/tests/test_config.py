@@ -174,14 +174,13 @@ def test_no_float_flag_takes_nan_or_infinity(name, value):
 
 
 def test_a_stored_config_without_the_architecture_fields_loads_as_gpt2():
-    # A config as written before the options existed: none of norm, mlp, n_kv_head, qk_norm, tie_embeddings,
-    # token_shift.
+    # A config as written before the options existed: none of norm, mlp, n_kv_head, qk_norm, tie_embeddings.
     old = {"vocab_size": 300, "n_layer": 2, "n_head": 4, "n_embd": 32, "block_size": 16, "n_inner": None,
            "dropout": 0.0, "attn_dropout": None, "bias": True, "rope": False, "rope_base": 10000.0,
            "layer_norm_eps": 1e-5}  # fmt: skip
     config = GPT2Config.from_dict(old)
-    assert (config.norm, config.mlp, config.n_kv_head, config.qk_norm, config.tie_embeddings, config.token_shift) == (
-        "layernorm", "gelu", None, False, True, False)
+    assert (config.norm, config.mlp, config.n_kv_head, config.qk_norm, config.tie_embeddings) == (
+        "layernorm", "gelu", None, False, True)
     assert config.gpt2_departures() == [] and config.kv_heads == 4 and config.mlp_size == 128
     model = GPT2(config)
     assert isinstance(model.ln_f, torch.nn.LayerNorm) and model.lm_head.weight is model.wte.weight

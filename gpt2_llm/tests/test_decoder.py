@@ -6,7 +6,7 @@ from torch import nn
 
 from gpt2_llm import GPT2Config
 from gpt2_llm.attention import KVCache
-from gpt2_llm.decoder import MLP, DecoderBlock, GPT2Decoder, ReLUSquared, TokenShift, make_norm, norm
+from gpt2_llm.decoder import MLP, DecoderBlock, GPT2Decoder, ReLUSquared, make_norm, norm
 from gpt2_llm.tests.conftest import assert_close
 
 
@@ -139,22 +139,7 @@ def test_relu2s_written_out_backward_is_the_derivative_of_relu_squared():
     assert x.grad.tolist() == [0.0, 0.0, 0.0, 2.0, -6.0]  # g * 2 relu(x)
 
 
-def test_token_shift_adds_the_previous_positions_input_times_a_weight_per_channel():
-    torch.manual_seed(0)
-    shift = TokenShift(8)
-    assert not shift.mix.any()  # zero at first: the block starts as GPT-2's
-    with torch.no_grad():
-        shift.mix.normal_()
-    h = torch.randn(2, 5, 8)
-    expected = h.clone()
-    for t in range(1, 5):  # nothing comes before the first position
-        expected[:, t] += shift.mix * h[:, t - 1]
-    assert_close(shift(h), expected)
-    # Given the input before its first position (generation after a cached prefix): as the whole.
-    assert_close(shift(h[:, 2:], previous=h[:, 1]), expected[:, 2:])
-
-
-ALL_OPTIONS = dict(norm="rmsnorm", mlp="swiglu", n_kv_head=1, qk_norm=True, rope=True, bias=False, token_shift=True)
+ALL_OPTIONS = dict(norm="rmsnorm", mlp="swiglu", n_kv_head=1, qk_norm=True, rope=True, bias=False)
 
 
 @pytest.mark.parametrize("options", [{}, ALL_OPTIONS])

@@ -46,7 +46,7 @@ def train_args(corpus, tmp_path, *extra):
 
 # Every architecture option, with gradient checkpointing and Muon.
 OPTIONS = ["--norm", "rmsnorm", "--mlp", "swiglu", "--kv-heads", "1", "--qk-norm", "--untied", "--no-bias", "--rope",
-           "--token-shift", "--grad-checkpoint", "--optimizer", "muon", "--copy", "0.1"]  # fmt: skip
+           "--grad-checkpoint", "--optimizer", "muon"]  # fmt: skip
 
 
 # The plain GPT-2 run is in the slow set: the options run goes through the same DDP code and more.

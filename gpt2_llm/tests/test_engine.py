@@ -10,7 +10,7 @@ from bpe import BPE
 from gpt2_llm import GPT2, GPT2Config
 from gpt2_llm.attention import KVCache
 from gpt2_llm.serve.engine import Engine, QueueFull, SamplingParams, Sequence, TextStream
-from gpt2_llm.tests.conftest import assert_close, shifting
+from gpt2_llm.tests.conftest import assert_close
 
 TIMEOUT = 20  # seconds any one wait for the worker may take
 
@@ -83,14 +83,13 @@ def test_text_stream_replaces_bytes_that_are_not_utf8():
 # ---- batch invariance ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("options", [{}, {"rope": True, "n_kv_head": 2, "qk_norm": True}, {"token_shift": True}],
-                         ids=["gpt2", "rope-gqa", "token-shift"])
+@pytest.mark.parametrize("options", [{}, {"rope": True, "n_kv_head": 2, "qk_norm": True}], ids=["gpt2", "rope-gqa"])
 def test_a_row_of_a_batched_step_is_the_row_alone_bit_for_bit(tokenizer, options):
     """Every row of a decode step with up to 9 sequences of different lengths equals the same
     sequence decoded alone, exactly: padding every step to the same rows and attention row by row leave
     no trace of the other rows (the docstring of engine.py says why both are needed). And it is
     the model's own forward pass over the whole sequence, to float rounding."""
-    engine = Engine(shifting(model_of(tokenizer, **options)), tokenizer, max_batch=9)  # not started: driven by hand
+    engine = Engine(model_of(tokenizer, **options), tokenizer, max_batch=9)  # not started: driven by hand
     rng = random.Random(0)
 
     def fill(row: int, prompt: list[int]) -> None:

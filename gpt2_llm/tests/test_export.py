@@ -481,10 +481,8 @@ def one_line(error: pytest.ExceptionInfo, *parts: str) -> None:
     (dict(LLAMA, mlp="relu2", n_kv_head=1), "RMSNorm, relu2 MLP, 1 key/value head, RoPE, no bias", "a relu2 MLP"),
     (dict(LLAMA, norm="layernorm"), "swiglu MLP, RoPE, no bias", "LayerNorm"),
     (dict(LLAMA, bias=True), "RMSNorm, swiglu MLP, RoPE", "biases"),
-    (dict(LLAMA, token_shift=True), "RMSNorm, swiglu MLP, RoPE, no bias, token shift", "token shift"),
-    (dict(LLAMA, copy_weight=0.1), "RMSNorm, swiglu MLP, RoPE, no bias, a copying cache", "a copying cache"),
 ], ids=["GPT-2 with RoPE", "GPT-2 without biases", "Llama with QK-norm", "GELU with RMSNorm", "ReLU² with RMSNorm",
-        "LayerNorm with SwiGLU", "Llama with biases", "Llama with token shift", "Llama with a copying cache"])  # fmt: skip
+        "LayerNorm with SwiGLU", "Llama with biases"])  # fmt: skip
 def test_a_shape_no_transformers_class_holds_is_refused_in_one_line(tmp_path, shape, gpt2_has, llama_has):
     model = GPT2(GPT2Config(vocab_size=300, n_layer=1, n_head=2, n_embd=8, block_size=8, **shape))
     with pytest.raises(UserError) as error:

@@ -8,7 +8,7 @@ from torch import nn
 
 from gpt2_llm import GPT2, GPT2Config
 from gpt2_llm.gpt2 import cross_entropy, sample_next_token
-from gpt2_llm.tests.conftest import assert_close, shifting
+from gpt2_llm.tests.conftest import assert_close
 
 
 def greedy_by_full_recompute(model, ids, n):
@@ -60,9 +60,8 @@ def test_weight_tying_is_one_tensor_and_both_uses_reach_its_gradient(tiny_model)
 
 # Each architecture option alone, and all of them at once (see README, "Architecture options").
 OPTIONS = [{}, {"rope": True}, {"norm": "rmsnorm"}, {"mlp": "swiglu"}, {"mlp": "relu2"}, {"n_kv_head": 1},
-           {"n_kv_head": 2}, {"qk_norm": True}, {"tie_embeddings": False}, {"bias": False}, {"token_shift": True},
-           dict(rope=True, norm="rmsnorm", mlp="swiglu", n_kv_head=2, qk_norm=True, tie_embeddings=False, bias=False,
-                token_shift=True)]
+           {"n_kv_head": 2}, {"qk_norm": True}, {"tie_embeddings": False}, {"bias": False},
+           dict(rope=True, norm="rmsnorm", mlp="swiglu", n_kv_head=2, qk_norm=True, tie_embeddings=False, bias=False)]
 
 
 def option_id(options: dict) -> str:
@@ -190,7 +189,7 @@ def test_compiles_without_graph_breaks(tiny_config, options):
 @pytest.mark.parametrize("options", OPTIONS, ids=option_id)
 def test_cached_generation_equals_full_recompute_past_the_context(tiny_config, options):
     torch.manual_seed(0)
-    model = shifting(GPT2(replace(tiny_config, **options))).eval()
+    model = GPT2(replace(tiny_config, **options)).eval()
     prompt = torch.randint(0, 97, (2, 10))
     # 10 + 40 tokens: the 24-token context fills, then the window slides.
     assert torch.equal(model.generate(prompt, 40, temperature=0), greedy_by_full_recompute(model, prompt, 40))
@@ -308,7 +307,7 @@ def test_the_one_token_generation_step_equals_the_general_one(tiny_config, varia
     from gpt2_llm.attention import KVCache
 
     torch.manual_seed(0)
-    model = shifting(GPT2(replace(tiny_config, **variant))).eval()
+    model = GPT2(replace(tiny_config, **variant)).eval()
     head = model._generation_head(None)
     prompt, new = torch.randint(0, 97, (3, 7)), torch.randint(0, 97, (3, 1))
     general, lean = ([KVCache(24) for _ in model.decoder.h] for _ in range(2))
@@ -395,7 +394,7 @@ def test_flops_per_token_counts_the_real_matrices_of_the_options():
 
 def test_bf16_autocast_with_every_option(tiny_config):
     torch.manual_seed(0)
-    model = shifting(GPT2(replace(tiny_config, **OPTIONS[-1]))).eval()
+    model = GPT2(replace(tiny_config, **OPTIONS[-1])).eval()
     ids = torch.randint(0, 97, (2, 16))
     reference = model(ids)[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the plain-product attention path: shared heads copied

@@ -67,6 +67,32 @@ def test_a_checkpoint_written_before_later_fields_existed_still_loads(tmp_path):
     assert torch.equal(loaded.model.wte.weight, model.wte.weight)
 
 
+def test_a_checkpoint_with_the_removed_options_switched_off_loads_as_the_same_model(tmp_path):
+    # Written by a version that had token shift and the copying cache: both fields stored, both off.
+    model = tiny()
+    write(tmp_path / "old.pt", model, config={**asdict(model.config), "token_shift": False, "copy_weight": 0.0,
+                                              "copy_sharpness": 10.0})  # fmt: skip
+    loaded = load(tmp_path / "old.pt")
+    assert loaded.model.config == model.config
+    ids = torch.randint(0, 280, (2, 10))
+    assert torch.equal(loaded.model(ids)[0], model.eval()(ids)[0])
+    assert torch.equal(GPT2.load(tmp_path / "old.pt").generate(ids, 5, greedy=True), model.generate(ids, 5, greedy=True))
+
+
+@pytest.mark.parametrize("used,flag", [
+    ({"token_shift": True}, "--token-shift (RWKV's token shift)"),
+    ({"copy_weight": 0.1, "copy_sharpness": 10.0}, "--copy 0.1 (a copying cache)"),
+])  # fmt: skip
+def test_a_checkpoint_that_used_a_removed_option_is_refused_naming_it(tmp_path, used, flag):
+    model = tiny()
+    write(tmp_path / "m.pt", model, config={**asdict(model.config), **used})
+    with pytest.raises(CheckpointError) as info:
+        load(tmp_path / "m.pt")
+    assert str(info.value).startswith(f"{tmp_path / 'm.pt'}: the model was trained with {flag}, an experimental "
+                                      f"option this version of the toolkit removed; retrain without it")
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("change,message", [
     ({"n_experts": 4}, "model config has fields this version does not know"),
     ({"n_layer": "two"}, "n_layer is 'two', not a int"),
