@@ -64,9 +64,9 @@ def test_another_vocab_is_not_compatible(trained, tmp_path):
 
 
 def test_weights_only_with_a_vocab_that_fits(tmp_path, trained):
-    from gpt2_llm import GPT2
+    from gpt2_llm import load, save_model
 
-    GPT2.load(trained).save(tmp_path / "weights.pt")
+    save_model(load(trained).model, tmp_path / "weights.pt")
     result = check(tmp_path / "weights.pt", trained.parent / "vocab.txt")
     assert result.returncode == 0 and "no training state (weights only)" in result.stdout
 
@@ -141,11 +141,11 @@ def test_a_llama_folder_is_reported_with_its_class(trained, tmp_path):
 
 
 def test_the_architecture_options_are_shown(tmp_path):
-    from gpt2_llm import GPT2, GPT2Config
+    from gpt2_llm import GPT2, GPT2Config, save_model
 
     config = GPT2Config.from_preset("tiny", vocab_size=300, mlp="swiglu", n_kv_head=1, norm="rmsnorm", qk_norm=True,
                                     tie_embeddings=False)  # fmt: skip
-    GPT2(config).save(tmp_path / "options.pt")
+    save_model(GPT2(config), tmp_path / "options.pt")
     result = check(tmp_path / "options.pt")
     assert result.returncode == 0, result.stderr
     assert "architecture:     RMSNorm, swiglu MLP, 1 key/value head, QK-norm, untied head (MLP width 192)" in result.stdout

@@ -187,9 +187,9 @@ def test_tokenize_from_checkpoint_writes_the_stored_tokenizer(trained, tmp_path)
 
 
 def test_tokenize_from_checkpoint_errors(trained, corpus, tmp_path):
-    from gpt2_llm import GPT2
+    from gpt2_llm import load, save_model
 
-    GPT2.load(trained).save(tmp_path / "weights.pt")
+    save_model(load(trained).model, tmp_path / "weights.pt")
     for args, message in [
         ([], "give a text to learn from or --from-checkpoint MODEL.pt (exactly one of them)"),
         ([corpus, "--from-checkpoint", trained], "give a text to learn from or --from-checkpoint MODEL.pt"),

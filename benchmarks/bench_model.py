@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gpt2_llm import GPT2, GPT2Config  # noqa: E402
+from gpt2_llm.export import write_model  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -63,7 +64,7 @@ def to_transformers(model: GPT2):
     from transformers import GPT2LMHeadModel
 
     with tempfile.TemporaryDirectory() as folder:
-        model.save_hf(folder)
+        write_model(model, folder)
         return GPT2LMHeadModel.from_pretrained(folder, attn_implementation="sdpa")
 
 

@@ -37,14 +37,13 @@ def checkpoint_child(batch: int, steps: int, recompute: bool) -> None:
 
     torch.manual_seed(0)
     model = GPT2(GPT2Config.from_preset("gpt2-medium", vocab_size=50257, dropout=0.0))
-    model.decoder.grad_checkpoint = recompute
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, 50257, (batch, 1025))
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            _, loss = model(ids[:, :-1], ids[:, 1:])
+            _, loss = model(ids[:, :-1], ids[:, 1:], recompute=recompute)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -18,7 +18,8 @@ _WHERE = {
     "GPT2Decoder": "decoder", "DecoderBlock": "decoder", "MLP": "decoder",
     "QKVAttention": "attention", "RotaryPositionEmbedding": "attention", "KVCache": "attention",
     "CheckpointError": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
-    "load": "loading", "Loaded": "loading",
+    "save_model": "checkpoint", "load": "loading", "Loaded": "loading",
+    "model_from_hf": "export", "write_model": "export", "export_folder": "export",
     "Trainer": "trainer", "evaluate": "trainer",
 }  # fmt: skip
 __all__ = list(_WHERE)

@@ -13,6 +13,7 @@ torch.load(weights_only=True), which refuses any pickle that would run code.
 import os
 import pickle
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -36,6 +37,12 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
         checkpoint["model"] = {k.removeprefix("_orig_mod."): v for k, v in checkpoint["model"].items()}
     with atomic_write(path) as f:  # a crash or Ctrl-C mid-save leaves the previous file as it was
         torch.save(checkpoint, f)
+
+
+def save_model(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Write a model's config and weights (no tokenizer, no training state): a checkpoint that
+    loading.load reads back, as it reads the trainer's."""
+    save_checkpoint(path, {"model_config": asdict(model.config), "model": model.state_dict()})
 
 
 def _kind_of_file(path: Path) -> str | None:

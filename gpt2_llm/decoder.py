@@ -99,10 +99,10 @@ class DecoderBlock(nn.Module):
 class GPT2Decoder(nn.Module):
     """The stack of decoder blocks, kept in `h` as GPT-2 names it.
 
-    grad_checkpoint (a training setting, off by default; the Trainer sets it from --grad-checkpoint):
-    keep only each block's input during the forward pass and run the block again in the backward
-    pass to get its activations. Activation memory drops from every block's intermediates to one
-    tensor per block, for about one more forward pass of compute; the results are the same.
+    recompute (a training setting: the Trainer passes it from --grad-checkpoint): keep only each
+    block's input during the forward pass and run the block again in the backward pass to get its
+    activations. Activation memory drops from every block's intermediates to one tensor per block,
+    for about one more forward pass of compute; the results are the same.
     """
 
     def __init__(self, config: GPT2Config | None = None, **original_args):
@@ -111,11 +111,10 @@ class GPT2Decoder(nn.Module):
         super().__init__()
         config = config_from_original_args("GPT2Decoder", config, original_args)
         self.h = nn.ModuleList(DecoderBlock(config) for _ in range(config.n_layer))
-        self.grad_checkpoint = False
 
-    def forward(self, x: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, caches: list[KVCache] | None = None, recompute: bool = False) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); `caches` holds one KVCache per block during generation."""
-        recompute = self.grad_checkpoint and caches is None and torch.is_grad_enabled()
+        recompute = recompute and caches is None and torch.is_grad_enabled()
         for i, block in enumerate(self.h):
             if recompute:
                 # Non-reentrant checkpointing restores the random state for the rerun, so dropout

@@ -8,11 +8,9 @@ the matrix kernels); the rows past vocab_size stay zero and their logits are cut
 outside sees them.
 """
 
-import functools
 import math
-import os
 from collections.abc import Iterator
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -21,37 +19,14 @@ from torch import nn
 from basics import UserError
 
 from .attention import KVCache, attend
-from .checkpoint import CheckpointError, save_checkpoint
 from .config import GPT2Config, config_from_original_args
 from .decoder import GPT2Decoder, make_norm, norm
 from .dropout import Dropout
-
-# Config fields (and derived sizes) that decide the weights: a checkpoint must agree on all of them.
-SHAPE_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "n_inner", "bias", "rope",
-                "norm", "mlp", "kv_heads", "qk_norm", "tie_embeddings")
-
-
-class _class_or_instance_method:
-    """`GPT2.load(path)` builds a new model; `model.load(path)` fills an existing one."""
-
-    def __init__(self, func):
-        self.func = func
-
-    def __get__(self, obj, cls):
-        return functools.partial(self.func, cls, obj)
-
 
 class GPT2(nn.Module):
     def __init__(self, config: GPT2Config | None = None, **original_args):
         super().__init__()
         self.config = config = config_from_original_args("GPT2", config, original_args)
-        # forward() checks ids on the host before the embedding (a clear error, never a device-side
-        # assert). That costs a sync per step on a GPU: a trainer whose data is known good may turn it off.
-        self.check_ids = True
-        # A training setting (the Trainer sets it from --label-smoothing): the loss in training mode
-        # aims at (1 - e) x the target + e x uniform; in eval mode it is always plain cross-entropy.
-        self.label_smoothing = 0.0
-
         self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
         self.wpe = None if config.rope else nn.Embedding(config.block_size, config.n_embd)
         self.drop = Dropout(config.dropout)
@@ -132,19 +107,27 @@ class GPT2(nn.Module):
             x = x + self.wpe.weight[start : start + ids.size(1)]  # (T, C), broadcast over B
         return self.drop(x)
 
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None):
-        """ids (B, T) -> (logits (B, T, vocab), mean cross-entropy against targets (B, T) or None)."""
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None, *, label_smoothing: float = 0.0,
+                recompute: bool = False):  # fmt: skip
+        """ids (B, T) -> (logits (B, T, vocab), mean cross-entropy against targets (B, T) or None).
+
+        Two settings for training, given by the trainer with each call: label_smoothing e aims the
+        loss at (1 - e) x the target + e x uniform; recompute keeps only each block's input and runs
+        the block again in the backward pass (gradient checkpointing: less memory, the same result).
+        """
         B, T = ids.shape
         if T > self.config.block_size:
             raise UserError(f"{T} tokens do not fit the context of {self.config.block_size} (--context)")
-        if self.check_ids and not torch.compiler.is_compiling():
+        if ids.device.type == "cpu" and not torch.compiler.is_compiling():
+            # A clear error rather than the embedding's (or a padding row's zeros). On a GPU the check
+            # would make the host wait every step: there the callers check (generate checks its
+            # prompt; the trainer reads ids its own tokenizer made).
             self._check_ids(ids)
-        x = self.ln_f(self.decoder(self._embed(ids, 0)))
+        x = self.ln_f(self.decoder(self._embed(ids, 0), recompute=recompute))
         logits = self.lm_head(x)  # (B, T, padded vocab)
         loss = None
         if targets is not None:
-            smoothing = self.label_smoothing if self.training else 0.0
-            loss = cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), self.config.vocab_size, smoothing)
+            loss = cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), self.config.vocab_size, label_smoothing)
         return logits[..., : self.config.vocab_size], loss
 
     # ---- generation --------------------------------------------------------------------------
@@ -263,31 +246,6 @@ class GPT2(nn.Module):
         for token in self._generate_steps(prompt, max_new_tokens, temperature, top_k, top_p, stop_token, seed):
             yield token.item()
 
-    # ---- checkpoints -------------------------------------------------------------------------
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the config and weights to `path` through the project's one checkpoint writer."""
-        save_checkpoint(path, {"model_config": asdict(self.config), "model": self.state_dict()})
-
-    @_class_or_instance_method
-    def load(cls, self, path: str | os.PathLike, map_location=None):
-        """GPT2.load(path) returns a new model; model.load(path) loads into this one (shapes must agree).
-        Both read the file through the one loader (loading.py), which checks it."""
-        from .loading import load
-
-        if map_location is None:
-            map_location = "cpu" if self is None else self.wte.weight.device
-        loaded = load(path, map_location)
-        if self is None:
-            return loaded.model
-        stored = loaded.model.config
-        differ = [f"{name} {getattr(stored, name)} in the checkpoint, {getattr(self.config, name)} in the model"
-                  for name in SHAPE_FIELDS if getattr(stored, name) != getattr(self.config, name)]  # fmt: skip
-        if differ:
-            raise CheckpointError(f"{path} does not fit this model: " + "; ".join(differ))
-        self.load_state_dict(loaded.model.state_dict())
-        return self
-
     def with_changes(self, dropout: float | None = None, attn_dropout: float | None = None,
                      block_size: int | None = None) -> "GPT2":
         """This model with what fine-tuning may change without new weights: the dropout rates and a
@@ -308,29 +266,6 @@ class GPT2(nn.Module):
         model = GPT2(replace(c, **changes))
         model.load_state_dict(state)
         return model.to(self.wte.weight.device).train(self.training)
-
-    # ---- transformers' folders (export.py) -----------------------------------------------------
-
-    @classmethod
-    def from_hf(cls, source, config: GPT2Config | None = None) -> "GPT2":
-        """A model with the weights of a transformers GPT-2 or Llama, in eval mode as from_pretrained gives it.
-
-        source: a folder written by save_pretrained (config.json + model.safetensors or
-        pytorch_model.bin), or a GPT2LMHeadModel state dict. For a bare state dict the shape is read
-        from the tensors and the head size is taken to be 64, as in every published GPT-2, unless
-        `config` says otherwise. Nothing is downloaded (the loader, loading.load, takes hub names).
-        """
-        from .export import model_from_hf
-
-        return model_from_hf(source, config)
-
-    def save_hf(self, folder: str | os.PathLike) -> None:
-        """Write config.json and model.safetensors that transformers' AutoModelForCausalLM.from_pretrained
-        loads: a GPT2LMHeadModel, or a LlamaForCausalLM for Llama's shape (export.export_folder writes
-        the tokenizer too)."""
-        from .export import write_model
-
-        write_model(self, folder)
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:

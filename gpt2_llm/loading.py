@@ -5,7 +5,7 @@
     load("gpt2"), load("openai-community/gpt2")   a Hugging Face hub name  Loaded(source="hub")
 
 Every reader of a model goes through `load`: `main.py` predict, eval, export and train (to continue
-a run), `check_checkpoint.py`, `GPT2.load` and `Trainer.from_checkpoint`. So a model is checked
+a run), `check_checkpoint.py` and `Trainer.from_checkpoint`. So a model is checked
 once, in one order, and each problem is one line (a CheckpointError or TokenizerError) naming it:
 
     1. the file itself: a torch file read without running pickles, of our format (checkpoint.py);
@@ -13,7 +13,7 @@ once, in one order, and each problem is one line (a CheckpointError or Tokenizer
     2. its model config: known fields only, the required ones present, each of the right type
        and value (GPT2Config.from_dict); fields added in later versions take their defaults
     3. its weights: every tensor the config implies, of the shape it implies, and nothing else
-    4. its tokenizer (written by main.py train; GPT2.save stores none; a folder's tokenizer files):
+    4. its tokenizer (written by main.py train; checkpoint.save_model stores none; a folder's tokenizer files):
        it parses, its hash is the one recorded, and the model has an embedding row for each token
 
 A name that is no file or folder here but looks like a hub repository ("gpt2", "org/name") is
@@ -46,7 +46,7 @@ class Loaded:
     """A loaded model (in eval mode, on the CPU unless asked otherwise) and what came with it."""
 
     model: GPT2
-    tokenizer: BPE | None  # None when the file holds weights only (GPT2.save), or a folder has no tokenizer files
+    tokenizer: BPE | None  # None when the file holds weights only (checkpoint.save_model), or a folder has no tokenizer files
     path: Path  # the checkpoint file, or the folder (for a hub name: its snapshot in the cache)
     # Everything stored: optimizer, train_config, state, rng, data, ... For a folder: model_config,
     # hf_config (its config.json), weights_file and tokenizer_file.

@@ -269,12 +269,6 @@ class Trainer:
                                              config.grad_checkpoint, config.ema > 0)
         self.device_notes = setup_device(self.device, self.dist.local_world_size)
         self.model = model.to(self.device)
-        self.model.decoder.grad_checkpoint = config.grad_checkpoint
-        self.model.label_smoothing = config.label_smoothing
-        if self.device.type != "cpu":
-            # The ids come from the tokenizer's own token file, so they are known to fit; checking
-            # them would make the CPU wait for the GPU every step.
-            self.model.check_ids = False
         self.optimizer = make_optimizer(self.model, config, self.device)
         self.muon = make_muon(self.model, config)  # None unless --optimizer muon
         self.average = WeightAverage(self.model, config.ema) if config.ema else None  # --ema
@@ -579,7 +573,7 @@ class Trainer:
             local_only = micro < c.grad_accum - 1 and hasattr(model, "no_sync")
             with model.no_sync() if local_only else nullcontext():
                 with autocast(self.device, self.dtype):
-                    _, loss = model(x, y)
+                    _, loss = model(x, y, label_smoothing=c.label_smoothing, recompute=c.grad_checkpoint)
                 loss = loss / c.grad_accum  # the gradients of the micro-batches add up to the mean's
                 self.scaler.scale(loss).backward()
             total += loss.detach()

@@ -152,9 +152,8 @@ def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(options, mo
     for recompute in (False, True):
         torch.manual_seed(0)  # the same weights, and the same dropout masks
         decoder = GPT2Decoder(config).train()
-        decoder.grad_checkpoint = recompute
         inputs = x.clone().requires_grad_()
-        loss = (decoder(inputs) * weights).sum()
+        loss = (decoder(inputs, recompute=recompute) * weights).sum()
         loss.backward()
         results.append((loss, inputs.grad, [p.grad for p in decoder.parameters()]))
     (plain_loss, plain_input_grad, plain_grads), (loss, input_grad, grads) = results
@@ -164,11 +163,12 @@ def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(options, mo
     # ...and each block did run under torch.utils.checkpoint, only when gradients are taken.
     calls = []
     monkeypatch.setattr(decoder_module, "checkpoint", lambda block, x, **kw: calls.append(kw) or block(x))
-    decoder(x)
+    decoder(x, recompute=True)
     assert calls == [{"use_reentrant": False}] * 3
+    decoder(x)
     with torch.no_grad():
-        decoder(x)
-    decoder(x[:, :4], [KVCache(16) for _ in range(3)])
+        decoder(x, recompute=True)
+    decoder(x[:, :4], [KVCache(16) for _ in range(3)], recompute=True)
     assert len(calls) == 3
 
 
@@ -177,10 +177,9 @@ def test_gradient_checkpointing_keeps_fewer_tensors_for_the_backward_pass():
     decoder, x = GPT2Decoder(config).train(), torch.randn(2, 16, 32, requires_grad=True)
 
     def saved_values(recompute: bool) -> int:
-        decoder.grad_checkpoint = recompute
         sizes = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
-            decoder(x)
+            decoder(x, recompute=recompute)
         return sum(sizes)
 
     # Without recomputation every block keeps its intermediates (norms, q, k, v, the MLP's 4x-wide

@@ -15,7 +15,7 @@ import torch
 import main
 from bpe import BPE, TokenizerError, UserError
 from gpt2_llm import GPT2, CheckpointError, GPT2Config, load, save_checkpoint
-from gpt2_llm.export import export_folder, onig_pattern
+from gpt2_llm.export import export_folder, model_from_hf, onig_pattern, write_model
 from gpt2_llm.loading import looks_like_hub_name
 from gpt2_llm.tests.conftest import assert_close
 
@@ -425,7 +425,7 @@ def assert_same_as_hf(ours, hf):
 def test_hf_model_loads_into_ours_from_safetensors(hf_model, tmp_path):
     hf_model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
-    ours = GPT2.from_hf(tmp_path)
+    ours = model_from_hf(tmp_path)
     assert not ours.training
     assert (ours.config.n_layer, ours.config.n_head, ours.config.block_size) == (2, 4, 64)
     assert_same_as_hf(ours, hf_model)
@@ -434,18 +434,18 @@ def test_hf_model_loads_into_ours_from_safetensors(hf_model, tmp_path):
 def test_hf_model_loads_into_ours_from_pytorch_model_bin(hf_model, tmp_path):
     hf_model.config.to_json_file(tmp_path / "config.json")
     torch.save(hf_model.state_dict(), tmp_path / "pytorch_model.bin")
-    assert_same_as_hf(GPT2.from_hf(tmp_path), hf_model)
+    assert_same_as_hf(model_from_hf(tmp_path), hf_model)
 
 
 def test_hf_state_dict_loads_into_ours(hf_model):
-    ours = GPT2.from_hf(hf_model.state_dict(), GPT2Config(vocab_size=97, n_layer=2, n_head=4, n_embd=64, block_size=64))
+    ours = model_from_hf(hf_model.state_dict(), GPT2Config(vocab_size=97, n_layer=2, n_head=4, n_embd=64, block_size=64))
     assert_same_as_hf(ours, hf_model)
 
 
 def test_hf_shapes_are_read_from_a_bare_state_dict():
     shape = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=128, n_layer=3, n_head=2)
     hf = transformers.GPT2LMHeadModel(shape)
-    config = GPT2.from_hf(hf.state_dict()).config
+    config = model_from_hf(hf.state_dict()).config
     assert (config.vocab_size, config.block_size, config.n_embd, config.n_layer, config.n_head) == (50, 16, 128, 3, 2)
 
 
@@ -455,13 +455,13 @@ def test_ours_exports_to_hf(tmp_path):
     with torch.no_grad():
         for p in ours.parameters():
             p.add_(0.1 * torch.randn_like(p))  # away from GPT-2's small init: greedy never near a tie
-    ours.save_hf(tmp_path)
+    write_model(ours, tmp_path)
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied again
     assert_same_as_hf(ours, hf)
     # ...and back again, through the file transformers writes.
     hf.save_pretrained(tmp_path / "again")
-    again = GPT2.from_hf(tmp_path / "again")
+    again = model_from_hf(tmp_path / "again")
     assert torch.equal(again.decoder.h[1].attn.c_attn.weight, ours.decoder.h[1].attn.c_attn.weight)
 
 
@@ -491,7 +491,7 @@ def test_a_shape_no_transformers_class_holds_is_refused_in_one_line(tmp_path, sh
                                 f"GPT-2's (it has {gpt2_has}) nor Llama's (it has {llama_has})")
     assert not (tmp_path / "out").exists()
     with pytest.raises(UserError) as error:
-        model.save_hf(tmp_path / "out")
+        write_model(model, tmp_path / "out")
     one_line(error, "cannot export the model: transformers has no class for its shape")
 
 

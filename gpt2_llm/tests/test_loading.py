@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bpe import BPE
-from gpt2_llm import GPT2, CheckpointError, GPT2Config, load, save_checkpoint
+from gpt2_llm import GPT2, CheckpointError, GPT2Config, load, save_checkpoint, save_model
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +46,14 @@ def test_a_checkpoint_gives_the_model_its_tokenizer_and_the_rest(tmp_path, token
 
 def test_gpt2_save_and_load_go_through_the_one_loader(tmp_path):
     model = tiny()
-    model.save(tmp_path / "w.pt")
+    save_model(model, tmp_path / "w.pt")
     assert load(tmp_path / "w.pt").tokenizer is None  # GPT2.save stores weights only
-    again = GPT2.load(tmp_path / "w.pt")
+    again = load(tmp_path / "w.pt").model
     ids = torch.randint(0, 280, (2, 10))
     assert torch.equal(again(ids)[0], model.eval()(ids)[0])
     torch.save({"format_version": 1, "model_config": {"vocab_size": 280}, "model": {}}, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="lacks n_layer"):
-        GPT2.load(tmp_path / "bad.pt")
+        load(tmp_path / "bad.pt").model
 
 
 def test_a_checkpoint_written_before_later_fields_existed_still_loads(tmp_path):
@@ -76,7 +76,7 @@ def test_a_checkpoint_with_the_removed_options_switched_off_loads_as_the_same_mo
     assert loaded.model.config == model.config
     ids = torch.randint(0, 280, (2, 10))
     assert torch.equal(loaded.model(ids)[0], model.eval()(ids)[0])
-    assert torch.equal(GPT2.load(tmp_path / "old.pt").generate(ids, 5, greedy=True), model.generate(ids, 5, greedy=True))
+    assert torch.equal(load(tmp_path / "old.pt").model.generate(ids, 5, greedy=True), model.generate(ids, 5, greedy=True))
 
 
 @pytest.mark.parametrize("used,flag", [
