@@ -46,18 +46,20 @@ def load_vocab(path: str) -> bpe.BPE:
     return bpe.BPE.load(path)
 
 
-def encode(text: str, vocab_file: str = DEFAULT_VOCAB, allow_special: bool = False) -> list[int]:
-    """The ids of `text`; special-token strings (<|endoftext|>) become their ids only if allowed."""
+def encode(text: str, vocab: bpe.BPE | str = DEFAULT_VOCAB, allow_special: bool = False) -> list[int]:
+    """The ids of `text` (vocab: a tokenizer or its vocab file); special-token strings such as
+    <|endoftext|> become their ids only if allowed."""
+    tokenizer = load_vocab(vocab) if isinstance(vocab, str) else vocab
     try:
-        return load_vocab(vocab_file).encode(text, allowed_special="all" if allow_special else ())
+        return tokenizer.encode(text, allowed_special="all" if allow_special else ())
     except bpe.SpecialTokenError as e:  # bpe's message names its keyword arguments; say the flag instead
         raise UserError(f"the text contains the special token {e.token!r}; "
                         f"add --allow-special to encode it as one token") from None
 
 
-def decode(ids: list[int], vocab_file: str = DEFAULT_VOCAB, pieces: bool = False) -> str | list[str]:
-    """The text of `ids`; with pieces, each token's own text."""
-    tokenizer = load_vocab(vocab_file)
+def decode(ids: list[int], vocab: bpe.BPE | str = DEFAULT_VOCAB, pieces: bool = False) -> str | list[str]:
+    """The text of `ids` (vocab: a tokenizer or its vocab file); with pieces, each token's own text."""
+    tokenizer = load_vocab(vocab) if isinstance(vocab, str) else vocab
     return tokenizer.token_pieces(ids) if pieces else tokenizer.decode(ids)
 
 
