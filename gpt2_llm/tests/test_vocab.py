@@ -38,6 +38,7 @@ def test_tokenize_recommends_a_size_when_none_is_given(text_file, tmp_path, caps
     tokenizer, _ = tokenize(str(text_file), output=str(tmp_path / "v.txt"))
     wanted = bpe.recommended_vocab_size(len(TEXT.encode()))
     assert f"vocab size {wanted}: recommended for {len(TEXT.encode()):,} bytes" in capsys.readouterr().out
+    assert tokenizer.hash == bpe.BPE.train(TEXT, vocab_size=wanted).hash
 
 
 def test_tokenize_keeps_an_existing_output_unless_told(text_file, tmp_path):
@@ -65,7 +66,7 @@ def test_tokenize_from_a_checkpoint_writes_its_tokenizer(tmp_path):
     save_checkpoint(tmp_path / "m.pt", {"model_config": asdict(model.config), "model": model.state_dict(),
                                         "tokenizer": {"text": stored.to_text(), "hash": stored.hash}})
     tokenizer, made = tokenize(from_checkpoint=str(tmp_path / "m.pt"), output=str(tmp_path / "v.txt"))
-    assert made == f"the tokenizer of {tmp_path / 'm.pt'}"
+    assert made == f"the tokenizer of {tmp_path / 'm.pt'}" and tokenizer.hash == stored.hash
     assert load_vocab(str(tmp_path / "v.txt")).to_text() == stored.to_text()
     save_checkpoint(tmp_path / "w.pt", {"model_config": asdict(model.config), "model": model.state_dict()})
     with pytest.raises(UserError, match=r"holds model weights only, no tokenizer \(it was saved by GPT2.save\)"):
@@ -98,5 +99,5 @@ def test_an_empty_text_is_refused(tmp_path):
 def test_importing_the_tokenizer_commands_imports_no_torch():
     code = "import sys, gpt2_llm.vocab; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60, check=False)
     assert result.stdout == "False\n", result.stderr
