@@ -24,7 +24,7 @@ import bpe
 def report(model: str, vocab_path: str | None) -> tuple[list[str], list[str]]:
     """Lines of the report, and the reasons the pair is incompatible (empty: compatible).
     Raises a bpe.UserError (CheckpointError, TokenizerError) when a file cannot be used."""
-    from gpt2_llm.loading import load
+    from gpt2_llm.loading import load, vocab_problem
 
     loaded = load(model)
     cfg, stored = loaded.model.config, loaded.tokenizer
@@ -64,13 +64,8 @@ def report(model: str, vocab_path: str | None) -> tuple[list[str], list[str]]:
     if given is not None:
         lines.append(f"vocab file:       {vocab_path}: {given.vocab_size:,} tokens, hash {given.hash[:16]}")
 
-    problems = []
-    if stored is not None and given is not None and stored.hash != given.hash:
-        problems.append(f"{vocab_path} is not the tokenizer the model was trained with "
-                        f"(hash {given.hash[:16]} vs {stored.hash[:16]})")
-    elif given is not None and given.vocab_size > cfg.vocab_size:
-        problems.append(f"{vocab_path} has {given.vocab_size} tokens but the model's embedding only {cfg.vocab_size}")
-    return lines, problems
+    problem = vocab_problem(given, vocab_path, cfg, stored, model) if given is not None else None
+    return lines, [problem] if problem else []
 
 
 def chat_template_text(stored: dict | None, model: str) -> str:

@@ -25,23 +25,19 @@ import contextlib
 import functools
 import json
 import os
-import shlex
 import signal
 import sys
 import threading
-import time
 import typing
-from dataclasses import fields
 
 try:
     import basics
     import bpe
+    from gpt2_llm.config import DEFAULT_MODEL, DEFAULT_VOCAB, GPT2Config, TrainConfig, flag_fields, flag_of
 except KeyboardInterrupt:  # Ctrl-C as the tool starts: the same one line as at any later moment
     print("interrupted", file=sys.stderr)
     raise SystemExit(130) from None
 
-DEFAULT_VOCAB = "vocab.txt"
-DEFAULT_MODEL = "gpt2_model.pt"
 MODEL_HELP = ("a model: a checkpoint file, a transformers model folder, or a Hugging Face hub name such as "
               "gpt2 or openai-community/gpt2 (fetched once into the Hugging Face cache)")
 TEXT_INPUT_HELP = ("UTF-8 text to %s: a file, a folder (all its .txt files, joined with <|endoftext|> between "
@@ -51,23 +47,98 @@ TEXT_INPUT_HELP = ("UTF-8 text to %s: a file, a folder (all its .txt files, join
 UserError = basics.UserError  # any error the user can fix: one line, exit code 1 (see main())
 
 
-# ---- helpers ---------------------------------------------------------------------------------
+# ---- the commands: each calls the package's function for it and prints --------------------------
 
 
-def text_inputs(spec: str, purpose: str = "learn from") -> list:
-    """The files a text argument names (a file, a folder of .txt files, or a quoted glob pattern),
-    checked to hold some text (they are streamed later)."""
-    files = bpe.text_files(spec)
-    if all(os.path.getsize(f) == 0 for f in files):
-        raise UserError(f"{spec} is empty: there is no text to {purpose}")
-    return files
+def cmd_tokenize(args: argparse.Namespace) -> None:
+    from gpt2_llm.vocab import tokenize
+
+    tok, made = tokenize(args.file, output=args.output, from_checkpoint=args.from_checkpoint,
+                         vocab_size=args.vocab_size, pattern=args.pattern, workers=args.workers,
+                         overwrite=args.overwrite)  # fmt: skip
+    print(f"wrote {args.output}: {tok.vocab_size} tokens ({len(tok.merges)} merges), {made}, hash {tok.hash[:16]}")
 
 
-def load_tokenizer(path: str) -> bpe.BPE:
-    if not os.path.exists(path):
-        hint = " (make one with: python main.py tokenize <text file>)" if path == DEFAULT_VOCAB else ""
-        raise UserError(f"vocab file not found: {path}{hint}")
-    return bpe.BPE.load(path)
+def cmd_encode(args: argparse.Namespace) -> None:
+    from gpt2_llm.vocab import encode, load_vocab
+
+    tokenizer = load_vocab(args.vocab_file)  # a missing vocab is said before standard input is read
+    print(json.dumps(encode(read_arg_or_stdin(args.text), tokenizer, args.allow_special)))
+
+
+def cmd_decode(args: argparse.Namespace) -> None:
+    from gpt2_llm.vocab import decode, load_vocab
+
+    tokenizer = load_vocab(args.vocab_file)
+    text = decode(parse_ids(read_arg_or_stdin(args.ids)), tokenizer, args.pieces)
+    print(json.dumps(text, ensure_ascii=False) if args.pieces else text)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from gpt2_llm.runs import train
+
+    options = {f.name: getattr(args, f.name) for cls in (GPT2Config, TrainConfig) for f in flag_fields(cls)}
+    run = train(args.file, args.vocab_file, args.checkpoint, out=args.out, resume=args.resume,
+                overwrite=args.overwrite, preset=args.preset, vocab_size=args.vocab_size, **options)
+    return 128 + run.result["signal"] if run.result["stopped_by"] == "signal" else 0
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from gpt2_llm.predict import predict
+
+    take_model_from_the_prompt(args)
+    predict(terminal_lines() if args.interactive else args.prompt, args.num_tokens, args.model_file,
+            args.vocab_file, chat=args.chat, device=args.device, temperature=args.temperature, top_k=args.top_k,
+            top_p=args.top_p, greedy=args.greedy, seed=args.seed)  # fmt: skip
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from gpt2_llm.evaluation import evaluate_text
+
+    r = evaluate_text(args.file, args.model_file, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+    print(f"{args.file}: {r['scored']}, loss {r['val_loss']:.4f}, perplexity {r['val_ppl']:.2f}, "
+          f"{r['val_bpb']:.4f} bits per byte")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """Write a model, with its tokenizer, as a folder transformers loads as it is."""
+    from gpt2_llm.export import HF_CLASSES, check_out_dir, export_folder, export_type
+    from gpt2_llm.loading import load_with_tokenizer
+
+    check_out_dir(args.out_dir, args.overwrite)  # before the slow load
+    loaded = load_with_tokenizer(args.model, "cpu", args.vocab_file, "give its vocab file with --vocab-file")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    files = export_folder(model, tokenizer, args.out_dir, loaded.chat_template, args.overwrite, name=args.model)
+    print(f"wrote {args.out_dir}: {', '.join(files)} ({HF_CLASSES[export_type(model.config)]}, "
+          f"{model.num_parameters():,} parameters, {tokenizer.vocab_size:,} tokens); load it with transformers' "
+          f"AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a model over HTTP until SIGTERM or Ctrl-C (gpt2_llm/serve)."""
+    from gpt2_llm.loading import check_model_name, load_with_tokenizer
+    from gpt2_llm.serve.server import check_options, serve
+
+    check_options(args.host, args.port, args.max_batch, args.max_queue, args.request_timeout)
+    check_model_name(args.model)  # before the server starts: a name that names nothing is one line
+    api_key = args.api_key if args.api_key is not None else os.environ.get("GPT2_API_KEY") or None
+    if api_key is not None and not api_key.strip():
+        raise UserError("--api-key is empty")
+    say = functools.partial(print, file=sys.stderr, flush=True)
+    load = functools.partial(load_with_tokenizer, args.model, args.device, args.vocab_file,
+                             "give its vocab file with --vocab-file")
+    return serve(load, host=args.host, port=args.port, api_key=api_key, cors_origins=tuple(args.cors_origin or ()),
+                 max_batch=args.max_batch, max_queue=args.max_queue, request_timeout=args.request_timeout, say=say)
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from gpt2_llm.plot import plot_runs
+
+    plot_runs(args.metrics, args.output, labels=args.label)
+    print(f"wrote {args.output}")
+
+
+# ---- reading the arguments -----------------------------------------------------------------------
 
 
 def read_arg_or_stdin(value: str) -> str:
@@ -91,99 +162,37 @@ def parse_ids(text: str) -> list[int]:
     return ids
 
 
-# ---- subcommands -----------------------------------------------------------------------------
+def take_model_from_the_prompt(args: argparse.Namespace) -> None:
+    """`predict --interactive MODEL` and `predict --chat MODEL`: the prompts come from the terminal,
+    so a model file where the prompt would go is the model. `--chat "question" [N] [MODEL]` asks
+    one question; `--chat` with no question reads them from the terminal."""
+    from gpt2_llm.loading import looks_like_hub_name
 
-
-def cmd_tokenize(args: argparse.Namespace) -> None:
-    check_tokenize_args(args)
-    files = text_inputs(args.file) if args.file else []  # a bad text is reported before a taken output
-    if os.path.exists(args.output) and not args.overwrite:
-        raise UserError(f"{args.output} already exists: pass --overwrite to replace it, or choose another -o")
-    with ctrl_c_remembered() as stop_if_interrupted:
-        if args.from_checkpoint:
-            tok = tokenizer_of_checkpoint(args.from_checkpoint)
-            made = f"the tokenizer of {args.from_checkpoint}"
-        else:
-            tok, made = learn_vocab(args, files)
-        with basics.atomic_write(args.output, "w") as f:
-            f.write(tok.to_text())
-            stop_if_interrupted()  # raised inside the block, it removes the new file: the old one stays
-    print(f"wrote {args.output}: {tok.vocab_size} tokens ({len(tok.merges)} merges), {made}, hash {tok.hash[:16]}")
-
-
-def check_tokenize_args(args: argparse.Namespace) -> None:
-    """Where the tokenizer comes from: a text or a checkpoint, exactly one, with flags that fit it."""
-    if (args.file is None) == (args.from_checkpoint is None):
-        raise UserError("give a text to learn from or --from-checkpoint MODEL.pt (exactly one of them)")
-    training_flags = {"--vocab-size": args.vocab_size, "--pattern": args.pattern, "--workers": args.workers}
-    given = [flag for flag, value in training_flags.items() if value is not None]
-    if args.from_checkpoint and given:
-        raise UserError(f"{given[0]} is for learning from a text: --from-checkpoint writes the tokenizer stored in "
-                        f"the checkpoint as it is")
-
-
-def learn_vocab(args: argparse.Namespace, files: list) -> tuple[bpe.BPE, str]:
-    """A tokenizer learned from the text files of `tokenize`, and how it was made (for the last line)."""
-    from gpt2_llm.data import is_instruction_input, records_tokenizer
-
-    size = text_bytes(files)
-    vocab_size = args.vocab_size or bpe.recommended_vocab_size(size)
-    pattern = {"pattern": args.pattern} if args.pattern else {}  # else BPE.train's default
-    start = time.perf_counter()
-    if is_instruction_input(files):  # records are learned from as the template renders them
-        tok = records_tokenizer(files, vocab_size, workers=args.workers, progress=True, **pattern)
-    else:
-        tok = bpe.BPE.train(files, vocab_size, progress=True, workers=args.workers, **pattern)
-    seconds = time.perf_counter() - start
-    if tok.vocab_size < vocab_size:
-        print(f"note: the text offers only {tok.vocab_size} tokens' worth of merges", file=sys.stderr)
-    if args.vocab_size is None:
-        print(f"vocab size {vocab_size}: recommended for {size:,} bytes (choose with --vocab-size)")
-    return tok, f"trained in {seconds:.1f} s"
-
-
-def tokenizer_of_checkpoint(path: str) -> bpe.BPE:
-    from gpt2_llm.loading import load
-
-    loaded = load(path)
-    if loaded.tokenizer is None:
-        raise UserError(f"{path} holds model weights only, no tokenizer ({why_no_tokenizer(loaded)})")
-    return loaded.tokenizer
-
-
-def why_no_tokenizer(loaded) -> str:
-    """Why a loaded model came without a tokenizer, in a few words."""
-    return "it was saved by GPT2.save" if loaded.source == "checkpoint" else "its folder has no tokenizer files"
-
-
-@contextlib.contextmanager
-def ctrl_c_remembered() -> typing.Iterator[typing.Callable[[], None]]:
-    """Within the block Ctrl-C raises KeyboardInterrupt as usual, and is also remembered: the
-    function the block gets raises it again if one came.
-
-    Python only prints an exception raised in a __del__ or a finalizer ("Exception ignored in ...")
-    and goes on, so an interrupt that lands in one (a progress bar's, a worker queue's) would be
-    lost, and the work would go on to replace its output and exit 0. Call the function just before
-    committing anything.
-    """
-    came: list[int] = []
-
-    def on_ctrl_c(signum, frame):
-        came.append(signum)
-        raise KeyboardInterrupt
-
-    def stop_if_interrupted() -> None:
-        if came:
-            raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield stop_if_interrupted  # only the main thread may set a handler (and only it gets Ctrl-C)
+    one_question = args.chat and not args.interactive and args.prompt
+    if one_question and (not os.path.exists(args.prompt) or args.model_file != DEFAULT_MODEL):
         return
-    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    if args.chat:
+        args.interactive = True
+    if not (args.interactive and args.prompt):
+        return
+    if not (os.path.exists(args.prompt) or looks_like_hub_name(args.prompt)):
+        raise UserError(f"with --interactive the prompts are read from the terminal: {args.prompt!r} is not a "
+                        f"model (write: predict --interactive [NUM_TOKENS] MODEL)")
+    if args.model_file != DEFAULT_MODEL:
+        raise UserError(f"with --interactive give the model once: {args.prompt} or {args.model_file}")
+    args.model_file, args.prompt = args.prompt, ""
+
+
+def terminal_lines() -> typing.Iterator[str]:
+    """The lines typed after a "> " prompt, until the end of input (which ends the line on the screen)."""
     try:
-        yield stop_if_interrupted
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        while True:
+            yield input("> ")
+    except EOFError:
+        print(file=sys.stderr)
+
+
+# ---- Ctrl-C --------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -206,521 +215,6 @@ def ctrl_c_deferred() -> typing.Iterator[None]:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
     if came:
         raise KeyboardInterrupt
-
-
-def cmd_encode(args: argparse.Namespace) -> None:
-    tok = load_tokenizer(args.vocab_file)
-    text = read_arg_or_stdin(args.text)
-    try:
-        ids = tok.encode(text, allowed_special="all" if args.allow_special else ())
-    except bpe.SpecialTokenError as e:  # bpe's message names its keyword arguments; say the flag instead
-        raise UserError(f"the text contains the special token {e.token!r}; "
-                        f"add --allow-special to encode it as one token") from None
-    print(json.dumps(ids))
-
-
-def cmd_decode(args: argparse.Namespace) -> None:
-    tok = load_tokenizer(args.vocab_file)
-    ids = parse_ids(read_arg_or_stdin(args.ids))
-    if args.pieces:
-        print(json.dumps(tok.token_pieces(ids), ensure_ascii=False))
-    else:
-        print(tok.decode(ids))
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """Check everything that is cheap to check, take the output, set up a new or continued run,
-    train, and say how it ended."""
-    from gpt2_llm import TrainConfig
-    from gpt2_llm.checkpoint import check_output_path, output_lock
-    from gpt2_llm.distributed import Distributed
-
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
-    # Check every flag now, before any slow work such as training a tokenizer. --muon-lr alone may continue
-    # a Muon run (the optimizer is the checkpoint's): the run's own config judges that pair.
-    TrainConfig(**{"optimizer": "muon" if "muon_lr" in overrides else "adamw", **overrides})
-    args.vocab_given = args.vocab_file is not None  # --init-from checks a vocab file only if one was named
-    args.vocab_file = args.vocab_file or DEFAULT_VOCAB
-    if args.init_from is not None:
-        check_init_from_flags(args)
-    files = text_inputs(args.file)
-    ranks = Distributed()  # under torchrun: join the other processes; else a world of one
-    say = print if ranks.is_main else _silent
-    out = check_output_path(args.out or args.checkpoint or DEFAULT_MODEL)
-    with output_lock(out) if ranks.is_main else contextlib.nullcontext():  # one run writes one checkpoint
-        resume_from = args.checkpoint
-        if resume_from is None and args.resume == "auto" and out.exists():
-            resume_from = str(out)
-        continuing_out = resume_from is not None and os.path.exists(resume_from) and out.exists() \
-            and os.path.samefile(out, resume_from)
-        if out.exists() and not continuing_out and not args.overwrite:
-            raise UserError(f"{out} already exists: continue it with --resume auto, or pass --overwrite to replace "
-                            f"it, or choose another --out")
-        if resume_from is not None:
-            trainer = continued_run(args, resume_from, overrides, say)
-        elif args.init_from is not None:
-            trainer = pretrained_run(args, overrides, ranks, say)
-        else:
-            trainer = new_run(args, files, overrides, ranks, say)
-        say(trainer.describe(), file=sys.stderr)
-        say(trainer.memory_note, file=sys.stderr)
-        result = trainer.train(files, save_path=out)
-    ranks.close()
-    return report_end(result, args, trainer, resume_from, out, ranks, say)
-
-
-def continued_run(args: argparse.Namespace, resume_from: str, overrides: dict, say):
-    """A trainer that continues a checkpoint, after checking the flags given now agree with it."""
-    from gpt2_llm import Trainer
-
-    if not os.path.exists(resume_from):
-        raise UserError(f"checkpoint not found: {resume_from}")
-    trainer = Trainer.from_checkpoint(resume_from, **overrides)
-    check_continued_shape(args, trainer.model.config, trainer.bpe, resume_from)
-    if os.path.exists(args.vocab_file) and (args.vocab_given or trainer.config.init_from is None):
-        check_same_tokenizer(trainer.bpe, load_tokenizer(args.vocab_file), args.vocab_file, resume_from)
-    say(f"continuing {resume_from} from step {trainer.step} (its model, tokenizer and settings; "
-        f"flags given now override the settings)", file=sys.stderr)
-    return trainer
-
-
-def new_run(args: argparse.Namespace, files: list, overrides: dict, ranks, say):
-    """A new model of the preset's shape and its trainer. The memory a step needs is checked before
-    a tokenizer is trained; a newly trained tokenizer is saved only once the text has proved long
-    enough to train on, so a run that fails at once leaves no vocab file behind."""
-    from gpt2_llm import GPT2, TrainConfig, Trainer
-    from gpt2_llm.hardware import pick_device, pick_dtype
-    from gpt2_llm.trainer import check_step_memory
-
-    train_config = TrainConfig(**overrides)
-    found = load_tokenizer(args.vocab_file) if os.path.exists(args.vocab_file) else None
-    if found is not None:
-        say(found_vocab_note(found, args.vocab_file, files, args.file), file=sys.stderr)
-    vocab_size = found.vocab_size if found else args.vocab_size or bpe.recommended_vocab_size(text_bytes(files))
-    config = model_config(args, vocab_size)
-    device = pick_device(ranks.device_name(train_config.device))
-    check_step_memory(config, train_config.batch_size, device, pick_dtype(train_config.dtype, device),
-                      train_config.grad_checkpoint, train_config.ema > 0)
-    if not ranks.is_main:
-        ranks.barrier()  # rank 0 trains the tokenizer if there is none yet; the others then load it
-        tokenizer = load_tokenizer(args.vocab_file)
-    else:
-        tokenizer = found or learn_run_vocab(args, files, vocab_size, train_config, config.block_size, say)
-        ranks.barrier()
-    torch_seed(train_config.seed)
-    return Trainer(GPT2(model_config(args, tokenizer.vocab_size)), tokenizer, train_config)
-
-
-def pretrained_run(args: argparse.Namespace, overrides: dict, ranks, say):
-    """A new run that starts from a trained model (fine-tuning): its weights, its tokenizer, its
-    shape (a shorter --context and other dropout rates excepted), and FINETUNE_DEFAULTS where no
-    flag says otherwise."""
-    from gpt2_llm import TrainConfig, Trainer
-    from gpt2_llm.config import FINETUNE_DEFAULTS
-
-    defaults = {name: value for name, value in FINETUNE_DEFAULTS.items() if name not in overrides}
-    train_config = TrainConfig(**{**defaults, **overrides})
-    if not ranks.is_main:
-        ranks.barrier()  # rank 0 fetches a hub model first; the others then find it in the cache
-    loaded = load_named(args.init_from, "cpu", args.vocab_file if args.vocab_given else None,
-                        "give its vocab file after the text file")
-    model, tokenizer = loaded.model, loaded.tokenizer
-    if ranks.is_main:
-        ranks.barrier()
-    model = model.with_changes(dropout=args.dropout, attn_dropout=args.attn_dropout, block_size=args.context)
-    shown = " ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in defaults.items())
-    say(f"starting from {args.init_from}: {model.num_parameters():,} parameters, context {model.config.block_size}, "
-        f"its own tokenizer ({tokenizer.vocab_size:,} tokens)" + (f"; fine-tuning defaults {shown}" if shown else ""),
-        file=sys.stderr)
-    torch_seed(train_config.seed)  # the batches and dropout; the weights are the pretrained ones
-    return Trainer(model.train(), tokenizer, train_config)
-
-
-def check_init_from_flags(args: argparse.Namespace) -> None:
-    """With --init-from the model and its tokenizer are given: flags that would choose others are refused."""
-    shape = [(flag, getattr(args, dest)) for dest, (flag, _) in SHAPE_FLAGS.items() if dest not in FINE_TUNING_MAY_CHANGE]
-    for flag, value in (("--preset", args.preset), *shape, ("--vocab-size", args.vocab_size)):
-        if value is not None:
-            raise UserError(f"{flag} does not go with --init-from: the run keeps {args.init_from}'s shape and tokenizer "
-                            f"(--context, --dropout and --attn-dropout may change)")
-    if args.checkpoint is not None:
-        raise UserError(f"give a checkpoint to continue ({args.checkpoint}) or --init-from to start from a trained "
-                        f"model, not both")
-
-
-def model_config(args: argparse.Namespace, vocab_size: int):
-    """The model the flags ask for: the preset, with --context, --dropout, ... replacing its fields."""
-    from gpt2_llm import GPT2Config
-
-    shape = {name: getattr(args, dest) for dest, (_, name) in SHAPE_FLAGS.items() if getattr(args, dest) is not None}
-    return GPT2Config.from_preset(args.preset or DEFAULT_PRESET, vocab_size=vocab_size, **shape)
-
-
-def report_end(result: dict, args, trainer, resume_from, out, ranks, say) -> int:
-    """The last line of a run: why it ended and where its checkpoint is; the exit code."""
-    saved = trainer.saved_to or out
-    if result["stopped_by"] == "done":
-        say(f"nothing left to train: {resume_from} is at step {result['step']}, the end of its schedule "
-            f"(give a larger --steps to go on); nothing was written")
-        return 0
-    if result["stopped_by"] == "signal":
-        again = ["--out", str(saved), "--resume", "auto"] if trainer.config.init_from else [args.vocab_file, str(saved)]
-        command = shlex.join([*resume_launcher(ranks), "train", args.file, *again])  # quotes a glob
-        say(f"stopped at step {result['step']}; saved {saved}. Resume with: {command}", file=sys.stderr)
-        return 128 + result["signal"]
-    ended = f" (the time budget, --minutes {trainer.config.minutes:g}, ran out)" if result["stopped_by"] == "time" else ""
-    test = f"; test loss {result['test_loss']:.4f}, {result['test_bpb']:.4f} bits per byte" if "test_bpb" in result else ""
-    if "val_bpb" in result:
-        say(f"step {result['step']}: val loss {result['val_loss']:.4f}, {result['val_bpb']:.4f} bits per byte{test}; "
-            f"saved {saved}{ended}")
-    elif test:
-        say(f"step {result['step']}: {test[2:]}; saved {saved}{ended}")
-    else:
-        say(f"step {result['step']}: saved {saved}{ended}")
-    return 0
-
-
-def resume_launcher(ranks) -> list[str]:
-    """How this run was started: `python main.py`, the installed `gpt2-toolkit`, or under torchrun."""
-    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "main.py"
-    if ranks.world_size > 1:
-        return ["torchrun", f"--nproc_per_node={ranks.local_world_size}", "main.py"]
-    return ["python", program] if program.endswith(".py") else [program]
-
-
-# The model-shape flags of `train`: each one's argparse name, and (the flag, the GPT2Config field it sets).
-SHAPE_FLAGS = {
-    "context": ("--context", "block_size"), "dropout": ("--dropout", "dropout"),
-    "attn_dropout": ("--attn-dropout", "attn_dropout"), "rope": ("--rope", "rope"),
-    "n_layer": ("--n-layer", "n_layer"), "n_head": ("--n-head", "n_head"), "n_embd": ("--n-embd", "n_embd"),
-    "norm": ("--norm", "norm"), "mlp": ("--mlp", "mlp"), "kv_heads": ("--kv-heads", "n_kv_head"),
-    "qk_norm": ("--qk-norm", "qk_norm"), "tie_embeddings": ("--untied", "tie_embeddings"), "bias": ("--no-bias", "bias"),
-}  # fmt: skip
-# What `train --init-from` may set: no new weights needed.
-FINE_TUNING_MAY_CHANGE = ("context", "dropout", "attn_dropout")
-# A field whose None stands for a derived value is compared by that value (--kv-heads 12 is n_kv_head None).
-COMPARED_AS = {"n_kv_head": "kv_heads"}
-DEFAULT_PRESET = "small"
-
-
-def check_continued_shape(args: argparse.Namespace, stored, tokenizer: bpe.BPE, path: str) -> None:
-    """A continued run keeps its model: a shape flag given with a checkpoint must agree with it."""
-    from gpt2_llm.config import PRESETS
-
-    wanted = []  # (flag as given, field, value it asks for)
-    given = {name: getattr(args, dest) for dest, (_, name) in SHAPE_FLAGS.items() if getattr(args, dest) is not None}
-    if args.preset is not None:  # the preset's fields that no flag given with it replaces
-        wanted += [(f"--preset {args.preset}", name, value) for name, value in PRESETS[args.preset].items()
-                   if name != "vocab_size" and name not in given]
-    for dest, (flag, name) in SHAPE_FLAGS.items():
-        value = getattr(args, dest)
-        if value is not None:  # a switch (--rope, --untied) is shown alone, a value after its flag
-            wanted.append((flag if isinstance(value, bool) else f"{flag} {value}", name, value))
-    for flag, name, value in wanted:
-        name = COMPARED_AS.get(name, name)
-        if getattr(stored, name) != value:
-            raise UserError(f"{flag} does not fit {path}, whose {name} is {getattr(stored, name)}: a continued run "
-                            f"keeps its model (leave the flag out, or start afresh with another --out)")
-    if args.vocab_size is not None and args.vocab_size != tokenizer.vocab_size:
-        raise UserError(f"--vocab-size {args.vocab_size} does not fit {path}, whose tokenizer has "
-                        f"{tokenizer.vocab_size} tokens: a continued run keeps its tokenizer")
-
-
-def _silent(*args, **kwargs) -> None:
-    """print() for the ranks other than 0 under torchrun: rank 0 speaks for the run."""
-
-
-def found_vocab_note(tokenizer: bpe.BPE, path: str, files: list, spec: str) -> str:
-    """Which vocab file a new run uses, and a warning when it was learned from another text."""
-    origin, size = tokenizer.trained_on, f"{tokenizer.vocab_size:,} tokens"
-    if origin is None:
-        return f"using {path}, found here ({size}; what it was learned from is not recorded)"
-    if origin.get("sha256") == bpe.text_digest(files):
-        return f"using {path}, found here ({size}, learned from this text)"
-    return (f"warning: using {path}, found here, which was learned from another text ({origin.get('text')}, "
-            f"{origin.get('bytes', 0):,} bytes), not from {spec}; to learn a vocabulary from {spec}, "
-            f"give another vocab file name")
-
-
-def text_bytes(files: list) -> int:
-    return sum(os.path.getsize(f) for f in files)
-
-
-def learn_run_vocab(args, files: list, vocab_size: int, train_config, block_size: int, say) -> bpe.BPE:
-    """A tokenizer learned from the training text, saved as the vocab file once the text has proved
-    long enough to train on (the token file it makes is the one training reads)."""
-    from gpt2_llm import data
-
-    say(f"{args.vocab_file} not found: training a tokenizer of {vocab_size} tokens on {args.file}", file=sys.stderr)
-    part = ""  # what of the text it learned from, when not all of it
-    if data.is_instruction_input(files):
-        data.split_records(data.read_records(files)[1], train_config.val_fraction)  # "too few records": before any work
-        tokenizer = data.records_tokenizer(files, vocab_size, workers=args.workers, progress=True)
-    else:
-        held_out = train_config.val_fraction + train_config.test_fraction
-        learn_from = training_part(files, held_out)
-        tokenizer = bpe.BPE.train(learn_from, vocab_size, progress=True, workers=args.workers)
-        if learn_from is not files:  # it is the run's text all the same: a later run on it finds this vocab
-            tokenizer.trained_on = {**tokenizer.trained_on, "sha256": bpe.text_digest(files),
-                                    "text": bpe.files_name(files), "held_out": held_out}
-            parts = "parts" if train_config.test_fraction else "part"
-            part = f" (its first {1 - held_out:.0%}: the held-out {parts} taught it nothing)"
-        tokens = data.load_tokens(files, tokenizer, progress=True, workers=train_config.workers)
-        # "too short" fails here, before the save
-        data.split_tokens(tokens, train_config.val_fraction, block_size, train_config.test_fraction)
-    tokenizer.save(args.vocab_file)
-    say(f"wrote {args.vocab_file}: {tokenizer.vocab_size} tokens learned from {args.file}{part}", file=sys.stderr)
-    return tokenizer
-
-
-HELD_OUT_CUT_BYTES = 512 * 2**20  # texts up to this size are cut in memory (see training_part)
-
-
-def training_part(files: list, held_out: float) -> str | list:
-    """What a run's own tokenizer learns from: the text without its last `held_out` fraction, the parts held
-    out for validation and testing, so that no merge is made from text the model is then scored on (a merge
-    learned there turns whole held-out words and phrases into single tokens, and the larger the
-    vocabulary, the more it flatters the validation loss). Several files are joined as training
-    joins them, with <|endoftext|> between. The cut is by characters and the held-out part is the
-    last `held_out` of the tokens, so the two meet within a few tokens. A text over
-    HELD_OUT_CUT_BYTES is learned from whole (the files, streamed): at that size the held-out part
-    is a fair sample of the text's words, not a source of its own merges."""
-    if not held_out or text_bytes(files) > HELD_OUT_CUT_BYTES:
-        return files
-    text = bpe.ENDOFTEXT.join("".join(bpe.iter_text_chunks(f, (bpe.ENDOFTEXT,))) for f in files)
-    return text[: int(len(text) * (1 - held_out))]
-
-
-def check_same_tokenizer(stored: bpe.BPE, given: bpe.BPE, vocab_path: str, checkpoint: str) -> None:
-    if stored.hash != given.hash:
-        raise UserError(f"{vocab_path} (hash {given.hash[:12]}, {given.vocab_size} tokens) is not the tokenizer "
-                        f"{checkpoint} was trained with (hash {stored.hash[:12]}, {stored.vocab_size} tokens)")
-
-
-def torch_seed(seed: int) -> None:
-    import random
-
-    import torch
-
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def load_model(name: str, device: str, vocab_file: str | None = None):
-    """A model (eval mode, on `device`), its tokenizer and its chat template (None for a model of
-    text, or one whose template is not ours), through the one loader (see load_named)."""
-    from gpt2_llm.instruct import template_from_checkpoint
-
-    loaded = load_named(name, device, vocab_file, "give its vocab file after it")
-    stored = loaded.chat_template
-    template = template_from_checkpoint(stored, name) if stored and stored["name"] is not None else None
-    return loaded.model, loaded.tokenizer, template
-
-
-def load_named(name: str, device: str, vocab_file: str | None, how_to_give_vocab: str):
-    """A model by name (a checkpoint, a transformers folder or a Hugging Face hub name) through the
-    one loader, with a tokenizer. A vocab file given beside it must be the model's own tokenizer;
-    it stands in for a missing one (how_to_give_vocab says how to give one, for that error)."""
-    import dataclasses
-
-    from gpt2_llm.hardware import pick_device
-    from gpt2_llm.loading import load
-
-    if name == DEFAULT_MODEL and not os.path.exists(name):
-        raise UserError(f"model not found: {name} (train one with: python main.py train <text file>)")
-    loaded = load(name, pick_device(device))
-    tokenizer = loaded.tokenizer
-    if vocab_file is not None:
-        given = load_tokenizer(vocab_file)
-        if tokenizer is not None:
-            check_same_tokenizer(tokenizer, given, vocab_file, name)
-        elif given.vocab_size > loaded.model.config.vocab_size:
-            raise UserError(f"{vocab_file} has {given.vocab_size} tokens, more than the {loaded.model.config.vocab_size} "
-                            f"rows of {name}'s embedding")
-        tokenizer = given
-    if tokenizer is None:
-        raise UserError(f"{name} holds no tokenizer ({why_no_tokenizer(loaded)}): {how_to_give_vocab}")
-    return dataclasses.replace(loaded, tokenizer=tokenizer)
-
-
-def cmd_predict(args: argparse.Namespace) -> None:
-    from gpt2_llm.gpt2 import check_sampling
-
-    check_sampling(args.num_tokens, args.temperature, args.top_k, args.top_p)  # before the slow load
-    take_model_from_the_prompt(args)
-    model, tokenizer, template = load_model(args.model_file, args.device, args.vocab_file)
-    if args.chat:
-        return chat(model, tokenizer, template, args)
-    prompts = iter(lambda: input("> "), None) if args.interactive else [args.prompt]
-    try:
-        for prompt in prompts:
-            if prompt or not args.interactive:
-                generate_text(model, tokenizer, prompt, args)
-    except EOFError:
-        print(file=sys.stderr)
-
-
-def take_model_from_the_prompt(args: argparse.Namespace) -> None:
-    """`predict --interactive MODEL` and `predict --chat MODEL`: the prompts come from the terminal,
-    so a model file where the prompt would go is the model. `--chat "question" [N] [MODEL]` asks
-    one question; `--chat` with no question reads them from the terminal."""
-    from gpt2_llm.loading import looks_like_hub_name
-
-    one_question = args.chat and not args.interactive and args.prompt
-    if one_question and (not os.path.exists(args.prompt) or args.model_file != DEFAULT_MODEL):
-        return
-    if args.chat:
-        args.interactive = True
-    if not (args.interactive and args.prompt):
-        return
-    if not (os.path.exists(args.prompt) or looks_like_hub_name(args.prompt)):
-        raise UserError(f"with --interactive the prompts are read from the terminal: {args.prompt!r} is not a "
-                        f"model (write: predict --interactive [NUM_TOKENS] MODEL)")
-    if args.model_file != DEFAULT_MODEL:
-        raise UserError(f"with --interactive give the model once: {args.prompt} or {args.model_file}")
-    args.model_file, args.prompt = args.prompt, ""
-
-
-def generate_text(model, tokenizer: bpe.BPE, prompt: str, args: argparse.Namespace) -> None:
-    """Print the prompt, then each new token as soon as it is made."""
-    ids = tokenizer.encode(prompt, allowed_special="all")
-    if not ids:
-        raise UserError("the prompt is empty: give at least one character")
-    context = model.config.block_size
-    if len(ids) > context:
-        print(f"note: the prompt has {len(ids)} tokens; only its last {context} (the context) are used", file=sys.stderr)
-    sys.stdout.write(prompt)
-    stream_tokens(model, tokenizer, ids, args)
-
-
-def stream_tokens(model, tokenizer: bpe.BPE, ids: list[int], args: argparse.Namespace) -> str:
-    """Print each new token as soon as it is made (whole characters only), up to num_tokens or the
-    end of text (<|endoftext|>, which also ends an answer); return the text printed."""
-    import codecs
-
-    stop = tokenizer.special_tokens.get(bpe.ENDOFTEXT)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    sys.stdout.flush()
-    pieces = []
-    stream = model.generate_stream(ids, args.num_tokens, temperature=args.temperature, top_k=args.top_k,
-                                   top_p=args.top_p, stop_token=stop, seed=args.seed, greedy=args.greedy)
-    for token in stream:
-        if token == stop:
-            break
-        pieces.append(decoder.decode(tokenizer.decode_bytes([token])))
-        sys.stdout.write(pieces[-1])
-        sys.stdout.flush()
-    pieces.append(decoder.decode(b"", final=True))
-    sys.stdout.write(pieces[-1] + "\n")
-    sys.stdout.flush()
-    return "".join(pieces)
-
-
-def chat(model, tokenizer: bpe.BPE, template, args: argparse.Namespace) -> None:
-    """predict --chat: each question in the model's template, the answer printed as it comes and
-    ended by the end-of-turn token. The chat template keeps the conversation (its oldest turns
-    leave when it outgrows the context); Alpaca's answers each instruction on its own."""
-    from gpt2_llm.instruct import fit_conversation
-
-    if template is None:
-        raise UserError(f"{args.model_file} was not trained on instruction records, so it has no chat template: "
-                        f"use predict without --chat (or train it on a .jsonl file of instructions)")
-    history: list[dict] = []
-    questions = iter(lambda: input("> "), None) if args.interactive else [args.prompt]
-    room = model.config.block_size - min(args.num_tokens, model.config.block_size // 2)  # the rest is the answer's
-    try:
-        for question in questions:
-            if not question.strip():
-                if args.interactive:
-                    continue
-                raise UserError("the question is empty: give at least one character")
-            messages, ids, dropped = fit_conversation(template, template.next_prompt(history, question), tokenizer, room)
-            if dropped:
-                print(f"note: the {dropped} oldest messages no longer fit the context and were left out", file=sys.stderr)
-            if len(ids) > room:
-                print(f"note: the question has {len(ids)} tokens with its template; only its last "
-                      f"{model.config.block_size} (the context) are read", file=sys.stderr)
-            answer = stream_tokens(model, tokenizer, ids, args)
-            history = [*messages, {"role": "assistant", "content": answer}]
-    except EOFError:
-        print(file=sys.stderr)
-
-
-def cmd_eval(args: argparse.Namespace) -> None:
-    from gpt2_llm.data import is_instruction_input, load_tokens, validation_windows
-    from gpt2_llm.hardware import pick_dtype
-    from gpt2_llm.trainer import evaluate
-
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    files = text_inputs(args.file, "evaluate on")
-    model, tokenizer, _ = load_model(args.model_file, args.device)
-    if is_instruction_input(files):
-        windows, num_bytes, what = records_eval_set(files, model, tokenizer)
-    else:
-        tokens = load_tokens(files, tokenizer)
-        if len(tokens) < 2:
-            raise UserError(f"{args.file} is too short to evaluate: it encodes to {len(tokens)} token")
-        windows, num_bytes = validation_windows(tokens, min(model.config.block_size, len(tokens) - 1), tokenizer)
-        what = f"{windows[:, 1:].numel():,} tokens"
-    device = next(model.parameters()).device
-    r = evaluate(model, windows, num_bytes, args.batch_size, pick_dtype(args.dtype, device))
-    print(f"{args.file}: {what}, loss {r['val_loss']:.4f}, perplexity {r['val_ppl']:.2f}, {r['val_bpb']:.4f} bits per byte")
-
-
-def records_eval_set(files: list, model, tokenizer: bpe.BPE):
-    """eval on instruction records: the loss on their responses, each record in its own template."""
-    from gpt2_llm.data import encode_examples, instruction_eval_set, read_records
-    from gpt2_llm.instruct import IGNORE_INDEX, end_of_turn_id
-
-    template, conversations = read_records(files)
-    examples, cut = encode_examples(conversations, template, tokenizer, model.config.block_size)
-    (x, y), num_bytes = instruction_eval_set(examples, tokenizer, end_of_turn_id(tokenizer))
-    counted = int((y != IGNORE_INDEX).sum())
-    cut_note = f", {cut:,} cut to the context" if cut else ""
-    return (x, y), num_bytes, f"{len(conversations):,} {template.name} records ({counted:,} response tokens{cut_note})"
-
-
-def cmd_export(args: argparse.Namespace) -> None:
-    """Write a model, with its tokenizer, as a folder transformers loads as it is."""
-    from gpt2_llm.export import HF_CLASSES, check_out_dir, export_folder, export_problem, export_type
-
-    check_out_dir(args.out_dir, args.overwrite)  # before the slow load
-    loaded = load_named(args.model, "cpu", args.vocab_file, "give its vocab file with --vocab-file")
-    problem = export_problem(loaded.model.config)
-    if problem:
-        raise UserError(f"cannot export {args.model}: {problem}")
-    files = export_folder(loaded.model, loaded.tokenizer, args.out_dir, loaded.chat_template, args.overwrite)
-    print(f"wrote {args.out_dir}: {', '.join(files)} ({HF_CLASSES[export_type(loaded.model.config)]}, "
-          f"{loaded.model.num_parameters():,} parameters, "
-          f"{loaded.tokenizer.vocab_size:,} tokens); load it with transformers' "
-          f"AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained")
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve a model over HTTP until SIGTERM or Ctrl-C (gpt2_llm/serve)."""
-    from gpt2_llm.loading import looks_like_hub_name
-    from gpt2_llm.serve.server import check_options, serve
-
-    check_options(args.host, args.port, args.max_batch, args.max_queue, args.request_timeout)
-    if args.model == DEFAULT_MODEL and not os.path.exists(args.model):
-        raise UserError(f"model not found: {args.model} (train one with: python main.py train <text file>)")
-    if not os.path.exists(args.model) and not looks_like_hub_name(args.model):
-        raise UserError(f"model not found: {args.model} (no such checkpoint file or model folder)")
-    api_key = args.api_key if args.api_key is not None else os.environ.get("GPT2_API_KEY") or None
-    if api_key is not None and not api_key.strip():
-        raise UserError("--api-key is empty")
-    say = functools.partial(print, file=sys.stderr, flush=True)
-    return serve(lambda: load_named(args.model, args.device, args.vocab_file, "give its vocab file with --vocab-file"),
-                 host=args.host, port=args.port, api_key=api_key, cors_origins=tuple(args.cors_origin or ()),
-                 max_batch=args.max_batch, max_queue=args.max_queue, request_timeout=args.request_timeout, say=say)
-
-
-def cmd_plot(args: argparse.Namespace) -> None:
-    from gpt2_llm.plot import plot_runs
-
-    plot_runs(args.metrics, args.output, labels=args.label)
-    print(f"wrote {args.output}")
 
 
 # ---- the parser ------------------------------------------------------------------------------
@@ -817,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_train_parser(sub) -> None:
-    from gpt2_llm.config import MLPS, NORMS, PRESETS, TrainConfig
+    from gpt2_llm.config import DEFAULT_PRESET, PRESETS
 
     p = sub.add_parser("train", help="train a GPT-2 model on a text file", description=(
         "Train a GPT-2 model on UTF-8 text. The vocab file is made from the text if it does not exist; "
@@ -829,32 +323,29 @@ def add_train_parser(sub) -> None:
     p.add_argument("--resume", choices=["auto", "never"], default="never", help="auto: continue from --out when a checkpoint is there")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if --out exists")
     p.add_argument("--preset", default=None, choices=list(PRESETS), help=f"model shape (default: {DEFAULT_PRESET})")
-    p.add_argument("--context", type=int, default=None, help="context length in tokens (default: the preset's)")
-    p.add_argument("--dropout", type=float, default=None, help="dropout rate (default: the preset's)")
-    p.add_argument("--attn-dropout", type=float, default=None, help="dropout on attention weights alone (default: as --dropout)")
-    p.add_argument("--rope", action="store_true", default=None, help="rotary position embeddings instead of learned positions")
-    p.add_argument("--n-layer", type=int, default=None, help="decoder blocks (default: the preset's)")
-    p.add_argument("--n-head", type=int, default=None, help="attention heads per block (default: the preset's)")
-    p.add_argument("--n-embd", type=int, default=None, help="width of the residual stream, a multiple of --n-head (default: the preset's)")
-    # The architecture options (README, "Architecture options"); left out, the model is GPT-2's.
-    p.add_argument("--norm", choices=NORMS, default=None, help="layernorm (GPT-2's, the default) or rmsnorm")
-    p.add_argument("--mlp", choices=MLPS, default=None, help="gelu (GPT-2's, the default), swiglu (three matrices, hidden width the multiple of 64 nearest 8/3 x n_embd: GPT-2's parameter count) or relu2")
-    p.add_argument("--kv-heads", type=int, default=None, help="key/value heads, a divisor of the heads: grouped-query attention (1: multi-query; default: one per head, GPT-2's)")
-    p.add_argument("--qk-norm", action="store_true", default=None, help="RMS-normalise each head's queries and keys before their product")
-    p.add_argument("--untied", dest="tie_embeddings", action="store_false", default=None, help="an output head with its own matrix (GPT-2's is the token embedding)")
-    p.add_argument("--no-bias", dest="bias", action="store_false", default=None, help="no biases in the linear and norm layers (GPT-2 has them)")
+    # The model's shape; the architecture options (README, "Architecture options"): left out, the model is GPT-2's.
+    add_config_flags(p, GPT2Config, lambda f: "the preset's")
     p.add_argument("--vocab-size", type=int, default=None, help="size of a tokenizer made from the text (default: recommended for its size)")
-    for f in fields(TrainConfig):  # one flag per field: the defaults live in TrainConfig alone
-        flag = "--" + f.name.replace("_", "-")
-        kind = typing.get_args(f.type)[0] if typing.get_args(f.type) else f.type  # int | None -> int
-        if kind is bool:  # a setting that is on by default is turned off with --no-NAME
-            action = argparse.BooleanOptionalAction if f.default else "store_true"
-            p.add_argument(flag, action=action, default=None, help=f.metadata["help"])
-        else:
-            text = f.metadata["help"]  # a help that explains its default (or has none) is left as it is
-            shown = text if "default" in text or f.default is None else f"{text} (default: {f.default})"
-            p.add_argument(flag, type=kind, default=None, help=shown)
+    add_config_flags(p, TrainConfig, lambda f: f.default)
     p.set_defaults(func=cmd_train)
+
+
+def add_config_flags(p: argparse.ArgumentParser, cls, shown_default: typing.Callable) -> None:
+    """One flag per field of a config dataclass that has a help text (config._opt): its name, type,
+    choices and help come from the field, so the defaults live in the dataclass alone. Each flag's
+    own default is None, so that a flag left out is told from one given."""
+    for f in flag_fields(cls):
+        kind = typing.get_args(f.type)[0] if typing.get_args(f.type) else f.type  # int | None -> int
+        text = f.metadata["help"]
+        if kind is bool:  # a switch sets the value that is not the default; one on by default turns off with --no-NAME
+            both_ways = f.default and "flag" not in f.metadata
+            action = argparse.BooleanOptionalAction if both_ways else "store_false" if f.default else "store_true"
+            p.add_argument(flag_of(f), dest=f.name, action=action, default=None, help=text)
+        else:  # a help that explains its default (or has none) is left as it is
+            shown = text if "default" in text or shown_default(f) is None else f"{text} (default: {shown_default(f)})"
+            choices = f.metadata.get("choices")  # shown as {a,b}; else the flag's name stands for its value
+            metavar = None if choices else flag_of(f)[2:].upper().replace("-", "_")
+            p.add_argument(flag_of(f), dest=f.name, type=kind, choices=choices, metavar=metavar, default=None, help=shown)
 
 
 def main(argv: list[str] | None = None, *, exiting: bool = False) -> int:

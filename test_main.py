@@ -1171,3 +1171,15 @@ def test_init_from_a_model_of_text_on_instruction_records(short_run, tmp_path):
     assert tuned["tokenizer"]["hash"] == pretrained["tokenizer"]["hash"]
     answer = run("predict", "--chat", "Say ok to red and blue.", 5, tmp_path / "chat.pt", "--greedy")
     assert answer.returncode == 0, answer.stderr.decode()
+
+
+def test_train_flags_are_made_from_the_config_fields():
+    """GPT2Config's flags are generated from its fields, as TrainConfig's are: a flag left out is None
+    (the preset's or the run's own value), a switch sets the value that is not the field's default."""
+    args = main.build_parser().parse_args(["train", "t.txt", "--untied", "--no-bias", "--context", "32",
+                                           "--kv-heads", "2", "--norm", "rmsnorm", "--rope", "--lr", "1e-3"])
+    assert (args.tie_embeddings, args.bias, args.block_size, args.n_kv_head, args.norm, args.rope, args.lr) == (
+        False, False, 32, 2, "rmsnorm", True, 1e-3)
+    left_out = main.build_parser().parse_args(["train", "t.txt"])
+    assert all(getattr(left_out, name) is None for name in ("tie_embeddings", "bias", "block_size", "rope", "mask_prompt"))
+    assert main.build_parser().parse_args(["train", "t.txt", "--no-mask-prompt"]).mask_prompt is False

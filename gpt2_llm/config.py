@@ -32,29 +32,64 @@ PRESETS = {
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024),
 }
+DEFAULT_PRESET = "small"  # the shape of a new run that names none
+
+# The files the command line reads and writes when none is named.
+DEFAULT_VOCAB = "vocab.txt"
+DEFAULT_MODEL = "gpt2_model.pt"
+
+
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu", "relu2")
+
+
+def _opt(default, help: str, flag: str | None = None, choices: tuple[str, ...] | None = None):
+    """A config field with its command-line help: main.py makes one flag of each such field, so its
+    default lives here alone. The flag is --NAME with dashes unless `flag` names another; a switch
+    sets the value that is not the default (--no-bias sets bias False, --rope sets rope True)."""
+    metadata = {"help": help} | ({"flag": flag} if flag else {}) | ({"choices": choices} if choices else {})
+    return field(default=default, metadata=metadata)
+
+
+def flag_fields(cls) -> list:
+    """The fields of a config dataclass that are command-line flags (those with a help text)."""
+    return [f for f in fields(cls) if "help" in f.metadata]
+
+
+def flag_of(f) -> str:
+    """The command-line flag of a config field: --context for block_size, --lr for lr."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
 @dataclass
 class GPT2Config:
+    """A model's shape. The fields with a help text are `main.py train` flags (see _opt); the others
+    come from a preset or a checkpoint."""
+
     vocab_size: int = 50257  # GPT-2's BPE vocabulary; set from the tokenizer
-    n_layer: int = 12  # decoder blocks
-    n_head: int = 12  # attention heads per block
-    n_embd: int = 768  # width of the residual stream
-    block_size: int = 1024  # context length: the most tokens the model sees at once
+    n_layer: int = _opt(12, "decoder blocks")
+    n_head: int = _opt(12, "attention heads per block")
+    n_embd: int = _opt(768, "width of the residual stream, a multiple of --n-head")
+    block_size: int = _opt(1024, "context length in tokens", flag="--context")  # the most tokens the model sees at once
     n_inner: int | None = None  # MLP hidden width; None means 4 * n_embd, as in GPT-2
-    dropout: float = 0.0  # on embeddings, attention weights and residual branches
-    attn_dropout: float | None = None  # on attention weights alone; None: the same as dropout (GPT-2).
-    # 0 keeps the fast fused attention kernel on the CPU, where dropout inside attention is slow.
-    bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
-    rope: bool = False  # rotary positions instead of learned ones
+    dropout: float = _opt(0.0, "dropout rate")  # on embeddings, attention weights and residual branches
+    # None: the same as dropout (GPT-2). 0 keeps the fast fused attention kernel on the CPU, where
+    # dropout inside attention is slow.
+    attn_dropout: float | None = _opt(None, "dropout on attention weights alone (default: as --dropout)")
+    bias: bool = _opt(True, "no biases in the linear and norm layers (GPT-2 has them)", flag="--no-bias")
+    rope: bool = _opt(False, "rotary position embeddings instead of learned positions")
     rope_base: float = 10000.0  # RoPE's frequency base
     layer_norm_eps: float = 1e-5  # the epsilon of every norm layer (LayerNorm or RMSNorm)
     # Architecture options (README, "Architecture options"); the defaults are GPT-2 as published.
-    norm: str = "layernorm"  # or "rmsnorm": scale by the root mean square, no centring, no bias
-    mlp: str = "gelu"  # or "swiglu" (gated, three matrices) or "relu2" (relu(x) squared)
-    n_kv_head: int | None = None  # key/value heads (grouped-query attention); None: one per query head
-    qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE and their product
-    tie_embeddings: bool = True  # the head is the token embedding matrix (GPT-2); False: its own matrix
+    # rmsnorm: scale by the root mean square, no centring, no bias
+    norm: str = _opt("layernorm", "layernorm (GPT-2's, the default) or rmsnorm", choices=NORMS)
+    mlp: str = _opt("gelu", "gelu (GPT-2's, the default), swiglu (three matrices, hidden width the multiple of 64 "
+                            "nearest 8/3 x n_embd: GPT-2's parameter count) or relu2", choices=MLPS)
+    n_kv_head: int | None = _opt(None, "key/value heads, a divisor of the heads: grouped-query attention (1: "
+                                       "multi-query; default: one per head, GPT-2's)", flag="--kv-heads")
+    qk_norm: bool = _opt(False, "RMS-normalise each head's queries and keys before their product")
+    tie_embeddings: bool = _opt(True, "an output head with its own matrix (GPT-2's is the token embedding)",
+                                flag="--untied")
 
     def __post_init__(self):
         # Report every problem at once, each naming the command-line flag where there is one.
@@ -150,9 +185,6 @@ class GPT2Config:
         they hold the option's "off" value, and refused when they do (without_removed_options)."""
         return config_from_dict(cls, without_removed_options(stored), "model config", REQUIRED_FIELDS)
 
-
-NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "swiglu", "relu2")
 
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
 
@@ -267,11 +299,6 @@ def config_from_original_args(caller: str, config: GPT2Config | None, original_a
     if len(fields) < len(original_args):  # the one field with two names
         raise TypeError(f"{caller}() takes max_seq_len or rope_max_seq_len, not both: each sets block_size")
     return GPT2Config(**fields)
-
-
-def _opt(default, help: str):
-    """A TrainConfig field with its command-line help (main.py makes one flag per field)."""
-    return field(default=default, metadata={"help": help})
 
 
 # What `train --init-from` uses where a flag does not say otherwise: a pretrained model needs a far

@@ -539,14 +539,15 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
 
 
 def export_folder(model: GPT2, tokenizer: BPE | None, out_dir: str | os.PathLike, chat_template: dict | None = None,
-                  overwrite: bool = False) -> list[str]:  # fmt: skip
+                  overwrite: bool = False, name: str = "the model") -> list[str]:  # fmt: skip
     """Write the model (and its tokenizer, when it has one) as a folder that transformers'
     AutoModelForCausalLM and AutoTokenizer load as they are. The files are written into a new folder
     beside out_dir, which then takes its place: a failed export leaves out_dir as it was.
-    Returns the names of the files written."""
+    Returns the names of the files written. `name`: the model's, in the error of a shape no
+    transformers class holds."""
     problem = export_problem(model.config)
     if problem:
-        raise UserError(f"cannot export the model: {problem}")
+        raise UserError(f"cannot export {name}: {problem}")
     out = check_out_dir(out_dir, overwrite)
     texts = tokenizer_files(tokenizer, model.config.block_size, chat_template) if tokenizer is not None else {}
     out.absolute().parent.mkdir(parents=True, exist_ok=True)

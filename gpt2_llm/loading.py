@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from basics import UserError
 from bpe import BPE, TokenizerError
 
 from . import export
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import ConfigError, GPT2Config
+from .config import DEFAULT_MODEL, ConfigError, GPT2Config
 from .gpt2 import GPT2
 
 # What a checkpoint written by the trainer holds besides the model, to continue the run exactly.
@@ -158,10 +159,23 @@ def read_tokenizer(checkpoint: dict, path: Path, config: GPT2Config) -> BPE | No
 
 
 def check_tokenizer_fits(tokenizer: BPE | None, config: GPT2Config, what: str) -> None:
-    """The model has an embedding row for every token of the tokenizer."""
-    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
-        raise CheckpointError(f"{what} has {tokenizer.vocab_size} tokens but the model's embedding "
-                              f"only {config.vocab_size} rows")
+    """The model has an embedding row for every token of the tokenizer stored with it."""
+    problem = vocab_problem(tokenizer, what, config) if tokenizer is not None else None
+    if problem:
+        raise CheckpointError(problem)
+
+
+def vocab_problem(vocab: BPE, vocab_name: str, config: GPT2Config, own: BPE | None = None,
+                  model_name: str = "the model") -> str | None:  # fmt: skip
+    """Why a vocab cannot be used with a model, in one line; None when it can. The one check of a
+    vocab against a model (the loader, main.py and check_checkpoint.py call it): a model that has its
+    own tokenizer (`own`) takes that one alone, the same hash; any vocab must fit its embedding."""
+    if own is not None and own.hash != vocab.hash:
+        return (f"{vocab_name} (hash {vocab.hash[:12]}, {vocab.vocab_size} tokens) is not the tokenizer {model_name} "
+                f"was trained with (hash {own.hash[:12]}, {own.vocab_size} tokens)")
+    if vocab.vocab_size > config.vocab_size:
+        return f"{vocab_name} has {vocab.vocab_size} tokens but the model's embedding only {config.vocab_size} rows"
+    return None
 
 
 def read_chat_template(checkpoint: dict, path: Path) -> dict | None:
@@ -173,6 +187,45 @@ def read_chat_template(checkpoint: dict, path: Path) -> dict | None:
             and isinstance(stored.get("name"), (str, type(None)))):  # fmt: skip
         raise CheckpointError(f"{path}: its chat_template entry is not {{'name': a str or None, 'jinja': a str}}")
     return {"name": stored.get("name"), "jinja": stored["jinja"]}
+
+
+# ---- a model to use, with its tokenizer -----------------------------------------------------------
+
+
+def load_with_tokenizer(name: str, device: str = "auto", vocab_file: str | None = None,
+                        how_to_give_vocab: str = "give its vocab file") -> Loaded:  # fmt: skip
+    """A model by name (see load) and a tokenizer to use it with, on `device` (auto: the best here).
+    A vocab file given beside the model must be the model's own tokenizer (vocab_problem); it stands
+    in for a missing one. A model with neither is refused (how_to_give_vocab says what to do)."""
+    from .hardware import pick_device
+
+    check_model_name(name)
+    loaded = load(name, pick_device(device))
+    if vocab_file is not None:
+        given = BPE.load(vocab_file)
+        problem = vocab_problem(given, vocab_file, loaded.model.config, loaded.tokenizer, name)
+        if problem:
+            raise UserError(problem)
+        loaded = replace(loaded, tokenizer=given)
+    if loaded.tokenizer is None:
+        raise UserError(f"{name} holds no tokenizer ({why_no_tokenizer(loaded)}): {how_to_give_vocab}")
+    return loaded
+
+
+def check_model_name(name: str) -> None:
+    """A model name that names nothing here, refused before any slow work; for the default name,
+    with how to make that model."""
+    if os.path.exists(name):
+        return
+    if name == DEFAULT_MODEL:
+        raise UserError(f"model not found: {name} (train one with: python main.py train <text file>)")
+    if not looks_like_hub_name(name):
+        raise CheckpointError(f"model not found: {name} (no such checkpoint file or model folder)")
+
+
+def why_no_tokenizer(loaded: Loaded) -> str:
+    """Why a loaded model came without a tokenizer, in a few words."""
+    return "it was saved by GPT2.save" if loaded.source == "checkpoint" else "its folder has no tokenizer files"
 
 
 # ---- hub names -----------------------------------------------------------------------------------
@@ -242,8 +295,6 @@ def _home_as_tilde(path) -> str:
     home = os.path.expanduser("~")
     path = str(path)
     return "~" + path[len(home) :] if home not in ("", "/") and path.startswith(home + os.sep) else path
-
-
 
 
 def _shape(shape) -> str:

@@ -230,7 +230,7 @@ def jinja_renderer(source: str, tokenizer) -> Callable[[list[dict]], str]:
 def create_app(load: Callable[[], object], api_key: str | None = None, cors_origins: tuple[str, ...] = (),
                max_batch: int = 16, max_queue: int = 64, request_timeout: float | None = None,
                on_load_error: Callable[[BaseException], None] | None = None) -> FastAPI:  # fmt: skip
-    """The server's app. `load()` returns a loading.Loaded with a tokenizer (main.py's load_named);
+    """The server's app. `load()` returns a loading.Loaded with a tokenizer (loading.load_with_tokenizer);
     it runs in a thread once the server is up. on_load_error(exc) is told when it fails."""
     state = {"served": None, "error": None}
     requests_total: Counter = Counter()  # (route, status) -> count

@@ -1,4 +1,4 @@
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import pytest
 import torch
@@ -243,3 +243,18 @@ def test_muon_on_a_torch_without_it_is_one_line(monkeypatch):
     assert str(info.value) == (f"--optimizer muon needs torch.optim.Muon, in torch 2.9 or later; this torch is "
                                f"{torch.__version__}")
     TrainConfig()  # AdamW needs nothing more
+
+
+def test_each_shape_flag_comes_from_its_field():
+    from gpt2_llm.config import flag_fields, flag_of
+
+    flags = {f.name: flag_of(f) for f in flag_fields(GPT2Config)}
+    assert flags == {"n_layer": "--n-layer", "n_head": "--n-head", "n_embd": "--n-embd", "block_size": "--context",
+                     "dropout": "--dropout", "attn_dropout": "--attn-dropout", "bias": "--no-bias", "rope": "--rope",
+                     "norm": "--norm", "mlp": "--mlp", "n_kv_head": "--kv-heads", "qk_norm": "--qk-norm",
+                     "tie_embeddings": "--untied"}  # fmt: skip
+    assert {f.name: f.metadata.get("choices") for f in flag_fields(GPT2Config) if "choices" in f.metadata} == {
+        "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu", "relu2")}
+    train_flags = {flag_of(f) for f in flag_fields(TrainConfig)}
+    assert "--lr" in train_flags and "--init-from" in train_flags and not train_flags & set(flags.values())
+    assert len(flag_fields(TrainConfig)) == len(fields(TrainConfig))  # every training setting is a flag

@@ -145,3 +145,52 @@ def test_a_chat_template_stored_by_an_instruction_run_comes_with_the_model(tmp_p
 def test_a_missing_model_is_one_line_whatever_its_name_looks_like(tmp_path):
     one_line(tmp_path / "nope.pt", r"model not found: .*nope\.pt \(no such checkpoint file or model folder\)")
     one_line(tmp_path / "a" / "b" / "c", "model not found")  # a path, not a hub name
+
+
+# ---- a model to use, with its tokenizer (load_with_tokenizer) and the one vocab check -------------
+
+
+def test_a_vocab_is_checked_against_a_model_in_one_place(tokenizer):
+    from gpt2_llm.loading import vocab_problem
+
+    other = BPE.train("pack my box with five dozen liquor jugs " * 20, vocab_size=270)
+    config = tiny().config  # 280 embedding rows
+    assert vocab_problem(tokenizer, "v.txt", config, tokenizer, "m.pt") is None  # the model's own
+    assert vocab_problem(other, "v.txt", config) is None  # a model without one takes any that fits
+    assert vocab_problem(other, "o.txt", config, tokenizer, "m.pt") == (
+        f"o.txt (hash {other.hash[:12]}, 270 tokens) is not the tokenizer m.pt was trained with "
+        f"(hash {tokenizer.hash[:12]}, 280 tokens)")
+    assert vocab_problem(tokenizer, "v.txt", tiny(vocab_size=270).config) == (
+        "v.txt has 280 tokens but the model's embedding only 270 rows")
+
+
+def test_load_with_tokenizer_takes_the_models_own_or_a_vocab_that_stands_in(tmp_path, tokenizer):
+    from basics import UserError
+    from gpt2_llm.loading import load_with_tokenizer
+
+    tokenizer.save(tmp_path / "v.txt")
+    other = BPE.train("pack my box with five dozen liquor jugs " * 20, vocab_size=270)
+    other.save(tmp_path / "o.txt")
+    write(tmp_path / "m.pt", tiny(), tokenizer)
+    assert load_with_tokenizer(str(tmp_path / "m.pt"), "cpu").tokenizer.hash == tokenizer.hash
+    assert load_with_tokenizer(str(tmp_path / "m.pt"), "cpu", str(tmp_path / "v.txt")).tokenizer.hash == tokenizer.hash
+    with pytest.raises(UserError, match="o.txt .* is not the tokenizer .*m.pt was trained with"):
+        load_with_tokenizer(str(tmp_path / "m.pt"), "cpu", str(tmp_path / "o.txt"))
+    tiny().save(tmp_path / "w.pt")  # weights only
+    assert load_with_tokenizer(str(tmp_path / "w.pt"), "cpu", str(tmp_path / "o.txt")).tokenizer.hash == other.hash
+    with pytest.raises(UserError, match=r"w.pt holds no tokenizer \(it was saved by GPT2.save\): give it so"):
+        load_with_tokenizer(str(tmp_path / "w.pt"), "cpu", None, "give it so")
+
+
+def test_a_model_name_that_names_nothing_is_refused_before_loading(tmp_path, monkeypatch):
+    from basics import UserError
+    from gpt2_llm.loading import check_model_name
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"^model not found: gpt2_model.pt \(train one with: python main.py train"):
+        check_model_name("gpt2_model.pt")
+    with pytest.raises(CheckpointError, match=r"^model not found: x/y/z.pt \(no such checkpoint file or model folder\)"):
+        check_model_name("x/y/z.pt")
+    check_model_name("gpt2")  # a hub name: looked up when loaded
+    (tmp_path / "gpt2_model.pt").write_bytes(b"")
+    check_model_name("gpt2_model.pt")  # there: the loader says what it is

@@ -1,0 +1,315 @@
+"""A training run from start to end (`main.py train`): a new model, a continued checkpoint, or a
+trained model to fine-tune, with the tokenizer each needs.
+
+    train("corpus.txt", preset="tiny", steps=200)                 # vocab.txt (learned if missing) -> gpt2_model.pt
+    train("corpus.txt", "vocab.txt", "gpt2_model.pt", steps=400)  # continue that run to step 400
+    train("more.txt", init_from="gpt2", out="tuned.pt")           # fine-tune GPT-2 (its tokenizer, its shape)
+
+Keyword arguments name fields: a GPT2Config field that `train` may set (block_size, n_layer, rope,
+...: see config.flag_fields) shapes a new model, and every TrainConfig field is a training setting.
+The run says what it does through `say` (print: rank 0 speaks under torchrun) and ends with one line
+that says why it stopped and where its checkpoint is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+import bpe
+from basics import UserError
+
+from .checkpoint import check_output_path, output_lock
+from .config import (DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_VOCAB, FINETUNE_DEFAULTS, PRESETS, GPT2Config,
+                     TrainConfig, flag_fields, flag_of)
+from .distributed import Distributed
+from .gpt2 import GPT2
+from .hardware import pick_device, pick_dtype
+from .loading import load_with_tokenizer, vocab_problem
+from .trainer import Trainer, check_step_memory
+from .vocab import load_vocab, text_bytes, text_inputs
+
+SHAPE_FIELDS = {f.name: f for f in flag_fields(GPT2Config)}  # the model's fields a run may set
+SETTINGS = {f.name for f in fields(TrainConfig)}
+FINE_TUNING_MAY_CHANGE = ("block_size", "dropout", "attn_dropout")  # what --init-from may set: no new weights
+# A field whose None stands for a derived value is compared by that value (--kv-heads 12 is n_kv_head None).
+COMPARED_AS = {"n_kv_head": "kv_heads"}
+HELD_OUT_CUT_BYTES = 512 * 2**20  # texts up to this size are cut in memory (see training_part)
+
+
+@dataclass
+class Asked:
+    """What a run was asked for: its text, its vocab file, and the shape and settings given."""
+
+    text: str  # as given: a file, a folder or a glob (the messages show it)
+    files: list
+    vocab_file: str
+    vocab_given: bool  # named by the caller (--init-from then checks it), not the default
+    preset: str | None
+    shape: dict  # GPT2Config fields given
+    vocab_size: int | None
+    settings: dict  # TrainConfig fields given
+
+
+@dataclass
+class Run:
+    """How a run ended: Trainer.train's result (stopped_by, step, the last losses), the trainer, and
+    the checkpoint it left."""
+
+    result: dict
+    trainer: Trainer
+    saved: Path
+
+
+def train(text: str, vocab_file: str | None = None, checkpoint: str | None = None, *, out: str | None = None,
+          resume: str = "never", overwrite: bool = False, preset: str | None = None, vocab_size: int | None = None,
+          say: Callable = print, **options) -> Run:  # fmt: skip
+    """Train on `text`: continue `checkpoint` (or `out` with resume="auto"), or fine-tune
+    options["init_from"], or start a new model of `preset`'s shape; write `out` (default: the
+    continued checkpoint, else gpt2_model.pt). Everything cheap is checked before any slow work."""
+    asked = ask(text, vocab_file, checkpoint, preset, vocab_size, options)
+    ranks = Distributed()  # under torchrun: join the other processes; else a world of one
+    say = say if ranks.is_main else _silent
+    out = check_output_path(out or checkpoint or DEFAULT_MODEL)
+    with output_lock(out) if ranks.is_main else contextlib.nullcontext():  # one run writes one checkpoint
+        resume_from = checkpoint
+        if resume_from is None and resume == "auto" and out.exists():
+            resume_from = str(out)
+        continuing_out = resume_from is not None and os.path.exists(resume_from) and out.exists() \
+            and os.path.samefile(out, resume_from)
+        if out.exists() and not continuing_out and not overwrite:
+            raise UserError(f"{out} already exists: continue it with --resume auto, or pass --overwrite to replace "
+                            f"it, or choose another --out")
+        if resume_from is not None:
+            trainer = continued_run(asked, resume_from, say)
+        elif asked.settings.get("init_from") is not None:
+            trainer = pretrained_run(asked, ranks, say)
+        else:
+            trainer = new_run(asked, ranks, say)
+        say(trainer.describe(), file=sys.stderr)
+        say(trainer.memory_note, file=sys.stderr)
+        result = trainer.train(asked.files, save_path=out)
+    ranks.close()
+    run = Run(result, trainer, Path(trainer.saved_to or out))
+    line, to_stderr = end_report(run, asked, resume_from, ranks)
+    say(line, **({"file": sys.stderr} if to_stderr else {}))
+    return run
+
+
+def ask(text: str, vocab_file: str | None, checkpoint: str | None, preset: str | None, vocab_size: int | None,
+        options: dict) -> Asked:  # fmt: skip
+    """The request, its settings checked now, before any slow work such as training a tokenizer."""
+    unknown = sorted(set(options) - SETTINGS - set(SHAPE_FIELDS))
+    if unknown:
+        raise TypeError(f"train() got unexpected arguments {unknown}")
+    given = {name: value for name, value in options.items() if value is not None}
+    settings = {name: value for name, value in given.items() if name in SETTINGS}
+    # --muon-lr alone may continue a Muon run (the optimizer is the checkpoint's): the run's own config judges that pair.
+    TrainConfig(**{"optimizer": "muon" if "muon_lr" in settings else "adamw", **settings})
+    shape = {name: value for name, value in given.items() if name in SHAPE_FIELDS}
+    asked = Asked(text, [], vocab_file or DEFAULT_VOCAB, vocab_file is not None, preset, shape, vocab_size, settings)
+    if settings.get("init_from") is not None:
+        check_init_from(asked, checkpoint)
+    asked.files = text_inputs(text)
+    return asked
+
+
+def check_init_from(asked: Asked, checkpoint: str | None) -> None:
+    """With init_from the model and its tokenizer are given: settings that would choose others are refused."""
+    init_from = asked.settings["init_from"]
+    shape = [(flag_of(SHAPE_FIELDS[name]), value) for name, value in asked.shape.items()
+             if name not in FINE_TUNING_MAY_CHANGE]
+    for flag, value in (("--preset", asked.preset), *shape, ("--vocab-size", asked.vocab_size)):
+        if value is not None:
+            raise UserError(f"{flag} does not go with --init-from: the run keeps {init_from}'s shape and tokenizer "
+                            f"(--context, --dropout and --attn-dropout may change)")
+    if checkpoint is not None:
+        raise UserError(f"give a checkpoint to continue ({checkpoint}) or --init-from to start from a trained "
+                        f"model, not both")
+
+
+def shown_flag(name: str, value) -> str:
+    """A shape field as its flag was given: a switch alone (--rope, --untied), a value after its flag."""
+    flag = flag_of(SHAPE_FIELDS[name])
+    return flag if isinstance(value, bool) else f"{flag} {value}"
+
+
+def continued_run(asked: Asked, resume_from: str, say: Callable) -> Trainer:
+    """A trainer that continues a checkpoint, after checking that what is asked now agrees with it."""
+    if not os.path.exists(resume_from):
+        raise UserError(f"checkpoint not found: {resume_from}")
+    trainer = Trainer.from_checkpoint(resume_from, **asked.settings)
+    check_continued_shape(asked, trainer.model.config, trainer.bpe, resume_from)
+    if os.path.exists(asked.vocab_file) and (asked.vocab_given or trainer.config.init_from is None):
+        given = load_vocab(asked.vocab_file)
+        problem = vocab_problem(given, asked.vocab_file, trainer.model.config, trainer.bpe, resume_from)
+        if problem:
+            raise UserError(problem)
+    say(f"continuing {resume_from} from step {trainer.step} (its model, tokenizer and settings; "
+        f"flags given now override the settings)", file=sys.stderr)
+    return trainer
+
+
+def check_continued_shape(asked: Asked, stored: GPT2Config, tokenizer: bpe.BPE, path: str) -> None:
+    """A continued run keeps its model: a shape given with a checkpoint must agree with it."""
+    wanted = []  # (flag as given, field, value it asks for)
+    if asked.preset is not None:  # the preset's fields that no flag given with it replaces
+        wanted += [(f"--preset {asked.preset}", name, value) for name, value in PRESETS[asked.preset].items()
+                   if name != "vocab_size" and name not in asked.shape]
+    wanted += [(shown_flag(name, value), name, value) for name, value in asked.shape.items()]
+    for flag, name, value in wanted:
+        name = COMPARED_AS.get(name, name)
+        if getattr(stored, name) != value:
+            raise UserError(f"{flag} does not fit {path}, whose {name} is {getattr(stored, name)}: a continued run "
+                            f"keeps its model (leave the flag out, or start afresh with another --out)")
+    if asked.vocab_size is not None and asked.vocab_size != tokenizer.vocab_size:
+        raise UserError(f"--vocab-size {asked.vocab_size} does not fit {path}, whose tokenizer has "
+                        f"{tokenizer.vocab_size} tokens: a continued run keeps its tokenizer")
+
+
+def new_run(asked: Asked, ranks: Distributed, say: Callable) -> Trainer:
+    """A new model of the preset's shape and its trainer. The memory a step needs is checked before
+    a tokenizer is trained; a newly trained tokenizer is saved only once the text has proved long
+    enough to train on, so a run that fails at once leaves no vocab file behind."""
+    train_config = TrainConfig(**asked.settings)
+    found = load_vocab(asked.vocab_file) if os.path.exists(asked.vocab_file) else None
+    if found is not None:
+        say(found_vocab_note(found, asked.vocab_file, asked.files, asked.text), file=sys.stderr)
+    vocab_size = found.vocab_size if found else asked.vocab_size or bpe.recommended_vocab_size(text_bytes(asked.files))
+    config = model_config(asked, vocab_size)
+    device = pick_device(ranks.device_name(train_config.device))
+    check_step_memory(config, train_config.batch_size, device, pick_dtype(train_config.dtype, device),
+                      train_config.grad_checkpoint, train_config.ema > 0)
+    if not ranks.is_main:
+        ranks.barrier()  # rank 0 trains the tokenizer if there is none yet; the others then load it
+        tokenizer = load_vocab(asked.vocab_file)
+    else:
+        tokenizer = found or learn_run_vocab(asked, vocab_size, train_config, config.block_size, say)
+        ranks.barrier()
+    seed_everything(train_config.seed)
+    return Trainer(GPT2(model_config(asked, tokenizer.vocab_size)), tokenizer, train_config)
+
+
+def model_config(asked: Asked, vocab_size: int) -> GPT2Config:
+    """The model asked for: the preset, with the shape fields given replacing its own."""
+    return GPT2Config.from_preset(asked.preset or DEFAULT_PRESET, vocab_size=vocab_size, **asked.shape)
+
+
+def pretrained_run(asked: Asked, ranks: Distributed, say: Callable) -> Trainer:
+    """A new run that starts from a trained model (fine-tuning): its weights, its tokenizer, its
+    shape (a shorter context and other dropout rates excepted), and FINETUNE_DEFAULTS where no
+    setting says otherwise."""
+    init_from = asked.settings["init_from"]
+    defaults = {name: value for name, value in FINETUNE_DEFAULTS.items() if name not in asked.settings}
+    train_config = TrainConfig(**{**defaults, **asked.settings})
+    if not ranks.is_main:
+        ranks.barrier()  # rank 0 fetches a hub model first; the others then find it in the cache
+    loaded = load_with_tokenizer(init_from, "cpu", asked.vocab_file if asked.vocab_given else None,
+                                 "give its vocab file after the text file")
+    if ranks.is_main:
+        ranks.barrier()
+    model = loaded.model.with_changes(**{name: asked.shape.get(name) for name in FINE_TUNING_MAY_CHANGE})
+    shown = " ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in defaults.items())
+    say(f"starting from {init_from}: {model.num_parameters():,} parameters, context {model.config.block_size}, "
+        f"its own tokenizer ({loaded.tokenizer.vocab_size:,} tokens)" + (f"; fine-tuning defaults {shown}" if shown else ""),
+        file=sys.stderr)
+    seed_everything(train_config.seed)  # the batches and dropout; the weights are the pretrained ones
+    return Trainer(model.train(), loaded.tokenizer, train_config)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def found_vocab_note(tokenizer: bpe.BPE, path: str, files: list, spec: str) -> str:
+    """Which vocab file a new run uses, and a warning when it was learned from another text."""
+    origin, size = tokenizer.trained_on, f"{tokenizer.vocab_size:,} tokens"
+    if origin is None:
+        return f"using {path}, found here ({size}; what it was learned from is not recorded)"
+    if origin.get("sha256") == bpe.text_digest(files):
+        return f"using {path}, found here ({size}, learned from this text)"
+    return (f"warning: using {path}, found here, which was learned from another text ({origin.get('text')}, "
+            f"{origin.get('bytes', 0):,} bytes), not from {spec}; to learn a vocabulary from {spec}, "
+            f"give another vocab file name")
+
+
+def learn_run_vocab(asked: Asked, vocab_size: int, train_config: TrainConfig, block_size: int,
+                    say: Callable) -> bpe.BPE:  # fmt: skip
+    """A tokenizer learned from the training part of the text, saved as the vocab file once the text
+    has proved long enough to train on (the token file it makes is the one training reads)."""
+    from . import data
+
+    say(f"{asked.vocab_file} not found: training a tokenizer of {vocab_size} tokens on {asked.text}", file=sys.stderr)
+    files, workers, part = asked.files, train_config.workers, ""  # part: what of the text it learned from
+    if data.is_instruction_input(files):
+        data.split_records(data.read_records(files)[1], train_config.val_fraction)  # "too few records": before any work
+        tokenizer = data.records_tokenizer(files, vocab_size, workers=workers, progress=True)
+    else:
+        held_out = train_config.val_fraction + train_config.test_fraction
+        learn_from = training_part(files, held_out)
+        tokenizer = bpe.BPE.train(learn_from, vocab_size, progress=True, workers=workers)
+        if learn_from is not files:  # it is the run's text all the same: a later run on it finds this vocab
+            tokenizer.trained_on = {**tokenizer.trained_on, "sha256": bpe.text_digest(files),
+                                    "text": bpe.files_name(files), "held_out": held_out}
+            parts = "parts" if train_config.test_fraction else "part"
+            part = f" (its first {1 - held_out:.0%}: the held-out {parts} taught it nothing)"
+        tokens = data.load_tokens(files, tokenizer, progress=True, workers=workers)
+        # "too short" fails here, before the save
+        data.split_tokens(tokens, train_config.val_fraction, block_size, train_config.test_fraction)
+    tokenizer.save(asked.vocab_file)
+    say(f"wrote {asked.vocab_file}: {tokenizer.vocab_size} tokens learned from {asked.text}{part}", file=sys.stderr)
+    return tokenizer
+
+
+def training_part(files: list, held_out: float) -> str | list:
+    """What a run's own tokenizer learns from: the text without its last `held_out` fraction, the parts held
+    out for validation and testing, so that no merge is made from text the model is then scored on (a merge
+    learned there turns whole held-out words and phrases into single tokens, and the larger the
+    vocabulary, the more it flatters the validation loss). Several files are joined as training
+    joins them, with <|endoftext|> between. The cut is by characters and the held-out part is the
+    last `held_out` of the tokens, so the two meet within a few tokens. A text over
+    HELD_OUT_CUT_BYTES is learned from whole (the files, streamed): at that size the held-out part
+    is a fair sample of the text's words, not a source of its own merges."""
+    if not held_out or text_bytes(files) > HELD_OUT_CUT_BYTES:
+        return files
+    text = bpe.ENDOFTEXT.join("".join(bpe.iter_text_chunks(f, (bpe.ENDOFTEXT,))) for f in files)
+    return text[: int(len(text) * (1 - held_out))]
+
+
+def end_report(run: Run, asked: Asked, resume_from: str | None, ranks: Distributed) -> tuple[str, bool]:
+    """The last line of a run: why it ended and where its checkpoint is; and whether it goes to stderr."""
+    result, saved, config = run.result, run.saved, run.trainer.config
+    if result["stopped_by"] == "done":
+        return (f"nothing left to train: {resume_from} is at step {result['step']}, the end of its schedule "
+                f"(give a larger --steps to go on); nothing was written"), False
+    if result["stopped_by"] == "signal":
+        again = ["--out", str(saved), "--resume", "auto"] if config.init_from else [asked.vocab_file, str(saved)]
+        command = shlex.join([*resume_launcher(ranks), "train", asked.text, *again])  # quotes a glob
+        return f"stopped at step {result['step']}; saved {saved}. Resume with: {command}", True
+    ended = f" (the time budget, --minutes {config.minutes:g}, ran out)" if result["stopped_by"] == "time" else ""
+    test = f"test loss {result['test_loss']:.4f}, {result['test_bpb']:.4f} bits per byte" if "test_bpb" in result else ""
+    if "val_bpb" in result:
+        val = f"val loss {result['val_loss']:.4f}, {result['val_bpb']:.4f} bits per byte"
+        return f"step {result['step']}: {val}{'; ' + test if test else ''}; saved {saved}{ended}", False
+    return f"step {result['step']}: {test + '; ' if test else ''}saved {saved}{ended}", False
+
+
+def resume_launcher(ranks: Distributed) -> list[str]:
+    """How this run was started: `python main.py`, the installed `gpt2-toolkit`, or under torchrun."""
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "main.py"
+    if ranks.world_size > 1:
+        return ["torchrun", f"--nproc_per_node={ranks.local_world_size}", "main.py"]
+    return ["python", program] if program.endswith(".py") else [program]
+
+
+def _silent(*args, **kwargs) -> None:
+    """print() for the ranks other than 0 under torchrun: rank 0 speaks for the run."""
