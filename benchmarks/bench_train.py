@@ -77,7 +77,7 @@ def main() -> None:
 
     evals = [r for r in records if r.get("eval")]
     steps = [r for r in records if "loss" in r]
-    last = evals[-1]
+    last = evals[-1] if evals else {"step": records[-1]["step"], "val_bpb": math.nan}  # nan: --val-fraction 0
     test = next((r["test_bpb"] for r in records if r.get("test")), math.nan)  # nan: no --test-fraction
     print()
     print("| text | budget | wall (incl. tokenizer, eval) | steps | tokens/s | final val bpb | test bpb | test nats/char |")
