@@ -176,7 +176,7 @@ def test_load_with_tokenizer_takes_the_models_own_or_a_vocab_that_stands_in(tmp_
     assert load_with_tokenizer(str(tmp_path / "m.pt"), "cpu", str(tmp_path / "v.txt")).tokenizer.hash == tokenizer.hash
     with pytest.raises(UserError, match="o.txt .* is not the tokenizer .*m.pt was trained with"):
         load_with_tokenizer(str(tmp_path / "m.pt"), "cpu", str(tmp_path / "o.txt"))
-    tiny().save(tmp_path / "w.pt")  # weights only
+    save_model(tiny(), tmp_path / "w.pt")  # weights only
     assert load_with_tokenizer(str(tmp_path / "w.pt"), "cpu", str(tmp_path / "o.txt")).tokenizer.hash == other.hash
     with pytest.raises(UserError, match=r"w.pt holds no tokenizer \(it was saved by GPT2.save\): give it so"):
         load_with_tokenizer(str(tmp_path / "w.pt"), "cpu", None, "give it so")
