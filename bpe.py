@@ -35,6 +35,7 @@ one process per core (for inputs over 8 MB), a few chunks at a time.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import functools
 import gc
 import glob
@@ -540,6 +541,32 @@ def train_merges(
     """
     from tqdm import tqdm
 
+    pair_count, where = _count_pairs(words, counts)
+    heap = [(-c, pair) for pair, c in pair_count.items()]
+    heapq.heapify(heap)
+    token_id = {b: i for i, b in enumerate(token_bytes)}
+    parents: dict[int, tuple[int, int]] = {}
+    # Closed by the `with` however the loop ends (Ctrl-C included), rather than later by the bar's __del__.
+    with tqdm(total=num_tokens - len(token_bytes), desc="merges", unit="token", delay=1.0, disable=not progress,
+              file=sys.stderr) as bar:
+        while len(token_bytes) < num_tokens:
+            pair = _most_frequent_pair(heap, pair_count)
+            if pair is None:
+                break
+            merged = token_bytes[ord(pair[0])] + token_bytes[ord(pair[1])]
+            new = token_id.get(merged)
+            if new is None:  # else the bytes are a token already, reached earlier by another pair
+                new = token_id[merged] = len(token_bytes)
+                token_bytes.append(merged)
+                parents[new] = (ord(pair[0]), ord(pair[1]))
+                bar.update(1)
+            _merge_everywhere(pair, chr(new), words, counts, pair_count, where, heap)
+    return parents
+
+
+def _count_pairs(words: list[str], counts: list[int]) -> tuple[dict[str, int], dict[str, set[int]]]:
+    """(pair_count, where) of train_merges at the start: each adjacent pair's count, weighted by the
+    counts of the words that hold it, and the indices of those words."""
     pair_count: dict[str, int] = {}
     where: dict[str, set[int]] = {}
     for wi, word in enumerate(words):
@@ -550,41 +577,38 @@ def train_merges(
                 where[pair].add(wi)
             else:
                 where[pair] = {wi}
-    heap = [(-c, pair) for pair, c in pair_count.items()]
-    heapq.heapify(heap)
-    token_id = {b: i for i, b in enumerate(token_bytes)}
+    return pair_count, where
 
-    parents: dict[int, tuple[int, int]] = {}
-    # Closed by the `with` however the loop ends (Ctrl-C included), rather than later by the bar's __del__.
-    with tqdm(total=num_tokens - len(token_bytes), desc="merges", unit="token", delay=1.0, disable=not progress,
-              file=sys.stderr) as bar:
-        while len(token_bytes) < num_tokens and heap:
-            neg, pair = heapq.heappop(heap)
-            c = pair_count.get(pair, 0)
-            if c <= 0:  # the pair no longer occurs (merges around it took every occurrence away)
-                continue
-            if c != -neg:  # stale entry: put the pair back with its true count
-                heapq.heappush(heap, (-c, pair))
-                continue
-            a, b = pair
-            merged = token_bytes[ord(a)] + token_bytes[ord(b)]
-            new = token_id.get(merged)
-            if new is None:
-                new = token_id[merged] = len(token_bytes)
-                token_bytes.append(merged)
-                parents[new] = (ord(a), ord(b))
-                bar.update(1)
 
-            grown: set[str] = set()  # pairs with the new token, whose counts grew
-            for wi in where.pop(pair):
-                if pair in words[wi]:  # else a stale entry: an earlier merge took the pair away
-                    words[wi] = _merge_in_word(words[wi], a, b, chr(new), counts[wi], pair_count, grown, where, wi)
-            del pair_count[pair]
-            for p in grown:
-                # A pair can be gained at one site and lost at the next ("aaaa": (new, a) nets 0).
-                if pair_count[p] > 0:
-                    heapq.heappush(heap, (-pair_count[p], p))
-    return parents
+def _most_frequent_pair(heap: list[tuple[int, str]], pair_count: dict[str, int]) -> str | None:
+    """Pop the heap's most frequent pair that still occurs; None when no pair does. Stale entries met
+    on the way are dropped (the pair is gone) or pushed back with the pair's true count."""
+    while heap:
+        neg, pair = heapq.heappop(heap)
+        c = pair_count.get(pair, 0)
+        if c <= 0:  # the pair no longer occurs (merges around it took every occurrence away)
+            continue
+        if c != -neg:  # stale entry: put the pair back with its true count
+            heapq.heappush(heap, (-c, pair))
+            continue
+        return pair
+    return None
+
+
+def _merge_everywhere(pair: str, new: str, words: list[str], counts: list[int], pair_count: dict[str, int],
+                      where: dict[str, set[int]], heap: list[tuple[int, str]]) -> None:
+    """Replace `pair` by the token `new` in every word that holds it, update the counts around each
+    replacement, and push the pairs whose counts grew onto the heap."""
+    a, b = pair
+    grown: set[str] = set()  # pairs with the new token, whose counts grew
+    for wi in where.pop(pair):
+        if pair in words[wi]:  # else a stale entry: an earlier merge took the pair away
+            words[wi] = _merge_in_word(words[wi], a, b, new, counts[wi], pair_count, grown, where, wi)
+    del pair_count[pair]
+    for p in grown:
+        # A pair can be gained at one site and lost at the next ("aaaa": (new, a) nets 0).
+        if pair_count[p] > 0:
+            heapq.heappush(heap, (-pair_count[p], p))
 
 
 _SITE = chr(0x10FFFF)  # marks merge sites inside a word; never a token (ids stay far below)
@@ -1101,75 +1125,17 @@ class BPE:
 
     @classmethod
     def _parse(cls, lines: list[str], name: str) -> "BPE":
-        def fail(lineno: int, why: str):
-            raise TokenizerError(f"{name}:{lineno}: {why}")
-
-        decode_json = json.JSONDecoder().raw_decode
+        """A tokenizer from a vocab file's lines (see to_text); any defect raises TokenizerError
+        naming `name` and, where there is one, the line."""
         # A file saved with Windows line ends (CRLF) reads as well: a CR inside a token or pattern is
         # written as the JSON escape \r, so a raw CR can only end a line.
         lines = [line.removesuffix("\r") for line in lines]
-        if not lines or lines[0] != f"{FORMAT_NAME} {FORMAT_VERSION}":
-            if lines and lines[0].startswith(FORMAT_NAME + " "):
-                fail(1, f"vocab format {lines[0].split()[1]!r} is not supported (this version reads {FORMAT_VERSION})")
-            fail(1, f"not a vocab file (it should start with '{FORMAT_NAME} {FORMAT_VERSION}')")
-        pattern, specials, tokens, parents, trained_on = None, {}, [], {}, None
-        expected_tokens = None
-        for lineno, line in enumerate(lines[1:], start=2):
-            if not line:
-                continue
-            key, _, rest = line.partition(" ")
-            try:
-                if expected_tokens is None and key == "pattern":
-                    pattern = json.loads(rest)
-                elif expected_tokens is None and key == "trained_on":
-                    trained_on = json.loads(rest)
-                    if not isinstance(trained_on, dict):
-                        fail(lineno, "trained_on must be a JSON object")
-                elif expected_tokens is None and key == "special":
-                    sid, _, text = rest.partition(" ")
-                    specials[json.loads(text)] = int(sid)
-                elif expected_tokens is None and key == "tokens":
-                    expected_tokens = int(rest)
-                elif expected_tokens is not None:
-                    text, end = decode_json(rest)
-                    tokens.append((int(key), text_to_token(text), lineno))
-                    pair = rest[end:].split()
-                    if pair:
-                        if len(pair) != 2:
-                            fail(lineno, "expected: id, token, and optionally the two ids it merges")
-                        parents[int(key)] = (int(pair[0]), int(pair[1]))
-                else:
-                    fail(lineno, f"unexpected line {line[:40]!r}")
-            except (ValueError, TypeError) as e:
-                if isinstance(e, TokenizerError):
-                    raise
-                fail(lineno, f"malformed line {line[:40]!r}")
-        if pattern is None or expected_tokens is None:
-            fail(len(lines), "missing 'pattern' or 'tokens' header line")
-        if len(tokens) != expected_tokens:
-            fail(len(lines), f"the header promises {expected_tokens} tokens but the file has {len(tokens)}")
-        n = len(tokens) + len(specials)
-        by_id: list[bytes | None] = [None] * n
-        line_of: dict[int, int] = {}  # token id -> its line, for the checks below
-        first_with: dict[bytes, int] = {}  # token bytes -> the first id that has them
-        for i, token, lineno in tokens:
-            if not 0 <= i < n or by_id[i] is not None:
-                fail(lineno, f"token id {i} is out of range or repeated")
-            if token in first_with:  # __init__ would refuse it too, but could not say where
-                fail(lineno, f"tokens {first_with[token]} and {i} have the same bytes {token_to_text(token)}")
-            by_id[i], line_of[i], first_with[token] = token, lineno, i
-        for s, i in specials.items():
-            if not 0 <= i < n or by_id[i] is not None:
-                raise TokenizerError(f"{name}: special token id {i} is out of range or taken")
-        for i, pair in parents.items():
-            # Encoding never reads these columns, so a hand edit that breaks them would go unnoticed
-            # until another tool (or a reader) trusted them.
-            problem = _merge_problem(i, pair, by_id)
-            if problem:
-                fail(line_of[i], problem)
-        ordinary = by_id[: max(i for i, _, _ in tokens) + 1] if tokens else []
-        tokenizer = cls(ordinary, specials, pattern, parents)
-        tokenizer.trained_on = trained_on
+        _check_vocab_header(lines, name)
+        vocab = _read_vocab_lines(lines, name)
+        by_id = _place_vocab_tokens(vocab, name)
+        ordinary = by_id[: max(i for i, _, _ in vocab.tokens) + 1] if vocab.tokens else []
+        tokenizer = cls(ordinary, vocab.specials, vocab.pattern, vocab.parents)
+        tokenizer.trained_on = vocab.trained_on
         return tokenizer
 
     @classmethod
@@ -1206,6 +1172,106 @@ class BPE:
                 left, right = line.split(" ")
                 parents[encoder[left + right]] = (encoder[left], encoder[right])
         return cls(ordinary, specials, GPT2_PATTERN, parents)
+
+
+@dataclasses.dataclass
+class _VocabLines:
+    """What a vocab file's lines say, read one at a time, before the checks that need them all."""
+
+    pattern: str | None = None
+    trained_on: dict | None = None
+    specials: dict[str, int] = dataclasses.field(default_factory=dict)  # text -> id
+    expected_tokens: int | None = None  # the `tokens` header's count; token lines follow it
+    tokens: list[tuple[int, bytes, int]] = dataclasses.field(default_factory=list)  # (id, bytes, line number)
+    parents: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)  # id -> the pair merged
+
+
+_raw_json = json.JSONDecoder().raw_decode  # (value, where it ends): a token line's JSON, then its pair
+
+
+def _vocab_error(name: str, lineno: int, why: str) -> TokenizerError:
+    return TokenizerError(f"{name}:{lineno}: {why}")
+
+
+def _check_vocab_header(lines: list[str], name: str) -> None:
+    """The first line names the format and its version."""
+    if not lines or lines[0] != f"{FORMAT_NAME} {FORMAT_VERSION}":
+        if lines and lines[0].startswith(FORMAT_NAME + " "):
+            raise _vocab_error(name, 1, f"vocab format {lines[0].split()[1]!r} is not supported "
+                                        f"(this version reads {FORMAT_VERSION})")
+        raise _vocab_error(name, 1, f"not a vocab file (it should start with '{FORMAT_NAME} {FORMAT_VERSION}')")
+
+
+def _read_vocab_lines(lines: list[str], name: str) -> _VocabLines:
+    """Every line after the first, each checked alone; then that the headers and the count are there."""
+    vocab = _VocabLines()
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        try:
+            _read_vocab_line(vocab, line, lineno, name)
+        except (ValueError, TypeError) as e:
+            if isinstance(e, TokenizerError):
+                raise
+            raise _vocab_error(name, lineno, f"malformed line {line[:40]!r}") from None
+    if vocab.pattern is None or vocab.expected_tokens is None:
+        raise _vocab_error(name, len(lines), "missing 'pattern' or 'tokens' header line")
+    if len(vocab.tokens) != vocab.expected_tokens:
+        raise _vocab_error(name, len(lines), f"the header promises {vocab.expected_tokens} tokens but the file "
+                                             f"has {len(vocab.tokens)}")
+    return vocab
+
+
+def _read_vocab_line(vocab: _VocabLines, line: str, lineno: int, name: str) -> None:
+    """One header line (pattern, trained_on, special, tokens) or, after `tokens`, one token line."""
+    key, _, rest = line.partition(" ")
+    if vocab.expected_tokens is not None:
+        text, end = _raw_json(rest)
+        vocab.tokens.append((int(key), text_to_token(text), lineno))
+        pair = rest[end:].split()
+        if pair:
+            if len(pair) != 2:
+                raise _vocab_error(name, lineno, "expected: id, token, and optionally the two ids it merges")
+            vocab.parents[int(key)] = (int(pair[0]), int(pair[1]))
+    elif key == "pattern":
+        vocab.pattern = json.loads(rest)
+    elif key == "trained_on":
+        vocab.trained_on = json.loads(rest)
+        if not isinstance(vocab.trained_on, dict):
+            raise _vocab_error(name, lineno, "trained_on must be a JSON object")
+    elif key == "special":
+        sid, _, text = rest.partition(" ")
+        vocab.specials[json.loads(text)] = int(sid)
+    elif key == "tokens":
+        vocab.expected_tokens = int(rest)
+    else:
+        raise _vocab_error(name, lineno, f"unexpected line {line[:40]!r}")
+
+
+def _place_vocab_tokens(vocab: _VocabLines, name: str) -> list[bytes | None]:
+    """Each ordinary token's bytes at its id (None at special tokens' ids), once the ids are checked
+    to be distinct and in range, the bytes distinct, and each merge pair to join to its token."""
+    n = len(vocab.tokens) + len(vocab.specials)
+    by_id: list[bytes | None] = [None] * n
+    line_of: dict[int, int] = {}  # token id -> its line, for the checks below
+    first_with: dict[bytes, int] = {}  # token bytes -> the first id that has them
+    for i, token, lineno in vocab.tokens:
+        if not 0 <= i < n or by_id[i] is not None:
+            raise _vocab_error(name, lineno, f"token id {i} is out of range or repeated")
+        if token in first_with:  # __init__ would refuse it too, but could not say where
+            raise _vocab_error(name, lineno, f"tokens {first_with[token]} and {i} have the same bytes "
+                                             f"{token_to_text(token)}")
+        by_id[i], line_of[i], first_with[token] = token, lineno, i
+    for s, i in vocab.specials.items():
+        if not 0 <= i < n or by_id[i] is not None:
+            raise TokenizerError(f"{name}: special token id {i} is out of range or taken")
+    for i, pair in vocab.parents.items():
+        # Encoding never reads these columns, so a hand edit that breaks them would go unnoticed
+        # until another tool (or a reader) trusted them.
+        problem = _merge_problem(i, pair, by_id)
+        if problem:
+            raise _vocab_error(name, line_of[i], problem)
+    return by_id
 
 
 def _merge_problem(i: int, pair: tuple[int, int], by_id: list[bytes | None]) -> str | None:

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -227,154 +227,189 @@ def jinja_renderer(source: str, tokenizer) -> Callable[[list[dict]], str]:
 # ---- the app -------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class Serving:
+    """What the app's routes share: the model once loaded (or why it could not be), the API key and
+    the request counts. create_app makes one and keeps it as app.state.serving (tests read it too)."""
+
+    api_key: str | None = None
+    served: Served | None = None  # None while the model loads, or when it could not be loaded
+    error: BaseException | None = None  # why the load failed
+    requests_total: Counter = dataclasses.field(default_factory=Counter)  # (path, status) -> count
+
+
 def create_app(load: Callable[[], object], api_key: str | None = None, cors_origins: tuple[str, ...] = (),
                max_batch: int = 16, max_queue: int = 64, request_timeout: float | None = None,
                on_load_error: Callable[[BaseException], None] | None = None) -> FastAPI:  # fmt: skip
     """The server's app. `load()` returns a loading.Loaded with a tokenizer (loading.load_with_tokenizer);
     it runs in a thread once the server is up. on_load_error(exc) is told when it fails."""
-    state = {"served": None, "error": None}
-    requests_total: Counter = Counter()  # (route, status) -> count
-
-    def load_in_background() -> None:
-        try:
-            loaded = load()
-            engine = Engine(loaded.model, loaded.tokenizer, max_batch, max_queue, request_timeout)
-            engine.start()
-            render, stops, name = chat_renderer(loaded)
-            state["served"] = Served(loaded, engine, model_id_of(loaded), (render, stops, name), int(time.time()))
-        except BaseException as e:  # noqa: BLE001 -- told to the runner, which ends the server
-            state["error"] = e
-            if on_load_error is not None:
-                on_load_error(e)
-            else:
-                log.error("cannot load the model: %s", e)
+    serving = Serving(api_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        threading.Thread(target=load_in_background, name="gpt2-load", daemon=True).start()
+        engine_options = (max_batch, max_queue, request_timeout)
+        threading.Thread(target=load_model, args=(serving, load, engine_options, on_load_error), name="gpt2-load",
+                         daemon=True).start()  # fmt: skip
         yield
-        if state["served"] is not None:
-            state["served"].engine.stop()
+        if serving.served is not None:
+            serving.served.engine.stop()
 
     app = FastAPI(title="gpt2-toolkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.serving = state  # {"served": Served | None, "error": ...}: for tests and tools
-    app.add_middleware(CountRequests, counts=requests_total, paths=COUNTED_PATHS)
+    app.state.serving = serving
+    app.add_middleware(CountRequests, counts=serving.requests_total, paths=COUNTED_PATHS)
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-
-    # ---- errors ----
-
-    @app.exception_handler(ApiError)
-    async def on_api_error(request: Request, exc: ApiError):
-        return exc.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(request: Request, exc: RequestValidationError):
-        return validation_error(exc).response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, exc: StarletteHTTPException):
-        messages = {404: f"no such path: {request.url.path}",
-                    405: f"{request.method} is not allowed on {request.url.path}"}  # fmt: skip
-        headers = getattr(exc, "headers", None)
-        return ApiError(exc.status_code, messages.get(exc.status_code, str(exc.detail)), headers=headers).response()
-
-    @app.exception_handler(Exception)
-    async def on_bug(request: Request, exc: Exception):
-        log.exception("internal error on %s", request.url.path)  # a bug: its traceback goes to the log
-        return JSONResponse({"error": {"message": "internal server error", "type": "server_error",
-                                       "param": None, "code": None}}, status_code=500)  # fmt: skip
-
-    # ---- guards ----
-
-    def check_key(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            raise ApiError(401, "invalid or missing API key: send the header 'Authorization: Bearer KEY'",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-
-    def served(model: str | None = None) -> Served:
-        """The model, once loaded (503 before); 404 when the request names another one."""
-        s = state["served"]
-        if s is None:
-            why = "the model could not be loaded" if state["error"] is not None else "the model is loading"
-            raise ApiError(503, why, headers={"Retry-After": RETRY_AFTER})
-        if model is not None and model not in (s.model_id, s.loaded.name):
-            raise ApiError(404, f"the model '{model}' does not exist: this server serves '{s.model_id}'",
-                           param="model", code="model_not_found")
-        return s
-
-    Key = Depends(check_key)
-
-    # ---- the page and health ----
-
-    @app.get("/", include_in_schema=False)
-    async def page():
-        return FileResponse(STATIC / "index.html")
-
+    for exc_class, handler in ERROR_HANDLERS.items():
+        app.add_exception_handler(exc_class, handler)
+    app.include_router(open_routes)
+    app.include_router(api_routes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.get("/health")
-    async def health():
-        served()  # 503 while loading
-        return {"status": "ok"}
-
-    # ---- the API ----
-
-    @app.get("/v1/models", dependencies=[Key])
-    async def models():
-        s = served()
-        return {"object": "list", "data": [model_entry(s)]}
-
-    @app.get("/v1/models/{model_id:path}", dependencies=[Key])
-    async def one_model(model_id: str):
-        return model_entry(served(model_id))
-
-    @app.get("/model_card", dependencies=[Key])
-    async def model_card():
-        return card(served())
-
-    @app.post("/v1/completions", dependencies=[Key])
-    async def completions(body: CompletionRequest, request: Request):
-        s = served(body.model)
-        refuse_unsupported(body, ("echo", body.echo), ("best_of", (body.best_of or 1) > 1), ("suffix", body.suffix))
-        prompts = completion_prompts(body.prompt, s)
-        return await generate(request, s, body, prompts, body.max_tokens or 16, "prompt", chat=False)
-
-    @app.post("/v1/chat/completions", dependencies=[Key])
-    async def chat_completions(body: ChatRequest, request: Request):
-        s = served(body.model)
-        refuse_unsupported(body)
-        ids = chat_ids(body.messages, s)
-        max_tokens = body.max_completion_tokens or body.max_tokens
-        return await generate(request, s, body, [ids], max_tokens, "messages", chat=True)
-
-    @app.post("/tokenize", dependencies=[Key])
-    async def tokenize(body: TokenizeRequest):
-        s = served(body.model)
-        if (body.prompt is None) == (body.messages is None):
-            raise ApiError(400, "give 'prompt' (a text) or 'messages' (a chat), one of them", param="prompt")
-        ids = encode(body.prompt, s) if body.prompt is not None else chat_ids(body.messages, s)
-        return {"tokens": ids, "count": len(ids), "max_model_len": s.engine.block_size}
-
-    @app.post("/detokenize", dependencies=[Key])
-    async def detokenize(body: DetokenizeRequest):
-        s = served(body.model)
-        check_ids(body.tokens, s, "tokens")
-        return {"prompt": s.loaded.tokenizer.decode(body.tokens)}
-
-    @app.get("/metrics", dependencies=[Key])
-    async def metrics():
-        return PlainTextResponse(prometheus_text(state["served"], requests_total),
-                                 media_type="text/plain; version=0.0.4")
-
     return app
+
+
+def load_model(serving: Serving, load: Callable[[], object], engine_options: tuple,
+               on_load_error: Callable[[BaseException], None] | None) -> None:  # fmt: skip
+    """In a thread: load the model, start its engine, and make it `serving.served`; or keep the error."""
+    try:
+        loaded = load()
+        engine = Engine(loaded.model, loaded.tokenizer, *engine_options)
+        engine.start()
+        render, stops, name = chat_renderer(loaded)
+        serving.served = Served(loaded, engine, model_id_of(loaded), (render, stops, name), int(time.time()))
+    except BaseException as e:  # noqa: BLE001 -- told to the runner, which ends the server
+        serving.error = e
+        if on_load_error is not None:
+            on_load_error(e)
+        else:
+            log.error("cannot load the model: %s", e)
+
+
+# ---- errors and guards ----
+
+
+async def on_api_error(request: Request, exc: ApiError):
+    return exc.response()
+
+
+async def on_validation_error(request: Request, exc: RequestValidationError):
+    return validation_error(exc).response()
+
+
+async def on_http_error(request: Request, exc: StarletteHTTPException):
+    messages = {404: f"no such path: {request.url.path}",
+                405: f"{request.method} is not allowed on {request.url.path}"}  # fmt: skip
+    headers = getattr(exc, "headers", None)
+    return ApiError(exc.status_code, messages.get(exc.status_code, str(exc.detail)), headers=headers).response()
+
+
+async def on_bug(request: Request, exc: Exception):
+    log.exception("internal error on %s", request.url.path)  # a bug: its traceback goes to the log
+    return JSONResponse({"error": {"message": "internal server error", "type": "server_error",
+                                   "param": None, "code": None}}, status_code=500)  # fmt: skip
+
+
+ERROR_HANDLERS = {ApiError: on_api_error, RequestValidationError: on_validation_error,
+                  StarletteHTTPException: on_http_error, Exception: on_bug}  # fmt: skip
+
+
+def check_key(request: Request) -> None:
+    """Every API route's guard: the request must carry the API key, when the server has one."""
+    api_key = request.app.state.serving.api_key
+    if api_key is None:
+        return
+    given = request.headers.get("authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        raise ApiError(401, "invalid or missing API key: send the header 'Authorization: Bearer KEY'",
+                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def served(request: Request, model: str | None = None) -> Served:
+    """The model, once loaded (503 before); 404 when the request names another one."""
+    serving: Serving = request.app.state.serving
+    s = serving.served
+    if s is None:
+        why = "the model could not be loaded" if serving.error is not None else "the model is loading"
+        raise ApiError(503, why, headers={"Retry-After": RETRY_AFTER})
+    if model is not None and model not in (s.model_id, s.loaded.name):
+        raise ApiError(404, f"the model '{model}' does not exist: this server serves '{s.model_id}'",
+                       param="model", code="model_not_found")
+    return s
+
+
+# ---- the routes: the page and health need no key; every API route does ----
+
+open_routes = APIRouter()
+api_routes = APIRouter(dependencies=[Depends(check_key)])
+
+
+@open_routes.get("/", include_in_schema=False)
+async def page():
+    return FileResponse(STATIC / "index.html")
+
+
+@open_routes.get("/health")
+async def health(request: Request):
+    served(request)  # 503 while loading
+    return {"status": "ok"}
+
+
+@api_routes.get("/v1/models")
+async def models(request: Request):
+    return {"object": "list", "data": [model_entry(served(request))]}
+
+
+@api_routes.get("/v1/models/{model_id:path}")
+async def one_model(model_id: str, request: Request):
+    return model_entry(served(request, model_id))
+
+
+@api_routes.get("/model_card")
+async def model_card(request: Request):
+    return card(served(request))
+
+
+@api_routes.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request):
+    s = served(request, body.model)
+    refuse_unsupported(body, ("echo", body.echo), ("best_of", (body.best_of or 1) > 1), ("suffix", body.suffix))
+    prompts = completion_prompts(body.prompt, s)
+    return await generate(request, s, body, prompts, body.max_tokens or 16, "prompt", chat=False)
+
+
+@api_routes.post("/v1/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request):
+    s = served(request, body.model)
+    refuse_unsupported(body)
+    ids = chat_ids(body.messages, s)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    return await generate(request, s, body, [ids], max_tokens, "messages", chat=True)
+
+
+@api_routes.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request):
+    s = served(request, body.model)
+    if (body.prompt is None) == (body.messages is None):
+        raise ApiError(400, "give 'prompt' (a text) or 'messages' (a chat), one of them", param="prompt")
+    ids = encode(body.prompt, s) if body.prompt is not None else chat_ids(body.messages, s)
+    return {"tokens": ids, "count": len(ids), "max_model_len": s.engine.block_size}
+
+
+@api_routes.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request):
+    s = served(request, body.model)
+    check_ids(body.tokens, s, "tokens")
+    return {"prompt": s.loaded.tokenizer.decode(body.tokens)}
+
+
+@api_routes.get("/metrics")
+async def metrics(request: Request):
+    serving: Serving = request.app.state.serving
+    return PlainTextResponse(prometheus_text(serving.served, serving.requests_total),
+                             media_type="text/plain; version=0.0.4")
 
 
 # ---- generation ----------------------------------------------------------------------------------

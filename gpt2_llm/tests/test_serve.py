@@ -90,7 +90,7 @@ def running(path: Path, step_delay: float = 0.0, **options):
     try:
         wait_until(lambda: status(base, "/health") == 200, "the server to load its model")
         if step_delay:
-            engine = app.state.serving["served"].engine
+            engine = app.state.serving.served.engine
             decode = engine._decode
             engine._decode = lambda *a: (time.sleep(step_delay), decode(*a))[1]
         yield base, app
