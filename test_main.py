@@ -1,4 +1,6 @@
-"""End-to-end tests of the command line: the real main.py in a subprocess, as a user runs it."""
+"""End-to-end tests of the command line: main.main(argv) run in this process as `python main.py`
+would run it (run), and a real process where the process itself is what is tested: its exit on a
+signal, a closed pipe, the environment it starts with, the installed command (run_process)."""
 
 import json
 import os
@@ -14,14 +16,22 @@ import pytest
 
 import bpe
 import main
-from gpt2_llm.tests.conftest import last_logged_step
+from gpt2_llm.tests.conftest import hub_offline, last_logged_step, run_main
 
 ROOT = Path(__file__).resolve().parent
 
 
 def run(*args, stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], input=stdin,
-                          capture_output=True, cwd=cwd or ROOT, timeout=120)
+    """`python main.py ARGS`, run in this process (see run_main): stdout and stderr as bytes."""
+    return run_main(*args, stdin=stdin, cwd=cwd)
+
+
+def run_process(*args, stdin: bytes | None = None, cwd: Path | None = None, env: dict | None = None) \
+        -> subprocess.CompletedProcess:
+    """`python main.py ARGS` in a process of its own (standard input empty unless given)."""
+    source = {"stdin": subprocess.DEVNULL} if stdin is None else {"input": stdin}
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], **source, capture_output=True,
+                          cwd=cwd or ROOT, env=env, timeout=120)
 
 
 def one_line_error(result: subprocess.CompletedProcess, code: int = 1) -> str:
@@ -265,7 +275,7 @@ import main
 class SlowToDie:  # dies with main's globals, in the interpreter's teardown
     def __del__(self, write=os.write, sleep=time.sleep):
         write(2, b"tearing down\\n")
-        sleep(5)
+        sleep(2)  # time enough for the Ctrl-C the test sends when it reads the line
 
 main.slow = SlowToDie()
 sys.exit(main.main(sys.argv[1:], exiting=True))
@@ -357,8 +367,8 @@ def test_non_utf8_stdin(vocab):
 
 
 def test_usage_errors_exit_2():
-    result = run("encode")
-    assert result.returncode == 2 and b"usage:" in result.stderr and b"Traceback" not in result.stderr
+    for result in (run("encode"), run_process("encode")):  # main()'s status is the process's
+        assert result.returncode == 2 and b"usage:" in result.stderr and b"Traceback" not in result.stderr
     assert run("frobnicate").returncode == 2
     assert run("tokenize", "x.txt", "--vocab-size", "many").returncode == 2
 
@@ -487,6 +497,7 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(corpus, tmp_path, 
     straight = run("train", tmp_path / "t.txt", tmp_path / "v.txt", "--out", tmp_path / "a.pt", *steps)
     assert straight.returncode == 0, straight.stderr.decode()
 
+    # The interrupted run in a process of its own: the signal reaches it as it reaches a user's.
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "train", str(tmp_path / "t.txt"),
                              str(tmp_path / "v.txt"), "--out", str(tmp_path / "b.pt"), *steps],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -588,7 +599,8 @@ def test_serve_refuses_a_bad_model_or_option_in_one_line(tmp_path):
     with socket.socket() as s:  # a free port for the server that starts, then fails to load the model
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    line = one_line_error(run("serve", tmp_path / "broken.pt", "--port", port, cwd=tmp_path))
+    # In a process of its own: the server it starts sets up logging for the whole process.
+    line = one_line_error(run_process("serve", tmp_path / "broken.pt", "--port", port, cwd=tmp_path))
     assert line.startswith("error: ") and "broken.pt" in line
     line = one_line_error(run("serve", tmp_path / "broken.pt", "--max-batch", 0, cwd=tmp_path))
     assert line == "error: --max-batch must be at least 1, got 0"
@@ -617,13 +629,12 @@ def test_export_then_every_command_takes_the_folder(trained, corpus, tmp_path):
     assert run("export", trained, out, "--overwrite").returncode == 0
 
 
-def test_a_hub_name_offline_and_not_cached_is_one_line(tmp_path):
-    env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+def test_a_hub_name_offline_and_not_cached_is_one_line(tmp_path, monkeypatch):
+    env = hub_offline(monkeypatch, tmp_path)
     (tmp_path / "t.txt").write_text("some text to evaluate on")
-    for args in (["predict", "hi", 5, "gpt2"], ["eval", tmp_path / "t.txt", "gpt2-medium"], ["export", "gpt2", tmp_path / "o"],
-                 ["predict", "--interactive", "gpt2"]):  # fmt: skip
-        result = subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], capture_output=True,
-                                env=env, timeout=120, stdin=subprocess.DEVNULL, check=False)
+    in_a_process = run_process("predict", "hi", 5, "gpt2", env=env)  # a new process reads the environment
+    for result in (in_a_process, run("eval", tmp_path / "t.txt", "gpt2-medium"), run("export", "gpt2", tmp_path / "o"),
+                   run("predict", "--interactive", "gpt2")):  # fmt: skip
         line = one_line_error(result)
         assert "is no file or folder here and is not in the Hugging Face cache" in line, line
         assert "the hub cannot be reached (HF_HUB_OFFLINE is set): connect once, or download" in line
@@ -752,11 +763,11 @@ def test_nothing_left_to_train_says_so(short_run):
 
 def test_a_run_logged_to_a_file_is_plain_lines_with_samples_and_a_loss_picture(short_run):
     folder = short_run.parent
-    with open(folder / "log.txt", "wb") as log:  # stderr to a file, as with nohup
-        subprocess.run([sys.executable, str(ROOT / "main.py"), "train", str(folder / "t.txt"), str(folder / "v.txt"),
-                        "--out", str(folder / "n.pt"), "--steps", "40", *TRAIN, "--log-every", "10"],
-                       stderr=log, stdout=subprocess.DEVNULL, check=True, timeout=120)
-    text = (folder / "log.txt").read_text()
+    # stderr is not a terminal, as in a file (with nohup)
+    result = run("train", folder / "t.txt", folder / "v.txt", "--out", folder / "n.pt", "--steps", "40", *TRAIN,
+                 "--log-every", "10")
+    assert result.returncode == 0, result.stderr.decode()
+    text = result.stderr.decode()
     assert "\r" not in text and len(text) < 4000
     assert [line.split(" |")[0] for line in text.splitlines() if line.startswith("step ") and " | " in line] == [
         "step 1/40", "step 10/40", "step 20/40", "step 30/40", "step 40/40"]
