@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bpe import BPE
-from gpt2_llm.tests.conftest import run_main
+from gpt2_llm.tests.conftest import run_main, some_text
 
 ROOT = Path(__file__).resolve().parent
 
@@ -19,12 +19,12 @@ def check(*args) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir) -> Path:
+def trained(tmp_path_factory) -> Path:
     """A checkpoint written by the trainer after 3 steps of the tiny preset, and its vocab.txt beside it."""
     from gpt2_llm import GPT2, GPT2Config, Trainer
 
     folder = tmp_path_factory.mktemp("check")
-    text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:30_000]
+    text = some_text(30_000)
     (folder / "text.txt").write_text(text, encoding="utf-8")
     tokenizer = BPE.train(text, vocab_size=300)
     tokenizer.save(folder / "vocab.txt")

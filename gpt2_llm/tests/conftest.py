@@ -47,12 +47,50 @@ def tiny_model(tiny_config) -> GPT2:
     return GPT2(tiny_config).eval()
 
 
+def some_text(size: int, seed: int = 0) -> str:
+    """`size` characters of a made-up play: speeches under their speakers' names, in sentences of
+    words drawn as a language draws them (a few common, most rare). For the tests that need some
+    text to learn from and not a particular one, so they run without ../shared/data; the same
+    seed gives the same text."""
+    import itertools
+    import random
+
+    rng = random.Random(seed)
+    syllables = ["ka", "lo", "mi", "ther", "an", "st", "re", "ou", "ing", "ve", "wh", "ar", "el", "sh", "on",
+                 "qu", "ig", "ur", "pe", "da", "nt", "is", "or", "be", "ch", "al", "gr", "ed", "ow", "fi"]  # fmt: skip
+    made_up = ["".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(3000)]
+    lexicon = ["the", "and", "I", "to", "of", "you", "my", "a", "that", "in", "is", "not", "me", "it", "with"] + made_up
+    cum_weights = list(itertools.accumulate(1 / (rank + 2) for rank in range(len(lexicon))))  # Zipf's law
+    speakers = ["ROMEO", "JULIET", "First Citizen", "KING", "NURSE", "MENENIUS", "Second Servant", "PROSPERO"]
+    speeches, length = [], 0
+    while length < size:
+        sentences = []
+        for _ in range(rng.randint(1, 4)):
+            words = rng.choices(lexicon, cum_weights=cum_weights, k=rng.randint(3, 14))
+            sentences.append(" ".join(words).capitalize() + rng.choice([".", ".", ",", "?", "!", ";", ":"]))
+        speeches.append(f"{rng.choice(speakers)}:\n" + "\n".join(sentences) + "\n\n")
+        length += len(speeches[-1])
+    return "".join(speeches)[:size]
+
+
 @pytest.fixture(scope="session")
-def corpus(tmp_path_factory, data_dir):
-    """(a 60 KB slice of Tiny Shakespeare as a file, a 300-token tokenizer learned from it)."""
+def corpus(tmp_path_factory):
+    """(60 KB of made-up text as a file, a 300-token tokenizer learned from it)."""
     from bpe import BPE
 
     folder = tmp_path_factory.mktemp("corpus")
+    text = some_text(60_000)
+    (folder / "text.txt").write_text(text, encoding="utf-8")
+    return folder / "text.txt", BPE.train(text, vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def shakespeare_corpus(tmp_path_factory, data_dir):
+    """(a 60 KB slice of Tiny Shakespeare as a file, a 300-token tokenizer learned from it): for the
+    losses pinned on it."""
+    from bpe import BPE
+
+    folder = tmp_path_factory.mktemp("shakespeare")
     text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000]
     (folder / "text.txt").write_text(text, encoding="utf-8")
     return folder / "text.txt", BPE.train(text, vocab_size=300)

@@ -363,7 +363,7 @@ def test_eval_and_fine_tuning_work_on_a_llama_folder(llama_folder, data_dir, tmp
     """eval gives transformers' loss; train --init-from -> export gives a LlamaForCausalLM with the
     same greedy text as predict on the tuned checkpoint."""
     text = tmp_path / "text.txt"
-    text.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    text.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:8_000], encoding="utf-8")
     assert main.main(["eval", str(text), str(llama_folder), "--dtype", "float32", "--device", "cpu"]) == 0
     loss = float(capsys.readouterr().out.split("loss ")[1].split(",")[0])
     ids = transformers.AutoTokenizer.from_pretrained(llama_folder)(text.read_text(encoding="utf-8"))["input_ids"]
@@ -704,7 +704,7 @@ def test_fine_tune_a_folder_then_its_export_gives_transformers_the_same_greedy_t
     """The whole road: a transformers folder -> train --init-from -> our checkpoint -> export -> transformers."""
     folder = hf_folders["encoder.json + vocab.bpe"]
     text = tmp_path / "notes.txt"
-    text.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    text.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:8_000], encoding="utf-8")
     tuned, out = tmp_path / "tuned.pt", tmp_path / "exported"
     result = main_py("train", text, "--init-from", folder, "--out", tuned, "--steps", 3, "--lr", "1e-2",
                      "--batch-size", 2, "--device", "cpu", "--dtype", "float32", "--eval-every", 10,
