@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -53,7 +54,6 @@ def some_text(size: int, seed: int = 0) -> str:
     text to learn from and not a particular one, so they run without ../shared/data; the same
     seed gives the same text."""
     import itertools
-    import random
 
     rng = random.Random(seed)
     syllables = ["ka", "lo", "mi", "ther", "an", "st", "re", "ou", "ing", "ve", "wh", "ar", "el", "sh", "on",
@@ -130,26 +130,27 @@ def run_main(*args, stdin: bytes | None = None, cwd: Path | None = None, text: b
     the exit status, stdout and stderr as a subprocess gives them (bytes, or str with text=True).
 
     A process of its own costs seconds of start-up and of importing torch; this costs none. It stays
-    faithful: the command gets its own standard streams (UTF-8, not terminals), standard input
-    (empty unless given), working directory (the repository's unless given), a torch random state
+    faithful: the command gets its own sys.argv, standard streams (UTF-8, not terminals), standard
+    input (empty unless given), working directory (the repository's unless given), a torch random state
     as fresh as a new process's, its warnings on its stderr; whatever process-wide state it changes
     (signal handlers, threads, the environment, random states) is put back after it. An exception
     that main() lets through, which a process would print as a traceback, propagates to fail the test."""
     import importlib
 
     entry_point = importlib.import_module(entry).main
+    argv = [str(ROOT / f"{entry}.py"), *map(str, args)]
     out, err = io.BytesIO(), io.BytesIO()
     stdout, stderr = (io.TextIOWrapper(b, encoding="utf-8", write_through=True) for b in (out, err))
     with process_state_kept(cwd or ROOT), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
-            stdin_from(stdin or b""), warnings_to_stderr():
+            invoked_as(argv, stdin or b""), warnings_to_stderr():
         try:
-            code = entry_point([str(a) for a in args])
+            code = entry_point(argv[1:])
         except SystemExit as e:  # argparse's usage errors (2) and --help (0)
             code = exit_status(e)
     stdout.flush()
     stderr.flush()
     outputs = [b.getvalue().decode("utf-8") if text else b.getvalue() for b in (out, err)]
-    return subprocess.CompletedProcess([sys.executable, f"{entry}.py", *map(str, args)], code, *outputs)
+    return subprocess.CompletedProcess([sys.executable, *argv], code, *outputs)
 
 
 def exit_status(e: SystemExit) -> int:
@@ -165,7 +166,7 @@ def process_state_kept(cwd: Path):
     """Run in cwd, with torch's random state reset as in a new process; afterwards, put back what a
     command may change for the whole process (a process of its own would just end)."""
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    threads, environ, before = torch.get_num_threads(), dict(os.environ), os.getcwd()
+    threads, environ, before, python_random = torch.get_num_threads(), dict(os.environ), os.getcwd(), random.getstate()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(FRESH_SEED)
         try:
@@ -178,19 +179,21 @@ def process_state_kept(cwd: Path):
             torch.set_num_threads(threads)
             os.environ.clear()
             os.environ.update(environ)
+            random.setstate(python_random)
 
 
 FRESH_SEED = torch.initial_seed()  # what a new process starts with, before any test seeds torch
 
 
 @contextlib.contextmanager
-def stdin_from(data: bytes):
-    saved = sys.stdin
-    sys.stdin = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+def invoked_as(argv: list[str], stdin: bytes):
+    """sys.argv and sys.stdin as `python SCRIPT ARGS` gives them (argv[0]: the script's path)."""
+    saved = sys.argv, sys.stdin
+    sys.argv, sys.stdin = argv, io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
     try:
         yield
     finally:
-        sys.stdin = saved
+        sys.argv, sys.stdin = saved
 
 
 @contextlib.contextmanager
