@@ -30,5 +30,6 @@ def data_dir() -> Path:
     """The reference texts and GPT-2's tokenizer files. Without them, the tests that compare against
     them skip (the others make the text they need: gpt2_llm/tests/conftest.py's some_text)."""
     if not (DATA_DIR / "tinyshakespeare.txt").is_file():
-        pytest.skip(f"reference data not found at {DATA_DIR} (../shared/data beside the checkout, or GPT2_TEST_DATA_DIR)")
+        pytest.skip(f"reference data not found at {DATA_DIR} (../shared/data beside the checkout, or "
+                    f"GPT2_TEST_DATA_DIR)")
     return DATA_DIR
