@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import bpe
 from bpe import BPE, ENDOFTEXT, TokenizerError
+from gpt2_llm.tests.conftest import some_text
 
 HYPOTHESIS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -51,8 +52,8 @@ def shakespeare(data_dir) -> str:
 
 
 @pytest.fixture(scope="session")
-def trained(shakespeare) -> BPE:
-    return BPE.train(shakespeare[:200_000], vocab_size=1024)
+def trained() -> BPE:
+    return BPE.train(some_text(200_000), vocab_size=1024)
 
 
 def read(path: Path, start: int = 0, size: int | None = None) -> str:
@@ -154,8 +155,8 @@ def test_training_equals_reference_trainer(text, vocab_size, pattern):
     assert tok.merges == [parents[i] for i in sorted(parents)]
 
 
-def test_training_is_deterministic_and_path_equals_text(tmp_path, shakespeare):
-    text = shakespeare[:100_000]
+def test_training_is_deterministic_and_path_equals_text(tmp_path):
+    text = some_text(100_000)
     path = tmp_path / "corpus.txt"
     path.write_text(text, encoding="utf-8")
     a = BPE.train(text, vocab_size=700)
@@ -190,8 +191,8 @@ def test_recommended_vocab_size_rule():
         512, 512, 2048, 8192, 32768, 32768]
 
 
-def test_train_hits_the_vocab_size(shakespeare):
-    tok = BPE.train(shakespeare[:300_000], vocab_size=2000)
+def test_train_hits_the_vocab_size():
+    tok = BPE.train(some_text(300_000), vocab_size=2000)
     assert tok.vocab_size == 2000
     assert len(tok.merges) == 2000 - 256 - 1
 

@@ -1,4 +1,5 @@
-"""Tests of check_checkpoint.py, run as a user runs it (a subprocess)."""
+"""Tests of check_checkpoint.py, run as a user runs it: its main(argv) in this process, as
+`python check_checkpoint.py` runs it (gpt2_llm/tests/conftest.py's run_main), and once as a process."""
 
 import subprocess
 import sys
@@ -8,22 +9,22 @@ import pytest
 import torch
 
 from bpe import BPE
+from gpt2_llm.tests.conftest import run_main, some_text
 
 ROOT = Path(__file__).resolve().parent
 
 
 def check(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "check_checkpoint.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    return run_main(*args, entry="check_checkpoint", text=True)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir) -> Path:
+def trained(tmp_path_factory) -> Path:
     """A checkpoint written by the trainer after 3 steps of the tiny preset, and its vocab.txt beside it."""
     from gpt2_llm import GPT2, GPT2Config, Trainer
 
     folder = tmp_path_factory.mktemp("check")
-    text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:30_000]
+    text = some_text(30_000)
     (folder / "text.txt").write_text(text, encoding="utf-8")
     tokenizer = BPE.train(text, vocab_size=300)
     tokenizer.save(folder / "vocab.txt")
@@ -106,6 +107,8 @@ def test_the_chat_template_is_named(trained, tmp_path):
 
 def test_usage_errors_exit_2():
     assert check().returncode == 2
+    process = subprocess.run([sys.executable, str(ROOT / "check_checkpoint.py")], capture_output=True, timeout=120)
+    assert process.returncode == 2 and b"usage:" in process.stderr  # main()'s status is the process's
 
 
 def test_a_transformers_folder_is_reported_as_one(trained, tmp_path):

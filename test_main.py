@@ -1,4 +1,6 @@
-"""End-to-end tests of the command line: the real main.py in a subprocess, as a user runs it."""
+"""End-to-end tests of the command line: main.main(argv) run in this process as `python main.py`
+would run it (run), and a real process where the process itself is what is tested: its exit on a
+signal, a closed pipe, the environment it starts with, the installed command (run_process)."""
 
 import json
 import os
@@ -15,14 +17,22 @@ import pytest
 
 import bpe
 import main
-from gpt2_llm.tests.conftest import last_logged_step
+from gpt2_llm.tests.conftest import hub_offline, last_logged_step, run_main, some_text
 
 ROOT = Path(__file__).resolve().parent
 
 
 def run(*args, stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], input=stdin,
-                          capture_output=True, cwd=cwd or ROOT, timeout=120)
+    """`python main.py ARGS`, run in this process (see run_main): stdout and stderr as bytes."""
+    return run_main(*args, stdin=stdin, cwd=cwd)
+
+
+def run_process(*args, stdin: bytes | None = None, cwd: Path | None = None, env: dict | None = None) \
+        -> subprocess.CompletedProcess:
+    """`python main.py ARGS` in a process of its own (standard input empty unless given)."""
+    source = {"stdin": subprocess.DEVNULL} if stdin is None else {"input": stdin}
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], **source, capture_output=True,
+                          cwd=cwd or ROOT, env=env, timeout=120)
 
 
 def one_line_error(result: subprocess.CompletedProcess, code: int = 1) -> str:
@@ -40,9 +50,10 @@ def one_line_error(result: subprocess.CompletedProcess, code: int = 1) -> str:
 
 
 @pytest.fixture(scope="module")
-def vocab(tmp_path_factory, data_dir) -> Path:
+def vocab(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cli") / "vocab.txt"
-    result = run("tokenize", data_dir / "tinyshakespeare.txt", "--vocab-size", 1000, "-o", path)
+    path.with_name("text.txt").write_text(some_text(200_000), encoding="utf-8")
+    result = run("tokenize", path.with_name("text.txt"), "--vocab-size", 1000, "-o", path)
     assert result.returncode == 0, result.stderr.decode()
     assert b"wrote" in result.stdout
     return path
@@ -75,9 +86,9 @@ def test_default_vocab_file_name(vocab, tmp_path):
     assert main.DEFAULT_VOCAB == "vocab.txt"
 
 
-def test_tokenize_default_output_and_recommended_size(tmp_path, data_dir):
+def test_tokenize_default_output_and_recommended_size(tmp_path):
     corpus = tmp_path / "small.txt"
-    corpus.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:50_000], encoding="utf-8")
+    corpus.write_text(some_text(50_000), encoding="utf-8")
     result = run("tokenize", corpus, cwd=tmp_path)
     assert result.returncode == 0
     assert b"vocab size 512: recommended for 50,000 bytes" in result.stdout
@@ -137,8 +148,8 @@ def test_non_utf8_file_in_a_folder_is_named(tmp_path):
     assert f"{tmp_path / 'b.txt'} is not UTF-8 text: invalid byte 0xef at byte offset 2" in line
 
 
-def test_tokenize_a_folder_or_a_glob_as_their_joined_text(tmp_path, data_dir):
-    text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")
+def test_tokenize_a_folder_or_a_glob_as_their_joined_text(tmp_path):
+    text = some_text(100_000)
     files = {"plays/0.txt": text[:40_000], "plays/act/1.txt": text[40_000:70_000], "plays/act/2.txt": text[70_000:100_000]}
     for name, part in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -154,9 +165,9 @@ def test_tokenize_a_folder_or_a_glob_as_their_joined_text(tmp_path, data_dir):
         assert made.trained_on["text"] != joined.trained_on["text"]
 
 
-def test_a_vocab_file_saved_in_the_text_folder_is_not_read_as_text(tmp_path, data_dir):
+def test_a_vocab_file_saved_in_the_text_folder_is_not_read_as_text(tmp_path):
     (tmp_path / "books").mkdir()
-    text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    text = some_text(50_000)
     (tmp_path / "books" / "plays.txt").write_text(text[:50_000], encoding="utf-8")
     for name in ["v1.txt", "v2.txt"]:
         result = run("tokenize", "books", "--vocab-size", 400, "-o", f"books/{name}", cwd=tmp_path)
@@ -166,9 +177,9 @@ def test_a_vocab_file_saved_in_the_text_folder_is_not_read_as_text(tmp_path, dat
     assert line == "error: books/v1.txt is a vocab file, not text"
 
 
-def test_tokenize_replaces_an_existing_vocab_file_only_with_overwrite(tmp_path, data_dir):
+def test_tokenize_replaces_an_existing_vocab_file_only_with_overwrite(tmp_path, corpus):
     (tmp_path / "v.txt").write_bytes(b"my old vocab")
-    args = ["tokenize", data_dir / "tinyshakespeare.txt", "--vocab-size", 300, "-o", tmp_path / "v.txt"]
+    args = ["tokenize", corpus, "--vocab-size", 300, "-o", tmp_path / "v.txt"]
     line = one_line_error(run(*args))
     assert line == f"error: {tmp_path / 'v.txt'} already exists: pass --overwrite to replace it, or choose another -o"
     assert (tmp_path / "v.txt").read_bytes() == b"my old vocab"
@@ -222,9 +233,9 @@ sys.exit(main.main(sys.argv[1:]))
 """
 
 
-def test_a_ctrl_c_lost_in_a_finalizer_still_stops_tokenize(tmp_path, data_dir):
+def test_a_ctrl_c_lost_in_a_finalizer_still_stops_tokenize(tmp_path, corpus):
     (tmp_path / "v.txt").write_bytes(b"my old vocab")
-    args = ["tokenize", data_dir / "tinyshakespeare.txt", "--vocab-size", 300, "-o", tmp_path / "v.txt", "--overwrite"]
+    args = ["tokenize", corpus, "--vocab-size", 300, "-o", tmp_path / "v.txt", "--overwrite"]
     result = subprocess.run([sys.executable, "-c", LOSES_A_CTRL_C, *map(str, args)], cwd=ROOT, capture_output=True)
     err = result.stderr.decode()
     assert "Exception ignored" in err and "KeyboardInterrupt" in err  # the interrupt was lost where it landed
@@ -266,7 +277,7 @@ import main
 class SlowToDie:  # dies with main's globals, in the interpreter's teardown
     def __del__(self, write=os.write, sleep=time.sleep):
         write(2, b"tearing down\\n")
-        sleep(5)
+        sleep(2)  # time enough for the Ctrl-C the test sends when it reads the line
 
 main.slow = SlowToDie()
 sys.exit(main.main(sys.argv[1:], exiting=True))
@@ -312,8 +323,8 @@ def test_ctrl_c_while_torch_loads_takes_effect_after_it():
         signal.signal(signal.SIGINT, before)
 
 
-def test_workers_must_be_at_least_one(tmp_path, data_dir):
-    text = data_dir / "tinyshakespeare.txt"
+def test_workers_must_be_at_least_one(tmp_path, corpus):
+    text = corpus
     line = one_line_error(run("tokenize", text, "--workers", 0, "-o", tmp_path / "v.txt"))
     assert line == "error: --workers must be at least 1, got 0"
     assert run("tokenize", text, "--workers", "two").returncode == 2
@@ -358,14 +369,14 @@ def test_non_utf8_stdin(vocab):
 
 
 def test_usage_errors_exit_2():
-    result = run("encode")
-    assert result.returncode == 2 and b"usage:" in result.stderr and b"Traceback" not in result.stderr
+    for result in (run("encode"), run_process("encode")):  # main()'s status is the process's
+        assert result.returncode == 2 and b"usage:" in result.stderr and b"Traceback" not in result.stderr
     assert run("frobnicate").returncode == 2
     assert run("tokenize", "x.txt", "--vocab-size", "many").returncode == 2
 
 
-def test_vocab_size_too_small(data_dir, tmp_path):
-    result = run("tokenize", data_dir / "tinyshakespeare.txt", "--vocab-size", 100, "-o", tmp_path / "v.txt")
+def test_vocab_size_too_small(corpus, tmp_path):
+    result = run("tokenize", corpus, "--vocab-size", 100, "-o", tmp_path / "v.txt")
     line = one_line_error(result)
     assert "at least 256" in line
 
@@ -382,10 +393,10 @@ def step_losses(metrics: Path) -> list[tuple[int, float]]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, data_dir) -> Path:
+def corpus(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("train")
-    path = folder / "shakespeare.txt"
-    path.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:80_000], encoding="utf-8")
+    path = folder / "play.txt"  # a made-up play (see some_text)
+    path.write_text(some_text(80_000), encoding="utf-8")
     return path
 
 
@@ -456,6 +467,7 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(corpus, tmp_path, 
     straight = run("train", tmp_path / "t.txt", tmp_path / "v.txt", "--out", tmp_path / "a.pt", *steps)
     assert straight.returncode == 0, straight.stderr.decode()
 
+    # The interrupted run in a process of its own: the signal reaches it as it reaches a user's.
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "train", str(tmp_path / "t.txt"),
                              str(tmp_path / "v.txt"), "--out", str(tmp_path / "b.pt"), *steps],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -512,7 +524,7 @@ def test_training_on_a_folder(tmp_path, corpus):
 
 
 def test_vocab_of_another_size_is_refused(trained, tmp_path):
-    run("tokenize", trained.parent / "shakespeare.txt", "--vocab-size", 290, "-o", tmp_path / "v.txt")
+    run("tokenize", trained.parent / "play.txt", "--vocab-size", 290, "-o", tmp_path / "v.txt")
     line = one_line_error(run("predict", "hi", 5, trained, tmp_path / "v.txt"))
     assert "290 tokens" in line and "300 tokens" in line
 
@@ -538,7 +550,7 @@ def test_broken_checkpoints(trained, tmp_path, make, message):
     path = tmp_path / "m.pt"
     make(path, trained)
     assert message in one_line_error(run("predict", "hi", 5, path))
-    assert message in one_line_error(run("eval", trained.parent / "shakespeare.txt", path))
+    assert message in one_line_error(run("eval", trained.parent / "play.txt", path))
 
 
 # Options earlier versions had (token shift, the copying cache): a checkpoint that used one is refused
@@ -587,7 +599,8 @@ def test_serve_refuses_a_bad_model_or_option_in_one_line(tmp_path):
     with socket.socket() as s:  # a free port for the server that starts, then fails to load the model
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    line = one_line_error(run("serve", tmp_path / "broken.pt", "--port", port, cwd=tmp_path))
+    # In a process of its own: the server it starts sets up logging for the whole process.
+    line = one_line_error(run_process("serve", tmp_path / "broken.pt", "--port", port, cwd=tmp_path))
     assert line.startswith("error: ") and "broken.pt" in line
     line = one_line_error(run("serve", tmp_path / "broken.pt", "--max-batch", 0, cwd=tmp_path))
     assert line == "error: --max-batch must be at least 1, got 0"
@@ -616,13 +629,12 @@ def test_export_then_every_command_takes_the_folder(trained, corpus, tmp_path):
     assert run("export", trained, out, "--overwrite").returncode == 0
 
 
-def test_a_hub_name_offline_and_not_cached_is_one_line(tmp_path):
-    env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+def test_a_hub_name_offline_and_not_cached_is_one_line(tmp_path, monkeypatch):
+    env = hub_offline(monkeypatch, tmp_path)
     (tmp_path / "t.txt").write_text("some text to evaluate on")
-    for args in (["predict", "hi", 5, "gpt2"], ["eval", tmp_path / "t.txt", "gpt2-medium"], ["export", "gpt2", tmp_path / "o"],
-                 ["predict", "--interactive", "gpt2"]):  # fmt: skip
-        result = subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], capture_output=True,
-                                env=env, timeout=120, stdin=subprocess.DEVNULL, check=False)
+    in_a_process = run_process("predict", "hi", 5, "gpt2", env=env)  # a new process reads the environment
+    for result in (in_a_process, run("eval", tmp_path / "t.txt", "gpt2-medium"), run("export", "gpt2", tmp_path / "o"),
+                   run("predict", "--interactive", "gpt2")):  # fmt: skip
         line = one_line_error(result)
         assert "is no file or folder here and is not in the Hugging Face cache" in line, line
         assert "the hub cannot be reached (HF_HUB_OFFLINE is set): connect once, or download" in line
@@ -751,11 +763,11 @@ def test_nothing_left_to_train_says_so(short_run):
 
 def test_a_run_logged_to_a_file_is_plain_lines_with_samples_and_a_loss_picture(short_run):
     folder = short_run.parent
-    with open(folder / "log.txt", "wb") as log:  # stderr to a file, as with nohup
-        subprocess.run([sys.executable, str(ROOT / "main.py"), "train", str(folder / "t.txt"), str(folder / "v.txt"),
-                        "--out", str(folder / "n.pt"), "--steps", "40", *TRAIN, "--log-every", "10"],
-                       stderr=log, stdout=subprocess.DEVNULL, check=True, timeout=120)
-    text = (folder / "log.txt").read_text()
+    # stderr is not a terminal, as in a file (with nohup)
+    result = run("train", folder / "t.txt", folder / "v.txt", "--out", folder / "n.pt", "--steps", "40", *TRAIN,
+                 "--log-every", "10")
+    assert result.returncode == 0, result.stderr.decode()
+    text = result.stderr.decode()
     assert "\r" not in text and len(text) < 4000
     assert [line.split(" |")[0] for line in text.splitlines() if line.startswith("step ") and " | " in line] == [
         "step 1/40", "step 10/40", "step 20/40", "step 30/40", "step 40/40"]
@@ -792,7 +804,7 @@ def test_kill_9_of_a_run_without_validation_leaves_a_checkpoint_on_the_eval_ever
     assert last_step > 0
 
 
-def test_pip_install_makes_the_modules_and_the_command_usable_from_anywhere(tmp_path, data_dir):
+def test_pip_install_makes_the_modules_and_the_command_usable_from_anywhere(tmp_path, vocab):
     """`pip install .` (here into a target folder, without the network): bpe, gpt2_llm, main and
     check_checkpoint import from another folder, and the console command does what main.py does."""
     import shutil
@@ -810,10 +822,10 @@ def test_pip_install_makes_the_modules_and_the_command_usable_from_anywhere(tmp_
                               capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)  # fmt: skip
     assert imported.returncode == 0, imported.stderr
     assert imported.stdout.strip() == str(site / "gpt2_llm" / "__init__.py")
-    command = subprocess.run([str(site / "bin" / "gpt2-toolkit"), "encode", "Hello world", data_dir / "gpt2"],
+    command = subprocess.run([str(site / "bin" / "gpt2-toolkit"), "encode", "Hello world", vocab],
                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert command.returncode == 0, command.stderr
-    assert command.stdout == "[15496, 995]\n"
+    assert command.stdout == run("encode", "Hello world", vocab).stdout.decode() and len(json.loads(command.stdout)) > 1
 
 
 def test_a_closed_pipe_ends_quietly(vocab):
@@ -940,9 +952,9 @@ FINETUNE = ["--steps", 2, "--device", "cpu", "--dtype", "float32", "--eval-every
 
 
 @pytest.fixture
-def other_text(tmp_path, data_dir) -> Path:
+def other_text(tmp_path) -> Path:
     path = tmp_path / "other.txt"
-    path.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[-40_000:], encoding="utf-8")
+    path.write_text(some_text(40_000, seed=1), encoding="utf-8")
     return path
 
 

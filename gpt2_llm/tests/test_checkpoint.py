@@ -1,8 +1,7 @@
 import os
 import pickle
 import random
-import subprocess
-import sys
+import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -13,9 +12,6 @@ import torch
 from gpt2_llm import CheckpointError, load, load_checkpoint, save_checkpoint, save_model
 from bpe import UserError
 from gpt2_llm.checkpoint import FORMAT_VERSION
-
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def test_model_save_and_load_round_trip(tiny_model, tmp_path):
     path = tmp_path / "model.pt"
@@ -111,27 +107,41 @@ def test_checkpoint_error_is_a_user_error():
     assert issubclass(CheckpointError, UserError)
 
 
-SAVER = """
-import sys, torch
-from gpt2_llm.checkpoint import save_checkpoint
-k = 0
-while True:
-    k += 1
-    save_checkpoint(sys.argv[1], {"model_config": {}, "model": {"w": torch.full((400_000,), float(k))}})
-    print(k, flush=True)
-"""
+def save_until_killed(path: Path, saved_fd: int) -> None:
+    """In a forked child: save a checkpoint again and again, writing a byte to saved_fd after each."""
+    import gc
+
+    import numpy as np
+
+    gc.disable()  # leave the objects inherited from the test process alone
+    k = 0
+    while True:
+        k += 1
+        # Made by numpy: no torch kernel runs in the fork (its thread pool belongs to the parent).
+        save_checkpoint(path, {"model_config": {}, "model": {"w": torch.from_numpy(np.full(400_000, k, np.float32))}})
+        os.write(saved_fd, b".")
 
 
 def test_kill_during_save_never_corrupts(tmp_path):
-    """SIGKILL a process that saves in a loop, at random moments: the file always loads, whole."""
+    """SIGKILL a process that saves in a loop, at random moments: the file always loads, whole. The
+    process is a fork of this one, which has imported torch already."""
     path = tmp_path / "ckpt.pt"
     rng = random.Random(0)
     for _ in range(8):
-        proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        proc.stdout.readline()  # at least one save is complete
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(read_fd)
+                save_until_killed(path, write_fd)
+            finally:
+                os._exit(1)  # never back into pytest
+        os.close(write_fd)
+        assert os.read(read_fd, 1) == b"."  # at least one save is complete
         time.sleep(rng.uniform(0.0, 0.3))
-        proc.kill()
-        proc.wait()
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read_fd)
         value = load_checkpoint(path)["model"]["w"]
         assert torch.all(value == value[0]) and value[0] >= 1  # one save's data, never a mix
         for leftover in tmp_path.glob(".*.tmp"):  # a killed writer may leave its temporary file; never the checkpoint

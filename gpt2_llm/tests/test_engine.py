@@ -10,14 +10,14 @@ from bpe import BPE
 from gpt2_llm import GPT2, GPT2Config
 from gpt2_llm.attention import KVCache
 from gpt2_llm.serve.engine import Engine, QueueFull, SamplingParams, Sequence, TextStream
-from gpt2_llm.tests.conftest import assert_close
+from gpt2_llm.tests.conftest import assert_close, some_text
 
 TIMEOUT = 20  # seconds any one wait for the worker may take
 
 
 @pytest.fixture(scope="module")
-def tokenizer(data_dir) -> BPE:
-    return BPE.train((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000], vocab_size=300)
+def tokenizer() -> BPE:
+    return BPE.train(some_text(20_000), vocab_size=300)
 
 
 def model_of(tokenizer, **options) -> GPT2:

@@ -2,7 +2,6 @@
 loss and token ids as transformers itself, both ways, and one line for each refusal."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from bpe import BPE, TokenizerError, UserError
 from gpt2_llm import GPT2, CheckpointError, GPT2Config, load, save_checkpoint
 from gpt2_llm.export import export_folder, model_from_hf, onig_pattern, write_model
 from gpt2_llm.loading import looks_like_hub_name
-from gpt2_llm.tests.conftest import assert_close
+from gpt2_llm.tests.conftest import assert_close, hub_offline, run_main
 
 transformers = pytest.importorskip("transformers")
 
@@ -108,9 +107,9 @@ def test_a_transformers_folder_loads_with_each_kind_of_tokenizer_file(hf_folders
         assert_close(loaded.model(ids)[0], hf(ids).logits, atol=1e-5)
 
 
-def main_py(*args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], capture_output=True,
-                          encoding="utf-8", timeout=120, env=env, check=False)
+def main_py(*args) -> subprocess.CompletedProcess:
+    """`python main.py ARGS`, run in this process (see run_main): stdout and stderr as text."""
+    return run_main(*args, text=True)
 
 
 def test_greedy_predict_on_a_folder_is_transformers_generate(hf_folders):
@@ -364,7 +363,7 @@ def test_eval_and_fine_tuning_work_on_a_llama_folder(llama_folder, data_dir, tmp
     """eval gives transformers' loss; train --init-from -> export gives a LlamaForCausalLM with the
     same greedy text as predict on the tuned checkpoint."""
     text = tmp_path / "text.txt"
-    text.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    text.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:8_000], encoding="utf-8")
     assert main.main(["eval", str(text), str(llama_folder), "--dtype", "float32", "--device", "cpu"]) == 0
     loss = float(capsys.readouterr().out.split("loss ")[1].split(",")[0])
     ids = transformers.AutoTokenizer.from_pretrained(llama_folder)(text.read_text(encoding="utf-8"))["input_ids"]
@@ -388,7 +387,7 @@ def test_eval_and_fine_tuning_work_on_a_llama_folder(llama_folder, data_dir, tmp
     assert ours == theirs and new > 5
 
 
-# ---- the old entry points: GPT2.from_hf and GPT2.save_hf, against transformers -------------
+# ---- model_from_hf and write_model, against transformers ------------------------------------------
 
 HF_SHAPE = {"vocab_size": 97, "n_positions": 64, "n_embd": 64, "n_layer": 2, "n_head": 4}
 
@@ -659,12 +658,9 @@ def test_hub_names_and_paths_are_told_apart():
         assert not looks_like_hub_name(name), name
 
 
-def offline_env(hf_home: Path) -> dict:
-    return {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hf_home / "hub")}
-
-
-def test_a_hub_name_offline_with_nothing_cached_is_one_line(tmp_path):
-    result = main_py("predict", "Hello", 5, "openai-community/gpt2", env=offline_env(tmp_path))
+def test_a_hub_name_offline_with_nothing_cached_is_one_line(tmp_path, monkeypatch):
+    hub_offline(monkeypatch, tmp_path)
+    result = main_py("predict", "Hello", 5, "openai-community/gpt2")
     assert result.returncode == 1 and "Traceback" not in result.stderr and result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: model not found: openai-community/gpt2 is no file or folder here and is "
                                     f"not in the Hugging Face cache ({tmp_path / 'hub'}), and the hub cannot be "
@@ -672,7 +668,7 @@ def test_a_hub_name_offline_with_nothing_cached_is_one_line(tmp_path):
                                     "elsewhere and pass its path")
 
 
-def test_a_hub_name_in_the_cache_loads_without_the_network(hf_folders, tmp_path):
+def test_a_hub_name_in_the_cache_loads_without_the_network(hf_folders, tmp_path, monkeypatch):
     """The cache as huggingface_hub lays it out: hub/models--ORG--NAME/snapshots/<commit>/..., with
     refs/main naming the commit."""
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -680,11 +676,12 @@ def test_a_hub_name_in_the_cache_loads_without_the_network(hf_folders, tmp_path)
     shutil.copytree(hf_folders["tokenizer.json"], repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    env = offline_env(tmp_path)
-    by_name = main_py("predict", "Hello there", 12, "someone/tiny-gpt2", "--greedy", env=env)
-    by_folder = main_py("predict", "Hello there", 12, hf_folders["tokenizer.json"], "--greedy", env=env)
+    env = hub_offline(monkeypatch, tmp_path)
+    by_name = main_py("predict", "Hello there", 12, "someone/tiny-gpt2", "--greedy")
+    by_folder = main_py("predict", "Hello there", 12, hf_folders["tokenizer.json"], "--greedy")
     assert by_name.returncode == 0, by_name.stderr
     assert by_name.stdout == by_folder.stdout
+    # A new process, which reads the environment as a user's does.
     check = subprocess.run([sys.executable, str(ROOT / "check_checkpoint.py"), "someone/tiny-gpt2"], env=env,
                            capture_output=True, text=True, timeout=120, check=False)
     assert check.returncode == 0, check.stderr
@@ -705,7 +702,7 @@ def test_fine_tune_a_folder_then_its_export_gives_transformers_the_same_greedy_t
     """The whole road: a transformers folder -> train --init-from -> our checkpoint -> export -> transformers."""
     folder = hf_folders["encoder.json + vocab.bpe"]
     text = tmp_path / "notes.txt"
-    text.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    text.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:8_000], encoding="utf-8")
     tuned, out = tmp_path / "tuned.pt", tmp_path / "exported"
     result = main_py("train", text, "--init-from", folder, "--out", tuned, "--steps", 3, "--lr", "1e-2",
                      "--batch-size", 2, "--device", "cpu", "--dtype", "float32", "--eval-every", 10,

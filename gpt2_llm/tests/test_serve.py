@@ -20,6 +20,7 @@ import torch
 
 from bpe import BPE
 from gpt2_llm import GPT2, GPT2Config, load, save_checkpoint
+from gpt2_llm.tests.conftest import some_text
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
@@ -33,8 +34,8 @@ WAIT = 15  # seconds any one wait may take
 
 
 @pytest.fixture(scope="module")
-def tokenizer(data_dir) -> BPE:
-    return BPE.train((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000], vocab_size=300)
+def tokenizer() -> BPE:
+    return BPE.train(some_text(20_000), vocab_size=300)
 
 
 def save(path: Path, model: GPT2, tokenizer: BPE, **extra) -> Path:

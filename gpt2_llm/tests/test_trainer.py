@@ -90,10 +90,10 @@ def test_gradient_accumulation_equals_one_big_batch(corpus):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-4, msg=name)
 
 
-def test_pinned_first_losses(corpus, tmp_path):
+def test_pinned_first_losses(shakespeare_corpus, tmp_path):
     """A seeded tiny model's first losses: any change in the math (init, loss, optimizer, data) fails here."""
-    trainer = tiny_trainer(corpus[1], seed=0)
-    trainer.train(corpus[0], save_path=tmp_path / "m.pt", steps=6, progress=False)
+    trainer = tiny_trainer(shakespeare_corpus[1], seed=0)
+    trainer.train(shakespeare_corpus[0], save_path=tmp_path / "m.pt", steps=6, progress=False)
     assert losses(tmp_path / "m.metrics.jsonl") == pytest.approx(PINNED, abs=2e-4)
 
 
