@@ -1,0 +1,240 @@
+"""Do the hand-written replacements of torch's primitives earn their place? A whole training step
+with each one swapped for torch's own, one at a time, and with all of them swapped.
+
+    python benchmarks/bench_primitives.py                    # the recipe's shape (README)
+    python benchmarks/bench_primitives.py --shape default    # `main.py train` with no flags
+    python benchmarks/bench_primitives.py --memory           # peak memory too, one process per variant
+
+The replacements, and torch's primitive each is measured against:
+
+    CE        gpt2.cross_entropy (chunked on a CPU)   F.cross_entropy on the real vocab's columns
+    ReLU^2    decoder.ReLUSquared (own backward)      torch.square(F.relu(h))
+    attention manual_attention, chosen for speed      F.scaled_dot_product_attention always
+    dropout   dropout.cpu_dropout (a cheap mask)      F.dropout (what nn.Dropout calls)
+    Muon      muon.Muon (batched Newton-Schulz)       torch.optim.Muon
+
+and, beside them, SDPA held to its math backend (torch's written-out attention) in place of ours.
+
+Shapes: "recipe" is `--preset mini --n-layer 4 --context 512 --vocab-size 2048 --batch-size 4
+--optimizer muon --muon-lr 0.012 --mlp relu2 --untied --rope --qk-norm --dropout 0.2
+--weight-decay 1.0`; "default" is the small preset, GELU, AdamW, no dropout, batch 16, and the
+vocab size main.py picks for a 1 MB text (2048). A step is what the trainer runs
+(profile_step.step_parts): forward and backward under bf16 autocast where the CPU has it, gradient
+clipping, the optimizers' steps, zero_grad, on random token ids.
+
+Timing: every variant has its own model (same seed) in one process; after warm-up steps the
+variants take turns, one step each per round, so that a drift in the machine's speed touches all
+alike; the table gives each variant's median step and its ratio to today's. Memory (--memory): each
+variant runs alone in a fresh process, and the table gives the peak resident memory the process
+reached (ru_maxrss) and how far above the memory held before its first step that peak rose.
+The swaps are made here, by replacing the library's module attributes: the library has no switch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+
+import gpt2_llm.attention  # noqa: E402
+import gpt2_llm.decoder  # noqa: E402
+import gpt2_llm.dropout  # noqa: E402
+import gpt2_llm.gpt2  # noqa: E402
+import gpt2_llm.muon  # noqa: E402
+from gpt2_llm import GPT2, GPT2Config  # noqa: E402
+from gpt2_llm.config import TrainConfig  # noqa: E402
+from gpt2_llm.hardware import pick_dtype  # noqa: E402
+from profile_step import step_parts  # noqa: E402  (benchmarks/ is the script's folder)
+
+
+def torch_cross_entropy(logits, targets, vocab_size=None, label_smoothing=0.0):
+    """gpt2.cross_entropy's contract with torch's kernel: the padding columns sliced off."""
+    return F.cross_entropy(logits[:, :vocab_size], targets, label_smoothing=label_smoothing)
+
+
+def sdpa_math(*args, _attend=gpt2_llm.attention.attend, **kwargs):
+    """attention.attend with SDPA held to its math backend: torch's own matrix products and softmax."""
+    with sdpa_kernel(SDPBackend.MATH):
+        return _attend(*args, **kwargs)
+
+
+def sdpa_always(q) -> bool:
+    return False
+
+
+# Each swap: the module attributes the library looks up at call time, and what replaces them.
+SWAPS = {
+    "CE": [(gpt2_llm.gpt2, "cross_entropy", torch_cross_entropy)],
+    "ReLU^2": [(gpt2_llm.decoder, "ReLUSquared", SimpleNamespace(apply=lambda h: torch.square(F.relu(h))))],
+    "attention": [(gpt2_llm.attention, "plain_products_are_faster", sdpa_always)],
+    "dropout": [(gpt2_llm.dropout, "drop", lambda x, p: F.dropout(x, p, training=True) if p else x)],
+    "Muon": [(gpt2_llm.muon, "Muon", getattr(torch.optim, "Muon", None))],
+    # Not a replacement but a choice inside torch's primitive: SDPA's math backend is the written-out
+    # computation in torch's own code. Measured beside the others, left out of "all torch".
+    "attention, SDPA math backend": [(gpt2_llm.attention, "plain_products_are_faster", sdpa_always),
+                                     (gpt2_llm.attention, "attend", sdpa_math)],
+}
+
+
+def shape(name: str) -> tuple[GPT2Config, TrainConfig]:
+    if name == "recipe":
+        config = GPT2Config.from_preset("mini", n_layer=4, block_size=512, vocab_size=2048, dropout=0.2, mlp="relu2",
+                                        tie_embeddings=False, rope=True, qk_norm=True)
+        return config, TrainConfig(batch_size=4, optimizer="muon", muon_lr=0.012, weight_decay=1.0)
+    return GPT2Config.from_preset("small", vocab_size=2048), TrainConfig()
+
+
+def variants(config: GPT2Config, train: TrainConfig) -> dict[str, list[str]]:
+    """Variant name -> the swaps it makes; only swaps that touch this shape's step."""
+    used = {"CE": True, "ReLU^2": config.mlp == "relu2", "attention": True,
+            "dropout": config.dropout > 0 or config.attn_dropout_prob > 0, "Muon": train.optimizer == "muon"}
+    swaps = [name for name, on in used.items() if on]
+    return {"today": [], **{f"torch {name}": [name] for name in swaps}, "all torch": swaps,
+            "torch attention, SDPA math backend": ["attention, SDPA math backend"]}
+
+
+@contextmanager
+def swapped(names: list[str]):
+    changes = [change for name in names for change in SWAPS[name]]
+    saved = [(module, attr, getattr(module, attr)) for module, attr, _ in changes]
+    try:
+        for module, attr, replacement in changes:
+            setattr(module, attr, replacement)
+        yield
+    finally:
+        for module, attr, value in saved:
+            setattr(module, attr, value)
+
+
+def build(config: GPT2Config, train: TrainConfig, swaps: list[str]):
+    """A fresh model (seed 0) and its step's parts, made with the swaps in place (Muon's class is
+    chosen when the optimizer is made)."""
+    torch.manual_seed(0)
+    with swapped(swaps):
+        model = GPT2(config)
+        parts, dtype = step_parts(model, train)
+    return list(parts.values()), dtype
+
+
+def run_step(parts, swaps: list[str]) -> float:
+    """One whole training step with the swaps in place; seconds."""
+    with swapped(swaps):
+        start = time.perf_counter()
+        for part in parts:
+            part()
+        return time.perf_counter() - start
+
+
+def time_variants(config: GPT2Config, train: TrainConfig, rounds: int, warmup: int) -> dict[str, float]:
+    """Each variant's median seconds per step, the variants taking turns round by round; each round
+    starts one variant further on, so that none always follows the same one."""
+    runs = {name: (build(config, train, swaps)[0], swaps) for name, swaps in variants(config, train).items()}
+    names = list(runs)
+    times = {name: [] for name in runs}
+    for round_ in range(warmup + rounds):
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            seconds = run_step(*runs[name])
+            if round_ >= warmup:
+                times[name].append(seconds)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def resident_kb() -> int:
+    """The memory this process holds now (Linux's /proc; elsewhere the peak so far)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() // 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def measure_memory(config: GPT2Config, train: TrainConfig, variant: str, steps: int = 3) -> dict[str, int]:
+    """In this process (a fresh one): resident memory before the first step and the peak after
+    `steps` steps (AdamW's and Muon's state appear at the first), in kB."""
+    swaps = variants(config, train)[variant]
+    parts, _ = build(config, train, swaps)
+    before = resident_kb()
+    for _ in range(steps):
+        run_step(parts, swaps)
+    return {"before": before, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+
+
+def memory_in_subprocesses(args, names: list[str]) -> dict[str, dict[str, int]]:
+    found = {}
+    for name in names:
+        command = [sys.executable, __file__, "--shape", args.shape, "--threads", str(args.threads), "--memory-of", name]
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        found[name] = json.loads(out.strip().splitlines()[-1])
+    return found
+
+
+def cpu_name() -> str:
+    """The CPU's model name as lscpu gives it (Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def print_table(medians: dict[str, float], memory: dict[str, dict[str, int]] | None) -> None:
+    base = medians["today"]
+    head = "| variant | ms per step | vs today |"
+    if memory:
+        head += " peak RSS MB | vs today | step's rise MB |"
+        peak0 = memory["today"]["peak"]
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
+    for name, seconds in medians.items():
+        row = f"| {name} | {seconds * 1e3:.0f} | {seconds / base:.3f} |"
+        if memory:
+            m = memory[name]
+            row += f" {m['peak'] / 1024:.0f} | {m['peak'] / peak0:.3f} | {(m['peak'] - m['before']) / 1024:.0f} |"
+        print(row)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=("recipe", "default"), default="recipe")
+    parser.add_argument("--rounds", type=int, default=10, help="timed steps of each variant (after the warm-up)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each variant first")
+    parser.add_argument("--threads", type=int, default=2, help="torch's threads (default 2: this machine's cores)")
+    parser.add_argument("--memory", action="store_true", help="also each variant's peak memory, in a process of its own")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # the child process of --memory
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config, train = shape(args.shape)
+    if args.memory_of:
+        print(json.dumps(measure_memory(config, train, args.memory_of)))
+        return
+    names = list(variants(config, train))
+    memory = memory_in_subprocesses(args, names) if args.memory else None
+    medians = time_variants(config, train, args.rounds, args.warmup)
+    dtype = pick_dtype("auto", torch.device("cpu"))
+    cpu = cpu_name()
+    print(f"{args.shape}: {config.n_layer} layers x {config.n_embd}, {config.mlp}, batch {train.batch_size} x "
+          f"context {config.block_size}, vocab {config.vocab_size}, dropout {config.dropout}, {train.optimizer}, "
+          f"{str(dtype).removeprefix('torch.')} autocast; torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}; medians of {args.rounds} rounds")
+    print_table(medians, memory)
+
+
+if __name__ == "__main__":
+    main()
