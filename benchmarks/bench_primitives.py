@@ -4,6 +4,7 @@ with each one swapped for torch's own, one at a time, and with all of them swapp
     python benchmarks/bench_primitives.py                    # the recipe's shape (README)
     python benchmarks/bench_primitives.py --shape default    # `main.py train` with no flags
     python benchmarks/bench_primitives.py --memory           # peak memory too, one process per variant
+    python benchmarks/bench_primitives.py --shape gpt2 --batch-size 4 --variants "torch CE" --rounds 2 --warmup 1 --memory
 
 The replacements, and torch's primitive each is measured against:
 
@@ -18,7 +19,9 @@ and, beside them, SDPA held to its math backend (torch's written-out attention) 
 Shapes: "recipe" is `--preset mini --n-layer 4 --context 512 --vocab-size 2048 --batch-size 4
 --optimizer muon --muon-lr 0.012 --mlp relu2 --untied --rope --qk-norm --dropout 0.2
 --weight-decay 1.0`; "default" is the small preset, GELU, AdamW, no dropout, batch 16, and the
-vocab size main.py picks for a 1 MB text (2048). A step is what the trainer runs
+vocab size main.py picks for a 1 MB text (2048; --vocab-size for a larger text's); "gpt2" is
+`train --init-from gpt2` as BENCHMARKS.md's fine-tuning table runs it (GPT-2's shape and vocab,
+context 1024, no dropout, the fine-tuning defaults' batch of 8, AdamW). A step is what the trainer runs
 (profile_step.step_parts): forward and backward under bf16 autocast where the CPU has it, gradient
 clipping, the optimizers' steps, zero_grad, on random token ids.
 
@@ -41,6 +44,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -57,7 +61,7 @@ import gpt2_llm.dropout  # noqa: E402
 import gpt2_llm.gpt2  # noqa: E402
 import gpt2_llm.muon  # noqa: E402
 from gpt2_llm import GPT2, GPT2Config  # noqa: E402
-from gpt2_llm.config import TrainConfig  # noqa: E402
+from gpt2_llm.config import FINETUNE_DEFAULTS, TrainConfig  # noqa: E402
 from gpt2_llm.hardware import pick_dtype  # noqa: E402
 from profile_step import step_parts  # noqa: E402  (benchmarks/ is the script's folder)
 
@@ -91,12 +95,21 @@ SWAPS = {
 }
 
 
-def shape(name: str) -> tuple[GPT2Config, TrainConfig]:
+SHAPES = ("recipe", "default", "gpt2")
+
+
+def shape(name: str, vocab_size: int | None = None, batch_size: int | None = None) -> tuple[GPT2Config, TrainConfig]:
+    """The model and training settings of a shape (SHAPES, the module's docstring)."""
     if name == "recipe":
         config = GPT2Config.from_preset("mini", n_layer=4, block_size=512, vocab_size=2048, dropout=0.2, mlp="relu2",
                                         tie_embeddings=False, rope=True, qk_norm=True)
-        return config, TrainConfig(batch_size=4, optimizer="muon", muon_lr=0.012, weight_decay=1.0)
-    return GPT2Config.from_preset("small", vocab_size=2048), TrainConfig()
+        train = TrainConfig(batch_size=4, optimizer="muon", muon_lr=0.012, weight_decay=1.0)
+    elif name == "default":
+        config, train = GPT2Config.from_preset("small", vocab_size=2048), TrainConfig()
+    else:  # without dropout, as BENCHMARKS.md's fine-tuning table (GPT-2's own 0.1 in attention is another story)
+        config, train = GPT2Config.from_preset("gpt2", vocab_size=50257), TrainConfig(**FINETUNE_DEFAULTS)
+    config = replace(config, vocab_size=vocab_size) if vocab_size else config
+    return config, (replace(train, batch_size=batch_size) if batch_size else train)
 
 
 def variants(config: GPT2Config, train: TrainConfig) -> dict[str, list[str]]:
@@ -140,10 +153,11 @@ def run_step(parts, swaps: list[str]) -> float:
         return time.perf_counter() - start
 
 
-def time_variants(config: GPT2Config, train: TrainConfig, rounds: int, warmup: int) -> dict[str, float]:
+def time_variants(config: GPT2Config, train: TrainConfig, chosen: dict[str, list[str]], rounds: int,
+                  warmup: int) -> dict[str, float]:  # fmt: skip
     """Each variant's median seconds per step, the variants taking turns round by round; each round
     starts one variant further on, so that none always follows the same one."""
-    runs = {name: (build(config, train, swaps)[0], swaps) for name, swaps in variants(config, train).items()}
+    runs = {name: (build(config, train, swaps)[0], swaps) for name, swaps in chosen.items()}
     names = list(runs)
     times = {name: [] for name in runs}
     for round_ in range(warmup + rounds):
@@ -163,10 +177,9 @@ def resident_kb() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def measure_memory(config: GPT2Config, train: TrainConfig, variant: str, steps: int = 3) -> dict[str, int]:
+def measure_memory(config: GPT2Config, train: TrainConfig, swaps: list[str], steps: int = 3) -> dict[str, int]:
     """In this process (a fresh one): resident memory before the first step and the peak after
     `steps` steps (AdamW's and Muon's state appear at the first), in kB."""
-    swaps = variants(config, train)[variant]
     parts, _ = build(config, train, swaps)
     before = resident_kb()
     for _ in range(steps):
@@ -178,6 +191,8 @@ def memory_in_subprocesses(args, names: list[str]) -> dict[str, dict[str, int]]:
     found = {}
     for name in names:
         command = [sys.executable, __file__, "--shape", args.shape, "--threads", str(args.threads), "--memory-of", name]
+        command += ["--vocab-size", str(args.vocab_size)] if args.vocab_size else []
+        command += ["--batch-size", str(args.batch_size)] if args.batch_size else []
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         found[name] = json.loads(out.strip().splitlines()[-1])
     return found
@@ -195,44 +210,47 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def print_table(medians: dict[str, float], memory: dict[str, dict[str, int]] | None) -> None:
-    base = medians["today"]
-    head = "| variant | ms per step | vs today |"
-    if memory:
-        head += " peak RSS MB | vs today | step's rise MB |"
-        peak0 = memory["today"]["peak"]
+def print_table(medians: dict[str, float] | None, memory: dict[str, dict[str, int]] | None) -> None:
+    head = "| variant |" + (" ms per step | vs today |" if medians else "")
+    head += " peak RSS MB | vs today | step's rise MB |" if memory else ""
     print(head)
     print("|---" * (head.count("|") - 1) + "|")
-    for name, seconds in medians.items():
-        row = f"| {name} | {seconds * 1e3:.0f} | {seconds / base:.3f} |"
+    for name in medians or memory:
+        row = f"| {name} |"
+        if medians:
+            row += f" {medians[name] * 1e3:.0f} | {medians[name] / medians['today']:.3f} |"
         if memory:
-            m = memory[name]
+            m, peak0 = memory[name], memory["today"]["peak"]
             row += f" {m['peak'] / 1024:.0f} | {m['peak'] / peak0:.3f} | {(m['peak'] - m['before']) / 1024:.0f} |"
         print(row)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", choices=("recipe", "default"), default="recipe")
-    parser.add_argument("--rounds", type=int, default=10, help="timed steps of each variant (after the warm-up)")
+    parser.add_argument("--shape", choices=SHAPES, default="recipe")
+    parser.add_argument("--vocab-size", type=int, help="in place of the shape's (a larger text gets a larger one)")
+    parser.add_argument("--batch-size", type=int, help="in place of the shape's")
+    parser.add_argument("--variants", nargs="+", metavar="NAME", help="only these (today's always)")
+    parser.add_argument("--rounds", type=int, default=10, help="timed steps of each variant after the warm-up (0: none)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each variant first")
     parser.add_argument("--threads", type=int, default=2, help="torch's threads (default 2: this machine's cores)")
     parser.add_argument("--memory", action="store_true", help="also each variant's peak memory, in a process of its own")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # the child process of --memory
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config, train = shape(args.shape)
+    config, train = shape(args.shape, args.vocab_size, args.batch_size)
+    chosen = {name: swaps for name, swaps in variants(config, train).items()
+              if not args.variants or name == "today" or name in args.variants}  # fmt: skip
     if args.memory_of:
-        print(json.dumps(measure_memory(config, train, args.memory_of)))
+        print(json.dumps(measure_memory(config, train, chosen[args.memory_of])))
         return
-    names = list(variants(config, train))
-    memory = memory_in_subprocesses(args, names) if args.memory else None
-    medians = time_variants(config, train, args.rounds, args.warmup)
+    memory = memory_in_subprocesses(args, list(chosen)) if args.memory else None
+    medians = time_variants(config, train, chosen, args.rounds, args.warmup) if args.rounds else None
     dtype = pick_dtype("auto", torch.device("cpu"))
-    cpu = cpu_name()
     print(f"{args.shape}: {config.n_layer} layers x {config.n_embd}, {config.mlp}, batch {train.batch_size} x "
-          f"context {config.block_size}, vocab {config.vocab_size}, dropout {config.dropout}, {train.optimizer}, "
-          f"{str(dtype).removeprefix('torch.')} autocast; torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}; medians of {args.rounds} rounds")
+          f"context {config.block_size}, vocab {config.vocab_size}, dropout {config.dropout}/{config.attn_dropout_prob} "
+          f"(attention), {train.optimizer}, {str(dtype).removeprefix('torch.')} autocast; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {cpu_name()}; medians of {args.rounds} rounds")
     print_table(medians, memory)
 
 
