@@ -28,23 +28,6 @@ def norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
 
 
-class ReLUSquared(torch.autograd.Function):
-    """relu(x)^2, with a backward pass written out: the gradient is g * 2 relu(x), which is already
-    zero where x < 0, so it takes two elementwise passes where autograd's chain of relu and square
-    takes four (BENCHMARKS.md, "Tenth session"). Only relu(x) is kept for it."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        r = F.relu(x)
-        ctx.save_for_backward(r)
-        return r * r
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (r,) = ctx.saved_tensors
-        return torch.mul(grad, r).mul_(2.0)
-
-
 class MLP(nn.Module):
     """Position-wise feed-forward: widen, activate, project back.
 
@@ -70,7 +53,7 @@ class MLP(nn.Module):
         if self.kind == "gelu":
             return F.gelu(h, approximate="tanh")  # GPT-2 was trained with GELU's tanh approximation
         if self.kind == "relu2":
-            return ReLUSquared.apply(h)
+            return torch.square(F.relu(h))
         return F.silu(h) * F.linear(x, self.c_fc2.weight, self.c_fc2.bias)  # the gate times the value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
