@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GPT2Config
-from .dropout import Dropout, drop
 
 
 class RotaryPositionEmbedding(nn.Module):
@@ -119,7 +118,7 @@ def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout:
     # pass then has no elementwise work of its own to undo either (BENCHMARKS.md, "Tenth session").
     scores = torch.baddbmm(future, (q * (1.0 / math.sqrt(hs))).reshape(B * nh, T, hs),
                            k.reshape(B * nh, S, hs).transpose(1, 2)).view(B, nh, T, S)  # fmt: skip
-    weights = drop(scores.softmax(dim=-1), dropout)  # dropout > 0 only in training
+    weights = F.dropout(scores.softmax(dim=-1), dropout)  # dropout > 0 only in training
     return weights @ v  # (B, nh, T, hs)
 
 
@@ -148,7 +147,7 @@ class QKVAttention(nn.Module):
         # One matrix product makes q, k and v side by side, [q | k | v] (GPT-2's layout): fewer, larger kernels.
         self.c_attn = nn.Linear(C, (self.num_heads + 2 * self.num_kv_heads) * hs, bias=config.bias)
         self.c_proj = nn.Linear(C, C, bias=config.bias)
-        self.resid_dropout = Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
         self.q_norm = self.k_norm = None
         if config.qk_norm:  # one gain per head channel, shared by the heads (as in Qwen3's q_norm, k_norm)
             self.q_norm = nn.RMSNorm(hs, eps=config.layer_norm_eps)

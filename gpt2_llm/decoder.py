@@ -10,7 +10,6 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import KVCache, QKVAttention
 from .config import GPT2Config, config_from_original_args
-from .dropout import Dropout
 
 
 def make_norm(config: GPT2Config) -> nn.Module:
@@ -44,7 +43,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, config.mlp_size, bias=config.bias)
         self.c_fc2 = nn.Linear(config.n_embd, config.mlp_size, bias=config.bias) if self.kind == "swiglu" else None
         self.c_proj = nn.Linear(config.mlp_size, config.n_embd, bias=config.bias)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """(..., C) -> the activations before c_proj (..., H). Plain function calls, so the one-token

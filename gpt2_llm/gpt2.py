@@ -25,7 +25,6 @@ from .checkpoint import CheckpointError, save_checkpoint
 from .config import GPT2Config, config_from_original_args
 from .copying import mix_copies
 from .decoder import GPT2Decoder, make_norm, norm
-from .dropout import Dropout
 from .fast_cpu import cross_entropy
 
 # Config fields (and derived sizes) that decide the weights: a checkpoint must agree on all of them.
@@ -56,7 +55,7 @@ class GPT2(nn.Module):
 
         self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
         self.wpe = None if config.rope else nn.Embedding(config.block_size, config.n_embd)
-        self.drop = Dropout(config.dropout)
+        self.drop = nn.Dropout(config.dropout)
         self.decoder = GPT2Decoder(config)
         self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
