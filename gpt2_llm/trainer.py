@@ -99,8 +99,7 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
 
 
 def make_muon(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer | None:
-    """With --optimizer muon, Muon for the hidden matrices (muon_parameters); else None. It is
-    torch.optim.Muon with same-shape matrices orthogonalised in one batch (gpt2_llm/muon.py).
+    """With --optimizer muon, torch.optim.Muon for the hidden matrices (muon_parameters); else None.
 
     Muon (Jordan et al. 2024) orthogonalises each matrix's momentum (5 Newton-Schulz steps) before
     the update. Its settings are torch's defaults (momentum 0.95, Nesterov) with the "original" shape
@@ -109,10 +108,9 @@ def make_muon(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimi
     the schedule scales both alike. Weight decay is --weight-decay, as on AdamW's matrices."""
     if config.optimizer != "muon":
         return None
-    from .muon import Muon  # subclasses torch.optim.Muon, which torch before 2.9 lacks
-
-    params = [p for _, p in muon_parameters(model)]
-    return Muon(params, lr=config.muon_lr or MUON_LR, weight_decay=config.weight_decay, adjust_lr_fn="original")
+    params = [p for _, p in muon_parameters(model)]  # torch before 2.9 has no Muon: TrainConfig refuses it there
+    return torch.optim.Muon(params, lr=config.muon_lr or MUON_LR, weight_decay=config.weight_decay,
+                            adjust_lr_fn="original")
 
 
 def step_memory(config: GPT2Config, batch_size: int, dtype: torch.dtype, grad_checkpoint: bool = False,
