@@ -128,10 +128,10 @@ def step_memory(config: GPT2Config, batch_size: int, dtype: torch.dtype, grad_ch
     the norms' inputs 4C; attention's input 2C, queries 2C, keys and values 4 x their width, the
     projection's input 2C and its dropout mask C; the MLP's input 2C, its activation's inputs and
     c_proj's 4H (6H with SwiGLU's two) and a mask C; QK-norm's inputs; token shift's two inputs 4C.
-    The attention scores (the second term) are only kept for the short contexts that take the
-    plain-product path (see attention.plain_products_are_faster); the fused kernels never store
-    them. With grad_checkpoint a layer keeps only its input (2C), and one layer's activations exist
-    at a time."""
+    The attention scores (the second term) are left out: SDPA's fused kernels never store them
+    (but with attention dropout on a CPU, SDPA takes its math path, which keeps several copies of
+    them: not counted). With grad_checkpoint a layer keeps only its input (2C), and one layer's
+    activations exist at a time."""
     C, L, T, V = config.n_embd, config.n_layer, config.block_size, config.padded_vocab_size
     H, kv = config.mlp_size, config.kv_heads * config.head_size  # the MLP's width; the keys' (and values')
     gated = config.mlp == "swiglu"
@@ -139,8 +139,7 @@ def step_memory(config: GPT2Config, batch_size: int, dtype: torch.dtype, grad_ch
     weights = L * (C * (C + 2 * kv) + C * C + (3 if gated else 2) * C * H) + (V + T) * C
     weights += 0 if config.tie_embeddings else V * C
     width = 2 if dtype in (torch.bfloat16, torch.float16) else 4
-    scores = 5 * config.n_head * T if T <= 256 else 0
-    layer = 4 * C + (7 * C + 4 * kv) + (3 * C + (6 if gated else 4) * H) + scores
+    layer = 4 * C + (7 * C + 4 * kv) + (3 * C + (6 if gated else 4) * H)
     layer += 2 * C + 2 * kv if config.qk_norm else 0
     layer += 4 * C if config.token_shift else 0  # the two shifted inputs
     kept = L * 2 * C + layer if grad_checkpoint else L * layer

@@ -362,7 +362,7 @@ def test_bf16_autocast_with_every_option(tiny_config):
     model = shifting(GPT2(replace(tiny_config, **OPTIONS[-1]))).eval()
     ids = torch.randint(0, 97, (2, 16))
     reference = model(ids)[0]
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # the plain-product attention path: shared heads copied
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # SDPA in bf16, the key/value heads shared
         logits, loss = model(ids, ids)
         loss.backward()
         out = model.generate(ids[:, :8], 4, greedy=True)
