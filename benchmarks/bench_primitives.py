@@ -3,18 +3,18 @@ with each one swapped for torch's own, one at a time, and with all of them swapp
 
     python benchmarks/bench_primitives.py                    # the recipe's shape (README)
     python benchmarks/bench_primitives.py --shape default    # `main.py train` with no flags
-    python benchmarks/bench_primitives.py --memory           # peak memory too, one process per variant
-    python benchmarks/bench_primitives.py --shape gpt2 --batch-size 4 --variants "torch CE" --rounds 2 --warmup 1 --memory
+    python benchmarks/bench_primitives.py --shape default --vocab-size 8192 --memory   # a 20 MB text's vocab
+    python benchmarks/bench_primitives.py --shape gpt2 --batch-size 4 --rounds 2 --warmup 1 --memory
 
-The replacements, and torch's primitive each is measured against:
+The replacements (gpt2_llm/fast_cpu.py), and torch's primitive each is measured against:
 
-    CE        gpt2.cross_entropy (chunked on a CPU)   F.cross_entropy on the real vocab's columns
-    ReLU^2    decoder.ReLUSquared (own backward)      torch.square(F.relu(h))
-    attention manual_attention, chosen for speed      F.scaled_dot_product_attention always
-    dropout   dropout.cpu_dropout (a cheap mask)      F.dropout (what nn.Dropout calls)
-    Muon      muon.Muon (batched Newton-Schulz)       torch.optim.Muon
+    CE        fast_cpu.cross_entropy (chunked on a CPU)   F.cross_entropy on the real vocab's columns
 
-and, beside them, SDPA held to its math backend (torch's written-out attention) in place of ours.
+Issue 28 keeps a replacement only where it saves at least 10% of a whole step, or of its peak
+memory, on the machine it is for. Four more were measured with this script at commit 6ea81e5 and
+deleted after it: ReLU^2's written-out backward, a cheaper CPU dropout mask, a batched Muon, and
+the written-out attention as a speed path on short bf16 contexts (benchmarks/PRIMITIVES.md has
+the figures; `git checkout 6ea81e5` repeats them).
 
 Shapes: "recipe" is `--preset mini --n-layer 4 --context 512 --vocab-size 2048 --batch-size 4
 --optimizer muon --muon-lr 0.012 --mlp relu2 --untied --rope --qk-norm --dropout 0.2
@@ -46,20 +46,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
-import gpt2_llm.attention  # noqa: E402
-import gpt2_llm.decoder  # noqa: E402
-import gpt2_llm.dropout  # noqa: E402
 import gpt2_llm.gpt2  # noqa: E402
-import gpt2_llm.muon  # noqa: E402
 from gpt2_llm import GPT2, GPT2Config  # noqa: E402
 from gpt2_llm.config import FINETUNE_DEFAULTS, TrainConfig  # noqa: E402
 from gpt2_llm.hardware import pick_dtype  # noqa: E402
@@ -67,31 +61,13 @@ from profile_step import step_parts  # noqa: E402  (benchmarks/ is the script's 
 
 
 def torch_cross_entropy(logits, targets, vocab_size=None, label_smoothing=0.0):
-    """gpt2.cross_entropy's contract with torch's kernel: the padding columns sliced off."""
+    """fast_cpu.cross_entropy's contract with torch's kernel: the padding columns sliced off."""
     return F.cross_entropy(logits[:, :vocab_size], targets, label_smoothing=label_smoothing)
 
 
-def sdpa_math(*args, _attend=gpt2_llm.attention.attend, **kwargs):
-    """attention.attend with SDPA held to its math backend: torch's own matrix products and softmax."""
-    with sdpa_kernel(SDPBackend.MATH):
-        return _attend(*args, **kwargs)
-
-
-def sdpa_always(q) -> bool:
-    return False
-
-
-# Each swap: the module attributes the library looks up at call time, and what replaces them.
+# Each swap: the module attributes the library looks up at call time, and torch's primitive for them.
 SWAPS = {
     "CE": [(gpt2_llm.gpt2, "cross_entropy", torch_cross_entropy)],
-    "ReLU^2": [(gpt2_llm.decoder, "ReLUSquared", SimpleNamespace(apply=lambda h: torch.square(F.relu(h))))],
-    "attention": [(gpt2_llm.attention, "plain_products_are_faster", sdpa_always)],
-    "dropout": [(gpt2_llm.dropout, "drop", lambda x, p: F.dropout(x, p, training=True) if p else x)],
-    "Muon": [(gpt2_llm.muon, "Muon", getattr(torch.optim, "Muon", None))],
-    # Not a replacement but a choice inside torch's primitive: SDPA's math backend is the written-out
-    # computation in torch's own code. Measured beside the others, left out of "all torch".
-    "attention, SDPA math backend": [(gpt2_llm.attention, "plain_products_are_faster", sdpa_always),
-                                     (gpt2_llm.attention, "attend", sdpa_math)],
 }
 
 
@@ -114,11 +90,9 @@ def shape(name: str, vocab_size: int | None = None, batch_size: int | None = Non
 
 def variants(config: GPT2Config, train: TrainConfig) -> dict[str, list[str]]:
     """Variant name -> the swaps it makes; only swaps that touch this shape's step."""
-    used = {"CE": True, "ReLU^2": config.mlp == "relu2", "attention": True,
-            "dropout": config.dropout > 0 or config.attn_dropout_prob > 0, "Muon": train.optimizer == "muon"}
+    used = {"CE": True}  # a replacement that only some shapes reach says so here
     swaps = [name for name, on in used.items() if on]
-    return {"today": [], **{f"torch {name}": [name] for name in swaps}, "all torch": swaps,
-            "torch attention, SDPA math backend": ["attention, SDPA math backend"]}
+    return {"today": [], **{f"torch {name}": [name] for name in swaps}, **({"all torch": swaps} if len(swaps) > 1 else {})}
 
 
 @contextmanager
