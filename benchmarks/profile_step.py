@@ -23,8 +23,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gpt2_llm import GPT2, GPT2Config  # noqa: E402
 from gpt2_llm.config import TrainConfig  # noqa: E402
-from gpt2_llm.hardware import autocast, pick_dtype  # noqa: E402
+from gpt2_llm.hardware import autocast, pick_dtype, setup_device  # noqa: E402
 from gpt2_llm.trainer import make_muon, make_optimizer  # noqa: E402
+
+
+def step_parts(model: GPT2, train: TrainConfig, device: torch.device = torch.device("cpu")):
+    """The parts of one training step of `model` as the trainer runs them, in order, each a
+    callable (name -> callable), on a batch of random token ids; and the autocast dtype.
+
+    The device is set up as the trainer sets it (setup_device), the optimizers are the trainer's
+    own (make_optimizer, make_muon), and the precision is what main.py train picks: bf16 autocast
+    where the CPU has it. One gradient accumulation micro-step, no loss scaling (bf16 needs none).
+    """
+    setup_device(device)
+    config = model.config
+    adamw, muon = make_optimizer(model, train, device), make_muon(model, train)
+    dtype = pick_dtype("auto", device)
+    ids = torch.randint(0, config.vocab_size, (train.batch_size, config.block_size + 1))
+
+    def forward_backward():
+        with autocast(device, dtype):
+            _, loss = model(ids[:, :-1], ids[:, 1:])
+        loss.backward()
+
+    parts = {"forward + backward": forward_backward,
+             "clip": lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip),
+             "AdamW step": adamw.step, "Muon step": muon.step if muon is not None else None,
+             "zero_grad": lambda: model.zero_grad(set_to_none=True)}
+    return {name: part for name, part in parts.items() if part is not None}, dtype
 
 
 def main() -> None:
@@ -39,20 +65,7 @@ def main() -> None:
                                     tie_embeddings=False, rope=True, qk_norm=True)
     model = GPT2(config)
     train = TrainConfig(batch_size=args.batch_size, lr=2e-3, optimizer="muon", muon_lr=0.012, weight_decay=1.0)
-    device = torch.device("cpu")
-    adamw, muon = make_optimizer(model, train, device), make_muon(model, train)
-    dtype = pick_dtype("auto", device)  # what main.py train picks: bf16 where the CPU has it
-    ids = torch.randint(0, config.vocab_size, (args.batch_size, config.block_size + 1))
-
-    def forward_backward():
-        with autocast(device, dtype):
-            _, loss = model(ids[:, :-1], ids[:, 1:])
-        loss.backward()
-
-    parts = {"forward + backward": forward_backward,
-             "clip": lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0),
-             "AdamW step": adamw.step, "Muon step": muon.step,
-             "zero_grad": lambda: model.zero_grad(set_to_none=True)}
+    parts, dtype = step_parts(model, train)
     times = {name: [] for name in parts}
     for step in range(3 + args.steps):
         for name, part in parts.items():

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GPT2Config
-from .dropout import Dropout, drop
 
 
 class RotaryPositionEmbedding(nn.Module):
@@ -101,31 +100,21 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
 
 def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
-    """Causal attention written out: what F.scaled_dot_product_attention computes (tested against it).
+    """Causal attention written out, step by step: what F.scaled_dot_product_attention computes.
+    The model calls SDPA (attend above); this is for reading, and the tests hold the two equal.
 
     q (B, nh, T, hs) are the last T of the S positions of k, v (B, nkv, S, hs); nkv divides nh.
     """
     groups = q.size(1) // k.size(1)
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)  # (B, nh, S, hs)
-    B, nh, T, hs = q.shape
-    S = k.size(-2)
+    T, S, hs = q.size(-2), k.size(-2), q.size(-1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, S): how well each query matches each key
     # Query i sits at position S - T + i and may look at keys up to that position, not later: the
-    # later ones get -inf added to their scores, so softmax gives them weight 0.
-    future = torch.full((T, S), float("-inf"), dtype=q.dtype, device=q.device).triu(diagonal=S - T + 1)
-    # scores = q k^T / sqrt(hs) + future, (B, nh, T, S). The scale goes onto q, a quarter of the
-    # scores' size at T = S = 4 hs, and one baddbmm adds the mask as it multiplies; the backward
-    # pass then has no elementwise work of its own to undo either (BENCHMARKS.md, "Tenth session").
-    scores = torch.baddbmm(future, (q * (1.0 / math.sqrt(hs))).reshape(B * nh, T, hs),
-                           k.reshape(B * nh, S, hs).transpose(1, 2)).view(B, nh, T, S)  # fmt: skip
-    weights = drop(scores.softmax(dim=-1), dropout)  # dropout > 0 only in training
-    return weights @ v  # (B, nh, T, hs)
-
-
-def plain_products_are_faster(q: torch.Tensor) -> bool:
-    """On a CPU in bf16 with a short context, two batched matrix products and a softmax beat the
-    fused attention kernel, whose blocks suit long sequences. In float32, or from 512 tokens, the
-    kernel wins, and on a GPU it always does (BENCHMARKS.md has the measurements)."""
-    return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and q.size(-2) <= 256
+    # later ones get -inf, so softmax gives them weight 0.
+    future = torch.ones(T, S, dtype=torch.bool, device=q.device).triu(diagonal=S - T + 1)
+    weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)  # each row sums to 1
+    weights = F.dropout(weights, dropout)  # dropout > 0 only in training
+    return weights @ v  # (B, nh, T, hs): each query's weighted mean of the values
 
 
 class QKVAttention(nn.Module):
@@ -146,7 +135,7 @@ class QKVAttention(nn.Module):
         # One matrix product makes q, k and v side by side, [q | k | v] (GPT-2's layout): fewer, larger kernels.
         self.c_attn = nn.Linear(C, (self.num_heads + 2 * self.num_kv_heads) * hs, bias=config.bias)
         self.c_proj = nn.Linear(C, C, bias=config.bias)
-        self.resid_dropout = Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
         self.q_norm = self.k_norm = None
         if config.qk_norm:  # one gain per head channel, shared by the heads (as in Qwen3's q_norm, k_norm)
             self.q_norm = nn.RMSNorm(hs, eps=config.layer_norm_eps)
@@ -191,9 +180,6 @@ class QKVAttention(nn.Module):
             is_causal = False
         # One query after a prefix (a generation step) sees every key: no mask at all.
         dropout = self.dropout if self.training else 0.0
-        if cache is None and plain_products_are_faster(q):
-            y = manual_attention(q, k, v, dropout)
-        else:
-            y = attend(q, k, v, mask, dropout, is_causal)
+        y = attend(q, k, v, mask, dropout, is_causal)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, nh, hs) -> (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y))

@@ -10,7 +10,6 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import KVCache, QKVAttention
 from .config import GPT2Config, config_from_original_args
-from .dropout import Dropout
 
 
 def make_norm(config: GPT2Config) -> nn.Module:
@@ -26,23 +25,6 @@ def norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(module, nn.RMSNorm):
         return F.rms_norm(x, module.normalized_shape, module.weight, module.eps)
     return F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
-
-
-class ReLUSquared(torch.autograd.Function):
-    """relu(x)^2, with a backward pass written out: the gradient is g * 2 relu(x), which is already
-    zero where x < 0, so it takes two elementwise passes where autograd's chain of relu and square
-    takes four (BENCHMARKS.md, "Tenth session"). Only relu(x) is kept for it."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        r = F.relu(x)
-        ctx.save_for_backward(r)
-        return r * r
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (r,) = ctx.saved_tensors
-        return torch.mul(grad, r).mul_(2.0)
 
 
 class MLP(nn.Module):
@@ -61,7 +43,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, config.mlp_size, bias=config.bias)
         self.c_fc2 = nn.Linear(config.n_embd, config.mlp_size, bias=config.bias) if self.kind == "swiglu" else None
         self.c_proj = nn.Linear(config.mlp_size, config.n_embd, bias=config.bias)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """(..., C) -> the activations before c_proj (..., H). Plain function calls, so the one-token
@@ -70,7 +52,7 @@ class MLP(nn.Module):
         if self.kind == "gelu":
             return F.gelu(h, approximate="tanh")  # GPT-2 was trained with GELU's tanh approximation
         if self.kind == "relu2":
-            return ReLUSquared.apply(h)
+            return torch.square(F.relu(h))
         return F.silu(h) * F.linear(x, self.c_fc2.weight, self.c_fc2.bias)  # the gate times the value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

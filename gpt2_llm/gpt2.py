@@ -21,7 +21,7 @@ from basics import UserError
 from .attention import KVCache, attend
 from .config import GPT2Config, config_from_original_args
 from .decoder import GPT2Decoder, make_norm, norm
-from .dropout import Dropout
+from .fast_cpu import cross_entropy
 
 class GPT2(nn.Module):
     def __init__(self, config: GPT2Config | None = None, **original_args):
@@ -29,7 +29,7 @@ class GPT2(nn.Module):
         self.config = config = config_from_original_args("GPT2", config, original_args)
         self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
         self.wpe = None if config.rope else nn.Embedding(config.block_size, config.n_embd)
-        self.drop = Dropout(config.dropout)
+        self.drop = nn.Dropout(config.dropout)
         self.decoder = GPT2Decoder(config)
         self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
@@ -298,88 +298,6 @@ def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int | Non
         values = values.masked_fill(probs.cumsum(dim=-1) - probs >= top_p, float("-inf"))
     choice = torch.multinomial(values.softmax(dim=-1), 1, generator=generator)  # (B, 1), a rank
     return indices.gather(-1, choice)
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int | None = None,
-                  label_smoothing: float = 0.0) -> torch.Tensor:  # fmt: skip
-    """Mean cross-entropy of logits (N, padded vocab) against targets (N,); targets of -100 are ignored.
-    Only the first vocab_size columns are classes (default: all); the rest are padding. With
-    label_smoothing e, each row's loss is (1 - e) x -log p(target) + e x the mean of -log p over
-    the classes, as F.cross_entropy's label_smoothing.
-
-    Equal to F.cross_entropy (tested), but on a CPU, eagerly, when a backward pass will follow, it
-    takes the chunked path below: there that is the largest single saving of a training step. A
-    GPU's memory is fast enough for torch's fused kernel, and a loop of small chunks would only
-    add kernel launches.
-    """
-    vocab_size = vocab_size or logits.size(1)
-    chunked = (logits.device.type == "cpu" and not torch.compiler.is_compiling()  # the compiler fuses on its own
-               and torch.is_grad_enabled() and logits.requires_grad)
-    if chunked:
-        return _ChunkedCrossEntropy.apply(logits, targets, vocab_size, label_smoothing)
-    if label_smoothing:  # the mean over the classes must not take in the padding columns
-        return F.cross_entropy(logits[:, :vocab_size], targets, label_smoothing=label_smoothing)
-    if logits.size(1) > vocab_size:
-        # A GPU's fused kernel wants the rows whole: rule the padding columns out with -inf logits
-        # (probability 0, gradient 0) rather than copy the first vocab_size columns out.
-        logits = logits.index_fill(1, torch.arange(vocab_size, logits.size(1), device=logits.device), float("-inf"))
-    return F.cross_entropy(logits, targets)
-
-
-class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Cross-entropy and its gradient, computed together a few rows at a time.
-
-    F.cross_entropy casts all the logits to float32, keeps their log-softmax for the backward pass,
-    then reads it back with a gradient tensor of the same size: several passes over N x vocab
-    floats (400 MB at batch 8 x 256 with GPT-2's vocab), far more than any cache. Here each chunk
-    of rows is taken to float32 while it sits in the cache, and since a backward pass follows, the
-    gradient is made there and then, from the same exponentials:
-
-        d loss / d logits of row i = (softmax(row i) - one_hot(target i)) * kept_i / count
-
-    and written once, in the logits' own dtype. The backward pass only scales it. With label
-    smoothing e the target is (1 - e) x one_hot + e / V, the loss (1 - e) x -log p(target) + e x
-    the mean of -log p over the V classes, i.e. log-sum-exp - (1 - e) x logit(target) - e x the
-    mean logit.
-    """
-
-    CHUNK_ELEMENTS = 1 << 19  # float32 values per chunk: 2 MB, about a core's L2 cache
-
-    @staticmethod
-    def forward(ctx, logits, targets, V, smoothing=0.0):
-        N, padded = logits.shape
-        step = max(1, _ChunkedCrossEntropy.CHUNK_ELEMENTS // V)
-        kept = targets != -100  # (N,), the positions that count
-        count = kept.sum().clamp(min=1)  # stays a tensor: no wait for the device
-        weight = (kept / count).unsqueeze(1)  # (N, 1): each row's share of the mean
-        safe_targets = targets.masked_fill(~kept, 0).unsqueeze(1)  # (N, 1); ignored rows point at 0
-        losses = torch.empty(N, 1, dtype=torch.float32, device=logits.device)
-        grad = logits.new_empty(N, padded)
-        grad[:, V:] = 0.0  # the padding columns are not classes
-        for i in range(0, N, step):
-            rows = slice(i, i + step)
-            exps = logits[rows, :V].to(torch.float32, copy=True)  # (n, V), a float32 chunk in the cache
-            top = exps.amax(dim=1, keepdim=True)
-            exps.sub_(top).exp_()  # shifted by the row's maximum, so nothing overflows
-            total = exps.sum(dim=1, keepdim=True)
-            lse = total.log() + top  # log-sum-exp of the row
-            losses[rows] = lse - (1 - smoothing) * logits[rows].gather(1, safe_targets[rows]).float()
-            if smoothing:
-                losses[rows] -= smoothing * logits[rows, :V].float().mean(dim=1, keepdim=True)
-            exps.mul_(weight[rows] / total)  # softmax, times the row's share
-            exps.scatter_add_(1, safe_targets[rows], -(1 - smoothing) * weight[rows])  # minus the target
-            if smoothing:
-                exps.sub_(weight[rows] * (smoothing / V))
-            grad[rows, :V] = exps
-        ctx.save_for_backward(grad)
-        return (losses.squeeze(1) * weight.squeeze(1)).sum()
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        (grad,) = ctx.saved_tensors
-        if grad_loss.device.type == "cpu" and grad_loss.item() == 1.0:
-            return grad, None, None, None  # the usual case: no pass over the gradient at all
-        return grad * grad_loss, None, None, None
 
 
 def pad_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:

@@ -35,7 +35,7 @@ import numpy as np
 from basics import UserError
 from bpe import ENDOFTEXT
 
-IGNORE_INDEX = -100  # a target that is not trained on: gpt2.cross_entropy leaves it out of the mean
+IGNORE_INDEX = -100  # a target that is not trained on: the loss (fast_cpu.cross_entropy) leaves it out of the mean
 ROLES = ("system", "user", "assistant")
 
 

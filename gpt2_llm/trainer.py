@@ -99,8 +99,7 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
 
 
 def make_muon(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer | None:
-    """With --optimizer muon, Muon for the hidden matrices (muon_parameters); else None. It is
-    torch.optim.Muon with same-shape matrices orthogonalised in one batch (gpt2_llm/muon.py).
+    """With --optimizer muon, torch.optim.Muon for the hidden matrices (muon_parameters); else None.
 
     Muon (Jordan et al. 2024) orthogonalises each matrix's momentum (5 Newton-Schulz steps) before
     the update. Its settings are torch's defaults (momentum 0.95, Nesterov) with the "original" shape
@@ -109,10 +108,9 @@ def make_muon(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimi
     the schedule scales both alike. Weight decay is --weight-decay, as on AdamW's matrices."""
     if config.optimizer != "muon":
         return None
-    from .muon import Muon  # subclasses torch.optim.Muon, which torch before 2.9 lacks
-
-    params = [p for _, p in muon_parameters(model)]
-    return Muon(params, lr=config.muon_lr or MUON_LR, weight_decay=config.weight_decay, adjust_lr_fn="original")
+    params = [p for _, p in muon_parameters(model)]  # torch before 2.9 has no Muon: TrainConfig refuses it there
+    return torch.optim.Muon(params, lr=config.muon_lr or MUON_LR, weight_decay=config.weight_decay,
+                            adjust_lr_fn="original")
 
 
 def step_memory(config: GPT2Config, batch_size: int, dtype: torch.dtype, grad_checkpoint: bool = False,
@@ -129,10 +127,11 @@ def step_memory(config: GPT2Config, batch_size: int, dtype: torch.dtype, grad_ch
     (4 bytes in float32), counted here from the layer's real widths so that the options change it:
     the norms' inputs 4C; attention's input 2C, queries 2C, keys and values 4 x their width, the
     projection's input 2C and its dropout mask C; the MLP's input 2C, its activation's inputs and
-    c_proj's 4H (6H with SwiGLU's two) and a mask C; QK-norm's inputs. The attention scores (the
-    second term) are only kept for the short contexts that take the plain-product path (see
-    attention.plain_products_are_faster); the fused kernels never store them. With grad_checkpoint
-    a layer keeps only its input (2C), and one layer's activations exist at a time."""
+    c_proj's 4H (6H with SwiGLU's two) and a mask C; QK-norm's inputs.
+    The attention scores (the second term) are left out: SDPA's fused kernels never store them
+    (but with attention dropout on a CPU, SDPA takes its math path, which keeps several copies of
+    them: not counted). With grad_checkpoint a layer keeps only its input (2C), and one layer's
+    activations exist at a time."""
     C, L, T, V = config.n_embd, config.n_layer, config.block_size, config.padded_vocab_size
     H, kv = config.mlp_size, config.kv_heads * config.head_size  # the MLP's width; the keys' (and values')
     gated = config.mlp == "swiglu"
@@ -140,8 +139,7 @@ def step_memory(config: GPT2Config, batch_size: int, dtype: torch.dtype, grad_ch
     weights = L * (C * (C + 2 * kv) + C * C + (3 if gated else 2) * C * H) + (V + T) * C
     weights += 0 if config.tie_embeddings else V * C
     width = 2 if dtype in (torch.bfloat16, torch.float16) else 4
-    scores = 5 * config.n_head * T if T <= 256 else 0
-    layer = 4 * C + (7 * C + 4 * kv) + (3 * C + (6 if gated else 4) * H) + scores
+    layer = 4 * C + (7 * C + 4 * kv) + (3 * C + (6 if gated else 4) * H)
     layer += 2 * C + 2 * kv if config.qk_norm else 0
     kept = L * 2 * C + layer if grad_checkpoint else L * layer
     activations = batch_size * T * kept * width // 2

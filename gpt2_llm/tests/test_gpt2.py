@@ -8,7 +8,7 @@ from torch import nn
 
 from gpt2_llm import GPT2, GPT2Config, load, save_model
 from gpt2_llm.export import write_model
-from gpt2_llm.gpt2 import cross_entropy, sample_next_token
+from gpt2_llm.gpt2 import sample_next_token
 from gpt2_llm.tests.conftest import assert_close
 
 
@@ -139,25 +139,6 @@ def test_the_original_keyword_arguments_build_the_same_config():
         GPT2(vocab_size=300, n_heads=4)
     with pytest.raises(TypeError, match="not both"):
         GPT2(GPT2Config(), vocab_size=300)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_cross_entropy_equals_torchs(dtype):
-    torch.manual_seed(0)
-    logits = (3 * torch.randn(50, 1000)).to(dtype).requires_grad_()
-    targets = torch.randint(0, 1000, (50,))
-    targets[[3, 17]] = -100  # ignored positions
-    loss = cross_entropy(logits, targets)
-    (2.5 * loss).backward()  # a scale, as gradient accumulation gives
-    fused_grad, logits.grad = logits.grad, None
-    expected = F.cross_entropy(logits.float(), targets)
-    (2.5 * expected).backward()
-    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
-    assert fused_grad.dtype == dtype
-    # float32: rounding only; bfloat16: at most two steps of its 8-bit mantissa at the largest value.
-    atol = 1e-7 if dtype == torch.float32 else 2**-7 * logits.grad.abs().max().item()
-    assert_close(fused_grad, logits.grad, atol=atol)
-    assert not fused_grad[[3, 17]].any()
 
 
 def test_bf16_autocast_forward_and_backward(tiny_model):
@@ -322,23 +303,6 @@ def test_the_one_token_generation_step_equals_the_general_one(tiny_config, varia
     assert lean[0].length == general[0].length == 10
 
 
-@pytest.mark.parametrize("path", ["chunked", "fused kernel"])
-def test_cross_entropy_leaves_the_padding_columns_out(path, monkeypatch):
-    if path == "fused kernel":  # the path a GPU or the compiler takes
-        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    torch.manual_seed(0)
-    padded = torch.randn(40, 128).requires_grad_()
-    targets = torch.randint(0, 97, (40,))
-    loss = cross_entropy(padded, targets, 97)
-    loss.backward()
-    real = padded.detach()[:, :97].clone().requires_grad_()
-    expected = F.cross_entropy(real, targets)
-    expected.backward()
-    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
-    assert_close(padded.grad[:, :97], real.grad, atol=1e-7)
-    assert not padded.grad[:, 97:].any()
-
-
 # ---- architecture options: sizes, FLOPs, the untied head -------------------------------------------
 
 
@@ -397,7 +361,7 @@ def test_bf16_autocast_with_every_option(tiny_config):
     model = GPT2(replace(tiny_config, **OPTIONS[-1])).eval()
     ids = torch.randint(0, 97, (2, 16))
     reference = model(ids)[0]
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # the plain-product attention path: shared heads copied
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # SDPA in bf16, the key/value heads shared
         logits, loss = model(ids, ids)
         loss.backward()
         out = model.generate(ids[:, :8], 4, greedy=True)
@@ -422,52 +386,6 @@ def test_save_hf_refuses_options_no_transformers_class_holds(tmp_path):
                                                    "has LayerNorm, learned positions, biases, QK-norm)")):
         write_model(GPT2(config), tmp_path)
     assert not list(tmp_path.iterdir())
-
-
-@pytest.mark.parametrize("path", ["chunked", "fused kernel"])
-def test_ignored_targets_get_no_gradient_and_the_loss_is_the_mean_of_the_others(path, monkeypatch):
-    """The loss mask of instruction records: targets of -100 (a prompt, padding) are left out."""
-    if path == "fused kernel":  # the path a GPU or the compiler takes
-        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    torch.manual_seed(0)
-    logits = torch.randn(12, 128).requires_grad_()
-    targets = torch.randint(0, 97, (12,))
-    masked = targets.clone()
-    masked[:7] = -100  # a prompt of 7 positions, then a response of 5
-    loss = cross_entropy(logits, masked, 97)
-    loss.backward()
-    log_p = logits.detach()[:, :97].log_softmax(dim=-1)
-    by_hand = -sum(log_p[i, targets[i]] for i in range(7, 12)) / 5  # divided by the 5 counted, not by 12
-    assert loss.item() == pytest.approx(by_hand.item(), abs=1e-6)
-    assert not logits.grad[:7].any()  # exactly zero: the prompt's predictions are not trained
-    assert (logits.grad[7:, :97].abs().sum(dim=1) > 0).all()
-    other = logits.detach().clone()
-    other[:7] = 100 * torch.randn(7, 128)  # whatever the model predicts at the prompt's positions
-    assert cross_entropy(other, masked, 97).item() == pytest.approx(loss.item(), abs=1e-6)
-
-
-@pytest.mark.parametrize("path", ["chunked", "fused kernel"])
-def test_label_smoothing_matches_torchs_over_the_real_columns(path, monkeypatch):
-    """--label-smoothing: the same loss and gradient as F.cross_entropy(label_smoothing=e) on the
-    vocab_size real columns, with the padding columns and ignored targets left out."""
-    if path == "fused kernel":
-        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    torch.manual_seed(0)
-    targets = torch.randint(0, 97, (60,))
-    padded = 3 * torch.randn(60, 128)
-    padded[torch.arange(60), targets] += 8.0  # a confident model: smoothing then costs it something
-    padded.requires_grad_()
-    targets[[5, 40]] = -100
-    loss = cross_entropy(padded, targets, 97, label_smoothing=0.1)
-    (2.5 * loss).backward()
-    real = padded.detach()[:, :97].clone().requires_grad_()
-    expected = F.cross_entropy(real, targets, label_smoothing=0.1)
-    (2.5 * expected).backward()
-    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
-    assert_close(padded.grad[:, :97], real.grad, atol=1e-7)
-    assert not padded.grad[:, 97:].any() and not padded.grad[[5, 40]].any()
-    # A different loss from the plain one: for a confident model, higher.
-    assert loss.item() > F.cross_entropy(real.detach(), targets).item() + 0.5
 
 
 def test_label_smoothing_is_the_callers_setting_and_plain_cross_entropy_by_default(tiny_model):
