@@ -13,7 +13,7 @@ The replacements (gpt2_llm/fast_cpu.py), and torch's primitive each is measured 
 Issue 28 keeps a replacement only where it saves at least 10% of a whole step, or of its peak
 memory, on the machine it is for. Four more were measured with this script at commit 6ea81e5 and
 deleted after it: ReLU^2's written-out backward, a cheaper CPU dropout mask, a batched Muon, and
-the written-out attention as a speed path on short bf16 contexts (benchmarks/PRIMITIVES.md has
+the written-out attention as a speed path on short bf16 contexts (BENCHMARKS.md, "Hand-written replacements", has
 the figures; `git checkout 6ea81e5` repeats them).
 
 Shapes: "recipe" is `--preset mini --n-layer 4 --context 512 --vocab-size 2048 --batch-size 4
