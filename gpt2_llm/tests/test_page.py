@@ -43,7 +43,7 @@ KEY_STORAGE = "gpt2-toolkit-api-key"  # app.js's sessionStorage entry
 # nothing that reaches out to the network on its own.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-WAIT_MS = 15_000  # the longest any single wait in the browser may take
+WAIT_MS = 45_000  # the longest any single wait in the browser may take (a 300-token answer on a loaded 2-core machine took over 15 s)
 
 
 def write_model(folder: Path) -> Path:
