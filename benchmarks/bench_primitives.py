@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -56,7 +55,7 @@ import torch.nn.functional as F  # noqa: E402
 import gpt2_llm.gpt2  # noqa: E402
 from gpt2_llm import GPT2, GPT2Config  # noqa: E402
 from gpt2_llm.config import FINETUNE_DEFAULTS, TrainConfig  # noqa: E402
-from gpt2_llm.hardware import pick_dtype  # noqa: E402
+from gpt2_llm.hardware import device_name, pick_dtype  # noqa: E402
 from profile_step import step_parts  # noqa: E402  (benchmarks/ is the script's folder)
 
 
@@ -172,18 +171,6 @@ def memory_in_subprocesses(args, names: list[str]) -> dict[str, dict[str, int]]:
     return found
 
 
-def cpu_name() -> str:
-    """The CPU's model name as lscpu gives it (Linux), else what platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def print_table(medians: dict[str, float] | None, memory: dict[str, dict[str, int]] | None) -> None:
     head = "| variant |" + (" ms per step | vs today |" if medians else "")
     head += " peak RSS MB | vs today | step's rise MB |" if memory else ""
@@ -224,7 +211,7 @@ def main() -> None:
     print(f"{args.shape}: {config.n_layer} layers x {config.n_embd}, {config.mlp}, batch {train.batch_size} x "
           f"context {config.block_size}, vocab {config.vocab_size}, dropout {config.dropout}/{config.attn_dropout_prob} "
           f"(attention), {train.optimizer}, {str(dtype).removeprefix('torch.')} autocast; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {cpu_name()}; medians of {args.rounds} rounds")
+          f"{torch.get_num_threads()} threads, {device_name(torch.device('cpu'))}; medians of {args.rounds} rounds")
     print_table(medians, memory)
 
 

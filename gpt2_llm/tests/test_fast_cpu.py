@@ -10,6 +10,15 @@ from gpt2_llm.fast_cpu import cross_entropy
 from gpt2_llm.tests.conftest import assert_close
 
 
+@pytest.fixture(params=["chunked", "fused kernel"])
+def path(request, monkeypatch):
+    """Each test runs on both paths: the chunked one a CPU takes in training, and torch's kernel,
+    the path a GPU or the compiler takes."""
+    if request.param == "fused kernel":
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_cross_entropy_equals_torchs(dtype):
     torch.manual_seed(0)
@@ -29,10 +38,7 @@ def test_fused_cross_entropy_equals_torchs(dtype):
     assert not fused_grad[[3, 17]].any()
 
 
-@pytest.mark.parametrize("path", ["chunked", "fused kernel"])
-def test_cross_entropy_leaves_the_padding_columns_out(path, monkeypatch):
-    if path == "fused kernel":  # the path a GPU or the compiler takes
-        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+def test_cross_entropy_leaves_the_padding_columns_out(path):
     torch.manual_seed(0)
     padded = torch.randn(40, 128).requires_grad_()
     targets = torch.randint(0, 97, (40,))
@@ -46,11 +52,8 @@ def test_cross_entropy_leaves_the_padding_columns_out(path, monkeypatch):
     assert not padded.grad[:, 97:].any()
 
 
-@pytest.mark.parametrize("path", ["chunked", "fused kernel"])
-def test_ignored_targets_get_no_gradient_and_the_loss_is_the_mean_of_the_others(path, monkeypatch):
+def test_ignored_targets_get_no_gradient_and_the_loss_is_the_mean_of_the_others(path):
     """The loss mask of instruction records: targets of -100 (a prompt, padding) are left out."""
-    if path == "fused kernel":  # the path a GPU or the compiler takes
-        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     torch.manual_seed(0)
     logits = torch.randn(12, 128).requires_grad_()
     targets = torch.randint(0, 97, (12,))
@@ -68,12 +71,9 @@ def test_ignored_targets_get_no_gradient_and_the_loss_is_the_mean_of_the_others(
     assert cross_entropy(other, masked, 97).item() == pytest.approx(loss.item(), abs=1e-6)
 
 
-@pytest.mark.parametrize("path", ["chunked", "fused kernel"])
-def test_label_smoothing_matches_torchs_over_the_real_columns(path, monkeypatch):
+def test_label_smoothing_matches_torchs_over_the_real_columns(path):
     """--label-smoothing: the same loss and gradient as F.cross_entropy(label_smoothing=e) on the
     vocab_size real columns, with the padding columns and ignored targets left out."""
-    if path == "fused kernel":
-        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     torch.manual_seed(0)
     targets = torch.randint(0, 97, (60,))
     padded = 3 * torch.randn(60, 128)
