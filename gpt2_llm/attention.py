@@ -238,4 +238,5 @@ class QKVAttention(nn.Module):
             cache.write(layer, rows, k, v)
             y = attend_each_row(q, cache.k[layer], cache.v[layer], rows, starts)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, nh, hs) -> (B, T, C): heads side by side
-        return self.resid_dropout(self.c_proj(y))
+        y = self.c_proj(y)
+        return self.resid_dropout(y) if self.training else y  # see GPT2._embed

@@ -46,7 +46,8 @@ class MLP(nn.Module):
             h = torch.square(F.relu(h))
         else:
             h = F.silu(h) * self.c_fc2(x)  # the gate times the value
-        return self.dropout(self.c_proj(h))  # (B, T, C)
+        y = self.c_proj(h)  # (B, T, C)
+        return self.dropout(y) if self.training else y  # see GPT2._embed
 
 
 class DecoderBlock(nn.Module):

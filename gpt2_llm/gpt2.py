@@ -110,7 +110,9 @@ class GPT2(nn.Module):
                 x = x + self.wpe(start).unsqueeze(1)  # (B, 1, C)
             else:
                 x = x + self.wpe.weight[start : start + ids.size(1)]  # (T, C), broadcast over B
-        return self.drop(x)
+        # Dropout does nothing in eval mode; not calling it there saves a generated token nine module
+        # calls, a visible share of its time at batch 1 (BENCHMARKS.md, "One inference path").
+        return self.drop(x) if self.training else x
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None, *, label_smoothing: float = 0.0,
                 recompute: bool = False):  # fmt: skip
