@@ -39,11 +39,13 @@ class RotaryPositionEmbedding(nn.Module):
         T = x.size(-2)
         if isinstance(offset, torch.Tensor):
             positions = offset[:, None] + torch.arange(T, device=offset.device)  # (B, T)
-            cos = self.cos[positions].unsqueeze(1).to(x.dtype)  # (B, 1, T, hs/2), broadcast over nh
-            sin = self.sin[positions].unsqueeze(1).to(x.dtype)
+            cos = self.cos[positions].unsqueeze(1)  # (B, 1, T, hs/2), broadcast over nh
+            sin = self.sin[positions].unsqueeze(1)
         else:
-            cos = self.cos[offset : offset + T].to(x.dtype)  # (T, hs/2), broadcast over B and nh
-            sin = self.sin[offset : offset + T].to(x.dtype)
+            cos = self.cos[offset : offset + T]  # (T, hs/2), broadcast over B and nh
+            sin = self.sin[offset : offset + T]
+        if cos.dtype != x.dtype:  # under autocast; a .to() that changes nothing still costs a dispatch
+            cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)  # each (B, nh, T, hs/2)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
@@ -68,18 +70,21 @@ class KVCache:
     def write(self, layer: int, rows: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
         """Store k, v (R, nkv, T, hs) of the cache rows `rows` at positions lengths[r] onward.
         T > 1 new tokens (a prompt) go into rows that are empty; one token goes into any row."""
-        T = k.size(2)
         if self.k[layer] is None:
             shape = (len(self.lengths), k.size(1), self.max_len, k.size(3))
             self.k[layer], self.v[layer] = k.new_zeros(shape), v.new_zeros(shape)
-        keys, values = self.k[layer], self.v[layer]
+        keys, values, T = self.k[layer], self.v[layer], k.size(2)
+        if len(rows) == 1:  # slices, no index tensors: generate() at batch 1, and every prompt the server reads
+            row = rows[0]
+            start = self.lengths[row]
+            assert (T == 1 or start == 0) and start + T <= self.max_len, f"{T} new positions after {start}"
+            keys[row : row + 1, :, start : start + T] = k
+            values[row : row + 1, :, start : start + T] = v
+            return
         starts = [self.lengths[r] for r in rows]
         end = max(starts) + T
         assert (T == 1 or end == T) and end <= self.max_len, f"{T} new positions after {starts}, of {self.max_len}"
-        if len(rows) == 1:  # slices, no index tensors: generate() at batch 1, and every prompt the server reads
-            row, start = rows[0], starts[0]
-            keys[row : row + 1, :, start : start + T], values[row : row + 1, :, start : start + T] = k, v
-        elif T > 1:
+        if T > 1:
             keys[rows, :, :T], values[rows, :, :T] = k, v
         else:  # one new token per row, each at its own position
             where = torch.tensor(rows, device=k.device), torch.tensor(starts, device=k.device)
@@ -142,11 +147,14 @@ def attend_each_row(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, r
     it would get alone, whatever the other rows hold: greedy text does not depend on which others
     share a step. Attention is a small share of a step next to the matrix products.
     """
+    if len(rows) == q.size(0) == 1:  # one row, no padding (generate() at batch 1): q as it is
+        row, start = rows[0], starts[0]
+        return attend(q, keys[row : row + 1, :, : start + 1], values[row : row + 1, :, : start + 1])
     ys = [attend(q[i : i + 1], keys[row : row + 1, :, : start + 1], values[row : row + 1, :, : start + 1])
           for i, (row, start) in enumerate(zip(rows, starts))]  # fmt: skip
     if len(rows) < q.size(0):
         ys.append(q.new_zeros(q.size(0) - len(rows), *q.shape[1:]))
-    return ys[0] if len(ys) == 1 else torch.cat(ys)  # (B, nh, 1, hs)
+    return torch.cat(ys)  # (B, nh, 1, hs)
 
 
 def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
@@ -200,7 +208,10 @@ class QKVAttention(nn.Module):
         and keys normalised and rotated."""
         B, T, _ = x.shape
         nh, nkv, hs = self.num_heads, self.num_kv_heads, self.head_size
-        q, k, v = self.c_attn(x).split((nh * hs, nkv * hs, nkv * hs), dim=-1)
+        # The layers' own weights through F.linear rather than module calls: a module call costs a
+        # few microseconds, four or five per block for every generated token (BENCHMARKS.md, "One
+        # inference path").
+        q, k, v = F.linear(x, self.c_attn.weight, self.c_attn.bias).split((nh * hs, nkv * hs, nkv * hs), dim=-1)
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, T, nh * hs) -> (B, nh, T, hs)
         k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, T, nkv * hs) -> (B, nkv, T, hs)
         v = v.view(B, T, nkv, hs).transpose(1, 2)
@@ -238,5 +249,5 @@ class QKVAttention(nn.Module):
             cache.write(layer, rows, k, v)
             y = attend_each_row(q, cache.k[layer], cache.v[layer], rows, starts)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, nh, hs) -> (B, T, C): heads side by side
-        y = self.c_proj(y)
+        y = F.linear(y, self.c_proj.weight, self.c_proj.bias)  # F.linear: see heads()
         return self.resid_dropout(y) if self.training else y  # see GPT2._embed

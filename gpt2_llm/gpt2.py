@@ -180,14 +180,13 @@ class GPT2(nn.Module):
         hold and wherever the row sits; with attention row by row (attention.attend_each_row), a
         fixed min_rows makes each row's logits independent of how many rows share the step.
         """
-        R = ids.size(0)
-        rows = list(range(R))
-        full = [r for r in rows if not 0 < cache.lengths[r] < self.config.block_size]
-        if full:
-            raise ValueError(f"cache rows {full} are empty or fill the context ({self.config.block_size}): "
-                             "prefill them (again) first")
-        start = first_positions(cache.lengths[:R], R, ids.device)
-        return self._next_logits(ids.reshape(R, 1), start, cache, rows, max(R, min_rows or 0))
+        R, block_size = ids.size(0), self.config.block_size
+        lengths = cache.lengths[:R]
+        if min(lengths) < 1 or max(lengths) >= block_size:
+            full = [r for r, n in enumerate(lengths) if not 0 < n < block_size]
+            raise ValueError(f"cache rows {full} are empty or fill the context ({block_size}): prefill them (again) first")
+        start = first_positions(lengths, R, ids.device)
+        return self._next_logits(ids.reshape(R, 1), start, cache, list(range(R)), max(R, min_rows or 0))
 
     def _next_logits(self, ids: torch.Tensor, start: int | torch.Tensor, cache: KVCache, rows: list[int],
                      product_rows: int = 0) -> torch.Tensor:  # fmt: skip
