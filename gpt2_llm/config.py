@@ -415,7 +415,7 @@ class TrainConfig:
         elif self.optimizer == "muon" and muon_missing():
             problems.append(muon_missing())
         if self.muon_lr is not None and self.optimizer != "muon":
-            problems.append("--muon-lr is the learning rate of --optimizer muon: give both, or neither")
+            problems.append(f"--muon-lr is the learning rate of --optimizer muon, not of {self.optimizer}")
         elif self.muon_lr is not None and self.muon_lr <= 0:
             problems.append(f"--muon-lr must be positive, got {self.muon_lr}")
         if self.batch_mode not in ("random", "epoch"):

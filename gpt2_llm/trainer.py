@@ -286,6 +286,8 @@ class Trainer:
         self._training_model = None
         self._peak: tuple[float, str] | None = None
         self.saved_to: Path | None = None  # where the last checkpoint went (see save)
+        self.plan: dict | None = None  # the plan a new run was made from (plan.Plan.as_dict), kept in the checkpoint
+        self.budget_start: float | None = None  # clock time --minutes counts from (default: when training starts)
         if self.dist.world_size > 1:
             # The model was made from the same seed on every rank (DDP also copies rank 0's
             # weights); from here each rank draws its own dropout masks.
@@ -378,10 +380,11 @@ class Trainer:
             _start_metrics_log(metrics_path, self.step)
 
         now = self.clock()  # after the slow parts: the speed measured from here is the steps'
+        budget_start, self.budget_start = (now if self.budget_start is None else self.budget_start), None  # a first call may count from earlier
         return _Run(save_path=save_path, metrics_path=metrics_path, model=self._model_for_training(), data=data,
                    progress=Progress(self.total_steps, self.step, progress and self.dist.is_main),
                    start_step=self.step, start_tokens=self.tokens_seen, start_time=now,
-                   deadline=now + 60 * c.minutes if c.minutes else math.inf,
+                   deadline=budget_start + 60 * c.minutes if c.minutes else math.inf,
                    step_limit=step_limit, refit_at=now + 6 * c.minutes if c.minutes else math.inf,  # a tenth of the budget in
                    flops_per_token=self.model.flops_per_token(), peak=peak)
 
@@ -789,6 +792,7 @@ class Trainer:
             "data": self.batches.state_dict() if self.batches is not None else self._resume_data,
             "tokenizer": {"text": self.bpe.to_text(), "hash": self.bpe.hash},
             **({"chat_template": self.chat_template} if self.chat_template is not None else {}),
+            **({"plan": self.plan} if self.plan is not None else {}),
         }
 
     def save(self, path) -> Path:
@@ -855,6 +859,7 @@ class Trainer:
         trainer._resume_data = ckpt.get("data")
         template_from_checkpoint(ckpt.get("chat_template"), str(path))  # one this version knows, or an error
         trainer.chat_template = ckpt.get("chat_template")
+        trainer.plan = ckpt.get("plan")
         return trainer
 
     def _restore_rng(self, rng: dict) -> None:
