@@ -72,14 +72,20 @@ def cut_points(path: Path, text: str, val_fraction: float, test_fraction: float,
     part, the tokens cut by split_tokens, a cut inside a character moved to its start), or with
     vocab_size 0 where split_tokens cuts the characters themselves."""
     if vocab_size == 0:
-        train, val, _ = split_tokens(np.arange(len(text)), val_fraction, CONTEXT, test_fraction)
-        return len(train), len(train) + len(val)
-    tokenizer = bpe.BPE.train(training_part([path], val_fraction + test_fraction), vocab_size)
-    tokens = np.concatenate([np.asarray(ids) for ids in tokenizer.iter_encode_file(path, allowed_special="all")])
-    train, val, _ = split_tokens(tokens, val_fraction, 1, test_fraction)
-    raw = text.encode("utf-8")
-    byte_cuts = (len(tokenizer.decode_bytes(train.tolist())), len(tokenizer.decode_bytes(train.tolist() + val.tolist())))
-    return tuple(len(raw[:cut].decode("utf-8", errors="ignore")) for cut in byte_cuts)
+        train, val, _ = split_tokens(np.arange(len(text)), val_fraction, 1, test_fraction)
+        cuts = (len(train), len(train) + len(val))
+    else:
+        tokenizer = bpe.BPE.train(training_part([path], val_fraction + test_fraction), vocab_size)
+        tokens = np.concatenate([np.asarray(ids) for ids in tokenizer.iter_encode_file(path, allowed_special="all")])
+        train, val, _ = split_tokens(tokens, val_fraction, 1, test_fraction)
+        raw, ends = text.encode("utf-8"), (train.tolist(), train.tolist() + val.tolist())
+        cuts = tuple(len(raw[: len(tokenizer.decode_bytes(ids))].decode("utf-8", errors="ignore")) for ids in ends)
+    sizes = {"training": cuts[0], "validation": cuts[1] - cuts[0] if val_fraction else None, "test": len(text) - cuts[1]}
+    short = [name for name, size in sizes.items() if size is not None and size <= CONTEXT]
+    if short:
+        raise UserError(f"the text is too short: each part needs over {CONTEXT} characters, and the "
+                        f"{' and '.join(short)} {'parts have' if len(short) > 1 else 'part has'} fewer")
+    return cuts
 
 
 def write_data(text: str, cuts: tuple[int, int], folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +129,8 @@ def run_train(checkout: Path, work: Path, name: str, iters: int, eval_interval: 
             if show:
                 print(f"  nanoGPT {name}: {line.strip()}", flush=True)
     if proc.wait() != 0:
-        sys.exit(f"bench_nanogpt: nanoGPT's train.py failed (exit {proc.returncode}); its log: {work / name}.log")
+        last = (work / f"{name}.log").read_text().strip().splitlines()[-1:] or [""]
+        sys.exit(f"bench_nanogpt: nanoGPT's train.py failed (exit {proc.returncode}): {last[0]}")
     return {"wall": time.monotonic() - start, "times": times, "estimate": estimate}
 
 
@@ -192,6 +199,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     checkout = check_checkout(args.nanogpt)
+    start = time.monotonic()  # the wall column counts the tokenizer that finds the cuts, as bench_train's counts ours
     try:
         text = args.text.read_bytes().decode("utf-8")
         cuts = cut_points(args.text, text, args.val_fraction, args.test_fraction, args.vocab_size)
@@ -205,10 +213,10 @@ def main() -> None:
         ids, byte_lengths = write_data(text, cuts, work / "data")
         print(f"parts (characters): train [0, {cuts[0]:,}), validation [{cuts[0]:,}, {cuts[1]:,}), "
               f"test [{cuts[1]:,}, {len(text):,}); {int(byte_lengths.size)} distinct characters", flush=True)
-        start = time.monotonic()
+        train_start = time.monotonic()
         iters, probe_wall = (args.max_iters, 0.0) if args.max_iters else iterations_for(args.minutes, checkout, work)
         run = run_train(checkout, work, "run", iters, iters, max(1, iters // 10))
-        trained = time.monotonic() - start
+        trained = time.monotonic() - train_start
         model = load_model(checkout, work / "run" / "ckpt.pt")
         test = score(model, ids[cuts[1]:], byte_lengths)
         val = score(model, ids[cuts[0]:cuts[1]], byte_lengths) if cuts[1] > cuts[0] else {"bpb": math.nan}
@@ -221,7 +229,7 @@ def report(args, iters: int, run: dict, trained: float, probe_wall: float, wall:
     chars_per_s = 24 * CONTEXT / per_iter * 1000
     budget = f"{iters:,} iters" if args.max_iters else f"{args.minutes:g} min"
     print(f"\nnanoGPT: {iters:,} iterations, median {per_iter:.1f} ms each, training {trained - probe_wall:.0f} s"
-          f" (+ probe {probe_wall:.0f} s); its own last estimate: {run['estimate']}")
+          f"{f' (+ probe {probe_wall:.0f} s)' if probe_wall else ''}; its own last estimate: {run['estimate']}")
     print(f"test part: {test['chars']:,} characters scored, {test['bytes']:,} bytes; "
           f"{test['nats_per_char']:.4f} nats/char")
     print()
