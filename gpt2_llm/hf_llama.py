@@ -90,7 +90,7 @@ OUTER_NAMES = {"wte.weight": "model.embed_tokens.weight", "ln_f.weight": "model.
                "lm_head.weight": "lm_head.weight"}  # fmt: skip
 TIED_BY_DEFAULT = False  # tie_word_embeddings of all three config classes, where a config.json leaves it out
 _OURS_OUTSIDE = {theirs: ours for ours, theirs in OUTER_NAMES.items()}
-MLP_TEXT = {"swiglu": "the SwiGLU MLP here gates with silu", "relu2": "the ReLU² MLP here is relu(x)² (relu2)"}
+MLP_TEXT = {"swiglu": "a SwiGLU MLP, which gates with silu", "relu2": "a ReLU² MLP: relu(x)², ACT2FN's relu2"}
 
 
 def departures(config: GPT2Config, family: Family) -> list[str]:
@@ -178,7 +178,7 @@ def _unrepresentable(hf: dict, family: Family, width: int, heads: int) -> str | 
         hf.get("head_dim", family.defaults["head_dim"])  # fmt: skip
     kind = rope.get("rope_type", rope.get("type", "default"))
     if act != family.hidden_act:
-        return f"its hidden_act is {act!r}; {MLP_TEXT[family.mlp]}, as {family.name}'s does"
+        return f"its hidden_act is {act!r}, and this toolkit's {family.name} shape has {MLP_TEXT[family.mlp]}"
     if hf.get("attention_bias") or hf.get("mlp_bias"):
         return f"it has biases (attention_bias or mlp_bias), and this toolkit's {family.name} shape has none"
     if head_dim not in (None, width // heads):
