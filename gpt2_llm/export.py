@@ -220,10 +220,10 @@ def export_problem(config: GPT2Config) -> str | None:
     """Why no transformers class this toolkit writes can hold a model of this shape; None when one can."""
     if export_type(config) is not None:
         return None
-    others = [f"{family.name}'s (it has {', '.join(hf_llama.departures(config, family))})"
-              for family in hf_llama.FAMILIES.values()]  # fmt: skip
-    return (f"transformers has no class for its shape: it is not GPT-2's (it has {', '.join(config.gpt2_departures())}), "
-            f"{', '.join(others[:-1])} nor {others[-1]}")
+    lacks = [("GPT-2", config.gpt2_departures())]
+    lacks += [(family.name, hf_llama.departures(config, family)) for family in hf_llama.FAMILIES.values()]
+    reasons = [f"{name}'s (it has {', '.join(has)})" for name, has in lacks]
+    return f"transformers has no class for its shape: it is not {', '.join(reasons[:-1])} nor {reasons[-1]}"
 
 
 def hf_config(config: GPT2Config, tokenizer: BPE | None = None, dtype: torch.dtype = torch.float32) -> dict:

@@ -69,21 +69,30 @@ _QK_NORM = {"attn.q_norm.weight": "self_attn.q_norm.weight", "attn.k_norm.weight
 _SWIGLU = {"mlp.c_fc.weight": "mlp.gate_proj.weight", "mlp.c_fc2.weight": "mlp.up_proj.weight",
            "mlp.c_proj.weight": "mlp.down_proj.weight"}  # fmt: skip
 _DEFAULT_ROPE = {"rope_type": "default"}
-LLAMA = Family("Llama", "llama", "LlamaForCausalLM", "swiglu", "silu", False, _NORMS | _ATTENTION | _SWIGLU,
-               dict(rms_norm_eps=1e-6, hidden_act="silu", head_dim=None, rope_theta=10000.0, rope=_DEFAULT_ROPE),
-               {"mlp_bias": False})  # fmt: skip
+LLAMA = Family(
+    name="Llama", model_type="llama", hf_class="LlamaForCausalLM", mlp="swiglu", hidden_act="silu", qk_norm=False,
+    block_names=_NORMS | _ATTENTION | _SWIGLU,
+    defaults={"rms_norm_eps": 1e-6, "hidden_act": "silu", "head_dim": None, "rope_theta": 10000.0,
+              "rope": _DEFAULT_ROPE},
+    extra={"mlp_bias": False},
+)  # fmt: skip
 # Qwen3Config's head_dim is 128 whatever the width, and its sliding window is off unless switched on.
-QWEN3 = Family("Qwen3", "qwen3", "Qwen3ForCausalLM", "swiglu", "silu", True, _NORMS | _ATTENTION | _QK_NORM | _SWIGLU,
-               dict(rms_norm_eps=1e-6, hidden_act="silu", head_dim=128, rope_theta=10000.0, rope=_DEFAULT_ROPE,
-                    use_sliding_window=False),
-               {"use_sliding_window": False, "sliding_window": None})  # fmt: skip
+QWEN3 = Family(
+    name="Qwen3", model_type="qwen3", hf_class="Qwen3ForCausalLM", mlp="swiglu", hidden_act="silu", qk_norm=True,
+    block_names=_NORMS | _ATTENTION | _QK_NORM | _SWIGLU,
+    defaults={"rms_norm_eps": 1e-6, "hidden_act": "silu", "head_dim": 128, "rope_theta": 10000.0, "rope": _DEFAULT_ROPE,
+              "use_sliding_window": False},
+    extra={"use_sliding_window": False, "sliding_window": None},
+)  # fmt: skip
 # ApertusConfig's RoPE is llama3-scaled (base 12e6) and its activation xielu unless config.json says otherwise.
-APERTUS = Family("Apertus", "apertus", "ApertusForCausalLM", "relu2", "relu2", True,
-                 {"ln_1.weight": "attention_layernorm.weight", "ln_2.weight": "feedforward_layernorm.weight"}
-                 | _ATTENTION | _QK_NORM | {"mlp.c_fc.weight": "mlp.up_proj.weight", "mlp.c_proj.weight": "mlp.down_proj.weight"},
-                 dict(rms_norm_eps=1e-5, hidden_act="xielu", head_dim=None, rope_theta=12e6,
-                      rope={"rope_type": "llama3", "factor": 8.0}),
-                 {})  # fmt: skip
+APERTUS = Family(
+    name="Apertus", model_type="apertus", hf_class="ApertusForCausalLM", mlp="relu2", hidden_act="relu2", qk_norm=True,
+    block_names={"ln_1.weight": "attention_layernorm.weight", "ln_2.weight": "feedforward_layernorm.weight"}
+    | _ATTENTION | _QK_NORM | {"mlp.c_fc.weight": "mlp.up_proj.weight", "mlp.c_proj.weight": "mlp.down_proj.weight"},
+    defaults={"rms_norm_eps": 1e-5, "hidden_act": "xielu", "head_dim": None, "rope_theta": 12e6,
+              "rope": {"rope_type": "llama3", "factor": 8.0}},
+    extra={},
+)  # fmt: skip
 FAMILIES = {family.model_type: family for family in (LLAMA, QWEN3, APERTUS)}
 QKV = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")  # c_attn's row blocks
 OUTER_NAMES = {"wte.weight": "model.embed_tokens.weight", "ln_f.weight": "model.norm.weight",
@@ -188,7 +197,10 @@ def _unrepresentable(hf: dict, family: Family, width: int, heads: int) -> str | 
         return f"its RoPE is scaled ({kind!r} in rope_parameters or rope_scaling), and this toolkit's RoPE is not"
     if rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
         return "its RoPE turns only part of each head (partial_rotary_factor), and this toolkit's turns all of it"
-    if hf.get("sliding_window") is not None and hf.get("use_sliding_window", family.defaults.get("use_sliding_window", True)):
+    # A sliding_window counts unless use_sliding_window says it is off (Qwen3's default; Llama's and
+    # Apertus's configs have no such switch, and a window they are given is taken as meant).
+    sliding = hf.get("use_sliding_window", family.defaults.get("use_sliding_window", True))
+    if hf.get("sliding_window") is not None and sliding:
         return (f"its attention sees a sliding window of {hf['sliding_window']} tokens, and this toolkit's "
                 f"sees the whole context")
     return None
