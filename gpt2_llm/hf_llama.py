@@ -163,8 +163,9 @@ def config_to_ours(hf: dict, family: Family) -> GPT2Config:
 
 
 def _rope(hf: dict, family: Family) -> dict:
-    """The RoPE settings: rope_parameters (transformers 5), else rope_scaling (4), else the class's own."""
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or family.defaults["rope"]
+    """The RoPE settings: rope_scaling (transformers 4's name, which 5 still lets replace the others),
+    else rope_parameters (5), else the class's own."""
+    rope = hf.get("rope_scaling") or hf.get("rope_parameters") or family.defaults["rope"]
     return rope if isinstance(rope, dict) else {"rope_type": repr(rope)}
 
 

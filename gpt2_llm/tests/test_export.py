@@ -597,6 +597,8 @@ def test_a_config_that_does_not_fit_is_one_line(folder, change, message):
      "its RoPE is scaled ('llama3' in rope_parameters or rope_scaling), and this toolkit's RoPE is not"),
     (lambda c: c.update(rope_parameters=None, rope_scaling={"type": "linear", "factor": 2.0}),
      "its RoPE is scaled ('linear' in rope_parameters or rope_scaling)"),
+    (lambda c: c.update(rope_scaling={"rope_type": "linear", "factor": 2.0}),  # transformers 5 prefers it
+     "its RoPE is scaled ('linear' in rope_parameters or rope_scaling)"),  # to rope_parameters
     (lambda c: c["rope_parameters"].update(partial_rotary_factor=0.5), "turns only part of each head"),
     (lambda c: c.update(attention_bias=True), "it has biases (attention_bias or mlp_bias), and this toolkit's "
                                               "Llama shape has none"),
