@@ -2,7 +2,7 @@
 
 Read leaf to root: config.py (the shape, and how to train), attention.py, decoder.py, gpt2.py (the
 model, generation), checkpoint.py (the file format), hf_llama.py and export.py (transformers'
-folders, both ways: Llama's names, then the rest), loading.py (the one way to load a model: a
+folders, both ways: the Llama family's names, then the rest), loading.py (the one way to load a model: a
 checkpoint, a folder or a hub name), data.py (text to batches), hardware.py (device, precision,
 peak FLOP/s), distributed.py (torchrun), trainer.py (the training loop), plot.py (a picture of a run).
 Then main.py's commands as functions a Python user calls: vocab.py (tokenize, encode, decode),
