@@ -22,6 +22,15 @@ def test_the_anchor_is_the_recipe_shape():
     GPT2Config(vocab_size=p.vocab_size, **p.shape), TrainConfig(**p.settings)  # both valid
 
 
+@pytest.mark.parametrize("size,seconds,peak", [(100_000, 84, EPYC), (1_115_394, 600, EPYC), (20 * MB, 1800, 989e12)])
+def test_the_default_model_exports(size, seconds, peak):
+    """Whatever its size, a planned model is one transformers holds (as Apertus: test_export has its logits)."""
+    from gpt2_llm.export import export_problem, export_type
+
+    config = GPT2Config(vocab_size=512, **plan_run(size, seconds, peak, "cpu").shape)
+    assert export_type(config) == "apertus" and export_problem(config) is None
+
+
 def test_plans_scale_with_text_and_time():
     """The documented table: a small text gets a small, short run with more dropout; more time a deeper
     model and a larger batch; more text a larger vocabulary and less dropout."""
