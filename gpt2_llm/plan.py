@@ -14,9 +14,11 @@ measured once per machine and cached). The rule, in one place:
     width     64 x round(1.5 x depth): heads of 64 channels, 1.5 heads a layer (384 at 4 layers)
     context   512 tokens (256 where the text's validation part would hold fewer than 8 windows)
     (the weights a token: the recipe's 4 x 384 blocks, 7.1M weights, learn from 0.32M tokens)
-    batch     2048 tokens a step at ANCHOR_COMPUTE, times (C / ANCHOR_COMPUTE) ** (1/3)
+    batch     2048 tokens a step at ANCHOR_COMPUTE, times (C / ANCHOR_COMPUTE) ** (1/3); at most
+              SMALL_TEXT_BATCH_TOKENS where the text, not the time, ends the run (more, smaller steps)
     vocab     bpe.recommended_vocab_size: the power of two nearest 2 x sqrt(bytes) (1 MB -> 2048)
-    passes    the expected tokens (peak x EXPECTED_MFU / FLOPs a token x seconds) over the text's;
+    passes    the expected tokens (the planned shape's tokens/s, measured by a two-step probe in
+              runs.py; else peak x EXPECTED_MFU / FLOPs a token) x seconds over the text's tokens;
               more than MAX_EPOCHS and the schedule stops there: a small text is not trained to over-fit
     dropout   0 for one pass or less, 0.2 at four (the recipe's), 0.2 x sqrt((passes - 1) / 3), at most 0.3
     optimiser Muon at 0.012 for the blocks' matrices, AdamW at 2e-3 x sqrt(384 / width) for the rest;
@@ -49,7 +51,8 @@ WEIGHTS_PER_TOKEN = 25  # the recipe's 7.1M block weights learn from 0.32M token
 CONTEXT = 512
 ANCHOR_BATCH_TOKENS = 2048
 EXPECTED_MFU = {"cpu": 0.35, "cuda": 0.35, "mps": 0.2}  # of the probe's peak (the EPYC's runs of this shape: 36-40%)
-MAX_EPOCHS = 16
+MAX_EPOCHS = 32  # Pride and Prejudice, validation: 16 passes 1.899, 32 passes 1.845, 64 passes over-fit (see docs/train.md)
+SMALL_TEXT_BATCH_TOKENS = 1024  # the batch of a run that MAX_EPOCHS ends (Pride and Prejudice: see docs/train.md)
 MUON_LR = 0.012
 ADAMW_LR = 2e-3  # at width 384
 WEIGHT_DECAY = 1.0
@@ -114,10 +117,11 @@ def heads_for(n_embd: int) -> int:
 
 def plan_run(text_bytes: int, seconds: float, peak_flops: float, device_type: str, *, shape: dict | None = None,
              settings: dict | None = None, preset: str | None = None, vocab_size: int | None = None,
-             processes: int = 1) -> Plan:  # fmt: skip
+             processes: int = 1, tokens_per_s: float | None = None) -> Plan:  # fmt: skip
     """The plan for `text_bytes` of text and `seconds` of wall time on `processes` devices of
     `peak_flops` each (torchrun's: the batch is shared among them); `shape`, `settings`, `preset`
-    and `vocab_size` are what the user gave, each replacing its part."""
+    and `vocab_size` are what the user gave, each replacing its part. tokens_per_s: the planned
+    model's speed as measured (all processes together); None: peak x EXPECTED_MFU, an estimate."""
     shape, settings = dict(shape or {}), dict(settings or {})
     held_out = settings.get("val_fraction", HELD_OUT) + settings.get("test_fraction", 0.0)
     vocab = vocab_size or bpe.recommended_vocab_size(text_bytes)
@@ -129,11 +133,15 @@ def plan_run(text_bytes: int, seconds: float, peak_flops: float, device_type: st
     config = GPT2Config(vocab_size=vocab, **model)
 
     run = dict(settings)
-    batch = ANCHOR_BATCH_TOKENS * (compute / ANCHOR_COMPUTE) ** (1 / 3) / config.block_size
-    run.setdefault("batch_size", max(1, round(batch / processes)))
+    if tokens_per_s is None:
+        tokens_per_s = processes * peak_flops * EXPECTED_MFU.get(device_type, 0.25) / flops_per_token(config)
+    by_time = tokens_per_s * train_seconds / train_tokens  # the passes over the text the time gives
+    batch = ANCHOR_BATCH_TOKENS * (compute / ANCHOR_COMPUTE) ** (1 / 3)
+    if by_time > MAX_EPOCHS and not {"steps", "epochs"} & run.keys():
+        batch = min(batch, SMALL_TEXT_BATCH_TOKENS)  # the text, not the time, ends the run: more, smaller steps
+    run.setdefault("batch_size", max(1, round(batch / config.block_size / processes)))
     tokens_per_step = run["batch_size"] * run.get("grad_accum", 1) * processes * config.block_size
-    tokens_per_s = processes * peak_flops * EXPECTED_MFU.get(device_type, 0.25) / flops_per_token(config)
-    epochs = planned_passes(run, tokens_per_s * train_seconds / train_tokens, tokens_per_step / train_tokens, why)
+    epochs = planned_passes(run, by_time, tokens_per_step / train_tokens, why)
     steps = run.get("steps") or max(1, int(epochs * train_tokens / tokens_per_step))
     if "dropout" not in model:
         model["dropout"] = planned_dropout(epochs)

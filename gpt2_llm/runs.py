@@ -37,7 +37,7 @@ from .gpt2 import GPT2
 from .hardware import measure_matmul_flops, peak_flops, pick_device, pick_dtype
 from .loading import load_with_tokenizer, vocab_problem
 from .plan import DEFAULT_MINUTES, Plan, plan_run
-from .trainer import Trainer, best_path, check_step_memory
+from .trainer import Trainer, best_path, check_step_memory, measure_tokens_per_s
 from .vocab import load_vocab, text_bytes, text_inputs
 
 SHAPE_FIELDS = {f.name: f for f in flag_fields(GPT2Config)}  # the model's fields a run may set
@@ -233,11 +233,17 @@ def make_plan(asked: Asked, found: bpe.BPE | None, ranks: Distributed) -> Plan:
     # The speed a plan sizes the model for is measured on every device (a GPU's data sheet overstates it).
     peak = peak_flops(device, dtype)[0] if device.type == "cpu" else measure_matmul_flops(device, dtype)
     seconds = 60 * settings.get("minutes", DEFAULT_MINUTES)
-    planned = plan_run(text_bytes(asked.files), seconds, peak, device.type, shape=asked.shape, settings=settings,
-                       preset=asked.preset, vocab_size=found.vocab_size if found else asked.vocab_size,
-                       processes=ranks.world_size)
+    given = dict(shape=asked.shape, settings=settings, preset=asked.preset, processes=ranks.world_size,
+                 vocab_size=found.vocab_size if found else asked.vocab_size)
+    planned = plan_run(text_bytes(asked.files), seconds, peak, device.type, **given)
     c, t = GPT2Config(vocab_size=planned.vocab_size, **planned.shape), TrainConfig(**planned.settings)
-    planned.expected["memory"] = check_step_memory(c, t.batch_size, device, dtype, t.grad_checkpoint, t.ema > 0)
+    memory = check_step_memory(c, t.batch_size, device, dtype, t.grad_checkpoint, t.ema > 0)
+    if ranks.world_size == 1:  # the probe: this shape's measured speed replaces the estimate (torchrun's
+        # ranks keep the estimate, which every rank computes alike)
+        speed = measure_tokens_per_s(c, t, device, dtype)
+        planned = plan_run(text_bytes(asked.files), seconds, peak, device.type, **given, tokens_per_s=speed)
+        planned.why.append(f"{speed:,.0f} tokens/s measured for this shape (two steps on random tokens)")
+    planned.expected["memory"] = memory
     return planned
 
 

@@ -47,7 +47,7 @@ from .data import (Batches, DataError, InstructionBatches, encode_examples, inpu
                    is_instruction_input, load_tokens, read_records, split_records, split_tokens, validation_windows)
 from .distributed import Distributed, wrap_for_ddp
 from .gpt2 import GPT2
-from .hardware import autocast, available_memory, peak_flops, pick_device, pick_dtype, setup_device
+from .hardware import autocast, available_memory, peak_flops, pick_device, pick_dtype, setup_device, synchronize
 from .instruct import IGNORE_INDEX, end_of_turn_id, prompt_ids, template_from_checkpoint
 
 DEFAULT_SAVE_PATH = "gpt2_model.pt"
@@ -160,6 +160,32 @@ def check_step_memory(config: GPT2Config, batch_size: int, device: torch.device,
                         f"(and --grad-accum to keep the batch per step){recompute}")
     where = f" of {_gb(have)} available" if have is not None else ""
     return f"memory: about {_gb(need)} per step ({shape}){where}"
+
+
+def measure_tokens_per_s(config: GPT2Config, train: TrainConfig, device: torch.device, dtype: torch.dtype,
+                         steps: int = 2) -> float:  # fmt: skip
+    """Training tokens a second of a model of this shape here: one whole step (forward, backward,
+    the optimisers) to warm up, then `steps` timed, on random tokens at the batch given. The plan's
+    probe (a few seconds on a CPU): the speed a plan expects, measured rather than assumed."""
+    model = GPT2(config).to(device).train()
+    optimizers = [make_optimizer(model, train, device), make_muon(model, train)]
+    x = torch.randint(config.vocab_size, (train.batch_size, config.block_size), device=device)
+
+    def step() -> None:
+        with autocast(device, dtype):
+            _, loss = model(x, x, recompute=train.grad_checkpoint)
+        loss.backward()
+        for optimizer in filter(None, optimizers):
+            optimizer.step()
+        model.zero_grad(set_to_none=True)
+
+    step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return steps * x.numel() / (time.perf_counter() - start)
 
 
 def _gb(n: int) -> str:

@@ -88,3 +88,23 @@ def test_processes_share_the_batch_of_their_joint_compute():
     two = plan_run(20 * MB, 600, EPYC, "cpu", processes=2)
     assert one.shape == two.shape and one.expected["tokens_per_s"] == two.expected["tokens_per_s"]
     assert two.settings["batch_size"] == round(one.settings["batch_size"] / 2)
+
+
+def test_a_measured_speed_replaces_the_estimate():
+    """The probe's tokens/s sets the passes, and with them dropout and the steps; the shape is the compute's."""
+    guess = plan_run(MB, 600, EPYC, "cpu")
+    slow = plan_run(MB, 600, EPYC, "cpu", tokens_per_s=guess.expected["tokens_per_s"] / 4)
+    assert slow.shape | {"dropout": 0} == guess.shape | {"dropout": 0}
+    assert slow.expected["tokens_per_s"] == round(guess.expected["tokens_per_s"] / 4)
+    assert slow.expected["epochs"] == pytest.approx(guess.expected["epochs"] / 4, rel=0.01)
+    assert slow.shape["dropout"] < guess.shape["dropout"]
+
+
+def test_the_probe_measures_a_whole_training_step():
+    import torch
+
+    from gpt2_llm.trainer import measure_tokens_per_s
+
+    config = GPT2Config(vocab_size=300, n_layer=2, n_head=2, n_embd=64, block_size=32, rope=True, qk_norm=True)
+    speed = measure_tokens_per_s(config, TrainConfig(optimizer="muon", batch_size=2), torch.device("cpu"), torch.float32)
+    assert 0 < speed < float("inf")
