@@ -137,6 +137,7 @@ def plan_run(text_bytes: int, seconds: float, peak_flops: float, device_type: st
         tokens_per_s = processes * peak_flops * EXPECTED_MFU.get(device_type, 0.25) / flops_per_token(config)
     by_time = tokens_per_s * train_seconds / train_tokens  # the passes over the text the time gives
     batch = ANCHOR_BATCH_TOKENS * (compute / ANCHOR_COMPUTE) ** (1 / 3)
+    by_compute = max(1, round(batch / config.block_size / processes))  # the batch a probe measures at
     if by_time > MAX_EPOCHS and not {"steps", "epochs"} & run.keys():
         batch = min(batch, SMALL_TEXT_BATCH_TOKENS)  # the text, not the time, ends the run: more, smaller steps
     run.setdefault("batch_size", max(1, round(batch / config.block_size / processes)))
@@ -148,7 +149,7 @@ def plan_run(text_bytes: int, seconds: float, peak_flops: float, device_type: st
         why.append(f"dropout {model['dropout']:g} for about {epochs:.1f} passes over the text")
     training_settings(run, config, epochs, steps, why)
     expected = {"tokens_per_s": round(tokens_per_s), "steps": steps, "epochs": round(epochs, 2),
-                "train_tokens": round(train_tokens)}
+                "train_tokens": round(train_tokens), "batch_by_compute": settings.get("batch_size", by_compute)}
     return Plan(vocab, model, run, expected, why)
 
 

@@ -43,11 +43,31 @@ from basics import UserError, atomic_write
 from .averaging import WeightAverage
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import MUON_LR, GPT2Config, TrainConfig, config_from_dict
-from .data import (Batches, DataError, InstructionBatches, encode_examples, input_files, instruction_eval_set,
-                   is_instruction_input, load_tokens, read_records, split_records, split_tokens, validation_windows)
+from .data import (
+    Batches,
+    DataError,
+    InstructionBatches,
+    encode_examples,
+    input_files,
+    instruction_eval_set,
+    is_instruction_input,
+    load_tokens,
+    read_records,
+    split_records,
+    split_tokens,
+    validation_windows,
+)
 from .distributed import Distributed, wrap_for_ddp
 from .gpt2 import GPT2
-from .hardware import autocast, available_memory, peak_flops, pick_device, pick_dtype, setup_device, synchronize
+from .hardware import (
+    autocast,
+    available_memory,
+    peak_flops,
+    pick_device,
+    pick_dtype,
+    setup_device,
+    synchronize,
+)
 from .instruct import IGNORE_INDEX, end_of_turn_id, prompt_ids, template_from_checkpoint
 
 DEFAULT_SAVE_PATH = "gpt2_model.pt"
