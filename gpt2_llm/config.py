@@ -32,7 +32,6 @@ PRESETS = {
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024),
 }
-DEFAULT_PRESET = "small"  # the shape of a new run that names none
 
 # The files the command line reads and writes when none is named.
 DEFAULT_VOCAB = "vocab.txt"
