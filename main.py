@@ -79,7 +79,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     options = {f.name: getattr(args, f.name) for cls in (GPT2Config, TrainConfig) for f in flag_fields(cls)}
     run = train(args.file, args.vocab_file, args.checkpoint, out=args.out, resume=args.resume,
-                overwrite=args.overwrite, preset=args.preset, vocab_size=args.vocab_size, **options)
+                overwrite=args.overwrite, preset=args.preset, vocab_size=args.vocab_size, plan_only=args.plan_only,
+                **options)
+    if args.plan_only:
+        return 0
     return 128 + run.result["signal"] if run.result["stopped_by"] == "signal" else 0
 
 
@@ -274,8 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a model as a transformers folder", description=(
         "Write a model and its tokenizer as a folder that transformers loads as it is "
-        "(AutoModelForCausalLM, AutoTokenizer): GPT-2's shape as GPT2LMHeadModel, Llama's (--norm rmsnorm "
-        "--mlp swiglu --rope --no-bias, any --kv-heads, tied or --untied) as LlamaForCausalLM; config.json, model.safetensors, generation_config.json, "
+        "(AutoModelForCausalLM, AutoTokenizer): GPT-2's shape as GPT2LMHeadModel; with --norm rmsnorm --rope "
+        "--no-bias (any --kv-heads, tied or --untied), --mlp swiglu as LlamaForCausalLM, --mlp swiglu --qk-norm as "
+        "Qwen3ForCausalLM, --mlp relu2 --qk-norm as ApertusForCausalLM; config.json, model.safetensors, generation_config.json, "
         "tokenizer.json, tokenizer_config.json, special_tokens_map.json, and vocab.json + merges.txt "
         "for a tokenizer with GPT-2's pattern."))
     p.add_argument("model", help=MODEL_HELP)
@@ -311,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_train_parser(sub) -> None:
-    from gpt2_llm.config import DEFAULT_PRESET, PRESETS
+    from gpt2_llm.config import PRESETS
+    from gpt2_llm.plan import PLANNED
 
     p = sub.add_parser("train", help="train a GPT-2 model on a text file", description=(
         "Train a GPT-2 model on UTF-8 text. The vocab file is made from the text if it does not exist; "
@@ -322,11 +327,12 @@ def add_train_parser(sub) -> None:
     p.add_argument("--out", default=None, help=f"checkpoint to write (default: the continued checkpoint, else {DEFAULT_MODEL}); the best one is kept beside it as NAME.best.pt")
     p.add_argument("--resume", choices=["auto", "never"], default="never", help="auto: continue from --out when a checkpoint is there")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if --out exists")
-    p.add_argument("--preset", default=None, choices=list(PRESETS), help=f"model shape (default: {DEFAULT_PRESET})")
-    # The model's shape; the architecture options (README, "Architecture options"): left out, the model is GPT-2's.
-    add_config_flags(p, GPT2Config, lambda f: "the preset's")
+    p.add_argument("--plan-only", action="store_true", help="print the plan of a new run (the model, the schedule, why) and stop")
+    p.add_argument("--preset", default=None, choices=list(PRESETS), help="a named model (GPT-2's architecture at the preset's size) in place of the planned one")
+    # The model's shape and architecture options: left out, the plan's (gpt2_llm/plan.py), or the preset's.
+    add_config_flags(p, GPT2Config, lambda f: "planned")
     p.add_argument("--vocab-size", type=int, default=None, help="size of a tokenizer made from the text (default: recommended for its size)")
-    add_config_flags(p, TrainConfig, lambda f: f.default)
+    add_config_flags(p, TrainConfig, lambda f: "planned" if f.name in PLANNED else f.default)
     p.set_defaults(func=cmd_train)
 
 
@@ -337,8 +343,8 @@ def add_config_flags(p: argparse.ArgumentParser, cls, shown_default: typing.Call
     for f in flag_fields(cls):
         kind = typing.get_args(f.type)[0] if typing.get_args(f.type) else f.type  # int | None -> int
         text = f.metadata["help"]
-        if kind is bool:  # a switch sets the value that is not the default; one on by default turns off with --no-NAME
-            both_ways = f.default and "flag" not in f.metadata
+        if kind is bool:  # a switch turns on or off (--rope, --no-rope); a named flag sets the value that is not the default
+            both_ways = "flag" not in f.metadata
             action = argparse.BooleanOptionalAction if both_ways else "store_false" if f.default else "store_true"
             p.add_argument(flag_of(f), dest=f.name, action=action, default=None, help=text)
         else:  # a help that explains its default (or has none) is left as it is

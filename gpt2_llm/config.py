@@ -32,7 +32,6 @@ PRESETS = {
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024),
 }
-DEFAULT_PRESET = "small"  # the shape of a new run that names none
 
 # The files the command line reads and writes when none is named.
 DEFAULT_VOCAB = "vocab.txt"
@@ -415,7 +414,7 @@ class TrainConfig:
         elif self.optimizer == "muon" and muon_missing():
             problems.append(muon_missing())
         if self.muon_lr is not None and self.optimizer != "muon":
-            problems.append("--muon-lr is the learning rate of --optimizer muon: give both, or neither")
+            problems.append(f"--muon-lr is the learning rate of --optimizer muon, not of {self.optimizer}")
         elif self.muon_lr is not None and self.muon_lr <= 0:
             problems.append(f"--muon-lr must be positive, got {self.muon_lr}")
         if self.batch_mode not in ("random", "epoch"):

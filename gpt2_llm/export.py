@@ -1,8 +1,11 @@
 """To and from transformers' folders: a model and its tokenizer, in the files save_pretrained writes.
 
-Two shapes have a class in transformers: GPT-2's own (GPT2LMHeadModel, model_type gpt2), and Llama's
-(LlamaForCausalLM, model_type llama: RMSNorm, SwiGLU, RoPE, no biases; hf_llama.py maps it). Any
-other shape is refused in one line (export_problem).
+Four shapes have a class in transformers: GPT-2's own (GPT2LMHeadModel, model_type gpt2), and the
+Llama family's, RMSNorm, RoPE and no biases with (hf_llama.py maps them)
+    a SwiGLU MLP                   LlamaForCausalLM (llama)
+    a SwiGLU MLP and QK-norm       Qwen3ForCausalLM (qwen3)
+    a ReLU² MLP and QK-norm        ApertusForCausalLM (apertus)
+Any other shape is refused in one line (export_problem).
 
     read   config.json                                        -> GPT2Config      (read_config)
            model.safetensors | pytorch_model.bin               -> our state dict  (read_hf_weights)
@@ -49,7 +52,7 @@ TOKENIZER_PAIRS = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "chat_template.jinja")  # fmt: skip
 # The class of each model_type this toolkit reads and writes.
-HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
+HF_CLASSES = {"gpt2": "GPT2LMHeadModel"} | {kind: family.hf_class for kind, family in hf_llama.FAMILIES.items()}
 # The Conv1D layers of transformers' GPT-2: (in, out) matrices, where nn.Linear has (out, in).
 HF_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -76,13 +79,14 @@ def read_config(folder: Path) -> tuple[GPT2Config, dict]:
 
 
 def hf_config_to_ours(hf: dict) -> GPT2Config:
-    """The GPT2Config of a transformers GPT-2 or Llama config.json; a ConfigError says what does not fit."""
+    """The GPT2Config of a transformers GPT-2, Llama, Qwen3 or Apertus config.json; a ConfigError says
+    what does not fit."""
     kind = hf.get("model_type", "gpt2")
-    if kind == "llama":
-        return hf_llama.llama_config_to_ours(hf)
+    if kind in hf_llama.FAMILIES:
+        return hf_llama.config_to_ours(hf, hf_llama.FAMILIES[kind])
     if kind != "gpt2":
-        raise ConfigError(f"its config.json is of a {kind!r} model; this toolkit reads GPT-2 and Llama "
-                          f"(model_type 'gpt2' or 'llama')")
+        raise ConfigError(f"its config.json is of a {kind!r} model; this toolkit reads GPT-2, Llama, Qwen3 and "
+                          f"Apertus (model_type 'gpt2', 'llama', 'qwen3' or 'apertus')")
     return gpt2_config_to_ours(hf)
 
 
@@ -116,7 +120,7 @@ def weights_file(folder: Path) -> Path | None:
 
 def read_hf_weights(folder: Path, hf: dict) -> dict:
     """The state dict of a transformers folder whose config.json is `hf`, in our names (hf_state_to_ours
-    for GPT-2, hf_llama.llama_state_to_ours for Llama).
+    for GPT-2, hf_llama.state_to_ours for the Llama family).
     pytorch_model.bin is read with weights_only=True: a pickle that would run code is refused."""
     path = weights_file(folder)
     if path is None:
@@ -135,8 +139,9 @@ def read_hf_weights(folder: Path, hf: dict) -> dict:
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise CheckpointError(f"{path} is not a dict of tensors")
     try:
-        if hf.get("model_type") == "llama":
-            return hf_llama.llama_state_to_ours(state, hf.get("tie_word_embeddings", hf_llama.TIED_BY_DEFAULT))
+        family = hf_llama.FAMILIES.get(hf.get("model_type"))
+        if family is not None:
+            return hf_llama.state_to_ours(state, family, hf.get("tie_word_embeddings", hf_llama.TIED_BY_DEFAULT))
         return hf_state_to_ours({k.removeprefix("transformer."): v for k, v in state.items()})
     except UserError as e:
         raise CheckpointError(f"{path}: {e}") from None
@@ -175,7 +180,8 @@ def ours_state_to_hf(state: dict, vocab_size: int) -> dict:
 
 
 def model_from_hf(source, config: GPT2Config | None = None) -> GPT2:
-    """GPT2.from_hf: a folder (config.json and weights; GPT-2 or Llama) or a GPT2LMHeadModel state dict -> our model."""
+    """GPT2.from_hf: a folder (config.json and weights; GPT-2 or the Llama family) or a GPT2LMHeadModel
+    state dict -> our model."""
     if isinstance(source, (str, os.PathLike)):
         folder = Path(source)
         read, hf = read_config(folder)
@@ -201,28 +207,31 @@ def config_from_hf_shapes(state: dict) -> GPT2Config:
 
 
 def export_type(config: GPT2Config) -> str | None:
-    """The model_type a model of this shape exports as: "gpt2" for GPT-2's own shape, "llama" for
-    Llama's (RMSNorm, SwiGLU, RoPE, no biases, no QK-norm; any key/value heads, tied or not); None: neither."""
+    """The model_type a model of this shape exports as: "gpt2" for GPT-2's own shape; for RMSNorm,
+    RoPE and no biases (any key/value heads, tied or not) "llama" with SwiGLU, "qwen3" with SwiGLU
+    and QK-norm, "apertus" with ReLU² and QK-norm; None: none of them."""
     if not config.gpt2_departures():
         return "gpt2"
-    if not hf_llama.llama_departures(config):
-        return "llama"
-    return None
+    family = hf_llama.family_of(config)
+    return None if family is None else family.model_type
 
 
 def export_problem(config: GPT2Config) -> str | None:
     """Why no transformers class this toolkit writes can hold a model of this shape; None when one can."""
     if export_type(config) is not None:
         return None
-    return (f"transformers has no class for its shape: it is not GPT-2's (it has {', '.join(config.gpt2_departures())}) "
-            f"nor Llama's (it has {', '.join(hf_llama.llama_departures(config))})")
+    lacks = [("GPT-2", config.gpt2_departures())]
+    lacks += [(family.name, hf_llama.departures(config, family)) for family in hf_llama.FAMILIES.values()]
+    reasons = [f"{name}'s (it has {', '.join(has)})" for name, has in lacks]
+    return f"transformers has no class for its shape: it is not {', '.join(reasons[:-1])} nor {reasons[-1]}"
 
 
 def hf_config(config: GPT2Config, tokenizer: BPE | None = None, dtype: torch.dtype = torch.float32) -> dict:
     """config.json of the class a model of our config's shape exports as (the tokenizer gives bos/eos ids)."""
     eot = tokenizer.special_tokens.get(ENDOFTEXT) if tokenizer is not None else None
-    if export_type(config) == "llama":
-        return hf_llama.llama_config_json(config, eot, dtype)
+    family = hf_llama.FAMILIES.get(export_type(config))
+    if family is not None:
+        return hf_llama.config_json(config, family, eot, dtype)
     return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
         "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_ctx": config.block_size,
@@ -235,7 +244,7 @@ def hf_config(config: GPT2Config, tokenizer: BPE | None = None, dtype: torch.dty
 
 def write_model(model: GPT2, folder: str | os.PathLike, tokenizer: BPE | None = None) -> None:
     """Write config.json, model.safetensors and generation_config.json into `folder` (GPT2.save_hf):
-    a GPT2LMHeadModel for GPT-2's shape, a LlamaForCausalLM for Llama's."""
+    a GPT2LMHeadModel for GPT-2's shape, else the Llama family's class of its shape (export_type)."""
     from safetensors.torch import save_file
 
     problem = export_problem(model.config)
@@ -243,8 +252,9 @@ def write_model(model: GPT2, folder: str | os.PathLike, tokenizer: BPE | None = 
         raise UserError(f"cannot export the model: {problem}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if export_type(model.config) == "llama":
-        state = hf_llama.ours_state_to_llama(model.state_dict(), model.config)
+    family = hf_llama.FAMILIES.get(export_type(model.config))
+    if family is not None:
+        state = hf_llama.state_to_theirs(model.state_dict(), model.config, family)
     else:
         state = ours_state_to_hf(model.state_dict(), model.config.vocab_size)
     _write_json(folder / "config.json", hf_config(model.config, tokenizer, model.wte.weight.dtype))

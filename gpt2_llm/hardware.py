@@ -207,18 +207,19 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype, budget_s: flo
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
         a @ b  # first call: kernel choice, memory
-        _sync(device)
+        synchronize(device)
         runs, spent = 0, 0.0
         while runs == 0 or spent < budget_s:  # the fastest run: the least disturbed by anything else
             start = time.perf_counter()
             a @ b
-            _sync(device)
+            synchronize(device)
             took = time.perf_counter() - start
             best, runs, spent = max(best, 2 * n**3 / took), runs + 1, spent + took
     return best
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device to finish its queued work (a timing's end); nothing to wait for on a CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":

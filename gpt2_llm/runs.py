@@ -18,8 +18,9 @@ import os
 import random
 import shlex
 import sys
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -28,13 +29,23 @@ import bpe
 from basics import UserError
 
 from .checkpoint import check_output_path, output_lock
-from .config import (DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_VOCAB, FINETUNE_DEFAULTS, PRESETS, GPT2Config,
-                     TrainConfig, flag_fields, flag_of)
+from .config import (
+    DEFAULT_MODEL,
+    DEFAULT_VOCAB,
+    FINETUNE_DEFAULTS,
+    PRESETS,
+    GPT2Config,
+    TrainConfig,
+    flag_fields,
+    flag_of,
+)
 from .distributed import Distributed
+from .export import export_problem, export_type
 from .gpt2 import GPT2
-from .hardware import pick_device, pick_dtype
+from .hardware import measure_matmul_flops, peak_flops, pick_device, pick_dtype
 from .loading import load_with_tokenizer, vocab_problem
-from .trainer import Trainer, check_step_memory
+from .plan import DEFAULT_MINUTES, Plan, plan_run
+from .trainer import Trainer, best_path, check_step_memory, measure_tokens_per_s
 from .vocab import load_vocab, text_bytes, text_inputs
 
 SHAPE_FIELDS = {f.name: f for f in flag_fields(GPT2Config)}  # the model's fields a run may set
@@ -71,11 +82,16 @@ class Run:
 
 def train(text: str, vocab_file: str | None = None, checkpoint: str | None = None, *, out: str | None = None,
           resume: str = "never", overwrite: bool = False, preset: str | None = None, vocab_size: int | None = None,
-          say: Callable = print, **options) -> Run:  # fmt: skip
+          plan_only: bool = False, say: Callable = print, **options) -> Run | Plan:  # fmt: skip
     """Train on `text`: continue `checkpoint` (or `out` with resume="auto"), or fine-tune
-    options["init_from"], or start a new model of `preset`'s shape; write `out` (default: the
-    continued checkpoint, else gpt2_model.pt). Everything cheap is checked before any slow work."""
+    options["init_from"], or start a new model as plan.py plans it (`preset` and the fields given
+    replacing their parts); write `out` (default: the continued checkpoint, else gpt2_model.pt).
+    Everything cheap is checked before any slow work. plan_only: say the plan of a new run and
+    return it, training nothing."""
+    started = time.monotonic()  # --minutes is the whole command's time, the tokenizer's included
     asked = ask(text, vocab_file, checkpoint, preset, vocab_size, options)
+    if plan_only:
+        return only_plan(asked, checkpoint, say)
     ranks = Distributed()  # under torchrun: join the other processes; else a world of one
     say = say if ranks.is_main else _silent
     out = check_output_path(out or checkpoint or DEFAULT_MODEL)
@@ -93,7 +109,7 @@ def train(text: str, vocab_file: str | None = None, checkpoint: str | None = Non
         elif asked.settings.get("init_from") is not None:
             trainer = pretrained_run(asked, ranks, say)
         else:
-            trainer = new_run(asked, ranks, say)
+            trainer = new_run(asked, ranks, say, started)
         say(trainer.describe(), file=sys.stderr)
         say(trainer.memory_note, file=sys.stderr)
         result = trainer.train(asked.files, save_path=out)
@@ -122,6 +138,18 @@ def ask(text: str, vocab_file: str | None, checkpoint: str | None, preset: str |
     return asked
 
 
+def only_plan(asked: Asked, checkpoint: str | None, say: Callable) -> Plan:
+    """train --plan-only: the plan of a new run, said; a continued or fine-tuning run has none."""
+    if checkpoint is not None or asked.settings.get("init_from") is not None:
+        raise UserError("--plan-only plans a new model: a continued run keeps its plan, and --init-from its "
+                        "model's shape")
+    found = load_vocab(asked.vocab_file) if os.path.exists(asked.vocab_file) else None
+    planned = make_plan(asked, found, Distributed())
+    for line in plan_lines(planned):
+        say(line)
+    return planned
+
+
 def check_init_from(asked: Asked, checkpoint: str | None) -> None:
     """With init_from the model and its tokenizer are given: settings that would choose others are refused."""
     init_from = asked.settings["init_from"]
@@ -137,9 +165,11 @@ def check_init_from(asked: Asked, checkpoint: str | None) -> None:
 
 
 def shown_flag(name: str, value) -> str:
-    """A shape field as its flag was given: a switch alone (--rope, --untied), a value after its flag."""
-    flag = flag_of(SHAPE_FIELDS[name])
-    return flag if isinstance(value, bool) else f"{flag} {value}"
+    """A shape field as its flag was given: a switch alone (--rope, --no-rope, --untied), a value after its flag."""
+    f = SHAPE_FIELDS[name]
+    if isinstance(value, bool):  # --rope or --no-rope; a named switch (--untied, --no-bias) sets one value only
+        return flag_of(f) if value or "flag" in f.metadata else "--no-" + flag_of(f)[2:]
+    return f"{flag_of(f)} {value}"
 
 
 def continued_run(asked: Asked, resume_from: str, say: Callable) -> Trainer:
@@ -175,32 +205,72 @@ def check_continued_shape(asked: Asked, stored: GPT2Config, tokenizer: bpe.BPE, 
                         f"{tokenizer.vocab_size} tokens: a continued run keeps its tokenizer")
 
 
-def new_run(asked: Asked, ranks: Distributed, say: Callable) -> Trainer:
-    """A new model of the preset's shape and its trainer. The memory a step needs is checked before
-    a tokenizer is trained; a newly trained tokenizer is saved only once the text has proved long
-    enough to train on, so a run that fails at once leaves no vocab file behind."""
-    train_config = TrainConfig(**asked.settings)
+def new_run(asked: Asked, ranks: Distributed, say: Callable, started: float) -> Trainer:
+    """A new model and its trainer, as the plan (plan.py) sizes them for the text and the time, the
+    flags given replacing their parts. The memory a step needs is checked before a tokenizer is
+    trained; a newly trained tokenizer is saved only once the text has proved long enough to train
+    on, so a run that fails at once leaves no vocab file behind."""
     found = load_vocab(asked.vocab_file) if os.path.exists(asked.vocab_file) else None
     if found is not None:
         say(found_vocab_note(found, asked.vocab_file, asked.files, asked.text), file=sys.stderr)
-    vocab_size = found.vocab_size if found else asked.vocab_size or bpe.recommended_vocab_size(text_bytes(asked.files))
-    config = model_config(asked, vocab_size)
-    device = pick_device(ranks.device_name(train_config.device))
-    check_step_memory(config, train_config.batch_size, device, pick_dtype(train_config.dtype, device),
-                      train_config.grad_checkpoint, train_config.ema > 0)
+    planned = make_plan(asked, found, ranks)
+    for line in plan_lines(planned):
+        say(line, file=sys.stderr)
+    train_config = TrainConfig(**planned.settings)
+    config = GPT2Config(vocab_size=planned.vocab_size, **planned.shape)
     if not ranks.is_main:
         ranks.barrier()  # rank 0 trains the tokenizer if there is none yet; the others then load it
         tokenizer = load_vocab(asked.vocab_file)
     else:
-        tokenizer = found or learn_run_vocab(asked, vocab_size, train_config, config.block_size, say)
+        tokenizer = found or learn_run_vocab(asked, planned.vocab_size, train_config, config.block_size, say)
         ranks.barrier()
     seed_everything(train_config.seed)
-    return Trainer(GPT2(model_config(asked, tokenizer.vocab_size)), tokenizer, train_config)
+    trainer = Trainer(GPT2(replace(config, vocab_size=tokenizer.vocab_size)), tokenizer, train_config)
+    trainer.plan, trainer.budget_start = planned.as_dict(), started
+    return trainer
 
 
-def model_config(asked: Asked, vocab_size: int) -> GPT2Config:
-    """The model asked for: the preset, with the shape fields given replacing its own."""
-    return GPT2Config.from_preset(asked.preset or DEFAULT_PRESET, vocab_size=vocab_size, **asked.shape)
+def make_plan(asked: Asked, found: bpe.BPE | None, ranks: Distributed) -> Plan:
+    """The plan of a new run (see plan.py): the time budget (--minutes, or DEFAULT_MINUTES when nothing
+    sets the schedule's length), the text's size and this device's peak speed; its memory checked."""
+    settings = dict(asked.settings)
+    if not {"minutes", "steps", "epochs"} & settings.keys():
+        settings["minutes"] = DEFAULT_MINUTES
+    device = pick_device(ranks.device_name(settings.get("device", "auto")))
+    dtype = pick_dtype(settings.get("dtype", "auto"), device)
+    # The speed a plan sizes the model for is measured on every device (a GPU's data sheet overstates it).
+    peak = peak_flops(device, dtype)[0] if device.type == "cpu" else measure_matmul_flops(device, dtype)
+    seconds = 60 * settings.get("minutes", DEFAULT_MINUTES)
+    given = dict(shape=asked.shape, settings=settings, preset=asked.preset, processes=ranks.world_size,
+                 vocab_size=found.vocab_size if found else asked.vocab_size)
+    planned = plan_run(text_bytes(asked.files), seconds, peak, device.type, **given)
+    if ranks.world_size == 1:  # the probe: this shape's measured speed replaces the estimate (torchrun's
+        # ranks keep the estimate, which every rank computes alike); at the batch the compute asks for
+        c, t = GPT2Config(vocab_size=planned.vocab_size, **planned.shape), TrainConfig(**planned.settings)
+        t = replace(t, batch_size=planned.expected["batch_by_compute"])
+        check_step_memory(c, t.batch_size, device, dtype, t.grad_checkpoint, t.ema > 0)
+        speed = measure_tokens_per_s(c, t, device, dtype)
+        planned = plan_run(text_bytes(asked.files), seconds, peak, device.type, **given, tokens_per_s=speed)
+        planned.why.append(f"{speed:,.0f} tokens/s measured for this shape (two steps on random tokens, batch {t.batch_size})")
+    c, t = GPT2Config(vocab_size=planned.vocab_size, **planned.shape), TrainConfig(**planned.settings)
+    planned.expected["memory"] = check_step_memory(c, t.batch_size, device, dtype, t.grad_checkpoint, t.ema > 0)
+    return planned
+
+
+def plan_lines(planned: Plan) -> list[str]:
+    """The plan as the run's first lines: the model, why, and what to expect."""
+    c, t, e = GPT2Config(vocab_size=planned.vocab_size, **planned.shape), TrainConfig(**planned.settings), planned.expected
+    with torch.device("meta"):
+        weights = GPT2(c).num_parameters()
+    budget = f"--minutes {t.minutes:g}" if t.minutes else f"--steps {t.steps}" if t.steps else f"--epochs {t.epochs:g}"
+    lines = [f"plan ({budget}): {c.n_layer} layer{'s' * (c.n_layer > 1)} x {c.n_embd} wide, {c.n_head} heads, context {c.block_size}, "
+             f"{weights:,} weights; batch {t.batch_size}; dropout {c.dropout:g}"]
+    lines += [f"  because: {why}" for why in planned.why]
+    problem = export_problem(c)
+    exports = "exports to transformers as " + export_type(c) if problem is None else f"will not export ({problem})"
+    lines.append(f"  expect: about {e['tokens_per_s']:,} tokens/s, {e['steps']:,} steps, {e['epochs']:g} passes over "
+                 f"{e['train_tokens']:,} training tokens; {e['memory'].removeprefix('memory: ')}; {exports}")
+    return lines
 
 
 def pretrained_run(asked: Asked, ranks: Distributed, say: Callable) -> Trainer:
@@ -299,8 +369,18 @@ def end_report(run: Run, asked: Asked, resume_from: str | None, ranks: Distribut
     test = f"test loss {result['test_loss']:.4f}, {result['test_bpb']:.4f} bits per byte" if "test_bpb" in result else ""
     if "val_bpb" in result:
         val = f"val loss {result['val_loss']:.4f}, {result['val_bpb']:.4f} bits per byte"
-        return f"step {result['step']}: {val}{'; ' + test if test else ''}; saved {saved}{ended}", False
+        line = f"step {result['step']}: {val}{'; ' + test if test else ''}; saved {saved}{ended}"
+        return line + better_checkpoint(run.trainer.best_val_loss, result["val_loss"], saved), False
     return f"step {result['step']}: {test + '; ' if test else ''}saved {saved}{ended}", False
+
+
+def better_checkpoint(best_loss: float, last_loss: float, saved: Path) -> str:
+    """What the last line adds when an earlier checkpoint was better on the validation part (the run
+    over-fitted at its end): where that one is. A difference under 0.1% is noise, not over-fitting."""
+    if last_loss <= best_loss * 1.001:
+        return ""
+    return (f". An earlier checkpoint was better on the validation part (val loss {best_loss:.4f}): "
+            f"use {best_path(saved)}")
 
 
 def resume_launcher(ranks: Distributed) -> list[str]:

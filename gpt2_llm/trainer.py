@@ -43,11 +43,31 @@ from basics import UserError, atomic_write
 from .averaging import WeightAverage
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import MUON_LR, GPT2Config, TrainConfig, config_from_dict
-from .data import (Batches, DataError, InstructionBatches, encode_examples, input_files, instruction_eval_set,
-                   is_instruction_input, load_tokens, read_records, split_records, split_tokens, validation_windows)
+from .data import (
+    Batches,
+    DataError,
+    InstructionBatches,
+    encode_examples,
+    input_files,
+    instruction_eval_set,
+    is_instruction_input,
+    load_tokens,
+    read_records,
+    split_records,
+    split_tokens,
+    validation_windows,
+)
 from .distributed import Distributed, wrap_for_ddp
 from .gpt2 import GPT2
-from .hardware import autocast, available_memory, peak_flops, pick_device, pick_dtype, setup_device
+from .hardware import (
+    autocast,
+    available_memory,
+    peak_flops,
+    pick_device,
+    pick_dtype,
+    setup_device,
+    synchronize,
+)
 from .instruct import IGNORE_INDEX, end_of_turn_id, prompt_ids, template_from_checkpoint
 
 DEFAULT_SAVE_PATH = "gpt2_model.pt"
@@ -160,6 +180,32 @@ def check_step_memory(config: GPT2Config, batch_size: int, device: torch.device,
                         f"(and --grad-accum to keep the batch per step){recompute}")
     where = f" of {_gb(have)} available" if have is not None else ""
     return f"memory: about {_gb(need)} per step ({shape}){where}"
+
+
+def measure_tokens_per_s(config: GPT2Config, train: TrainConfig, device: torch.device, dtype: torch.dtype,
+                         steps: int = 2) -> float:  # fmt: skip
+    """Training tokens a second of a model of this shape here: one whole step (forward, backward,
+    the optimisers) to warm up, then `steps` timed, on random tokens at the batch given. The plan's
+    probe (a few seconds on a CPU): the speed a plan expects, measured rather than assumed."""
+    model = GPT2(config).to(device).train()
+    optimizers = [make_optimizer(model, train, device), make_muon(model, train)]
+    x = torch.randint(config.vocab_size, (train.batch_size, config.block_size), device=device)
+
+    def step() -> None:
+        with autocast(device, dtype):
+            _, loss = model(x, x, recompute=train.grad_checkpoint)
+        loss.backward()
+        for optimizer in filter(None, optimizers):
+            optimizer.step()
+        model.zero_grad(set_to_none=True)
+
+    step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return steps * x.numel() / (time.perf_counter() - start)
 
 
 def _gb(n: int) -> str:
@@ -286,6 +332,8 @@ class Trainer:
         self._training_model = None
         self._peak: tuple[float, str] | None = None
         self.saved_to: Path | None = None  # where the last checkpoint went (see save)
+        self.plan: dict | None = None  # the plan a new run was made from (plan.Plan.as_dict), kept in the checkpoint
+        self.budget_start: float | None = None  # clock time --minutes counts from (default: when training starts)
         if self.dist.world_size > 1:
             # The model was made from the same seed on every rank (DDP also copies rank 0's
             # weights); from here each rank draws its own dropout masks.
@@ -378,10 +426,11 @@ class Trainer:
             _start_metrics_log(metrics_path, self.step)
 
         now = self.clock()  # after the slow parts: the speed measured from here is the steps'
+        budget_start, self.budget_start = (now if self.budget_start is None else self.budget_start), None  # a first call may count from earlier
         return _Run(save_path=save_path, metrics_path=metrics_path, model=self._model_for_training(), data=data,
                    progress=Progress(self.total_steps, self.step, progress and self.dist.is_main),
                    start_step=self.step, start_tokens=self.tokens_seen, start_time=now,
-                   deadline=now + 60 * c.minutes if c.minutes else math.inf,
+                   deadline=budget_start + 60 * c.minutes if c.minutes else math.inf,
                    step_limit=step_limit, refit_at=now + 6 * c.minutes if c.minutes else math.inf,  # a tenth of the budget in
                    flops_per_token=self.model.flops_per_token(), peak=peak)
 
@@ -789,6 +838,7 @@ class Trainer:
             "data": self.batches.state_dict() if self.batches is not None else self._resume_data,
             "tokenizer": {"text": self.bpe.to_text(), "hash": self.bpe.hash},
             **({"chat_template": self.chat_template} if self.chat_template is not None else {}),
+            **({"plan": self.plan} if self.plan is not None else {}),
         }
 
     def save(self, path) -> Path:
@@ -855,6 +905,7 @@ class Trainer:
         trainer._resume_data = ckpt.get("data")
         template_from_checkpoint(ckpt.get("chat_template"), str(path))  # one this version knows, or an error
         trainer.chat_template = ckpt.get("chat_template")
+        trainer.plan = ckpt.get("plan")
         return trainer
 
     def _restore_rng(self, rng: dict) -> None:

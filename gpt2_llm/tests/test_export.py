@@ -160,7 +160,8 @@ def checkpoint_of(path: Path, tokenizer: BPE, chat_template: dict | None = None,
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-        model.wte.weight[tokenizer.vocab_size :] = 0.0  # the padding rows stay zero
+        model.wte.weight[tokenizer.vocab_size :] = 0.0  # the padding rows stay zero, as GPT2 makes them
+        model.lm_head.weight[tokenizer.vocab_size :] = 0.0
     extra = {"chat_template": chat_template} if chat_template else {}
     save_checkpoint(path, {"model_config": asdict(model.config), "model": model.state_dict(),
                            "tokenizer": {"text": tokenizer.to_text(), "hash": tokenizer.hash}, **extra})
@@ -235,10 +236,13 @@ def test_onig_pattern_keeps_gpt4s_digit_groups():
         onig_pattern(r"(?:\d{1,3}+x)|y")
 
 
-# ---- Llama's shape: LlamaForCausalLM, both ways --------------------------------------------------
+# ---- the Llama family's shapes: LlamaForCausalLM, Qwen3ForCausalLM, ApertusForCausalLM, both ways ----
 
-# Llama's shape, with a RoPE base and epsilon of its own, so a base or epsilon left behind shows.
+# Llama's shape, with a RoPE base and epsilon of its own, so a base or epsilon left behind shows
+# (Apertus's config would take 12e6 and 1e-5, its llama3-scaled RoPE and xielu).
 LLAMA = dict(norm="rmsnorm", mlp="swiglu", rope=True, bias=False, rope_base=1000.0, layer_norm_eps=1e-6)
+QWEN3 = dict(LLAMA, qk_norm=True)
+APERTUS = dict(LLAMA, mlp="relu2", qk_norm=True)
 
 
 @pytest.fixture(scope="module")
@@ -261,30 +265,50 @@ def greedy_pair(folder: Path, ours_model, prompt: str, capsys, new: int = 30) ->
     return capsys.readouterr().out, prompt + hf_tok.decode(out) + "\n", len(out)
 
 
-@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-@pytest.mark.parametrize("kv_heads", [1, 2, None], ids=["K=1", "K=2", "K=4"])
-def test_a_llama_shaped_checkpoint_exports_as_llama_with_the_same_logits_and_greedy_text(learned, tmp_path, capsys,
-                                                                                         kv_heads, tied):  # fmt: skip
-    model = checkpoint_of(tmp_path / "m.pt", learned, n_head=4, n_kv_head=kv_heads, tie_embeddings=tied, **LLAMA)
+@pytest.mark.parametrize("shape,hf_class,act,kv_heads,tied", [
+    *[(LLAMA, "LlamaForCausalLM", "silu", k, t) for k in (1, 2, None) for t in (True, False)],
+    (QWEN3, "Qwen3ForCausalLM", "silu", 2, False), (QWEN3, "Qwen3ForCausalLM", "silu", None, True),
+    (APERTUS, "ApertusForCausalLM", "relu2", 2, False), (APERTUS, "ApertusForCausalLM", "relu2", 1, True),
+], ids=[*[f"llama K={k} {t}" for k in (1, 2, 4) for t in ("tied", "untied")], "qwen3 K=2 untied", "qwen3 K=4 tied",
+        "apertus K=2 untied", "apertus K=1 tied"])  # fmt: skip
+def test_a_llama_family_checkpoint_exports_to_its_class_with_the_same_logits_and_greedy_text(
+        learned, tmp_path, capsys, shape, hf_class, act, kv_heads, tied):  # fmt: skip
+    """In float32 the logits agree within 1e-5, the greedy text is the same, and the folder reads back
+    into ours exactly."""
+    model = checkpoint_of(tmp_path / "m.pt", learned, n_head=4, n_kv_head=kv_heads, tie_embeddings=tied, **shape)
     out = tmp_path / "out"
     assert main.main(["export", str(tmp_path / "m.pt"), str(out)]) == 0
-    assert "(LlamaForCausalLM, " in capsys.readouterr().out
+    assert f"({hf_class}, " in capsys.readouterr().out
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-    assert type(hf) is transformers.LlamaForCausalLM
+    assert type(hf) is getattr(transformers, hf_class)
     c, eot = hf.config, learned.special_tokens["<|endoftext|>"]
     assert (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size, c.tie_word_embeddings,
-            c.rms_norm_eps, c.rope_parameters, c.max_position_embeddings, c.vocab_size, c.bos_token_id, c.eos_token_id) \
+            c.rms_norm_eps, c.rope_parameters, c.hidden_act, c.max_position_embeddings, c.vocab_size, c.bos_token_id,
+            c.eos_token_id, c.pad_token_id, c.attention_bias) \
         == (4, kv_heads or 4, 8, model.config.mlp_size, tied, 1e-6, {"rope_type": "default", "rope_theta": 1000.0},
-            64, learned.vocab_size, eot, eot)  # fmt: skip
+            act, 64, learned.vocab_size, eot, eot, None, False)  # fmt: skip
+    assert hf.model.rotary_emb.rope_type == "default"
     ids = torch.randint(0, learned.vocab_size, (2, 64))
     with torch.no_grad():
-        assert_close(hf(ids).logits, model(ids)[0], atol=1e-4)
+        assert_close(hf(ids).logits, model(ids)[0], atol=1e-5)
     ours, theirs, new = greedy_pair(out, tmp_path / "m.pt", "The meaning of life is", capsys)
     assert ours == theirs and new > 10
-    # ...and back through our own loader: the same config, logits and tokenizer.
+    # ...and back through our own loader: the same config, weights, logits and tokenizer.
     again = load(out)
     assert again.model.config == model.config and again.tokenizer.hash == learned.hash
+    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), model.state_dict().values()))
     assert torch.equal(again.model(ids)[0], model(ids)[0])
+
+
+def test_transformers_relu2_is_our_relu2_bit_for_bit():
+    """Apertus's hidden_act "relu2" is ACT2FN's relu(x)², the MLP ours computes with --mlp relu2."""
+    from transformers.activations import ACT2FN
+
+    from gpt2_llm.decoder import MLP
+
+    mlp = MLP(GPT2Config(vocab_size=10, n_layer=1, n_head=2, n_embd=8, block_size=8, mlp="relu2", bias=False))
+    x = torch.randn(4, 8) * 3
+    assert torch.equal(ACT2FN["relu2"](mlp.c_fc(x)), mlp.hidden(x))
 
 
 def test_llama_rotary_layout_is_ours_and_the_other_layout_would_show(learned, tmp_path):
@@ -472,22 +496,29 @@ def one_line(error: pytest.ExceptionInfo, *parts: str) -> None:
     assert "\n" not in message and all(part in message for part in parts), message
 
 
-@pytest.mark.parametrize("shape,gpt2_has,llama_has", [
-    (dict(rope=True), "RoPE", "LayerNorm, a gelu MLP, biases"),
-    (dict(bias=False), "no bias", "LayerNorm, a gelu MLP, learned positions"),
-    (dict(LLAMA, qk_norm=True), "RMSNorm, swiglu MLP, QK-norm, RoPE, no bias", "QK-norm"),
-    (dict(LLAMA, mlp="gelu"), "RMSNorm, RoPE, no bias", "a gelu MLP"),
-    (dict(LLAMA, mlp="relu2", n_kv_head=1), "RMSNorm, relu2 MLP, 1 key/value head, RoPE, no bias", "a relu2 MLP"),
-    (dict(LLAMA, norm="layernorm"), "swiglu MLP, RoPE, no bias", "LayerNorm"),
-    (dict(LLAMA, bias=True), "RMSNorm, swiglu MLP, RoPE", "biases"),
-], ids=["GPT-2 with RoPE", "GPT-2 without biases", "Llama with QK-norm", "GELU with RMSNorm", "ReLU² with RMSNorm",
-        "LayerNorm with SwiGLU", "Llama with biases"])  # fmt: skip
-def test_a_shape_no_transformers_class_holds_is_refused_in_one_line(tmp_path, shape, gpt2_has, llama_has):
+@pytest.mark.parametrize("shape,gpt2_has,llama_has,qwen3_has,apertus_has", [
+    (dict(rope=True), "RoPE", "LayerNorm, a gelu MLP, biases", "LayerNorm, a gelu MLP, biases, no QK-norm",
+     "LayerNorm, a gelu MLP, biases, no QK-norm"),
+    (dict(bias=False), "no bias", "LayerNorm, a gelu MLP, learned positions",
+     "LayerNorm, a gelu MLP, learned positions, no QK-norm", "LayerNorm, a gelu MLP, learned positions, no QK-norm"),
+    (dict(LLAMA, mlp="gelu", qk_norm=True), "RMSNorm, QK-norm, RoPE, no bias", "a gelu MLP, QK-norm", "a gelu MLP",
+     "a gelu MLP"),
+    (dict(LLAMA, mlp="relu2", n_kv_head=1), "RMSNorm, relu2 MLP, 1 key/value head, RoPE, no bias", "a relu2 MLP",
+     "a relu2 MLP, no QK-norm", "no QK-norm"),
+    (dict(LLAMA, norm="layernorm"), "swiglu MLP, RoPE, no bias", "LayerNorm", "LayerNorm, no QK-norm",
+     "LayerNorm, a swiglu MLP, no QK-norm"),
+    (dict(APERTUS, bias=True), "RMSNorm, relu2 MLP, QK-norm, RoPE", "a relu2 MLP, biases, QK-norm",
+     "a relu2 MLP, biases", "biases"),
+], ids=["GPT-2 with RoPE", "GPT-2 without biases", "GELU with RMSNorm", "ReLU² without QK-norm",
+        "LayerNorm with SwiGLU", "Apertus with biases"])  # fmt: skip
+def test_a_shape_no_transformers_class_holds_is_refused_in_one_line(tmp_path, shape, gpt2_has, llama_has, qwen3_has,
+                                                                    apertus_has):  # fmt: skip
     model = GPT2(GPT2Config(vocab_size=300, n_layer=1, n_head=2, n_embd=8, block_size=8, **shape))
     with pytest.raises(UserError) as error:
         export_folder(model, None, tmp_path / "out")
     assert str(error.value) == (f"cannot export the model: transformers has no class for its shape: it is not "
-                                f"GPT-2's (it has {gpt2_has}) nor Llama's (it has {llama_has})")
+                                f"GPT-2's (it has {gpt2_has}), Llama's (it has {llama_has}), Qwen3's (it has "
+                                f"{qwen3_has}) nor Apertus's (it has {apertus_has})")
     assert not (tmp_path / "out").exists()
     with pytest.raises(UserError) as error:
         write_model(model, tmp_path / "out")
@@ -495,12 +526,12 @@ def test_a_shape_no_transformers_class_holds_is_refused_in_one_line(tmp_path, sh
 
 
 def test_the_command_line_refuses_such_a_shape_in_one_line(learned, tmp_path):
-    checkpoint_of(tmp_path / "qk.pt", learned, qk_norm=True, **LLAMA)
-    result = main_py("export", tmp_path / "qk.pt", tmp_path / "out")
+    checkpoint_of(tmp_path / "relu2.pt", learned, **dict(LLAMA, mlp="relu2"))
+    result = main_py("export", tmp_path / "relu2.pt", tmp_path / "out")
     assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == (f"error: cannot export {tmp_path / 'qk.pt'}: transformers has no class for its shape: it "
-                             f"is not GPT-2's (it has RMSNorm, swiglu MLP, QK-norm, RoPE, no bias) nor Llama's (it "
-                             f"has QK-norm)\n")
+    assert result.stderr == (f"error: cannot export {tmp_path / 'relu2.pt'}: transformers has no class for its shape: "
+                             f"it is not GPT-2's (it has RMSNorm, relu2 MLP, RoPE, no bias), Llama's (it has a relu2 "
+                             f"MLP), Qwen3's (it has a relu2 MLP, no QK-norm) nor Apertus's (it has no QK-norm)\n")
     assert not (tmp_path / "out").exists()
 
 
@@ -546,8 +577,8 @@ def test_a_folder_without_weights_or_config_is_one_line(folder):
 
 
 @pytest.mark.parametrize("change,message", [
-    (lambda c: c.update(model_type="mistral"), "of a 'mistral' model; this toolkit reads GPT-2 and Llama "
-                                                "(model_type 'gpt2' or 'llama')"),
+    (lambda c: c.update(model_type="mistral"), "of a 'mistral' model; this toolkit reads GPT-2, Llama, Qwen3 and "
+                                                "Apertus (model_type 'gpt2', 'llama', 'qwen3' or 'apertus')"),
     (lambda c: c.pop("n_layer"), "lacks an integer n_layer"),
     (lambda c: c.update(n_layer=3), "its weights do not fit its config.json: missing decoder.h.2.ln_1.weight"),
     (lambda c: c.update(activation_function="relu"), "activation_function is 'relu'"),
@@ -566,13 +597,16 @@ def test_a_config_that_does_not_fit_is_one_line(folder, change, message):
      "its RoPE is scaled ('llama3' in rope_parameters or rope_scaling), and this toolkit's RoPE is not"),
     (lambda c: c.update(rope_parameters=None, rope_scaling={"type": "linear", "factor": 2.0}),
      "its RoPE is scaled ('linear' in rope_parameters or rope_scaling)"),
+    (lambda c: c.update(rope_scaling={"rope_type": "linear", "factor": 2.0}),  # transformers 5 prefers it
+     "its RoPE is scaled ('linear' in rope_parameters or rope_scaling)"),  # to rope_parameters
     (lambda c: c["rope_parameters"].update(partial_rotary_factor=0.5), "turns only part of each head"),
     (lambda c: c.update(attention_bias=True), "it has biases (attention_bias or mlp_bias), and this toolkit's "
                                               "Llama shape has none"),
     (lambda c: c.update(mlp_bias=True), "it has biases (attention_bias or mlp_bias)"),
     (lambda c: c.update(head_dim=16), "its head_dim is 16, not hidden_size / num_attention_heads (8), the only "
                                       "head size this toolkit's attention has"),
-    (lambda c: c.update(hidden_act="gelu"), "its hidden_act is 'gelu'; the SwiGLU MLP here gates with silu"),
+    (lambda c: c.update(hidden_act="gelu"), "its hidden_act is 'gelu', and this toolkit's Llama shape has a SwiGLU "
+                                            "MLP, which gates with silu"),
     (lambda c: c.update(sliding_window=16), "its attention sees a sliding window of 16 tokens, and this toolkit's "
                                             "sees the whole context"),
     (lambda c: c.update(num_key_value_heads=3), "n_kv_head (--kv-heads) must divide n_head (4), got 3"),
@@ -604,6 +638,62 @@ def test_llama_weights_that_do_not_fit_are_one_line(llama_folder, tmp_path, drop
     with pytest.raises(CheckpointError) as error:
         load(folder)
     one_line(error, str(folder), message)
+
+
+@pytest.fixture(scope="module")
+def family_folders(learned, tmp_path_factory) -> dict[str, Path]:
+    """Exports of a tiny Qwen3 and a tiny Apertus of ours (2 key/value heads, untied), by model_type."""
+    root = tmp_path_factory.mktemp("family")
+    for kind, shape in (("qwen3", QWEN3), ("apertus", APERTUS)):
+        model = checkpoint_of(root / f"{kind}.pt", learned, n_head=4, n_kv_head=2, tie_embeddings=False, **shape)
+        export_folder(model, learned, root / kind)
+    return {kind: root / kind for kind in ("qwen3", "apertus")}
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "apertus"])
+def test_what_a_qwen3_or_apertus_config_leaves_out_is_read_as_transformers_reads_it(family_folders, tmp_path, kind):
+    """Each class's own defaults: rms_norm_eps (Qwen3 1e-6, Apertus 1e-5), RoPE's base (Apertus 12e6),
+    tie_word_embeddings (False)."""
+    folder = Path(shutil.copytree(family_folders[kind], tmp_path / kind))
+    gone = ("rms_norm_eps", "rope_theta", "tie_word_embeddings")
+    edit_json(folder / "config.json", lambda c: [c.pop(name) for name in gone]
+              + [c[rope].pop("rope_theta") for rope in ("rope_parameters", "rope_scaling") if rope in c])  # fmt: skip
+    theirs, ours = transformers.AutoConfig.from_pretrained(folder), load(folder).model.config
+    assert (ours.layer_norm_eps, ours.rope_base, ours.tie_embeddings) == (
+        theirs.rms_norm_eps, theirs.rope_parameters["rope_theta"], theirs.tie_word_embeddings)
+    assert theirs.rope_parameters["rope_type"] == "default"
+
+
+@pytest.mark.parametrize("kind,change,message", [
+    ("apertus", lambda c: c.update(hidden_act="xielu"), "its hidden_act is 'xielu', and this toolkit's Apertus shape "
+                                                        "has a ReLU² MLP: relu(x)², ACT2FN's relu2"),
+    ("apertus", lambda c: c.pop("hidden_act"), "its hidden_act is 'xielu'"),  # ApertusConfig's default
+    ("apertus", lambda c: [c.pop(name) for name in ("rope_parameters", "rope_scaling")],
+     "its RoPE is scaled ('llama3' in rope_parameters or rope_scaling)"),  # ApertusConfig's default
+    ("qwen3", lambda c: c.pop("head_dim"), "its head_dim is 128, not hidden_size / num_attention_heads (8)"),
+    ("qwen3", lambda c: c.update(use_sliding_window=True, sliding_window=16), "a sliding window of 16 tokens"),
+    ("qwen3", lambda c: c.update(hidden_act="gelu"), "its hidden_act is 'gelu', and this toolkit's Qwen3 shape has "
+                                                     "a SwiGLU MLP"),
+    ("qwen3", lambda c: c.update(attention_bias=True), "this toolkit's Qwen3 shape has none"),
+])  # fmt: skip
+def test_a_qwen3_or_apertus_folder_we_cannot_represent_is_one_line(family_folders, tmp_path, kind, change, message):
+    folder = Path(shutil.copytree(family_folders[kind], tmp_path / "broken"))
+    edit_json(folder / "config.json", change)
+    with pytest.raises(CheckpointError) as error:
+        load(folder)
+    one_line(error, str(folder), message)
+
+
+def test_a_qwen3_folder_without_its_qk_norm_weights_is_one_line(family_folders, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(shutil.copytree(family_folders["qwen3"], tmp_path / "broken"))
+    state = load_file(folder / "model.safetensors")
+    del state["model.layers.0.self_attn.q_norm.weight"]
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(CheckpointError) as error:
+        load(folder)
+    one_line(error, str(folder), "its weights do not fit its config.json: missing decoder.h.0.attn.q_norm.weight")
 
 
 def test_a_tokenizer_larger_than_the_model_is_one_line(tmp_path, data_dir):

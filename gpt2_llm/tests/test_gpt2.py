@@ -413,8 +413,9 @@ def test_a_saved_model_of_any_options_loads_back_with_its_config_and_weights(tin
 def test_save_hf_refuses_options_no_transformers_class_holds(tmp_path):
     config = GPT2Config(vocab_size=10, n_layer=1, n_head=2, n_embd=8, block_size=8, mlp="swiglu", qk_norm=True)
     with pytest.raises(ValueError, match=re.escape("cannot export the model: transformers has no class for its shape: "
-                                                   "it is not GPT-2's (it has swiglu MLP, QK-norm) nor Llama's (it "
-                                                   "has LayerNorm, learned positions, biases, QK-norm)")):
+                                                   "it is not GPT-2's (it has swiglu MLP, QK-norm), Llama's (it "
+                                                   "has LayerNorm, learned positions, biases, QK-norm), Qwen3's (it "
+                                                   "has LayerNorm, learned positions, biases) nor Apertus's")):
         write_model(GPT2(config), tmp_path)
     assert not list(tmp_path.iterdir())
 

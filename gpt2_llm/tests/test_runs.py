@@ -148,8 +148,9 @@ def test_the_training_part_is_the_text_without_its_held_out_end(tmp_path):
     assert training_part(one, 0.0) is one  # nothing held out: the files, streamed
 
 
-def ended(stopped_by: str, init_from=None, **result) -> str:
-    trainer = SimpleNamespace(config=SimpleNamespace(init_from=init_from, minutes=2.5))
+def ended(stopped_by: str, init_from=None, best=None, **result) -> str:
+    best = result.get("val_loss", float("inf")) if best is None else best
+    trainer = SimpleNamespace(config=SimpleNamespace(init_from=init_from, minutes=2.5), best_val_loss=best)
     run = Run({"stopped_by": stopped_by, "step": 7, **result}, trainer, Path("m.pt"))
     asked = Asked("data/*.txt", [], "v.txt", True, None, {}, None, {})
     return end_report(run, asked, "m.pt", SimpleNamespace(world_size=1))
@@ -165,5 +166,32 @@ def test_the_last_line_says_why_the_run_ended(monkeypatch):
     assert ended("steps", test_loss=2.5, test_bpb=1.25) == (
         "step 7: test loss 2.5000, 1.2500 bits per byte; saved m.pt", False)
     assert ended("steps") == ("step 7: saved m.pt", False)
+    assert ended("steps", val_loss=2.0, val_bpb=1.5, best=1.9)[0] == (
+        "step 7: val loss 2.0000, 1.5000 bits per byte; saved m.pt. An earlier checkpoint was better on the "
+        "validation part (val loss 1.9000): use m.best.pt")
+    assert ended("steps", val_loss=2.0, val_bpb=1.5, best=1.999)[0].endswith("saved m.pt")  # within 0.1%: noise
     monkeypatch.setattr("sys.argv", ["/usr/bin/gpt2-toolkit", "train"])
     assert ended("signal", signal=2)[0].endswith("Resume with: gpt2-toolkit train 'data/*.txt' v.txt m.pt")
+
+
+def test_plan_only_says_the_plan_and_writes_nothing(tmp_path):
+    (tmp_path / "t.txt").write_text(words_text(1), encoding="utf-8")
+    said = Said()
+    planned = train(str(tmp_path / "t.txt"), str(tmp_path / "v.txt"), out=str(tmp_path / "m.pt"), plan_only=True,
+                    say=said, device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
+    assert said.lines[0].startswith("plan (--minutes 10): 1 layer x 128 wide, 2 heads, context 256,")
+    assert "  because: 512-token vocabulary for 0.022 MB of text" in said
+    assert planned.settings["minutes"] == 10 and planned.settings["optimizer"] == "muon"
+    with pytest.raises(UserError, match="--plan-only plans a new model"):
+        train(str(tmp_path / "t.txt"), init_from="gpt2", plan_only=True, say=said)
+
+
+def test_the_plan_is_said_first_and_kept_in_the_checkpoint(first_run):
+    from gpt2_llm.loading import load
+
+    folder, run, said = first_run
+    assert said.lines[0].startswith("plan (--steps 4): 2 layers x 64 wide, 2 heads, context 64")
+    stored = load(str(folder / "m.pt")).checkpoint["plan"]
+    assert stored["shape"]["n_layer"] == 2 and stored["settings"]["batch_size"] == 2  # the flag given
+    assert run.trainer.config.optimizer == "muon" and run.trainer.config.weight_decay == 1.0  # planned

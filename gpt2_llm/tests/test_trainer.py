@@ -242,6 +242,16 @@ def test_time_budget_fits_the_schedule_to_the_measured_speed(corpus, tmp_path):
     assert load_checkpoint(tmp_path / "m.pt")["state"]["step"] == 29
 
 
+def test_time_budget_counts_from_budget_start_when_the_command_began_earlier(corpus, tmp_path):
+    """runs.train sets budget_start when the command begins, so the tokenizer's time is the budget's
+    too: 10 s already spent leave 20 s of the 30, which hold 19 steps of 1 s (evaluations' share as above)."""
+    trainer = tiny_trainer(corpus[1], eval_every=1000)
+    now = with_fake_clock(trainer, lambda step: 1.0)
+    now[0], trainer.budget_start = 10.0, 0.0
+    result = trainer.train(corpus[0], save_path=tmp_path / "m.pt", minutes=0.5, progress=False)
+    assert trainer.total_steps == 19 and result["step"] == 19 and trainer.budget_start is None
+
+
 def planned_lengths(trainer: Trainer) -> list[int | None]:
     """The schedule's length as each step's learning rate is set."""
     plans, original = [], trainer._set_lr
