@@ -215,7 +215,8 @@ class GPT2(nn.Module):
         as several tokens."""
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
         weight = self.lm_head.weight
-        key = (weight.data_ptr(), weight._version, weight.device, dtype)
+        version = None if weight.is_inference() else weight._version  # inference tensors keep no version
+        key = (weight.data_ptr(), version, weight.device, dtype)
         if getattr(self, "_head_cache", (None,))[0] != key:
             head = weight.detach()[: self.config.vocab_size].t().contiguous()  # padding rows left out
             self._head_cache = (key, head if dtype is None else head.to(dtype))

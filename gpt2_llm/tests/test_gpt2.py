@@ -260,6 +260,18 @@ def test_generation_head_cache_follows_weight_updates():
     assert again[0, 3:].tolist() == [0] * 5 and not torch.equal(first, again)
 
 
+def test_a_model_made_in_inference_mode_generates_as_one_made_outside_it():
+    """Weights made under torch.inference_mode() keep no version counter; the head's copy is keyed without it."""
+    torch.manual_seed(0)
+    outside = GPT2(GPT2Config.from_preset("tiny", vocab_size=64)).eval()
+    with torch.inference_mode():
+        inside = GPT2(outside.config).eval()
+        inside.load_state_dict(outside.state_dict())
+        assert inside.lm_head.weight.is_inference()
+        out = inside.generate(torch.tensor([[1, 2, 3]]), 5, temperature=0)
+    assert torch.equal(out, outside.generate(torch.tensor([[1, 2, 3]]), 5, temperature=0))
+
+
 # ---- the generation API: new_cache, prefill, decode_step --------------------------------------
 
 
