@@ -5,8 +5,6 @@ import ast
 import functools
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent
 TOP_MODULES = ("main.py", "bpe.py", "basics.py", "check_checkpoint.py")
 MAX_LINES = 60
@@ -207,7 +205,6 @@ def test_private_names_and_their_uses_are_found():
                                              (7, "getattr(model, '_ready')")]  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason="issue 28, item 2, still open: the engine still steps the blocks itself (one inference path)")
 def test_serve_uses_no_private_model_name():
     private = private_names(parse(ROOT / "gpt2_llm" / "gpt2.py"), "GPT2")
     found = [f"{path.relative_to(ROOT)}:{line} {code}" for path in sorted((ROOT / "gpt2_llm" / "serve").glob("*.py"))

@@ -79,7 +79,6 @@ def checkpoint_part(batch: int, steps: int) -> None:
 def gqa_part() -> None:
     import torch
 
-    from gpt2_llm.attention import KVCache
     from gpt2_llm.config import GPT2Config
     from gpt2_llm.gpt2 import GPT2
 
@@ -92,10 +91,9 @@ def gqa_part() -> None:
     for kv_heads in (12, 2, 1):
         torch.manual_seed(0)
         model = GPT2(GPT2Config.from_preset("gpt2", vocab_size=50257, n_kv_head=kv_heads)).eval()
-        caches = [KVCache(model.config.block_size) for _ in model.decoder.h]
-        with torch.inference_mode():
-            model._next_logits(ids, caches, model._generation_head(None))  # allocates the whole cache
-        cache_bytes = sum(c.k.nbytes + c.v.nbytes for c in caches)
+        cache = model.new_cache(batch)
+        model.prefill(ids, cache)  # allocates the whole cache
+        cache_bytes = sum(k.nbytes + v.nbytes for k, v in zip(cache.k, cache.v))
         times = []
         for _ in range(3):
             start = time.perf_counter()

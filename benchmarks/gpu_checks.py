@@ -89,12 +89,9 @@ def check_options() -> None:
 
 def kv_cache_shape(model: GPT2, prompt: torch.Tensor) -> torch.Size:
     """The shape of one layer's cached keys after a prompt."""
-    from gpt2_llm.attention import KVCache
-
-    caches = [KVCache(model.config.block_size) for _ in model.decoder.h]
-    with torch.no_grad():
-        model._next_logits(prompt, caches, model._generation_head(None))
-    return caches[0].k.shape
+    cache = model.new_cache(prompt.size(0))
+    model.prefill(prompt, cache)
+    return cache.k[0].shape
 
 
 def main() -> None:

@@ -1,13 +1,15 @@
 """gpt2_llm: GPT-2 in PyTorch, written to be read.
 
-Read leaf to root: config.py (the shape, and how to train), attention.py, decoder.py, gpt2.py (the
-model, generation), checkpoint.py (the file format), hf_llama.py and export.py (transformers'
-folders, both ways: the Llama family's names, then the rest), loading.py (the one way to load a model: a
-checkpoint, a folder or a hub name), data.py (text to batches), hardware.py (device, precision,
-peak FLOP/s), distributed.py (torchrun), trainer.py (the training loop), plot.py (a picture of a run).
+Read leaf to root: config.py (the shape, and how to train), attention.py, decoder.py, generation.py
+(sampling, the text stream), gpt2.py (the model; prefill, decode_step, generate), checkpoint.py
+(the file format), hf_llama.py and export.py (transformers' folders, both ways: the Llama family's
+names, then the rest), loading.py (the one way to load a model: a checkpoint, a folder or a hub
+name), data.py (text to batches), hardware.py (device, precision, peak FLOP/s), distributed.py
+(torchrun), trainer.py (the training loop), plot.py (a picture of a run).
 Then main.py's commands as functions a Python user calls: vocab.py (tokenize, encode, decode),
-runs.py (train: a new, continued or fine-tuning run), predict.py (predict, chat), evaluation.py
-(eval); export.export_folder and serve.server.serve are export's and serve's.
+plan.py (a new run's shape and schedule from the text and the time), runs.py (train: a new,
+continued or fine-tuning run), predict.py (predict, chat), evaluation.py (eval);
+export.export_folder and serve.server.serve are export's and serve's.
 
 Names are imported on first use, so `gpt2_llm.config` loads without torch (the command line's
 tokenizer commands stay fast), and importing the package never imports transformers, tokenizers,

@@ -35,45 +35,83 @@ class RotaryPositionEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor, offset: int | torch.Tensor = 0) -> torch.Tensor:
         """Rotate x (B, nh, T, hs), whose first token sits at position `offset`: one int for every
-        row, or a (B,) tensor of each row's own (the server decodes sequences of different lengths
-        in one batch)."""
+        row, or a (B,) tensor of each row's own (a decode step of rows of different lengths)."""
         T = x.size(-2)
         if isinstance(offset, torch.Tensor):
             positions = offset[:, None] + torch.arange(T, device=offset.device)  # (B, T)
-            cos = self.cos[positions].unsqueeze(1).to(x.dtype)  # (B, 1, T, hs/2), broadcast over nh
-            sin = self.sin[positions].unsqueeze(1).to(x.dtype)
+            cos = self.cos[positions].unsqueeze(1)  # (B, 1, T, hs/2), broadcast over nh
+            sin = self.sin[positions].unsqueeze(1)
         else:
-            cos = self.cos[offset : offset + T].to(x.dtype)  # (T, hs/2), broadcast over B and nh
-            sin = self.sin[offset : offset + T].to(x.dtype)
+            cos = self.cos[offset : offset + T]  # (T, hs/2), broadcast over B and nh
+            sin = self.sin[offset : offset + T]
+        if cos.dtype != x.dtype:  # under autocast; a .to() that changes nothing still costs a dispatch
+            cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)  # each (B, nh, T, hs/2)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
 class KVCache:
-    """Keys and values of the tokens seen so far, for one attention layer.
+    """Keys and values of the tokens seen so far: every layer of a model, for a batch of rows.
 
-    Memory for the whole context is taken once, at the first append, so a generation step writes
-    one position instead of concatenating (and copying) the whole history every token.
+    Row r holds one sequence, `lengths[r]` positions of it filled. Each layer's keys and values
+    are (rows, nkv, max_len, hs), taken once at the layer's first write (in the dtype of the keys,
+    so the cache follows autocast) and zero-filled, so that a step writes its new positions in
+    place instead of concatenating (and copying) the whole history every token. The model writes
+    a step's new keys at each row's own length (write), and advances the lengths once every layer
+    has written (advance).
     """
 
-    def __init__(self, max_len: int):
+    def __init__(self, n_layer: int, rows: int, max_len: int):
         self.max_len = max_len
-        self.length = 0
-        self.k = self.v = None
+        self.lengths = [0] * rows
+        self.k: list[torch.Tensor | None] = [None] * n_layer
+        self.v: list[torch.Tensor | None] = [None] * n_layer
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nkv, T, hs); return all keys and values so far, each (B, nkv, S, hs)."""
-        B, nh, T, hs = k.shape
-        end = self.length + T
-        assert end <= self.max_len, f"KV cache overflow: {end} > {self.max_len} positions"
-        if self.k is None:
-            # Take the dtype from the first keys, so the cache follows autocast.
-            self.k = k.new_empty(B, nh, self.max_len, hs)
-            self.v = v.new_empty(B, nh, self.max_len, hs)
-        self.k[:, :, self.length : end] = k
-        self.v[:, :, self.length : end] = v
-        self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+    def write(self, layer: int, rows: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k, v (R, nkv, T, hs) of the cache rows `rows` at positions lengths[r] onward.
+        T > 1 new tokens (a prompt) go into rows that are empty; one token goes into any row."""
+        if self.k[layer] is None:
+            shape = (len(self.lengths), k.size(1), self.max_len, k.size(3))
+            self.k[layer], self.v[layer] = k.new_zeros(shape), v.new_zeros(shape)
+        keys, values, T = self.k[layer], self.v[layer], k.size(2)
+        if len(rows) == 1:  # slices, no index tensors: generate() at batch 1, and every prompt the server reads
+            row = rows[0]
+            start = self.lengths[row]
+            assert (T == 1 or start == 0) and start + T <= self.max_len, f"{T} new positions after {start}"
+            keys[row : row + 1, :, start : start + T] = k
+            values[row : row + 1, :, start : start + T] = v
+            return
+        starts = [self.lengths[r] for r in rows]
+        end = max(starts) + T
+        assert (T == 1 or end == T) and end <= self.max_len, f"{T} new positions after {starts}, of {self.max_len}"
+        if T > 1:
+            keys[rows, :, :T], values[rows, :, :T] = k, v
+        else:  # one new token per row, each at its own position
+            where = torch.tensor(rows, device=k.device), torch.tensor(starts, device=k.device)
+            keys[where[0], :, where[1]], values[where[0], :, where[1]] = k[:, :, 0], v[:, :, 0]  # (R, nkv, hs)
+
+    def advance(self, rows: list[int], new: int) -> None:
+        """The `new` tokens written to each of `rows` are now part of them."""
+        for r in rows:
+            self.lengths[r] += new
+
+    @torch.inference_mode()  # the tensors were made by the model's prefill and decode_step, in inference mode
+    def move(self, src: int, dst: int) -> None:
+        """Row dst takes row src's filled positions and length (src is left as it was)."""
+        length = self.lengths[src]
+        for keys, values in zip(self.k, self.v):
+            if keys is not None:
+                keys[dst, :, :length], values[dst, :, :length] = keys[src, :, :length], values[src, :, :length]
+        self.lengths[dst] = length
+
+
+def first_positions(starts: list[int], rows: int, device: torch.device) -> int | torch.Tensor:
+    """The position of each input row's first new token, as RoPE and the position table take it:
+    one int when every row starts at the same position (a slice of the tables, the same numbers
+    as a gather, for less work), else a (rows,) tensor, 0 for padding rows past len(starts)."""
+    if starts.count(starts[0]) == len(starts):
+        return starts[0]
+    return torch.tensor(starts + [0] * (rows - len(starts)), device=device)
 
 
 # SDPA shares key/value heads among query heads itself from torch 2.5 (enable_gqa); before, they are repeated.
@@ -97,6 +135,26 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         return attend(q, repeat_kv(k, groups), repeat_kv(v, groups), mask, dropout, is_causal)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
                                           enable_gqa=True)
+
+
+def attend_each_row(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, rows: list[int],
+                    starts: list[int]) -> torch.Tensor:  # fmt: skip
+    """The one new query of each row, q (B, nh, 1, hs), over its own cached keys and values
+    (cache rows, nkv, max_len, hs): query i over those of cache row rows[i], up to and including
+    its new position starts[i]. Queries past len(rows) (padding) get zeros.
+
+    Row by row, over exactly the row's own keys (no padding keys, no mask), so a row gets the sums
+    it would get alone, whatever the other rows hold: greedy text does not depend on which others
+    share a step. Attention is a small share of a step next to the matrix products.
+    """
+    if len(rows) == q.size(0) == 1:  # one row, no padding (generate() at batch 1): q as it is
+        row, start = rows[0], starts[0]
+        return attend(q, keys[row : row + 1, :, : start + 1], values[row : row + 1, :, : start + 1])
+    ys = [attend(q[i : i + 1], keys[row : row + 1, :, : start + 1], values[row : row + 1, :, : start + 1])
+          for i, (row, start) in enumerate(zip(rows, starts))]  # fmt: skip
+    if len(rows) < q.size(0):
+        ys.append(q.new_zeros(q.size(0) - len(rows), *q.shape[1:]))
+    return torch.cat(ys)  # (B, nh, 1, hs)
 
 
 def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
@@ -144,13 +202,15 @@ class QKVAttention(nn.Module):
         if config.rope:
             self.rope = RotaryPositionEmbedding(hs, config.block_size, config.rope_base)
 
-    def heads(self, x: torch.Tensor, past: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, T, C), whose first token sits at position `past` (or each row at its own, a (B,)
+    def heads(self, x: torch.Tensor, offset: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, C), whose first token sits at position `offset` (or each row at its own, a (B,)
         tensor) -> q (B, nh, T, hs), k and v (B, nkv, T, hs): projected, split into heads, queries
-        and keys normalised and rotated. The one-token generation step (GPT2._next_logits_one) and
-        the server's batched step (serve/engine.py) use it too."""
+        and keys normalised and rotated."""
         B, T, _ = x.shape
         nh, nkv, hs = self.num_heads, self.num_kv_heads, self.head_size
+        # The layers' own weights through F.linear rather than module calls: a module call costs a
+        # few microseconds, four or five per block for every generated token (BENCHMARKS.md, "One
+        # inference path").
         q, k, v = F.linear(x, self.c_attn.weight, self.c_attn.bias).split((nh * hs, nkv * hs, nkv * hs), dim=-1)
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, T, nh * hs) -> (B, nh, T, hs)
         k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, T, nkv * hs) -> (B, nkv, T, hs)
@@ -161,25 +221,33 @@ class QKVAttention(nn.Module):
             q = F.rms_norm(q, (hs,), self.q_norm.weight.to(q.dtype), self.q_norm.eps)
             k = F.rms_norm(k, (hs,), self.k_norm.weight.to(k.dtype), self.k_norm.eps)
         if self.rope is not None:
-            q = self.rope(q, offset=past)
-            k = self.rope(k, offset=past)
+            q = self.rope(q, offset=offset)
+            k = self.rope(k, offset=offset)
         return q, k, v
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                rows: list[int] | None = None) -> torch.Tensor:  # fmt: skip
+        """x (B, T, C) -> (B, T, C). Without a cache: causal attention over the T tokens (training,
+        the full forward pass). With one, input row i belongs to cache row rows[i], and its new
+        tokens go at positions cache.lengths[rows[i]] onward, their keys and values into the
+        cache's `layer`:
+            a prompt (T > 1, rows empty): causal attention over the new keys, as without a cache;
+            one new token per row: each row attends to exactly its own filled keys, row by row.
+        Input rows past len(rows) are padding (see GPT2.decode_step): computed, never stored."""
         B, T, C = x.shape
-        past = 0 if cache is None else cache.length  # tokens already in the cache
-        q, k, v = self.heads(x, past)
-        if cache is not None:
-            k, v = cache.append(k, v)  # each (B, nkv, S, hs), S = past + T: nkv heads are kept, not nh
-
-        mask, is_causal = None, T > 1
-        if past > 0 and T > 1:
-            # New queries after a cached prefix: SDPA's is_causal aligns the mask top-left, which is
-            # wrong here, so spell the mask out (query i may see keys 0 .. past + i).
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            is_causal = False
-        # One query after a prefix (a generation step) sees every key: no mask at all.
-        dropout = self.dropout if self.training else 0.0
-        y = attend(q, k, v, mask, dropout, is_causal)
+        if cache is None or T > 1:
+            q, k, v = self.heads(x, 0)
+            if cache is not None:
+                cache.write(layer, rows, k, v)
+            dropout = self.dropout if self.training else 0.0
+            y = attend(q, k, v, dropout=dropout, is_causal=T > 1)
+        else:
+            starts = [cache.lengths[r] for r in rows]
+            q, k, v = self.heads(x, first_positions(starts, B, x.device))
+            if len(rows) < B:  # padding rows are not stored
+                k, v = k[: len(rows)], v[: len(rows)]
+            cache.write(layer, rows, k, v)
+            y = attend_each_row(q, cache.k[layer], cache.v[layer], rows, starts)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, nh, hs) -> (B, T, C): heads side by side
-        return self.resid_dropout(self.c_proj(y))
+        y = F.linear(y, self.c_proj.weight, self.c_proj.bias)  # F.linear: see heads()
+        return self.resid_dropout(y) if self.training else y  # see GPT2._embed

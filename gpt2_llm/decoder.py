@@ -20,13 +20,6 @@ def make_norm(config: GPT2Config) -> nn.Module:
     return nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
 
 
-def norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """What a make_norm module computes, as one function call (for the one-token generation step)."""
-    if isinstance(module, nn.RMSNorm):
-        return F.rms_norm(x, module.normalized_shape, module.weight, module.eps)
-    return F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
-
-
 class MLP(nn.Module):
     """Position-wise feed-forward: widen, activate, project back.
 
@@ -45,18 +38,16 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(config.mlp_size, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., C) -> the activations before c_proj (..., H). Plain function calls, so the one-token
-        generation step (GPT2._next_logits_one) uses it too."""
-        h = F.linear(x, self.c_fc.weight, self.c_fc.bias)
-        if self.kind == "gelu":
-            return F.gelu(h, approximate="tanh")  # GPT-2 was trained with GELU's tanh approximation
-        if self.kind == "relu2":
-            return torch.square(F.relu(h))
-        return F.silu(h) * F.linear(x, self.c_fc2.weight, self.c_fc2.bias)  # the gate times the value
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.hidden(x)))  # (B, T, C)
+        h = F.linear(x, self.c_fc.weight, self.c_fc.bias)  # (B, T, H); F.linear: see QKVAttention.heads
+        if self.kind == "gelu":
+            h = F.gelu(h, approximate="tanh")  # GPT-2 was trained with GELU's tanh approximation
+        elif self.kind == "relu2":
+            h = torch.square(F.relu(h))
+        else:
+            h = F.silu(h) * F.linear(x, self.c_fc2.weight, self.c_fc2.bias)  # the gate times the value
+        y = F.linear(h, self.c_proj.weight, self.c_proj.bias)  # (B, T, C)
+        return self.dropout(y) if self.training else y  # see GPT2._embed
 
 
 class DecoderBlock(nn.Module):
@@ -72,8 +63,11 @@ class DecoderBlock(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache)  # tokens exchange information
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                rows: list[int] | None = None) -> torch.Tensor:  # fmt: skip
+        """x (B, T, C) -> (B, T, C); with a cache, this block is its `layer` and input row i its row
+        rows[i] (QKVAttention.forward says where the new tokens go)."""
+        x = x + self.attn(self.ln_1(x), cache, layer, rows)  # tokens exchange information
         x = x + self.mlp(self.ln_2(x))  # each token is transformed on its own
         return x
 
@@ -94,14 +88,16 @@ class GPT2Decoder(nn.Module):
         config = config_from_original_args("GPT2Decoder", config, original_args)
         self.h = nn.ModuleList(DecoderBlock(config) for _ in range(config.n_layer))
 
-    def forward(self, x: torch.Tensor, caches: list[KVCache] | None = None, recompute: bool = False) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C); `caches` holds one KVCache per block during generation."""
-        recompute = recompute and caches is None and torch.is_grad_enabled()
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, rows: list[int] | None = None,
+                recompute: bool = False) -> torch.Tensor:  # fmt: skip
+        """x (B, T, C) -> (B, T, C). During generation `cache` holds every block's keys and values
+        and input row i is its row rows[i] (see GPT2.prefill and GPT2.decode_step)."""
+        recompute = recompute and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.h):
             if recompute:
                 # Non-reentrant checkpointing restores the random state for the rerun, so dropout
                 # draws the same masks twice, and works with DDP and torch.compile.
                 x = checkpoint(block, x, use_reentrant=False)
             else:
-                x = block(x, None if caches is None else caches[i])
+                x = block(x, cache, i, rows)
         return x

@@ -13,15 +13,16 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from basics import UserError
 
-from .attention import KVCache, attend
+from .attention import KVCache, first_positions
 from .config import GPT2Config, config_from_original_args
-from .decoder import GPT2Decoder, make_norm, norm
+from .decoder import GPT2Decoder, make_norm
 from .fast_cpu import cross_entropy
+from .generation import check_sampling, sample_next_token
+
 
 class GPT2(nn.Module):
     def __init__(self, config: GPT2Config | None = None, **original_args):
@@ -100,12 +101,18 @@ class GPT2(nn.Module):
                 f"(valid ids: 0 to {self.config.vocab_size - 1}); were the ids made with another vocab?"
             )
 
-    def _embed(self, ids: torch.Tensor, start: int) -> torch.Tensor:
-        """Token plus position embeddings of ids (B, T) whose first token is at position `start`."""
+    def _embed(self, ids: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
+        """Token plus position embeddings of ids (B, T) whose first token is at position `start`
+        (or, for one token per row, each row's own: a (B,) tensor)."""
         x = self.wte(ids)  # (B, T, C)
         if self.wpe is not None:
-            x = x + self.wpe.weight[start : start + ids.size(1)]  # (T, C), broadcast over B
-        return self.drop(x)
+            if isinstance(start, torch.Tensor):
+                x = x + self.wpe(start).unsqueeze(1)  # (B, 1, C)
+            else:
+                x = x + self.wpe.weight[start : start + ids.size(1)]  # (T, C), broadcast over B
+        # Dropout does nothing in eval mode; not calling it there saves a generated token nine module
+        # calls, a visible share of its time at batch 1 (BENCHMARKS.md, "One inference path").
+        return self.drop(x) if self.training else x
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None, *, label_smoothing: float = 0.0,
                 recompute: bool = False):  # fmt: skip
@@ -131,30 +138,89 @@ class GPT2(nn.Module):
         return logits[..., : self.config.vocab_size], loss
 
     # ---- generation --------------------------------------------------------------------------
+    #
+    #   cache = model.new_cache(rows)                      keys and values of every layer, per row
+    #   logits = model.prefill(prompts (R, T), cache)      each row's prompt in; the next token's logits
+    #   logits = model.decode_step(ids (R,), cache)        one token per row, each row at its own length
+    #
+    # generate() below, the command line's predict and the server's engine are built on these three.
 
-    def _next_logits(self, ids: torch.Tensor, caches: list[KVCache], head: torch.Tensor) -> torch.Tensor:
-        """Feed ids (B, T) after what the caches hold; return the logits of the last one (B, vocab)."""
-        x = self.decoder(self._embed(ids, caches[0].length), caches)  # (B, T, C)
-        return self.ln_f(x[:, -1]) @ head  # only the last position predicts the next token
+    def new_cache(self, rows: int) -> KVCache:
+        """An empty cache for `rows` sequences of up to the model's context."""
+        return KVCache(self.config.n_layer, rows, self.config.block_size)
 
-    def _next_logits_one(self, ids: torch.Tensor, caches: list[KVCache], head: torch.Tensor) -> torch.Tensor:
-        """_next_logits for one new token per row, ids (B, 1): the same arithmetic, spelled out as
-        plain function calls on the blocks' weights. At batch 1 the general path's ~80 module calls,
-        reshapes and mask checks are a visible share of a token's time next to its matrix products;
-        this path leaves them out (tested equal to _next_logits)."""
-        B, C = ids.size(0), self.config.n_embd
-        position = caches[0].length
-        x = self.wte.weight[ids[:, 0]]  # (B, C)
-        if self.wpe is not None:
-            x = x + self.wpe.weight[position]
-        for block, cache in zip(self.decoder.h, caches):
-            attn, mlp = block.attn, block.mlp
-            q, k, v = attn.heads(norm(block.ln_1, x).view(B, 1, C), position)  # (B, nh or nkv, 1, hs)
-            k, v = cache.append(k, v)
-            y = attend(q, k, v).view(B, C)  # one query sees every cached key
-            x = x + F.linear(y, attn.c_proj.weight, attn.c_proj.bias)
-            x = x + F.linear(mlp.hidden(norm(block.ln_2, x)), mlp.c_proj.weight, mlp.c_proj.bias)
-        return norm(self.ln_f, x) @ head
+    @torch.inference_mode()
+    def prefill(self, ids: torch.Tensor, cache: KVCache, rows: list[int] | None = None) -> torch.Tensor:
+        """Read prompts ids (R, T) into the cache rows `rows` (default 0 .. R-1), filling them again
+        from position 0; return the logits of each prompt's next token (R, vocab). A prompt longer
+        than the context is an error here (callers keep its end)."""
+        R, T = ids.shape
+        rows = list(range(R)) if rows is None else list(rows)
+        if T > self.config.block_size:
+            raise UserError(f"{T} tokens do not fit the context of {self.config.block_size} (--context)")
+        if len(rows) != R or T == 0:
+            raise ValueError(f"prefill takes one prompt of at least one token per cache row: got {R} prompts "
+                             f"of {T} tokens for the rows {rows}")
+        self._check_ids(ids)
+        for r in rows:
+            cache.lengths[r] = 0
+        return self._next_logits(ids, 0, cache, rows)
+
+    @torch.inference_mode()
+    def decode_step(self, ids: torch.Tensor, cache: KVCache, min_rows: int | None = None) -> torch.Tensor:
+        """Read one token per row, ids (R,), for the cache rows 0 .. R-1, each at its own position
+        (its length, then one more); return the logits of each row's next token (R, vocab).
+
+        min_rows: take the matrix products over at least this many rows, zero rows appended past R
+        (their results dropped). A CPU's BLAS picks its kernels by the shape of a product (on an
+        AMD EPYC a last block of 1 to 3 rows goes to other kernels than the blocks of 4 before it;
+        on an Intel Xeon products of fewer rows than a threshold that depends on the matrix, from
+        2 to 57 rows for the shapes tried, go to other kernels), and kernels round sums
+        differently. At one shape each kernel gives a row the same bits whatever the other rows
+        hold and wherever the row sits; with attention row by row (attention.attend_each_row), a
+        fixed min_rows makes each row's logits independent of how many rows share the step.
+        """
+        R, block_size = ids.size(0), self.config.block_size
+        lengths = cache.lengths[:R]
+        if min(lengths) < 1 or max(lengths) >= block_size:
+            full = [r for r, n in enumerate(lengths) if not 0 < n < block_size]
+            raise ValueError(f"cache rows {full} are empty or fill the context ({block_size}): prefill them (again) first")
+        start = first_positions(lengths, R, ids.device)
+        return self._next_logits(ids.reshape(R, 1), start, cache, list(range(R)), max(R, min_rows or 0))
+
+    def _next_logits(self, ids: torch.Tensor, start: int | torch.Tensor, cache: KVCache, rows: list[int],
+                     product_rows: int = 0) -> torch.Tensor:  # fmt: skip
+        """The shared body of prefill and decode_step: ids (R, T) in at positions `start` (or each
+        row's own, (R,)), in eval mode; the last position's logits (R, vocab) out."""
+        was_training = self.training
+        if was_training:  # switched only when needed: walking every module costs as much as a token
+            self.eval()
+        try:
+            x = self._embed(ids, start)  # (R, T, C)
+            if product_rows > x.size(0):  # padding rows (see decode_step)
+                x = torch.cat((x, x.new_zeros(product_rows - x.size(0), *x.shape[1:])))
+            x = self.decoder(x, cache, rows)
+            cache.advance(rows, ids.size(1))
+            logits = self.ln_f(x[:, -1]) @ self._head_matrix(x.device)  # only the last position predicts
+            return logits if product_rows <= len(rows) else logits[: len(rows)]
+        finally:
+            if was_training:
+                self.train()
+
+    def _head_matrix(self, device: torch.device) -> torch.Tensor:
+        """The head's matrix as (C, vocab), contiguous, in autocast's dtype when it is on: a one-row
+        product then streams through memory in long runs instead of vocab short dot products (at
+        batch 1 this matrix is most of the bytes read per token). Kept between calls until the
+        weights change (an optimizer step bumps the tensor's version): copying it costs as much
+        as several tokens."""
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        weight = self.lm_head.weight
+        version = None if weight.is_inference() else weight._version  # inference tensors keep no version
+        key = (weight.data_ptr(), version, weight.device, dtype)
+        if getattr(self, "_head_cache", (None,))[0] != key:
+            head = weight.detach()[: self.config.vocab_size].t().contiguous()  # padding rows left out
+            self._head_cache = (key, head if dtype is None else head.to(dtype))
+        return self._head_cache[1]
 
     def _prepare_prompt(self, ids, max_new_tokens: int, temperature: float, top_k, top_p, stop_token):
         """Check the arguments of generate(); return the prompt as a (B, T) tensor on the model's device."""
@@ -176,17 +242,12 @@ class GPT2(nn.Module):
         if seed is not None:
             generator = torch.Generator(device=ids.device).manual_seed(seed)
         block_size = self.config.block_size
-        # The head's matrix as (C, vocab), contiguous: a one-row product then streams through memory
-        # in long runs instead of vocab short dot products; at batch 1 this matrix is most of the
-        # bytes read per token. Made once per call, in the dtype autocast would give it every step.
-        dtype = torch.get_autocast_dtype(ids.device.type) if torch.is_autocast_enabled(ids.device.type) else None
-        head = self._generation_head(dtype)
         was_training = self.training
-        self.eval()
+        self.eval()  # once for the whole generation, not at every step
         try:
             context = ids[:, -block_size:]  # a longer prompt keeps its last block_size tokens
-            caches = [KVCache(block_size) for _ in self.decoder.h]
-            logits = self._next_logits(context, caches, head)
+            cache = self.new_cache(ids.size(0))
+            logits = self.prefill(context, cache)
             done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
             for step in range(max_new_tokens):
                 next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
@@ -198,25 +259,14 @@ class GPT2(nn.Module):
                 if step == max_new_tokens - 1 or (stop_token is not None and bool(done.all())):
                     return
                 context = torch.cat((context, next_id), dim=1)[:, -block_size:]
-                if caches[0].length < block_size:
-                    logits = self._next_logits_one(next_id, caches, head)  # one new position per step
+                if cache.lengths[0] < block_size:
+                    logits = self.decode_step(next_id.squeeze(1), cache)  # one new position per step
                 else:
-                    # The context is full: slide the window by refilling the caches from its last
+                    # The context is full: slide the window by filling the cache again from its last
                     # block_size tokens, positions from 0 again (learned positions end at block_size).
-                    caches = [KVCache(block_size) for _ in self.decoder.h]
-                    logits = self._next_logits(context, caches, head)
+                    logits = self.prefill(context, cache)
         finally:
             self.train(was_training)
-
-    def _generation_head(self, dtype: torch.dtype | None) -> torch.Tensor:
-        """The head's matrix as (C, vocab), contiguous, kept between calls until the weights change
-        (an optimizer step bumps the tensor's version): copying it costs as much as several tokens."""
-        weight = self.lm_head.weight
-        key = (weight.data_ptr(), weight._version, weight.device, dtype)
-        if getattr(self, "_head_cache", (None,))[0] != key:
-            head = weight.detach()[: self.config.vocab_size].t().contiguous()  # padding rows left out
-            self._head_cache = (key, head if dtype is None else head.to(dtype))
-        return self._head_cache[1]
 
     def generate(self, ids, max_new_tokens: int, temperature: float = 0.8, top_k: int | None = 40,
                  top_p: float | None = None, stop_token: int | None = None, seed: int | None = None,
@@ -266,38 +316,6 @@ class GPT2(nn.Module):
         model = GPT2(replace(c, **changes))
         model.load_state_dict(state)
         return model.to(self.wte.weight.device).train(self.training)
-
-
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """The one check of generation settings (generate() and the command line's predict both use it)."""
-    if max_new_tokens < 0:
-        raise UserError(f"max_new_tokens (num_tokens) must be 0 or more, got {max_new_tokens}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise UserError(f"temperature (--temperature) must be 0 (greedy) or a positive number, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise UserError(f"top_k (--top-k) must be at least 1, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise UserError(f"top_p (--top-p) must be in (0, 1], got {top_p}")
-
-
-def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-                      generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
-    """Pick the next token from logits (B, vocab); returns ids (B, 1)."""
-    if temperature == 0:
-        return logits.max(dim=-1, keepdim=True).indices  # the first of equal maxima, as argmax, but faster on CPU
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        values, indices = logits.topk(top_k, dim=-1)  # (B, k), most likely first
-    elif top_p is not None and top_p < 1.0:
-        values, indices = logits.sort(dim=-1, descending=True)  # (B, vocab)
-    else:
-        return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
-    if top_p is not None and top_p < 1.0:
-        probs = values.softmax(dim=-1)
-        # Drop a token once the more likely ones already reach top_p; the most likely always stays.
-        values = values.masked_fill(probs.cumsum(dim=-1) - probs >= top_p, float("-inf"))
-    choice = torch.multinomial(values.softmax(dim=-1), 1, generator=generator)  # (B, 1), a rank
-    return indices.gather(-1, choice)
 
 
 def pad_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:

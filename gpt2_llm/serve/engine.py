@@ -3,42 +3,37 @@
     HTTP handlers --submit--> waiting queue (bounded) --admit--> active rows --step--> events per sequence
                                                        (prefill)   (one batched forward for all rows)
 
-One worker thread owns the model. Each turn of its loop it:
+One worker thread owns the model and one KVCache (model.new_cache) with a row per batch slot.
+Each turn of its loop it:
 
-    1. admits waiting sequences while the batch has room: runs each prompt alone (prefill), copies
-       its keys and values into a free row of the batched KV cache, samples its first token;
-    2. decodes one token for every active row in ONE forward pass: the rows' last tokens go in
-       together, each at its own position, and each row attends to its own cached keys;
+    1. admits waiting sequences while the batch has room: model.prefill reads each prompt alone
+       into a free row of the cache, and the sequence's first token is sampled;
+    2. decodes one token for every active row with ONE model.decode_step: the rows' last tokens
+       go in together, each at its own position, and each row attends to its own cached keys;
     3. samples each row's next token with its own settings and its own seeded generator, turns the
-       token bytes into text (whole UTF-8 characters only, stop strings cut), and hands the new
-       text to the sequence's `on_event` callback (the web app forwards it to its client);
+       token bytes into text (generation.TextStream: whole UTF-8 characters only, stop strings
+       cut), and hands the new text to the sequence's `on_event` callback (the web app forwards it
+       to its client);
     4. retires finished rows: an end token, a stop string, max_tokens, a full context, a cancel
-       (the client hung up) or the time limit. The last row moves into the freed one, so the
-       active rows are always rows 0 .. B-1 of the cache (views, no copies, in the step).
+       (the client hung up) or the time limit. The last row moves into the freed one
+       (cache.move), so the active rows are always rows 0 .. B-1 of the cache, as decode_step
+       takes them.
 
 This is continuous batching: a request joins at the next step and leaves when done; nobody waits
 for the slowest sequence of a batch.
 
 Batch invariance. A greedy sequence makes the same text alone and beside any others, bit for bit:
-    - a row's matrix products must not depend on the other rows. A CPU's BLAS picks its kernels by
-      the shape of the product, and kernels round sums differently: on an AMD EPYC (MKL/oneDNN) a
-      last block of 1 to 3 rows goes to other kernels than the blocks of 4 before it; on an Intel
-      Xeon products of fewer rows than a threshold that depends on the matrix (from 2 to 57 rows
-      for the shapes tried) go to other kernels than those of more rows. At one shape each kernel
-      gives a row the same bits whatever the other rows hold and wherever the row sits. So every
-      step multiplies the same number of rows, the batch's capacity rounded up to a multiple of
-      ROW_BLOCK, zeros past the active rows (test_engine.py checks it, for every row of batches of
-      1 to 9). The price is paid by a step with few active rows: it multiplies all of them;
-    - attention is computed row by row, each row over exactly its own cached keys (no padding
-      keys, no mask: the sums are the ones it would make alone). Attention is a small share of a
-      step next to the matrix products; the loop costs a few Python calls per row and layer;
+    - every step multiplies the same number of rows, the batch's capacity rounded up to a multiple
+      of ROW_BLOCK (decode_step's min_rows, whose docstring says why a fixed row count is
+      needed). The price is paid by a step with few active rows: it multiplies all of them;
+    - decode_step computes attention row by row, each row over exactly its own cached keys;
     - sampling draws from each sequence's own torch.Generator, seeded from the request's `seed`.
-test_engine.py checks it (a sequence alone and beside three others, and against GPT2.generate).
+test_engine.py checks it (every row of batches of 1 to 9, a sequence alone and beside three
+others, and against GPT2.generate).
 """
 
 from __future__ import annotations
 
-import codecs
 import collections
 import dataclasses
 import math
@@ -49,14 +44,12 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from basics import UserError
 from bpe import BPE
 
-from ..attention import KVCache, attend
-from ..decoder import norm
-from ..gpt2 import GPT2, check_sampling, sample_next_token
+from ..generation import TextStream, check_sampling, sample_next_token
+from ..gpt2 import GPT2
 
 ROW_BLOCK = 4  # a step's matrix products see a fixed multiple of this many rows (see "Batch invariance" above)
 
@@ -95,47 +88,6 @@ class Event:
     finish_reason: str | None = None  # "stop" (end token or stop string) | "length" (a limit) | "cancelled"
 
 
-class TextStream:
-    """Token bytes in, text out, never half a character and never a stop string.
-
-    The tokenizer is byte-level, so a token may end in the middle of a UTF-8 character: an
-    incremental decoder keeps the incomplete bytes until the rest comes (invalid bytes become
-    U+FFFD, as bpe.decode does). Text that might be the start of a stop string is held back too,
-    until it is known not to be one; when a stop string appears, the text ends before it.
-    """
-
-    def __init__(self, stop: tuple[str, ...] = ()):
-        self.stop = tuple(s for s in stop if s)
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._pending = ""  # decoded text not given out yet
-        self.stopped = False
-
-    def feed(self, data: bytes) -> str:
-        """The text that is now certain; sets `stopped` when a stop string has appeared."""
-        self._pending += self._decoder.decode(data)
-        return self._release()
-
-    def finish(self) -> str:
-        """The rest, at the end of the sequence (incomplete bytes become U+FFFD)."""
-        self._pending += self._decoder.decode(b"", final=True)
-        return self._release(final=True)
-
-    def _release(self, final: bool = False) -> str:
-        found = [i for i in (self._pending.find(s) for s in self.stop) if i >= 0]
-        if found:
-            out, self._pending, self.stopped = self._pending[: min(found)], "", True
-            return out
-        keep = 0 if final else self._possible_stop_start()
-        out, self._pending = self._pending[: len(self._pending) - keep], self._pending[len(self._pending) - keep :]
-        return out
-
-    def _possible_stop_start(self) -> int:
-        """The length of the longest end of the pending text that begins some stop string."""
-        text = self._pending
-        return max((n for s in self.stop for n in range(min(len(s) - 1, len(text)), 0, -1)
-                    if s.startswith(text[-n:])), default=0)  # fmt: skip
-
-
 class Sequence:
     """One generation: a prompt, its settings, and where its events go.
 
@@ -159,49 +111,8 @@ class Sequence:
         self.finish_reason: str | None = None
         self.first_token_at: float | None = None
 
-    @property
-    def position(self) -> int:
-        """The position of the next token the model reads: the prompt and the tokens fed back so far."""
-        return len(self.prompt) + len(self.tokens) - 1
-
     def cancel(self) -> None:
         self.cancelled = True
-
-
-# ---- the KV cache of the whole batch -----------------------------------------------------------
-
-
-class BatchCache:
-    """Keys and values of every active row, for every layer: (rows, nkv, block_size, hs) each.
-
-    Row r holds the sequence in batch slot r; `lengths[r]` positions of it are filled. Zeros at
-    first, so the unused part never holds NaNs.
-    """
-
-    def __init__(self, model: GPT2, rows: int, device: torch.device, dtype: torch.dtype):
-        c = model.config
-        shape = (rows, c.kv_heads, c.block_size, c.head_size)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(c.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(c.n_layer)]
-        self.lengths = [0] * rows
-        # The rows every decode step computes: all of them, rounded up to a multiple of ROW_BLOCK.
-        self.step_rows = -(-rows // ROW_BLOCK) * ROW_BLOCK
-
-    def fill(self, row: int, caches: list[KVCache]) -> None:
-        """Row `row` takes a prefilled sequence's caches (one KVCache per layer, batch of one)."""
-        length = caches[0].length
-        for layer, cache in enumerate(caches):
-            self.k[layer][row, :, :length] = cache.k[0, :, :length]
-            self.v[layer][row, :, :length] = cache.v[0, :, :length]
-        self.lengths[row] = length
-
-    def move(self, src: int, dst: int) -> None:
-        """Row src's sequence goes to row dst (the batch stays packed in rows 0 .. B-1)."""
-        length = self.lengths[src]
-        for k, v in zip(self.k, self.v):
-            k[dst, :, :length] = k[src, :, :length]
-            v[dst, :, :length] = v[src, :, :length]
-        self.lengths[dst] = length
 
 
 # ---- the engine ----------------------------------------------------------------------------------
@@ -220,10 +131,10 @@ class Engine:
         self.tokenizer = tokenizer
         self.max_batch, self.max_queue, self.request_timeout = max_batch, max_queue, request_timeout
         self.block_size = model.config.block_size
-        weight = model.wte.weight
-        self.device = weight.device
-        self.head = model._generation_head(None)  # (C, vocab), contiguous
-        self.cache = BatchCache(model, max_batch, self.device, weight.dtype)
+        self.device = next(model.parameters()).device
+        self.cache = model.new_cache(max_batch)  # row r holds active[r]
+        # The rows every decode step multiplies: all of them, rounded up to a multiple of ROW_BLOCK.
+        self.step_rows = -(-max_batch // ROW_BLOCK) * ROW_BLOCK
         self.active: list[Sequence] = []  # row r of the cache is active[r]
         self.waiting: collections.deque[Sequence] = collections.deque()
         self._wake = threading.Condition()
@@ -301,50 +212,21 @@ class Engine:
             if seq.cancelled or self._out_of_time(seq):
                 self._finish(seq, "cancelled" if seq.cancelled else "length")
                 continue
-            caches = [KVCache(self.block_size) for _ in self.model.decoder.h]
-            ids = torch.tensor([seq.prompt], dtype=torch.long, device=self.device)
-            logits = self.model._next_logits(ids, caches, self.head)  # (1, vocab): the prompt alone
-            self.stats.prompt_tokens += len(seq.prompt)
             row = len(self.active)
-            self.cache.fill(row, caches)
+            ids = torch.tensor([seq.prompt], dtype=torch.long, device=self.device)
+            logits = self.model.prefill(ids, self.cache, rows=[row])  # (1, vocab): the prompt alone
+            self.stats.prompt_tokens += len(seq.prompt)
             self.active.append(seq)
             if self._take_token(seq, logits[0]):
                 self._retire([row])
 
     def _step(self) -> None:
-        """One token for every active row: one forward pass, then sampling and retiring."""
+        """One token for every active row: one decode step, then sampling and retiring."""
         last = torch.tensor([seq.tokens[-1] for seq in self.active], device=self.device)
-        logits = self._decode(last, [seq.position for seq in self.active])  # (B, vocab)
+        logits = self.model.decode_step(last, self.cache, min_rows=self.step_rows)  # (B, vocab)
         self.stats.steps += 1
         done = [row for row, seq in enumerate(self.active) if self._take_token(seq, logits[row])]
         self._retire(done)
-
-    def _decode(self, ids: torch.Tensor, positions: list[int]) -> torch.Tensor:
-        """The logits after the tokens `ids` (B,), row r's at position positions[r]: the arithmetic
-        of GPT2._next_logits_one, with the batch padded to the same number of rows at every step and
-        attention row by row."""
-        model, cache, C = self.model, self.cache, self.model.config.n_embd
-        B, rows = ids.size(0), self.cache.step_rows
-        where = torch.tensor(positions + [0] * (rows - B), device=self.device)  # (rows,)
-        x = model.wte.weight[ids]  # (B, C)
-        if model.wpe is not None:
-            x = x + model.wpe.weight[where[:B]]
-        x = F.pad(x, (0, 0, 0, rows - B))  # (rows, C): zero rows past B (see "Batch invariance")
-        batch = torch.arange(B, device=self.device)
-        for layer, block in enumerate(model.decoder.h):
-            attn, mlp = block.attn, block.mlp
-            q, k, v = attn.heads(norm(block.ln_1, x).view(rows, 1, C), where)  # (rows, nh or nkv, 1, hs)
-            keys, values = cache.k[layer], cache.v[layer]  # (max rows, nkv, block_size, hs)
-            keys[batch, :, where[:B]] = k[:B, :, 0]  # each row writes its new key at its own position
-            values[batch, :, where[:B]] = v[:B, :, 0]
-            y = x.new_zeros(rows, C)
-            for row, position in enumerate(positions):  # each row attends to exactly its own keys
-                seen = slice(0, position + 1)
-                y[row] = attend(q[row : row + 1], keys[row : row + 1, :, seen], values[row : row + 1, :, seen]).reshape(C)
-            x = x + F.linear(y, attn.c_proj.weight, attn.c_proj.bias)
-            x = x + F.linear(mlp.hidden(norm(block.ln_2, x)), mlp.c_proj.weight, mlp.c_proj.bias)
-        cache.lengths[:B] = [position + 1 for position in positions]
-        return (norm(model.ln_f, x) @ self.head)[:B]  # every row in the product, as above
 
     def _take_token(self, seq: Sequence, logits: torch.Tensor) -> bool:
         """Sample the sequence's next token, send its text; True when the sequence is finished."""

@@ -94,16 +94,48 @@ def test_kv_cache_gives_the_same_outputs_as_the_whole_sequence(options):
     attn = QKVAttention(GPT2Config(n_embd=32, n_head=4, block_size=16, **options)).eval()
     x = torch.randn(2, 12, 32)
     full = attn(x)
-    # One token at a time, as in generation.
-    cache = KVCache(max_len=16)
-    steps = torch.cat([attn(x[:, t : t + 1], cache) for t in range(12)], dim=1)
-    assert_close(steps, full, atol=1e-5)
-    # A prompt of 5, then a chunk of 7 after it: the explicit-mask path.
-    cache = KVCache(max_len=16)
-    chunks = torch.cat([attn(x[:, :5], cache), attn(x[:, 5:], cache)], dim=1)
-    assert_close(chunks, full, atol=1e-5)
+    # A prompt of 5, then one token at a time, as in generation.
+    cache = KVCache(n_layer=3, rows=2, max_len=16)
+    outputs = [attn(x[:, :5], cache, layer=1, rows=[0, 1])]
+    cache.advance([0, 1], 5)
+    for t in range(5, 12):
+        outputs.append(attn(x[:, t : t + 1], cache, layer=1, rows=[0, 1]))
+        cache.advance([0, 1], 1)
+    assert_close(torch.cat(outputs, dim=1), full, atol=1e-5)
     kv_heads = options.get("n_kv_head", 4)  # the cache holds the shared heads only
-    assert cache.length == 12 and cache.k.shape == cache.v.shape == (2, kv_heads, 16, 8)
+    assert cache.lengths == [12, 12] and cache.k[1].shape == cache.v[1].shape == (2, kv_heads, 16, 8)
+    assert cache.k[0] is None and cache.k[2] is None  # a layer takes its memory at its first write
+
+
+def test_one_new_token_per_row_attends_to_its_own_rows_keys_at_its_own_position():
+    torch.manual_seed(0)
+    attn = QKVAttention(GPT2Config(n_embd=32, n_head=4, block_size=16, rope=True, n_kv_head=2)).eval()
+    a, b = torch.randn(1, 9, 32), torch.randn(1, 4, 32)
+    cache = KVCache(n_layer=1, rows=3, max_len=16)
+    attn(a[:, :8], cache, rows=[2])  # row 2 holds a's first 8 tokens, row 0 b's first 3
+    attn(b[:, :3], cache, rows=[0])
+    cache.advance([2], 8)
+    cache.advance([0], 3)
+    cache.move(2, 1)  # row 1 takes row 2's sequence
+    assert cache.lengths == [3, 8, 8] and torch.equal(cache.k[0][1, :, :8], cache.k[0][2, :, :8])
+    padding = torch.randn(1, 1, 32)  # a third input row past the cache rows named: computed, not stored
+    y = attn(torch.cat((b[:, 3:], a[:, 8:], padding)), cache, rows=[0, 1])
+    assert_close(y[0, 0], attn(b)[0, 3], atol=1e-5)
+    assert_close(y[1, 0], attn(a)[0, 8], atol=1e-5)
+    keys = cache.k[0]  # one new key per row, at its own position; the padding row stored nowhere
+    assert keys[0, :, 3].count_nonzero() > 0 and keys[1, :, 8].count_nonzero() > 0
+    assert keys[0, :, 4:].count_nonzero() == keys[1, :, 9:].count_nonzero() == keys[2, :, 8:].count_nonzero() == 0
+
+
+def test_kv_cache_move_copies_a_rows_filled_positions():
+    cache = KVCache(n_layer=2, rows=3, max_len=4)
+    for layer in range(2):
+        cache.write(layer, [0, 1], torch.randn(2, 1, 3, 2), torch.randn(2, 1, 3, 2))
+    cache.advance([0, 1], 3)
+    cache.move(1, 0)
+    assert cache.lengths == [3, 3, 0]
+    assert all(torch.equal(k[0], k[1]) and torch.equal(v[0], v[1]) for k, v in zip(cache.k, cache.v))
+    assert cache.k[0][2].count_nonzero() == 0  # zeros where nothing was written
 
 
 def test_attention_is_the_written_out_formula():

@@ -6,7 +6,7 @@ from torch import nn
 
 from gpt2_llm import GPT2Config
 from gpt2_llm.attention import KVCache
-from gpt2_llm.decoder import MLP, DecoderBlock, GPT2Decoder, make_norm, norm
+from gpt2_llm.decoder import MLP, DecoderBlock, GPT2Decoder, make_norm
 from gpt2_llm.tests.conftest import assert_close
 
 
@@ -78,14 +78,17 @@ def test_decoder_without_bias_has_no_bias_parameters():
     assert not [name for name, _ in decoder.named_parameters() if name.endswith("bias")]
 
 
-def test_decoder_with_caches_equals_the_whole_sequence():
+def test_decoder_with_a_cache_equals_the_whole_sequence():
     torch.manual_seed(0)
     decoder = GPT2Decoder(num_layers=2, embedding_dim=16, num_heads=2).eval()
     x = torch.randn(1, 7, 16)
-    caches = [KVCache(8), KVCache(8)]
-    steps = torch.cat([decoder(x[:, t : t + 1], caches) for t in range(7)], dim=1)
-    assert_close(steps, decoder(x), atol=1e-5)
-    assert [c.length for c in caches] == [7, 7]
+    cache = KVCache(n_layer=2, rows=1, max_len=8)
+    steps = []
+    for t in range(7):
+        steps.append(decoder(x[:, t : t + 1], cache, rows=[0]))
+        cache.advance([0], 1)
+    assert_close(torch.cat(steps, dim=1), decoder(x), atol=1e-5)
+    assert cache.lengths == [7] and all(k.shape == (1, 2, 8, 8) for k in cache.k)  # every layer wrote its own
 
 
 # ---- architecture options ------------------------------------------------------------------------
@@ -100,7 +103,6 @@ def test_rmsnorm_is_the_written_out_formula_with_a_gain_and_no_bias():
     x = 3 + 2 * torch.randn(2, 4, 16)  # a mean far from 0: RMSNorm does not remove it, LayerNorm would
     expected = x / (x.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt() * block.ln_1.weight
     assert_close(block.ln_1(x), expected, atol=1e-5)
-    assert_close(norm(block.ln_1, x), expected, atol=1e-5)  # the one-call form of generation
 
 
 def test_layernorm_without_bias_has_no_bias_and_rmsnorm_never_has_one():
@@ -159,7 +161,7 @@ def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(options, mo
     decoder(x)
     with torch.no_grad():
         decoder(x, recompute=True)
-    decoder(x[:, :4], [KVCache(16) for _ in range(3)], recompute=True)
+    decoder(x[:, :4], KVCache(n_layer=3, rows=2, max_len=16), rows=[0, 1], recompute=True)
     assert len(calls) == 3
 
 

@@ -1,4 +1,4 @@
-"""The serving engine without HTTP: text streaming, batch invariance, seeds, retiring, the queue."""
+"""The serving engine without HTTP: batch invariance, seeds, retiring, how sequences end, the queue."""
 
 import queue
 import random
@@ -8,8 +8,7 @@ import torch
 
 from bpe import BPE
 from gpt2_llm import GPT2, GPT2Config
-from gpt2_llm.attention import KVCache
-from gpt2_llm.serve.engine import Engine, QueueFull, SamplingParams, Sequence, TextStream
+from gpt2_llm.serve.engine import Engine, QueueFull, SamplingParams, Sequence
 from gpt2_llm.tests.conftest import assert_close, some_text
 
 TIMEOUT = 20  # seconds any one wait for the worker may take
@@ -51,65 +50,50 @@ def run(engine: Engine, prompts: list[list[int]], params: list[SamplingParams], 
     return out
 
 
-# ---- text ----------------------------------------------------------------------------------------
-
-
-def test_text_stream_gives_whole_characters_whatever_the_cut():
-    text = "héllo wörld 😀 €uro"
-    data = text.encode("utf-8")
-    for cut in range(1, 5):
-        stream = TextStream()
-        pieces = [stream.feed(data[i : i + cut]) for i in range(0, len(data), cut)] + [stream.finish()]
-        assert "".join(pieces) == text
-        assert all("\ufffd" not in piece for piece in pieces)
-
-
-def test_text_stream_cuts_at_a_stop_string_and_holds_back_what_may_begin_one():
-    stream = TextStream(stop=("END", "\n\n"))
-    assert stream.feed(b"abc E") == "abc "  # "E" may begin "END": held back
-    assert stream.feed(b"x\n") == "Ex"  # "Ex" cannot; "\n" may begin "\n\n"
-    assert stream.feed(b"y") == "\ny" and not stream.stopped
-    assert stream.feed(b"zEN") == "z"
-    assert stream.feed(b"Dafter") == "" and stream.stopped  # the stop string and what follows are dropped
-    ended = TextStream(stop=("END",))
-    assert ended.feed(b"tail E") == "tail " and ended.finish() == "E"  # at the end nothing is held back
-
-
-def test_text_stream_replaces_bytes_that_are_not_utf8():
-    stream = TextStream()
-    assert stream.feed(b"a\xff") + stream.feed(b"\xc3") + stream.finish() == "a\ufffd\ufffd"
-
-
 # ---- batch invariance ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("options", [{}, {"rope": True, "n_kv_head": 2, "qk_norm": True}], ids=["gpt2", "rope-gqa"])
 def test_a_row_of_a_batched_step_is_the_row_alone_bit_for_bit(tokenizer, options):
-    """Every row of a decode step with up to 9 sequences of different lengths equals the same
-    sequence decoded alone, exactly: padding every step to the same rows and attention row by row leave
-    no trace of the other rows (the docstring of engine.py says why both are needed). And it is
-    the model's own forward pass over the whole sequence, to float rounding."""
+    """Every row of the engine's decode step with up to 9 sequences of different lengths equals
+    the same sequence decoded alone in the engine's cache, exactly: a fixed number of rows in the
+    products (min_rows) and attention row by row leave no trace of the other rows (the docstrings
+    of engine.py and GPT2.decode_step say why both are needed). And it is the model's own forward
+    pass over the whole sequence, to float rounding."""
     engine = Engine(model_of(tokenizer, **options), tokenizer, max_batch=9)  # not started: driven by hand
-    rng = random.Random(0)
+    model, cache, rng = engine.model, engine.cache, random.Random(0)
 
-    def fill(row: int, prompt: list[int]) -> None:
-        caches = [KVCache(engine.block_size) for _ in engine.model.decoder.h]
-        engine.model._next_logits(torch.tensor([prompt]), caches, engine.head)
-        engine.cache.fill(row, caches)
+    def step(prompts: list[list[int]], last: list[int]) -> torch.Tensor:
+        for row, prompt in enumerate(prompts):
+            model.prefill(torch.tensor([prompt]), cache, rows=[row])  # as the engine admits a sequence
+        return model.decode_step(torch.tensor(last), cache, min_rows=engine.step_rows)
 
-    with torch.inference_mode():
-        for batch in range(1, 10):
-            prompts = [[rng.randrange(300) for _ in range(rng.randint(1, 60))] for _ in range(batch)]
-            for row, prompt in enumerate(prompts):
-                fill(row, prompt)
-            last = [rng.randrange(300) for _ in prompts]
-            together = engine._decode(torch.tensor(last), [len(p) for p in prompts])
-            for row, prompt in enumerate(prompts):
-                fill(0, prompt)
-                alone = engine._decode(torch.tensor([last[row]]), [len(prompt)])
-                diff = (alone[0] - together[row]).abs().max().item()
-                assert torch.equal(alone[0], together[row]), f"batch {batch}, row {row}: largest difference {diff:.3g}"
-                assert_close(alone[0], engine.model(torch.tensor([prompt + [last[row]]]))[0][0, -1], atol=1e-4)
+    assert engine.step_rows == 12  # 9 rows, rounded up to a multiple of ROW_BLOCK
+    for batch in range(1, 10):
+        prompts = [[rng.randrange(300) for _ in range(rng.randint(1, 60))] for _ in range(batch)]
+        last = [rng.randrange(300) for _ in prompts]
+        together = step(prompts, last)
+        for row, prompt in enumerate(prompts):
+            alone = step([prompt], [last[row]])
+            diff = (alone[0] - together[row]).abs().max().item()
+            assert torch.equal(alone[0], together[row]), f"batch {batch}, row {row}: largest difference {diff:.3g}"
+            assert_close(alone[0], model(torch.tensor([prompt + [last[row]]]))[0][0, -1], atol=1e-4)
+
+
+def test_a_retired_row_leaves_the_last_row_in_its_place(tokenizer):
+    engine = Engine(model_of(tokenizer), tokenizer, max_batch=3)  # not started: driven by hand
+    prompts = [tokenizer.encode(t) for t in ("To be", "First Citizen:", "KING")]
+    limits = (9, 2, 9)
+    seqs = [Sequence(p, SamplingParams(max_tokens=m, temperature=0), lambda e: None) for p, m in zip(prompts, limits)]
+    engine.submit(seqs)
+    engine._admit()
+    engine._step()  # the second sequence makes its second and last token: the third takes its row
+    assert engine.active == [seqs[0], seqs[2]]
+    assert engine.cache.lengths[:2] == [len(prompts[0]) + 1, len(prompts[2]) + 1]
+    for _ in range(7):
+        engine._step()
+    greedy = engine.model.generate(prompts[2], 9, temperature=0)[len(prompts[2]) :]
+    assert engine.active == [] and seqs[2].tokens == greedy
 
 
 def test_greedy_text_alone_beside_others_and_from_generate_is_the_same(engine, tokenizer):

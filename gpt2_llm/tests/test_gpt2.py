@@ -8,7 +8,6 @@ from torch import nn
 
 from gpt2_llm import GPT2, GPT2Config, load, save_model
 from gpt2_llm.export import write_model
-from gpt2_llm.gpt2 import sample_next_token
 from gpt2_llm.tests.conftest import assert_close
 
 
@@ -221,28 +220,6 @@ def test_generation_leaves_the_training_mode_as_it_was(tiny_model):
     assert tiny_model.training
 
 
-def draws(logits, n=2000, **kwargs):
-    generator = torch.Generator().manual_seed(0)
-    batch = logits.expand(n, -1)
-    return set(sample_next_token(batch, generator=generator, **kwargs).view(-1).tolist())
-
-
-def test_top_k_keeps_only_the_k_most_likely():
-    logits = torch.tensor([[0.0, 3.0, 1.0, 2.5, -1.0, 2.9, 0.5]])
-    assert draws(logits, temperature=1.0, top_k=3, top_p=None) == {1, 3, 5}
-    assert draws(logits, temperature=1.0, top_k=1, top_p=None) == {1}
-    assert draws(logits, temperature=1.0, top_k=None, top_p=None) == set(range(7))
-
-
-def test_top_p_keeps_the_smallest_set_that_reaches_p():
-    logits = torch.tensor([[0.15, 0.5, 0.05, 0.3]]).log()  # probabilities 0.5, 0.3, 0.15, 0.05
-    assert draws(logits, temperature=1.0, top_k=None, top_p=0.5) == {1}
-    assert draws(logits, temperature=1.0, top_k=None, top_p=0.7) == {1, 3}
-    assert draws(logits, temperature=1.0, top_k=None, top_p=0.9) == {0, 1, 3}
-    assert draws(logits, temperature=1.0, top_k=2, top_p=0.9) == {1, 3}  # top-k first, then top-p
-    assert draws(logits, temperature=0.0, top_k=None, top_p=None) == {1}  # greedy
-
-
 def test_out_of_range_ids_name_the_id_and_the_vocab_size(tiny_model):
     with pytest.raises(ValueError, match=r"token id 97 is out of range for a model with vocab_size 97"):
         tiny_model(torch.tensor([[1, 97, 3]]))
@@ -283,24 +260,90 @@ def test_generation_head_cache_follows_weight_updates():
     assert again[0, 3:].tolist() == [0] * 5 and not torch.equal(first, again)
 
 
-@pytest.mark.parametrize("variant", [*OPTIONS, {"n_inner": 40}, {"mlp": "swiglu", "n_inner": 40}], ids=option_id)
-def test_the_one_token_generation_step_equals_the_general_one(tiny_config, variant):
-    from gpt2_llm.attention import KVCache
+def test_a_model_made_in_inference_mode_generates_as_one_made_outside_it():
+    """Weights made under torch.inference_mode() keep no version counter; the head's copy is keyed without it."""
+    torch.manual_seed(0)
+    outside = GPT2(GPT2Config.from_preset("tiny", vocab_size=64)).eval()
+    with torch.inference_mode():
+        inside = GPT2(outside.config).eval()
+        inside.load_state_dict(outside.state_dict())
+        assert inside.lm_head.weight.is_inference()
+        out = inside.generate(torch.tensor([[1, 2, 3]]), 5, temperature=0)
+    assert torch.equal(out, outside.generate(torch.tensor([[1, 2, 3]]), 5, temperature=0))
 
+
+# ---- the generation API: new_cache, prefill, decode_step --------------------------------------
+
+
+@pytest.mark.parametrize("variant", [*OPTIONS, {"n_inner": 40}, {"mlp": "swiglu", "n_inner": 40}], ids=option_id)
+def test_prefill_then_decode_steps_give_the_forward_passs_logits_at_each_position(tiny_config, variant):
     torch.manual_seed(0)
     model = GPT2(replace(tiny_config, **variant)).eval()
-    head = model._generation_head(None)
-    prompt, new = torch.randint(0, 97, (3, 7)), torch.randint(0, 97, (3, 1))
-    general, lean = ([KVCache(24) for _ in model.decoder.h] for _ in range(2))
-    with torch.no_grad():
-        model._next_logits(prompt, general, head)
-        model._next_logits(prompt, lean, head)
-        for _ in range(3):  # a few steps, so the cached positions move on alike
-            expected = model._next_logits(new, general, head)
-            got = model._next_logits_one(new, lean, head)
-            assert_close(got, expected, atol=1e-5)
-            new = got.argmax(-1, keepdim=True)
-    assert lean[0].length == general[0].length == 10
+    ids = torch.randint(0, 97, (3, 24))  # the whole context
+    full = model(ids)[0]  # (3, 24, vocab)
+    cache = model.new_cache(3)
+    assert_close(model.prefill(ids[:, :7], cache), full[:, 6], atol=1e-5)  # float32
+    for t in range(7, 24):
+        assert_close(model.decode_step(ids[:, t], cache), full[:, t], atol=1e-5)
+    assert cache.lengths == [24, 24, 24]
+    kv_heads = variant.get("n_kv_head", 4)  # the cache holds the shared key/value heads only
+    assert len(cache.k) == 2 and cache.k[1].shape == cache.v[1].shape == (3, kv_heads, 24, 8)
+
+
+@pytest.mark.parametrize("options", [{}, dict(rope=True, n_kv_head=2, qk_norm=True)], ids=option_id)
+def test_rows_of_different_lengths_in_one_step_each_get_their_own_logits_bit_for_bit(tiny_config, options):
+    """Each row of a decode step, among rows of other lengths, equals the same row decoded alone,
+    exactly, when both steps multiply the same number of rows (min_rows)."""
+    torch.manual_seed(0)
+    model = GPT2(replace(tiny_config, **options)).eval()
+    lengths = [3, 17, 1, 9, 12]
+    prompts = [torch.randint(0, 97, (1, n)) for n in lengths]
+    new = torch.randint(0, 97, (5,))
+    together = model.new_cache(5)
+    for row, prompt in enumerate(prompts):
+        model.prefill(prompt, together, rows=[row])
+    logits = model.decode_step(new, together, min_rows=8)
+    assert together.lengths == [n + 1 for n in lengths]
+    for row, prompt in enumerate(prompts):
+        alone = model.new_cache(1)
+        model.prefill(prompt, alone)
+        own = model.decode_step(new[row : row + 1], alone, min_rows=8)[0]
+        diff = (own - logits[row]).abs().max().item()
+        assert torch.equal(own, logits[row]), f"row {row}: largest difference {diff:.3g}"
+        assert_close(own, model(torch.cat((prompt[0], new[row : row + 1]))[None])[0][0, -1], atol=1e-5)
+
+
+def test_prefill_fills_a_row_again_from_the_start_and_refuses_what_does_not_fit(tiny_model):
+    cache = tiny_model.new_cache(2)
+    first, second = torch.randint(0, 97, (1, 10)), torch.randint(0, 97, (1, 4))
+    tiny_model.prefill(torch.cat((first, first)), cache)
+    again = tiny_model.prefill(second, cache, rows=[1])  # row 1 now holds `second` alone
+    assert cache.lengths == [10, 4]
+    assert_close(again[0], tiny_model(second)[0][0, -1], atol=1e-5)
+    step = tiny_model.decode_step(torch.tensor([5, 6]), cache)
+    assert_close(step[1], tiny_model(torch.cat((second[0], torch.tensor([6])))[None])[0][0, -1], atol=1e-5)
+    with pytest.raises(ValueError, match="25 tokens do not fit the context of 24"):
+        tiny_model.prefill(torch.zeros(1, 25, dtype=torch.long), cache)  # callers keep the prompt's end
+    with pytest.raises(ValueError, match="token id 97 is out of range"):
+        tiny_model.prefill(torch.tensor([[1, 97]]), cache)
+    half_filled = tiny_model.new_cache(2)
+    tiny_model.prefill(first, half_filled)
+    with pytest.raises(ValueError, match=r"cache rows \[1\] are empty or fill the context \(24\)"):
+        tiny_model.decode_step(torch.tensor([1, 2]), half_filled)
+
+
+def test_prefill_and_decode_step_run_in_eval_mode_and_leave_the_mode_as_it_was(tiny_config):
+    torch.manual_seed(0)
+    model = GPT2(replace(tiny_config, dropout=0.5)).train()
+    ids = torch.randint(0, 97, (2, 6))
+    cache = model.new_cache(2)
+    logits = model.prefill(ids, cache)
+    assert model.training and model.decoder.h[0].attn.training  # given back as it was
+    step = model.decode_step(ids[:, 0], cache)
+    expected = model.eval()(torch.cat((ids, ids[:, :1]), dim=1))[0]  # no dropout drawn
+    assert_close(logits, expected[:, 5], atol=1e-5)
+    assert_close(step, expected[:, 6], atol=1e-5)
+    assert not logits.requires_grad and logits.is_inference()
 
 
 # ---- architecture options: sizes, FLOPs, the untied head -------------------------------------------

@@ -92,8 +92,8 @@ def running(path: Path, step_delay: float = 0.0, **options):
         wait_until(lambda: status(base, "/health") == 200, "the server to load its model")
         if step_delay:
             engine = app.state.serving.served.engine
-            decode = engine._decode
-            engine._decode = lambda *a: (time.sleep(step_delay), decode(*a))[1]
+            step = engine._step
+            engine._step = lambda: (time.sleep(step_delay), step())[1]
         yield base, app
     finally:
         server.should_exit = True

@@ -1,0 +1,98 @@
+"""What generation does with the model's logits: check the sampling settings, pick the next token,
+and turn the chosen tokens' bytes into text as they come.
+
+The model's side (prefill a prompt into a cache, then decode one step for a batch of rows) is
+GPT2.prefill and GPT2.decode_step; GPT2.generate, the command line's predict and the server's
+engine put the two together with what is here. Nothing here knows the model.
+"""
+
+import codecs
+import math
+
+import torch
+
+from basics import UserError
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """The one check of generation settings (generate(), the command line's predict and the server use it)."""
+    if max_new_tokens < 0:
+        raise UserError(f"max_new_tokens (num_tokens) must be 0 or more, got {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise UserError(f"temperature (--temperature) must be 0 (greedy) or a positive number, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"top_k (--top-k) must be at least 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise UserError(f"top_p (--top-p) must be in (0, 1], got {top_p}")
+
+
+def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+    """Pick the next token from logits (B, vocab); returns ids (B, 1).
+
+    temperature 0 takes the most likely token; otherwise sample from the top_k most likely, then
+    from the smallest set of those whose probability reaches top_p.
+    """
+    if temperature == 0:
+        return logits.max(dim=-1, keepdim=True).indices  # the first of equal maxima, as argmax, but faster on CPU
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        values, indices = logits.topk(top_k, dim=-1)  # (B, k), most likely first
+    elif top_p is not None and top_p < 1.0:
+        values, indices = logits.sort(dim=-1, descending=True)  # (B, vocab)
+    else:
+        return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+    if top_p is not None and top_p < 1.0:
+        probs = values.softmax(dim=-1)
+        # Drop a token once the more likely ones already reach top_p; the most likely always stays.
+        values = values.masked_fill(probs.cumsum(dim=-1) - probs >= top_p, float("-inf"))
+    choice = torch.multinomial(values.softmax(dim=-1), 1, generator=generator)  # (B, 1), a rank
+    return indices.gather(-1, choice)
+
+
+class TextStream:
+    """Token bytes in, text out, never half a character and never a stop string.
+
+    The tokenizer is byte-level, so a token may end in the middle of a UTF-8 character: an
+    incremental decoder keeps the incomplete bytes until the rest comes (invalid bytes become
+    U+FFFD, as bpe.decode does). Text that might be the start of a stop string is held back too,
+    until it is known not to be one; when a stop string appears, the text ends before it.
+
+    >>> stream = TextStream(stop=("END",))
+    >>> data = "café END".encode()  # "é" is two bytes: data[3:5]
+    >>> stream.feed(data[:4]), stream.feed(data[4:7]), stream.feed(data[7:])
+    ('caf', 'é ', '')
+    >>> stream.stopped
+    True
+    """
+
+    def __init__(self, stop: tuple[str, ...] = ()):
+        self.stop = tuple(s for s in stop if s)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""  # decoded text not given out yet
+        self.stopped = False
+
+    def feed(self, data: bytes) -> str:
+        """The text that is now certain; sets `stopped` when a stop string has appeared."""
+        self._pending += self._decoder.decode(data)
+        return self._release()
+
+    def finish(self) -> str:
+        """The rest, at the end of the sequence (incomplete bytes become U+FFFD)."""
+        self._pending += self._decoder.decode(b"", final=True)
+        return self._release(final=True)
+
+    def _release(self, final: bool = False) -> str:
+        found = [i for i in (self._pending.find(s) for s in self.stop) if i >= 0]
+        if found:
+            out, self._pending, self.stopped = self._pending[: min(found)], "", True
+            return out
+        keep = 0 if final else self._possible_stop_start()
+        out, self._pending = self._pending[: len(self._pending) - keep], self._pending[len(self._pending) - keep :]
+        return out
+
+    def _possible_stop_start(self) -> int:
+        """The length of the longest end of the pending text that begins some stop string."""
+        text = self._pending
+        return max((n for s in self.stop for n in range(min(len(s) - 1, len(text)), 0, -1)
+                    if s.startswith(text[-n:])), default=0)  # fmt: skip

@@ -1,0 +1,54 @@
+"""Sampling and the text stream (generation.py): top-k and top-p, whole characters, stop strings."""
+
+import torch
+
+from gpt2_llm.generation import TextStream, sample_next_token
+
+
+def draws(logits, n=2000, **kwargs):
+    generator = torch.Generator().manual_seed(0)
+    batch = logits.expand(n, -1)
+    return set(sample_next_token(batch, generator=generator, **kwargs).view(-1).tolist())
+
+
+def test_top_k_keeps_only_the_k_most_likely():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.5, -1.0, 2.9, 0.5]])
+    assert draws(logits, temperature=1.0, top_k=3, top_p=None) == {1, 3, 5}
+    assert draws(logits, temperature=1.0, top_k=1, top_p=None) == {1}
+    assert draws(logits, temperature=1.0, top_k=None, top_p=None) == set(range(7))
+
+
+def test_top_p_keeps_the_smallest_set_that_reaches_p():
+    logits = torch.tensor([[0.15, 0.5, 0.05, 0.3]]).log()  # probabilities 0.5, 0.3, 0.15, 0.05
+    assert draws(logits, temperature=1.0, top_k=None, top_p=0.5) == {1}
+    assert draws(logits, temperature=1.0, top_k=None, top_p=0.7) == {1, 3}
+    assert draws(logits, temperature=1.0, top_k=None, top_p=0.9) == {0, 1, 3}
+    assert draws(logits, temperature=1.0, top_k=2, top_p=0.9) == {1, 3}  # top-k first, then top-p
+    assert draws(logits, temperature=0.0, top_k=None, top_p=None) == {1}  # greedy
+
+
+def test_text_stream_gives_whole_characters_whatever_the_cut():
+    text = "héllo wörld 😀 €uro"
+    data = text.encode("utf-8")
+    for cut in range(1, 5):
+        stream = TextStream()
+        pieces = [stream.feed(data[i : i + cut]) for i in range(0, len(data), cut)] + [stream.finish()]
+        assert "".join(pieces) == text
+        assert all("\ufffd" not in piece for piece in pieces)
+
+
+def test_text_stream_cuts_at_a_stop_string_and_holds_back_what_may_begin_one():
+    stream = TextStream(stop=("END", "\n\n"))
+    assert stream.feed(b"abc E") == "abc "  # "E" may begin "END": held back
+    assert stream.feed(b"x\n") == "Ex"  # "Ex" cannot; "\n" may begin "\n\n"
+    assert stream.feed(b"y") == "\ny" and not stream.stopped
+    assert stream.feed(b"zEN") == "z"
+    assert stream.feed(b"Dafter") == "" and stream.stopped  # the stop string and what follows are dropped
+    ended = TextStream(stop=("END",))
+    assert ended.feed(b"tail E") == "tail " and ended.finish() == "E"  # at the end nothing is held back
+
+
+def test_text_stream_replaces_bytes_that_are_not_utf8():
+    stream = TextStream()
+    assert stream.feed(b"a\xff") + stream.feed(b"\xc3") + stream.finish() == "a\ufffd\ufffd"
+
