@@ -120,18 +120,17 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a model over HTTP until SIGTERM or Ctrl-C (gpt2_llm/serve)."""
     from gpt2_llm.loading import check_model_name, load_with_tokenizer
-    from gpt2_llm.serve.server import check_options, serve
+    from gpt2_llm.serve.server import api_key_of, check_options, serve
 
-    check_options(args.host, args.port, args.max_batch, args.max_queue, args.request_timeout)
+    check_options(args.host, args.port, args.max_batch, args.max_queue, args.request_timeout, args.max_body)
     check_model_name(args.model)  # before the server starts: a name that names nothing is one line
-    api_key = args.api_key if args.api_key is not None else os.environ.get("GPT2_API_KEY") or None
-    if api_key is not None and not api_key.strip():
-        raise UserError("--api-key is empty")
+    api_key = api_key_of(args.api_key, args.api_key_file, os.environ.get("GPT2_API_KEY"))
     say = functools.partial(print, file=sys.stderr, flush=True)
     load = functools.partial(load_with_tokenizer, args.model, args.device, args.vocab_file,
                              "give its vocab file with --vocab-file")
     return serve(load, host=args.host, port=args.port, api_key=api_key, cors_origins=tuple(args.cors_origin or ()),
-                 max_batch=args.max_batch, max_queue=args.max_queue, request_timeout=args.request_timeout, say=say)
+                 max_batch=args.max_batch, max_queue=args.max_queue, request_timeout=args.request_timeout,
+                 batch_invariant=args.batch_invariant, max_body=args.max_body, say=say)
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -303,9 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL})")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=int, default=8000, help="the port (default 8000)")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every API route (default: $GPT2_API_KEY if set, else no key)")
+    p.add_argument("--api-key-file", default=None, metavar="PATH", help="require 'Authorization: Bearer KEY' on every API route, KEY read from PATH (default: $GPT2_API_KEY if set, else no key)")
+    p.add_argument("--api-key", default=None, help="the key itself (visible to every user of the machine in ps: prefer --api-key-file or $GPT2_API_KEY)")
     p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN", help="let pages from ORIGIN (such as http://localhost:3000) call the API; repeat for several (default: none)")
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together at most (default 16)")
+    p.add_argument("--batch-invariant", action="store_true", help="every step multiplies the whole batch, so that greedy text does not depend on the other requests (slower for few clients)")
+    p.add_argument("--max-body", type=int, default=4 * 2**20, metavar="BYTES", help="largest request body, refused with 413 before it is read (default 4 MiB)")
     p.add_argument("--max-queue", type=int, default=64, help="sequences waiting for a place in the batch at most; more get 429 (default 64)")
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds a request may take, queue included; then it ends as if max_tokens were reached (default 600)")
     p.add_argument("--vocab-file", default=None, help="the tokenizer of a model that holds none (a checkpoint saved by GPT2.save)")

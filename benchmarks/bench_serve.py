@@ -4,6 +4,12 @@ cannot start offline, transformers' `generate` called per request from as many c
 
     python benchmarks/bench_serve.py                 # both servers, the table for BENCHMARKS.md
     python benchmarks/bench_serve.py --ours-only
+    python benchmarks/bench_serve.py --lone          # one client against predict's own speed (issue 30)
+
+--lone: GPT2.generate's tokens/s (what `main.py predict` runs), greedy, 160 new tokens, then the
+server with 1 and with 8 clients (3 requests each of 160 greedy tokens), by default and with
+--batch-invariant, in turns, --rounds times; medians, and the ratios the issue asks for (one
+client against predict, eight clients' total against one).
 
 The model: the `mini` preset's shape (6 layers, 6 heads, 384 wide, context 256) with random
 weights and GPT-2's own tokenizer (../shared/data/gpt2), so the head has GPT-2's 50,257 rows; speed
@@ -165,7 +171,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3, help="requests per client (default 3)")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default 64)")
     parser.add_argument("--ours-only", action="store_true", help="skip transformers serve")
+    parser.add_argument("--lone", action="store_true", help="one client against predict's speed, 8 against one")
+    parser.add_argument("--rounds", type=int, default=3, help="--lone: measurements of each (default 3)")
     args = parser.parse_args()
+    if args.lone:
+        return bench_lone(args.rounds)
     levels = [int(x) for x in args.levels.split(",")]
     import torch
 
@@ -190,6 +200,56 @@ def main() -> None:
                 print("transformers generate, called per request, on the exported folder", flush=True)
                 theirs = bench_generate(exported, levels, args.requests, args.max_tokens)
         print_table(ours, theirs, label)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+GENERATE = """
+import sys, time, torch
+sys.path.insert(0, ".")
+from gpt2_llm import load
+from bpe import BPE
+loaded = load(sys.argv[1])
+model = loaded.model.eval()
+prompt = BPE.from_text(loaded.checkpoint["tokenizer"]["text"]).encode("Request number 0: tell me a story about")
+model.generate(prompt, 16, temperature=0)
+times = []
+for _ in range(3):
+    start = time.perf_counter()
+    model.generate(prompt, 160, temperature=0)
+    times.append(time.perf_counter() - start)
+print(160 / sorted(times)[1])
+"""
+
+
+def bench_lone(rounds: int) -> None:
+    """predict's tokens/s, then the server's with 1 and 8 clients, by default and --batch-invariant."""
+    import statistics
+
+    folder = Path(tempfile.mkdtemp(prefix="bench_serve_"))
+    try:
+        checkpoint = make_model(folder)
+        results: dict[str, list[float]] = {}
+        for _ in range(rounds):
+            out = subprocess.run([sys.executable, "-c", GENERATE, str(checkpoint)], cwd=ROOT, check=True,
+                                 capture_output=True, text=True)  # fmt: skip
+            results.setdefault("predict (generate), 160 greedy tokens", []).append(float(out.stdout.split()[-1]))
+            for flags in ([], ["--batch-invariant"]):
+                port = free_port()
+                command = [sys.executable, "main.py", "serve", str(checkpoint), "--port", str(port), "--max-batch", "16",
+                           *flags]  # fmt: skip
+                rows = bench_server(command, "/health", port, "mini.pt", [1, 8], 3, 160)
+                for row in rows:
+                    name = f"serve{' ' + flags[0] if flags else ''}, {row['clients']} client(s)"
+                    results.setdefault(name, []).append(row["tokens_per_s"])
+        medians = {name: statistics.median(v) for name, v in results.items()}
+        predict = medians["predict (generate), 160 greedy tokens"]
+        for name, value in medians.items():
+            print(f"{name}: {value:.1f} tokens/s (runs: {', '.join(f'{v:.1f}' for v in results[name])})")
+        for flags in ("", " --batch-invariant"):
+            one, eight = medians[f"serve{flags}, 1 client(s)"], medians[f"serve{flags}, 8 client(s)"]
+            print(f"serve{flags}: 1 client / predict {one / predict:.2f} (bar >= 0.8), 8 clients / 1 client "
+                  f"{eight / one:.2f} (bar >= 3)")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

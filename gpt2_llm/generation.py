@@ -31,11 +31,16 @@ def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int | Non
     """Pick the next token from logits (B, vocab); returns ids (B, 1).
 
     temperature 0 takes the most likely token; otherwise sample from the top_k most likely, then
-    from the smallest set of those whose probability reaches top_p.
+    from the smallest set of those whose probability reaches top_p. The logits are shifted so that
+    the largest is 0 before they are divided by the temperature, so that a temperature too small
+    for the division (1e-40, or one that float32 rounds to 0) cannot overflow: it gives its limit,
+    the most likely token (a random one of equal maxima).
     """
     if temperature == 0:
         return logits.max(dim=-1, keepdim=True).indices  # the first of equal maxima, as argmax, but faster on CPU
-    logits = logits.float() / temperature
+    logits = logits.float()
+    temperature = max(temperature, torch.finfo(logits.dtype).tiny)  # below float32's smallest it would be 0
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature  # <= 0: -inf at worst, never nan
     if top_k is not None and top_k < logits.size(-1):
         values, indices = logits.topk(top_k, dim=-1)  # (B, k), most likely first
     elif top_p is not None and top_p < 1.0:

@@ -167,9 +167,11 @@ class GPT2(nn.Module):
         return self._next_logits(ids, 0, cache, rows)
 
     @torch.inference_mode()
-    def decode_step(self, ids: torch.Tensor, cache: KVCache, min_rows: int | None = None) -> torch.Tensor:
-        """Read one token per row, ids (R,), for the cache rows 0 .. R-1, each at its own position
-        (its length, then one more); return the logits of each row's next token (R, vocab).
+    def decode_step(self, ids: torch.Tensor, cache: KVCache, min_rows: int | None = None,
+                    rows: list[int] | None = None) -> torch.Tensor:  # fmt: skip
+        """Read one token per row, ids (R,), for the cache rows `rows` (default 0 .. R-1), each at its
+        own position (its length, then one more); return the logits of each row's next token (R, vocab).
+        A step that raises leaves the cache's lengths as they were: it can be taken again.
 
         min_rows: take the matrix products over at least this many rows, zero rows appended past R
         (their results dropped). A CPU's BLAS picks its kernels by the shape of a product (on an
@@ -181,12 +183,14 @@ class GPT2(nn.Module):
         fixed min_rows makes each row's logits independent of how many rows share the step.
         """
         R, block_size = ids.size(0), self.config.block_size
-        lengths = cache.lengths[:R]
-        if min(lengths) < 1 or max(lengths) >= block_size:
-            full = [r for r, n in enumerate(lengths) if not 0 < n < block_size]
-            raise ValueError(f"cache rows {full} are empty or fill the context ({block_size}): prefill them (again) first")
+        rows = list(range(R)) if rows is None else list(rows)
+        lengths = [cache.lengths[r] for r in rows]
+        if len(rows) != R or min(lengths) < 1 or max(lengths) >= block_size:
+            full = [r for r, n in zip(rows, lengths) if not 0 < n < block_size]
+            raise ValueError(f"decode_step takes one id per row; cache rows {full} are empty or fill the context "
+                             f"({block_size}): prefill them (again) first")
         start = first_positions(lengths, R, ids.device)
-        return self._next_logits(ids.reshape(R, 1), start, cache, list(range(R)), max(R, min_rows or 0))
+        return self._next_logits(ids.reshape(R, 1), start, cache, rows, max(R, min_rows or 0))
 
     def _next_logits(self, ids: torch.Tensor, start: int | torch.Tensor, cache: KVCache, rows: list[int],
                      product_rows: int = 0) -> torch.Tensor:  # fmt: skip
@@ -200,8 +204,8 @@ class GPT2(nn.Module):
             if product_rows > x.size(0):  # padding rows (see decode_step)
                 x = torch.cat((x, x.new_zeros(product_rows - x.size(0), *x.shape[1:])))
             x = self.decoder(x, cache, rows)
-            cache.advance(rows, ids.size(1))
             logits = self.ln_f(x[:, -1]) @ self._head_matrix(x.device)  # only the last position predicts
+            cache.advance(rows, ids.size(1))  # last: a step that raised can be taken again
             return logits if product_rows <= len(rows) else logits[: len(rows)]
         finally:
             if was_training:

@@ -12,7 +12,13 @@ The engine's worker thread calls each sequence's on_event; here that hands the e
 loop (call_soon_threadsafe), into one asyncio.Queue per request. A client that hangs up cancels
 its sequences, which leave the batch at the engine's next step.
 
-The model loads in a thread after the server starts listening: /health says 503 until it is ready.
+The model loads in a thread after the server starts listening: /health says 503 until it is ready,
+and again if the engine stops on an error it cannot contain (the server then exits non-zero).
+
+Bounded before work: a body over max_body bytes is refused (413) before it is read; prompts are
+tokenized and chat templates rendered in a thread pool, off the event loop, after a check on the
+text's length that needs no tokenizer; a request's deadline (--request-timeout) is kept here as
+well as by the engine, so that a stuck engine cannot hold a client forever.
 """
 
 from __future__ import annotations
@@ -34,7 +40,12 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    StreamingResponse,
+)
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -42,7 +53,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from basics import UserError
 from bpe import PATTERNS
 
-from .engine import TTFT_BUCKETS, Engine, Event, QueueFull, SamplingParams, Sequence
+from .engine import (
+    TTFT_BUCKETS,
+    Engine,
+    EngineFailed,
+    Event,
+    QueueFull,
+    SamplingParams,
+    Sequence,
+)
 
 STATIC = Path(__file__).parent / "static"
 MAX_N = 4  # choices per request (n)
@@ -50,6 +69,8 @@ MAX_PROMPTS = 8  # prompts in one completions request
 MAX_STOP = 4  # stop strings, as OpenAI allows
 RETRY_AFTER = "1"  # seconds, when the queue is full or the model is loading
 DISCONNECT_POLL = 0.25  # seconds between checks that a client is still there
+DEADLINE_GRACE = 2.0  # seconds the web side waits past a request's deadline for the engine to end it
+MAX_BODY = 4 * 2**20  # bytes of a request body, by default (--max-body)
 COUNTED_PATHS = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize", "/detokenize",
                  "/model_card", "/health", "/metrics", "/"}
 METRICS_POINTS = 500  # the model card's training curves keep at most this many points each
@@ -64,7 +85,7 @@ class ApiError(Exception):
 
     TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
              405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
-             503: "service_unavailable"}  # fmt: skip
+             500: "server_error", 503: "service_unavailable"}  # fmt: skip
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
                  headers: dict | None = None):  # fmt: skip
@@ -175,6 +196,8 @@ class Served:
     model_id: str
     chat: object  # a way to turn messages into prompt ids: see chat_renderer
     created: int
+    longest_token: int  # bytes of the tokenizer's longest token: a text of more bytes than this many per
+    #                     token of the context cannot fit it, whatever the tokenizer makes of it
 
 
 def model_id_of(loaded) -> str:
@@ -240,15 +263,18 @@ class Serving:
 
 def create_app(load: Callable[[], object], api_key: str | None = None, cors_origins: tuple[str, ...] = (),
                max_batch: int = 16, max_queue: int = 64, request_timeout: float | None = None,
-               on_load_error: Callable[[BaseException], None] | None = None) -> FastAPI:  # fmt: skip
+               batch_invariant: bool = False, max_body: int = MAX_BODY,
+               on_error: Callable[[BaseException], None] | None = None) -> FastAPI:  # fmt: skip
     """The server's app. `load()` returns a loading.Loaded with a tokenizer (loading.load_with_tokenizer);
-    it runs in a thread once the server is up. on_load_error(exc) is told when it fails."""
-    serving = Serving(api_key)
+    it runs in a thread once the server is up. on_error(exc) is told when the load fails, or when the
+    engine stops on an error it cannot contain: either way the server cannot serve."""
+    serving = Serving(normalised_key(api_key))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine_options = (max_batch, max_queue, request_timeout)
-        threading.Thread(target=load_model, args=(serving, load, engine_options, on_load_error), name="gpt2-load",
+        engine_options = {"max_batch": max_batch, "max_queue": max_queue, "request_timeout": request_timeout,
+                          "batch_invariant": batch_invariant, "on_failure": on_error}  # fmt: skip
+        threading.Thread(target=load_model, args=(serving, load, engine_options, on_error), name="gpt2-load",
                          daemon=True).start()  # fmt: skip
         yield
         if serving.served is not None:
@@ -256,6 +282,7 @@ def create_app(load: Callable[[], object], api_key: str | None = None, cors_orig
 
     app = FastAPI(title="gpt2-toolkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.serving = serving
+    app.add_middleware(LimitBody, max_body=max_body)
     app.add_middleware(CountRequests, counts=serving.requests_total, paths=COUNTED_PATHS)
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -270,15 +297,17 @@ def create_app(load: Callable[[], object], api_key: str | None = None, cors_orig
     return app
 
 
-def load_model(serving: Serving, load: Callable[[], object], engine_options: tuple,
+def load_model(serving: Serving, load: Callable[[], object], engine_options: dict,
                on_load_error: Callable[[BaseException], None] | None) -> None:  # fmt: skip
     """In a thread: load the model, start its engine, and make it `serving.served`; or keep the error."""
     try:
         loaded = load()
-        engine = Engine(loaded.model, loaded.tokenizer, *engine_options)
+        engine = Engine(loaded.model, loaded.tokenizer, **engine_options)
         engine.start()
         render, stops, name = chat_renderer(loaded)
-        serving.served = Served(loaded, engine, model_id_of(loaded), (render, stops, name), int(time.time()))
+        tokenizer = loaded.tokenizer
+        longest = max(len(tokenizer.decode_bytes([i])) for i in range(tokenizer.vocab_size))
+        serving.served = Served(loaded, engine, model_id_of(loaded), (render, stops, name), int(time.time()), longest)
     except BaseException as e:  # noqa: BLE001 -- told to the runner, which ends the server
         serving.error = e
         if on_load_error is not None:
@@ -315,14 +344,20 @@ ERROR_HANDLERS = {ApiError: on_api_error, RequestValidationError: on_validation_
                   StarletteHTTPException: on_http_error, Exception: on_bug}  # fmt: skip
 
 
+def normalised_key(key: str | None) -> str | None:
+    """A key as it is compared: without surrounding whitespace (a key file's newline, a pasted
+    space), on the server's side and on the presented token's alike."""
+    return key.strip() if key is not None else None
+
+
 def check_key(request: Request) -> None:
     """Every API route's guard: the request must carry the API key, when the server has one."""
     api_key = request.app.state.serving.api_key
     if api_key is None:
         return
     given = request.headers.get("authorization", "")
-    scheme, _, token = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+    scheme, _, token = given.strip().partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(normalised_key(token).encode(), api_key.encode()):
         raise ApiError(401, "invalid or missing API key: send the header 'Authorization: Bearer KEY'",
                        code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
@@ -334,6 +369,8 @@ def served(request: Request, model: str | None = None) -> Served:
     if s is None:
         why = "the model could not be loaded" if serving.error is not None else "the model is loading"
         raise ApiError(503, why, headers={"Retry-After": RETRY_AFTER})
+    if s.engine.failure is not None:
+        raise ApiError(503, "the engine has stopped on an error; the server is restarting")
     if model is not None and model not in (s.model_id, s.loaded.name):
         raise ApiError(404, f"the model '{model}' does not exist: this server serves '{s.model_id}'",
                        param="model", code="model_not_found")
@@ -353,7 +390,7 @@ async def page():
 
 @open_routes.get("/health")
 async def health(request: Request):
-    served(request)  # 503 while loading
+    served(request)  # 503 while loading, and once the engine has stopped on an error
     return {"status": "ok"}
 
 
@@ -376,7 +413,7 @@ async def model_card(request: Request):
 async def completions(body: CompletionRequest, request: Request):
     s = served(request, body.model)
     refuse_unsupported(body, ("echo", body.echo), ("best_of", (body.best_of or 1) > 1), ("suffix", body.suffix))
-    prompts = completion_prompts(body.prompt, s)
+    prompts = await asyncio.to_thread(completion_prompts, body.prompt, s)
     return await generate(request, s, body, prompts, body.max_tokens or 16, "prompt", chat=False)
 
 
@@ -384,7 +421,7 @@ async def completions(body: CompletionRequest, request: Request):
 async def chat_completions(body: ChatRequest, request: Request):
     s = served(request, body.model)
     refuse_unsupported(body)
-    ids = chat_ids(body.messages, s)
+    ids = await asyncio.to_thread(chat_ids, body.messages, s)
     max_tokens = body.max_completion_tokens or body.max_tokens
     return await generate(request, s, body, [ids], max_tokens, "messages", chat=True)
 
@@ -394,7 +431,8 @@ async def tokenize(body: TokenizeRequest, request: Request):
     s = served(request, body.model)
     if (body.prompt is None) == (body.messages is None):
         raise ApiError(400, "give 'prompt' (a text) or 'messages' (a chat), one of them", param="prompt")
-    ids = encode(body.prompt, s) if body.prompt is not None else chat_ids(body.messages, s)
+    ids = await asyncio.to_thread(encode, body.prompt, s) if body.prompt is not None else \
+        await asyncio.to_thread(chat_ids, body.messages, s)
     return {"tokens": ids, "count": len(ids), "max_model_len": s.engine.block_size}
 
 
@@ -402,7 +440,7 @@ async def tokenize(body: TokenizeRequest, request: Request):
 async def detokenize(body: DetokenizeRequest, request: Request):
     s = served(request, body.model)
     check_ids(body.tokens, s, "tokens")
-    return {"prompt": s.loaded.tokenizer.decode(body.tokens)}
+    return {"prompt": await asyncio.to_thread(s.loaded.tokenizer.decode, body.tokens)}
 
 
 @api_routes.get("/metrics")
@@ -423,8 +461,17 @@ def refuse_unsupported(body: Sampling, *extra: tuple[str, object]) -> None:
         raise ApiError(400, "stream_options is only allowed when stream is true", param="stream_options")
 
 
-def encode(text: str, s: Served) -> list[int]:
+def encode(text: str, s: Served, param: str = "prompt") -> list[int]:
+    check_length(len(text.encode("utf-8", errors="replace")), s, param)
     return s.loaded.tokenizer.encode(text, allowed_special="all")  # as predict: <|endoftext|> is the token
+
+
+def check_length(size: int, s: Served, param: str) -> None:
+    """413 for a text of `size` bytes that cannot fit the context, before the tokenizer reads it."""
+    block_size = s.engine.block_size
+    if size > (block_size - 1) * s.longest_token:
+        raise ApiError(413, f"the {param} has {size:,} bytes: more than this model's context of {block_size} tokens "
+                            f"can hold", param=param, code="context_length_exceeded")  # fmt: skip
 
 
 def check_ids(ids: list[int], s: Served, param: str) -> None:
@@ -454,6 +501,7 @@ def chat_ids(messages: list[Message], s: Served) -> list[int]:
     render = s.chat[0]
     plain = [{"role": m.role, "content": m.content if isinstance(m.content, str) else
               "".join(part.text for part in m.content)} for m in messages]  # fmt: skip
+    check_length(sum(len(m["content"].encode("utf-8", errors="replace")) for m in plain), s, "messages")
     try:
         return render(plain)
     except UserError as e:
@@ -510,6 +558,8 @@ async def generate(request: Request, s: Served, body: Sampling, prompts: list[li
         s.engine.submit(sequences)
     except QueueFull as e:
         raise ApiError(429, str(e), code="queue_full", headers={"Retry-After": RETRY_AFTER}) from None
+    except EngineFailed as e:
+        raise ApiError(503, str(e)) from None
     except UserError as e:
         raise ApiError(400, str(e)) from None
     reply = Reply(s, chat, body, sum(len(ids) for ids in prompts), len(sequences))
@@ -524,30 +574,47 @@ def _to_loop(loop: asyncio.AbstractEventLoop, events: asyncio.Queue, index: int)
     return lambda event: loop.call_soon_threadsafe(events.put_nowait, (index, event))
 
 
-async def next_event(request: Request, events: asyncio.Queue):
-    """The next (index, event), or None when the client has hung up."""
+HUNG_UP, TIMED_OUT = "hung up", "timed out"
+
+
+async def next_event(request: Request, events: asyncio.Queue, deadline: float | None):
+    """The next (index, event); HUNG_UP when the client has gone, TIMED_OUT when the request's
+    deadline has passed by DEADLINE_GRACE and the engine has still not ended it (it is stuck)."""
     while True:
         try:
             return await asyncio.wait_for(events.get(), DISCONNECT_POLL)
         except asyncio.TimeoutError:
             if await request.is_disconnected():
-                return None
+                return HUNG_UP
+            if deadline is not None and time.monotonic() > deadline + DEADLINE_GRACE:
+                return TIMED_OUT
+
+
+def deadline_of(sequences: list[Sequence]) -> float | None:
+    return None if sequences[0].deadline is None else max(seq.deadline for seq in sequences)
 
 
 async def collect_events(request: Request, sequences: list[Sequence], events: asyncio.Queue, reply: "Reply"):
     texts = [""] * len(sequences)
     reasons: list[str | None] = [None] * len(sequences)
+    errors = []
     try:
         while None in reasons:
-            got = await next_event(request, events)
-            if got is None:
+            got = await next_event(request, events, deadline_of(sequences))
+            if got == HUNG_UP:
                 return JSONResponse({}, status_code=499)  # nobody reads it
+            if got == TIMED_OUT:  # the text so far, ended as the engine ends a request out of time
+                reasons = [reason or "length" for reason in reasons]
+                break
             index, event = got
             texts[index] += event.text
             reasons[index] = event.finish_reason
+            errors += [event.error] if event.error else []
     finally:
         for seq in sequences:
             seq.cancel()  # a no-op for finished ones; stops the rest when the client is gone
+    if errors:
+        raise ApiError(500, errors[0], code="generation_failed")
     if "cancelled" in reasons:
         raise ApiError(503, "the server is shutting down", headers={"Retry-After": RETRY_AFTER})
     return reply.whole(texts, reasons, sequences)
@@ -559,20 +626,27 @@ async def stream_events(request: Request, sequences: list[Sequence], events: asy
         if reply.chat:
             for index in range(len(sequences)):
                 yield sse(reply.chunk(index, {"role": "assistant", "content": ""}, None))
-        open_ = len(sequences)
+        open_ = set(range(len(sequences)))
         while open_:
-            got = await next_event(request, events)
-            if got is None:
+            got = await next_event(request, events, deadline_of(sequences))
+            if got == HUNG_UP:
                 return
+            if got == TIMED_OUT:  # as the engine ends a request out of time
+                for index in sorted(open_):
+                    yield sse(reply.chunk(index, {} if reply.chat else "", "length"))
+                break
             index, event = got
-            if event.finish_reason == "cancelled":
-                yield sse({"error": {"message": "the server is shutting down", "type": "service_unavailable",
-                                     "param": None, "code": None}})  # fmt: skip
+            if event.finish_reason in ("cancelled", "error"):
+                message, kind = (event.error, "server_error") if event.error else \
+                    ("the server is shutting down", "service_unavailable")
+                yield sse({"error": {"message": message, "type": kind, "param": None,
+                                     "code": "generation_failed" if event.error else None}})  # fmt: skip
                 break
             if event.text or event.finish_reason:
                 content = {"content": event.text} if event.text else {}
                 yield sse(reply.chunk(index, content if reply.chat else event.text, event.finish_reason))
-            open_ -= event.finish_reason is not None
+            if event.finish_reason is not None:
+                open_.discard(index)
         if reply.include_usage:
             yield sse(reply.usage_chunk(sequences))
         yield "data: [DONE]\n\n"
@@ -693,6 +767,52 @@ def thin(values: list) -> list:
 
 
 # ---- metrics -------------------------------------------------------------------------------------
+
+
+class LimitBody:
+    """ASGI middleware: a request body over max_body bytes is answered 413 before the app reads it.
+    A declared Content-Length is checked before one byte of the body is read; a body sent without
+    one (chunked) is read up to the limit, then refused, or handed on as it came."""
+
+    def __init__(self, app, max_body: int):
+        self.app, self.max_body = app, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await send_error(send, ApiError(400, "the Content-Length header is not a number"))
+            if int(length) > self.max_body:
+                return await send_error(send, self.too_large(int(length)))
+            return await self.app(scope, receive, send)
+        messages, size = [], 0
+        while True:  # no declared length: read (at most max_body bytes), then replay
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_body:
+                return await send_error(send, self.too_large(size, at_least=True))
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        replay = iter(messages)
+
+        async def replayed():
+            return next(replay, None) or await receive()
+
+        return await self.app(scope, replayed, send)
+
+    def too_large(self, size: int, at_least: bool = False) -> ApiError:
+        return ApiError(413, f"the request body has {'more than ' if at_least else ''}{size:,} bytes; this server "
+                             f"takes at most {self.max_body:,} (--max-body)", code="body_too_large")  # fmt: skip
+
+
+async def send_error(send, error: ApiError) -> None:
+    """An ApiError straight through ASGI (from a middleware, outside FastAPI's handlers)."""
+    response = error.response()
+    await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
 
 
 class CountRequests:

@@ -22,10 +22,20 @@ Each turn of its loop it:
 This is continuous batching: a request joins at the next step and leaves when done; nobody waits
 for the slowest sequence of a batch.
 
-Batch invariance. A greedy sequence makes the same text alone and beside any others, bit for bit:
+Faults. An exception while admitting or sampling a sequence fails that sequence alone (its
+last event has finish_reason "error"; the traceback goes to the log once). One while decoding the
+batch's step is not yet anyone's: the step is taken again row by row (a step that raised leaves
+the cache as it was), and only the rows that fail alone fail. Anything else stops the engine:
+every sequence gets an "error" event, `failure` holds the exception, and on_failure is told (the
+server then answers /health with 503 and exits non-zero, for a supervisor to restart it).
+
+Rows computed. By default a step multiplies the active rows only, so a lone client does not pay
+for the whole batch. A CPU's BLAS picks its kernels by the number of rows, and kernels round
+differently, so a greedy sequence's text may then depend on how many others share its steps.
+With batch_invariant (--batch-invariant) it does not, bit for bit:
     - every step multiplies the same number of rows, the batch's capacity rounded up to a multiple
       of ROW_BLOCK (decode_step's min_rows, whose docstring says why a fixed row count is
-      needed). The price is paid by a step with few active rows: it multiplies all of them;
+      needed); the price is paid by a step with few active rows: it multiplies all of them;
     - decode_step computes attention row by row, each row over exactly its own cached keys;
     - sampling draws from each sequence's own torch.Generator, seeded from the request's `seed`.
 test_engine.py checks it (every row of batches of 1 to 9, a sequence alone and beside three
@@ -36,8 +46,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import math
-import queue
 import secrets
 import threading
 import time
@@ -51,11 +61,16 @@ from bpe import BPE
 from ..generation import TextStream, check_sampling, sample_next_token
 from ..gpt2 import GPT2
 
-ROW_BLOCK = 4  # a step's matrix products see a fixed multiple of this many rows (see "Batch invariance" above)
+ROW_BLOCK = 4  # with batch_invariant, a step's products see a fixed multiple of this many rows (see above)
+log = logging.getLogger("gpt2_llm.serve")
 
 
 class QueueFull(Exception):
     """The waiting queue has no room: the server answers 429 with Retry-After."""
+
+
+class EngineFailed(Exception):
+    """The engine has stopped on an error it cannot contain: the server answers 503."""
 
 
 # ---- what a request asks for, and what it gets back -------------------------------------------
@@ -85,7 +100,8 @@ class Event:
 
     text: str
     tokens: int
-    finish_reason: str | None = None  # "stop" (end token or stop string) | "length" (a limit) | "cancelled"
+    finish_reason: str | None = None  # "stop" (end token or stop string) | "length" (a limit) | "cancelled" | "error"
+    error: str | None = None  # with "error": what went wrong, in one line
 
 
 class Sequence:
@@ -122,7 +138,8 @@ class Engine:
     """The worker thread and its queue (see the module's docstring)."""
 
     def __init__(self, model: GPT2, tokenizer: BPE, max_batch: int = 16, max_queue: int = 64,
-                 request_timeout: float | None = None):  # fmt: skip
+                 request_timeout: float | None = None, batch_invariant: bool = False,
+                 on_failure: Callable[[BaseException], None] | None = None):  # fmt: skip
         if max_batch < 1:
             raise UserError(f"--max-batch must be at least 1, got {max_batch}")
         if max_queue < 1:
@@ -133,8 +150,11 @@ class Engine:
         self.block_size = model.config.block_size
         self.device = next(model.parameters()).device
         self.cache = model.new_cache(max_batch)  # row r holds active[r]
-        # The rows every decode step multiplies: all of them, rounded up to a multiple of ROW_BLOCK.
-        self.step_rows = -(-max_batch // ROW_BLOCK) * ROW_BLOCK
+        # The rows every decode step multiplies: with batch_invariant all of them, rounded up to a
+        # multiple of ROW_BLOCK; else the active ones.
+        self.step_rows = -(-max_batch // ROW_BLOCK) * ROW_BLOCK if batch_invariant else None
+        self.on_failure = on_failure
+        self.failure: BaseException | None = None  # why the worker stopped, when it could not go on
         self.active: list[Sequence] = []  # row r of the cache is active[r]
         self.waiting: collections.deque[Sequence] = collections.deque()
         self._wake = threading.Condition()
@@ -166,6 +186,8 @@ class Engine:
                 raise UserError(f"the prompt ({len(seq.prompt)} tokens) and max_tokens ({seq.params.max_tokens}) "
                                 f"do not fit the context of {self.block_size} tokens")
         with self._wake:
+            if self.failure is not None:
+                raise EngineFailed(f"the engine has stopped on an error: {one_line(self.failure)}")
             if self._stopping:
                 raise QueueFull("the server is shutting down")
             if len(self.waiting) + len(sequences) > self.max_queue:
@@ -187,18 +209,28 @@ class Engine:
     # ---- the worker --------------------------------------------------------------------------
 
     def _run(self) -> None:
-        with torch.inference_mode():
-            while True:
-                with self._wake:
-                    while not self._stopping and not self.waiting and not self.active:
-                        self._wake.wait()
-                    if self._stopping:
-                        break
-                self._admit()
-                if self.active:
-                    self._step()
+        try:
+            with torch.inference_mode():
+                while True:
+                    with self._wake:
+                        while not self._stopping and not self.waiting and not self.active:
+                            self._wake.wait()
+                        if self._stopping:
+                            break
+                    self._admit()
+                    if self.active:
+                        self._step()
+        except BaseException as e:  # the worker cannot go on: tell everyone, then the server
+            log.exception("the engine stopped")
+            with self._wake:
+                self.failure = e
+            for seq in [*self.active, *self.waiting]:
+                self._fail(seq, f"the engine has stopped on an error: {one_line(e)}")
+            if self.on_failure is not None:
+                self.on_failure(e)
         for seq in [*self.active, *self.waiting]:
-            self._emit(seq, Event("", len(seq.tokens), "cancelled"))
+            if seq.finish_reason is None:
+                self._emit(seq, Event("", len(seq.tokens), "cancelled"))
         self.active.clear()
         self.waiting.clear()
 
@@ -213,20 +245,48 @@ class Engine:
                 self._finish(seq, "cancelled" if seq.cancelled else "length")
                 continue
             row = len(self.active)
-            ids = torch.tensor([seq.prompt], dtype=torch.long, device=self.device)
-            logits = self.model.prefill(ids, self.cache, rows=[row])  # (1, vocab): the prompt alone
-            self.stats.prompt_tokens += len(seq.prompt)
             self.active.append(seq)
-            if self._take_token(seq, logits[0]):
+            try:
+                ids = torch.tensor([seq.prompt], dtype=torch.long, device=self.device)
+                logits = self.model.prefill(ids, self.cache, rows=[row])[0]  # (vocab,): the prompt alone
+                self.stats.prompt_tokens += len(seq.prompt)
+                finished = self._take_token(seq, logits)
+            except Exception as e:  # noqa: BLE001 -- this request's fault: it ends, the others go on
+                finished = self._failed(seq, e)
+            if finished:
                 self._retire([row])
 
     def _step(self) -> None:
-        """One token for every active row: one decode step, then sampling and retiring."""
+        """One token for every active row: one decode step, then sampling and retiring. A step that
+        raises is taken again row by row: only the rows that fail alone fail."""
         last = torch.tensor([seq.tokens[-1] for seq in self.active], device=self.device)
-        logits = self.model.decode_step(last, self.cache, min_rows=self.step_rows)  # (B, vocab)
+        try:
+            logits = self.model.decode_step(last, self.cache, min_rows=self.step_rows)  # (B, vocab)
+        except Exception:  # noqa: BLE001 -- whose fault is not known yet
+            logits = None
         self.stats.steps += 1
-        done = [row for row, seq in enumerate(self.active) if self._take_token(seq, logits[row])]
+        done = []
+        for row, seq in enumerate(self.active):
+            try:
+                if logits is None:  # this row's step alone
+                    row_logits = self.model.decode_step(last[row : row + 1], self.cache, self.step_rows, rows=[row])[0]
+                finished = self._take_token(seq, logits[row] if logits is not None else row_logits)
+            except Exception as e:  # noqa: BLE001 -- this request's fault: it ends, the others go on
+                finished = self._failed(seq, e)
+            if finished:
+                done.append(row)
         self._retire(done)
+
+    def _failed(self, seq: Sequence, error: Exception) -> bool:
+        """End a sequence whose step or sampling raised; its traceback goes to the log, once."""
+        log.error("a request failed while generating", exc_info=error)
+        self._fail(seq, f"generation failed: {one_line(error)}")
+        return True
+
+    def _fail(self, seq: Sequence, message: str) -> None:
+        seq.finish_reason = "error"
+        self.stats.finished["error"] += 1
+        self._emit(seq, Event("", len(seq.tokens), "error", error=message))
 
     def _take_token(self, seq: Sequence, logits: torch.Tensor) -> bool:
         """Sample the sequence's next token, send its text; True when the sequence is finished."""
@@ -278,6 +338,12 @@ class Engine:
             seq.cancelled = True
 
 
+def one_line(e: BaseException) -> str:
+    """An exception as one line: its type, and its message's first line."""
+    message = str(e).strip().splitlines()
+    return type(e).__name__ + (f": {message[0]}" if message else "")
+
+
 # ---- numbers for /metrics ------------------------------------------------------------------------
 
 # Time to first token, in seconds: the upper bounds of the histogram's buckets.
@@ -285,9 +351,10 @@ TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, ma
 
 
 class Stats:
-    """Counters the worker keeps (plain ints, read by /metrics from another thread)."""
+    """Counters the worker keeps (plain ints, read by /metrics from another thread). Bounded: the
+    token rate is kept as one count per second of the last RATE_WINDOW seconds, not a time per token."""
 
-    RATE_WINDOW = 10.0  # seconds over which tokens/s is measured
+    RATE_WINDOW = 10  # seconds over which tokens/s is measured
 
     def __init__(self):
         self.prompt_tokens = 0
@@ -297,12 +364,17 @@ class Stats:
         self.ttft_buckets = [0] * len(TTFT_BUCKETS)
         self.ttft_sum = 0.0
         self.ttft_count = 0
-        self._recent: queue.SimpleQueue = queue.SimpleQueue()  # when each token was made (worker -> reader)
-        self._window: collections.deque = collections.deque()  # those of the last RATE_WINDOW seconds
+        self._per_second = collections.deque(maxlen=self.RATE_WINDOW + 1)  # [second, tokens made in it]
+        self._lock = threading.Lock()
 
     def made_token(self) -> None:
         self.generated_tokens += 1
-        self._recent.put(time.monotonic())
+        second = int(time.monotonic())
+        with self._lock:
+            if self._per_second and self._per_second[-1][0] == second:
+                self._per_second[-1][1] += 1
+            else:
+                self._per_second.append([second, 1])  # the oldest second drops out
 
     def first_token(self, seconds: float) -> None:
         self.ttft_sum += seconds
@@ -312,10 +384,8 @@ class Stats:
                 self.ttft_buckets[i] += 1
 
     def tokens_per_second(self) -> float:
-        """Tokens made over the last RATE_WINDOW seconds, per second (read from one thread: /metrics)."""
-        now = time.monotonic()
-        while not self._recent.empty():
-            self._window.append(self._recent.get())
-        while self._window and self._window[0] < now - self.RATE_WINDOW:
-            self._window.popleft()
-        return len(self._window) / self.RATE_WINDOW
+        """Tokens made over the last RATE_WINDOW whole seconds (the current one aside), per second."""
+        now = int(time.monotonic())
+        with self._lock:
+            made = sum(n for second, n in self._per_second if now - self.RATE_WINDOW <= second < now)
+        return made / self.RATE_WINDOW

@@ -8,7 +8,7 @@ import torch
 
 from bpe import BPE
 from gpt2_llm import GPT2, GPT2Config
-from gpt2_llm.serve.engine import Engine, QueueFull, SamplingParams, Sequence
+from gpt2_llm.serve.engine import Engine, EngineFailed, QueueFull, SamplingParams, Sequence
 from gpt2_llm.tests.conftest import assert_close, some_text
 
 TIMEOUT = 20  # seconds any one wait for the worker may take
@@ -27,7 +27,7 @@ def model_of(tokenizer, **options) -> GPT2:
 
 @pytest.fixture(scope="module")
 def engine(tokenizer):
-    engine = Engine(model_of(tokenizer), tokenizer, max_batch=8)
+    engine = Engine(model_of(tokenizer), tokenizer, max_batch=8, batch_invariant=True)
     engine.start()
     yield engine
     engine.stop()
@@ -60,7 +60,7 @@ def test_a_row_of_a_batched_step_is_the_row_alone_bit_for_bit(tokenizer, options
     products (min_rows) and attention row by row leave no trace of the other rows (the docstrings
     of engine.py and GPT2.decode_step say why both are needed). And it is the model's own forward
     pass over the whole sequence, to float rounding."""
-    engine = Engine(model_of(tokenizer, **options), tokenizer, max_batch=9)  # not started: driven by hand
+    engine = Engine(model_of(tokenizer, **options), tokenizer, max_batch=9, batch_invariant=True)  # driven by hand
     model, cache, rng = engine.model, engine.cache, random.Random(0)
 
     def step(prompts: list[list[int]], last: list[int]) -> torch.Tensor:
@@ -118,6 +118,26 @@ def test_a_seed_gives_the_same_tokens_whatever_else_is_decoded(engine, tokenizer
     assert other_seed[0][1] != alone[1]
 
 
+def test_by_default_a_step_multiplies_only_the_active_rows(tokenizer, monkeypatch):
+    """Without batch_invariant a lone sequence's step is one row (not the batch's 8), and its greedy
+    text is generate()'s; with it, every step multiplies the capacity rounded up to ROW_BLOCK."""
+    for invariant, rows_seen in ((False, {(1, None), (2, None)}), (True, {(1, 8), (2, 8)})):
+        engine = Engine(model_of(tokenizer), tokenizer, max_batch=8, batch_invariant=invariant)
+        seen = set()
+        step = engine.model.decode_step
+        monkeypatch.setattr(engine.model, "decode_step", lambda ids, cache, min_rows=None, rows=None:
+                            seen.add((ids.size(0), min_rows)) or step(ids, cache, min_rows, rows))  # fmt: skip
+        engine.start()
+        try:
+            prompt = tokenizer.encode("ROMEO: I")
+            alone = run(engine, [prompt], [SamplingParams(max_tokens=20, temperature=0)])[0]
+            run(engine, [prompt, prompt], [SamplingParams(max_tokens=5, temperature=0)] * 2)
+        finally:
+            engine.stop()
+        assert seen == rows_seen
+        assert alone[1] == engine.model.generate(prompt, 20, temperature=0)[len(prompt) :]
+
+
 # ---- how sequences end ---------------------------------------------------------------------------
 
 
@@ -168,3 +188,78 @@ def test_the_queue_is_bounded_and_limits_are_checked(tokenizer):
         engine.submit([Sequence([1] * 90, SamplingParams(max_tokens=7), lambda e: None)])
     with pytest.raises(ValueError, match="top_p"):
         engine.submit([Sequence([1], SamplingParams(top_p=1.5), lambda e: None)])
+
+
+# ---- faults --------------------------------------------------------------------------------------
+
+
+def raise_on(model: GPT2, token: int):
+    """Make the model's decode steps raise when `token` is among their inputs (prompts read as usual)."""
+
+    def hook(module, inputs):
+        ids = inputs[0]
+        if ids.size(1) == 1 and bool((ids == token).any()):
+            raise RuntimeError(f"token {token} is marked")
+
+    return model.wte.register_forward_pre_hook(hook)
+
+
+@pytest.mark.parametrize("invariant", [True, False])
+def test_a_step_that_raises_fails_only_the_sequence_it_belongs_to(tokenizer, invariant):
+    """Of four sequences, the one whose input makes the model raise ends with "error"; the batch's
+    step is taken again row by row and the other three finish as they would alone."""
+    engine = Engine(model_of(tokenizer), tokenizer, max_batch=4, batch_invariant=invariant)
+    engine.start()
+    try:
+        prompts = [tokenizer.encode(t) for t in ("To be", "ROMEO: I", "First Citizen:", "KING")]
+        greedy = [SamplingParams(max_tokens=12, temperature=0)] * 4
+        alone = [run(engine, [p], greedy[:1])[0] for p in prompts]
+        marked = alone[1][1][3]  # a token the second makes: the step that reads it raises
+        assert all(marked not in tokens for i, (_, tokens, _) in enumerate(alone) if i != 1)
+        handle = raise_on(engine.model, marked)
+        together = run(engine, prompts, greedy)
+        handle.remove()
+    finally:
+        engine.stop()
+    made = alone[1][1]
+    assert together[1][2] == "error" and together[1][1] == made[: made.index(marked) + 1]
+    assert [together[i] for i in (0, 2, 3)] == [alone[i] for i in (0, 2, 3)]
+    assert engine.failure is None and engine.stats.finished["error"] == 1
+
+
+def test_a_token_the_tokenizer_cannot_decode_fails_its_sequence_alone(tokenizer, monkeypatch):
+    """A sampled id that the served tokenizer cannot decode (a smaller --vocab-file) ends its
+    sequence with an error event saying so; the engine goes on."""
+    engine = Engine(model_of(tokenizer), tokenizer, max_batch=4)
+    prompt = tokenizer.encode("ROMEO: I")
+    engine.start()
+    try:
+        first = run(engine, [prompt], [SamplingParams(max_tokens=1, temperature=0)])[0][1][0]
+        decode = tokenizer.decode_bytes
+        monkeypatch.setattr(engine, "tokenizer", type("Smaller", (), {"decode_bytes": lambda self, ids:
+                            decode([]) if ids == [first] and [][0] else decode(ids)})())  # fmt: skip
+        events = queue.Queue()
+        engine.submit([Sequence(prompt, SamplingParams(max_tokens=5, temperature=0), events.put)])
+        last = events.get(timeout=TIMEOUT)
+        other = run(engine, [tokenizer.encode("KING")], [SamplingParams(max_tokens=5, temperature=0)])[0]
+    finally:
+        engine.stop()
+    assert (last.finish_reason, last.error) == ("error", "generation failed: IndexError: list index out of range")
+    assert other[2] == "length" and len(other[1]) == 5
+
+
+def test_an_error_the_engine_cannot_contain_stops_it_and_says_so(tokenizer, monkeypatch):
+    told = []
+    engine = Engine(model_of(tokenizer), tokenizer, max_batch=2, on_failure=told.append)
+    monkeypatch.setattr(engine, "_retire", lambda rows: [][0])  # a bug in the worker's own bookkeeping
+    events = [queue.Queue(), queue.Queue()]
+    params = SamplingParams(max_tokens=3, temperature=0)
+    engine.submit([Sequence(tokenizer.encode(t), params, box.put) for t, box in zip(("To be", "KING"), events)])
+    engine.start()
+    ends = [next(e for e in iter(lambda box=box: box.get(timeout=TIMEOUT), None) if e.finish_reason) for box in events]
+    engine._thread.join(TIMEOUT)
+    assert [e.finish_reason for e in ends] == ["error", "error"]
+    assert ends[0].error == "the engine has stopped on an error: IndexError: list index out of range"
+    assert isinstance(engine.failure, IndexError) and told == [engine.failure]
+    with pytest.raises(EngineFailed, match="the engine has stopped on an error"):
+        engine.submit([Sequence(tokenizer.encode("O"), params, lambda e: None)])

@@ -1,5 +1,6 @@
 """Sampling and the text stream (generation.py): top-k and top-p, whole characters, stop strings."""
 
+import pytest
 import torch
 
 from gpt2_llm.generation import TextStream, sample_next_token
@@ -25,6 +26,17 @@ def test_top_p_keeps_the_smallest_set_that_reaches_p():
     assert draws(logits, temperature=1.0, top_k=None, top_p=0.9) == {0, 1, 3}
     assert draws(logits, temperature=1.0, top_k=2, top_p=0.9) == {1, 3}  # top-k first, then top-p
     assert draws(logits, temperature=0.0, top_k=None, top_p=None) == {1}  # greedy
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300, 5e-324])
+def test_a_temperature_too_small_to_divide_by_gives_its_limit_greedy(temperature):
+    """Logits over 1e-40 overflow float32 (3.4e38): the limit of a shrinking temperature, the most
+    likely token (either of two equal maxima), not an error in the sampler."""
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.5, -1.0, 2.9, 0.5]]) * 100
+    for top_k, top_p in [(None, None), (3, None), (None, 0.9), (3, 0.9)]:
+        assert draws(logits, n=200, temperature=temperature, top_k=top_k, top_p=top_p) == {1}
+    tied = torch.tensor([[5.0, 1.0, 5.0, -2.0]])
+    assert draws(tied, n=200, temperature=temperature, top_k=None, top_p=None) == {0, 2}
 
 
 def test_text_stream_gives_whole_characters_whatever_the_cut():

@@ -18,13 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from basics import UserError
 from bpe import BPE
 from gpt2_llm import GPT2, GPT2Config, load, save_checkpoint
 from gpt2_llm.tests.conftest import some_text
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
-from gpt2_llm.serve.app import create_app  # noqa: E402  (after the skip: fastapi comes with uvicorn)
+from gpt2_llm.serve.app import create_app  # noqa: E402
+from gpt2_llm.serve.server import api_key_of, exposure_warning, serve  # noqa: E402  (after the skip: fastapi comes with uvicorn)
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 15  # seconds any one wait may take
@@ -210,7 +212,15 @@ def test_a_stop_string_ends_the_text_with_finish_reason_stop(client):
     assert cut.choices[0].text == text[: text.index(stop)] and cut.choices[0].finish_reason == "stop"
 
 
-def test_greedy_text_is_the_same_alone_and_among_concurrent_clients(client):
+def test_greedy_text_is_the_same_alone_and_among_concurrent_clients(checkpoint):
+    """With --batch-invariant (by default a step multiplies only the rows in use, which a CPU's
+    BLAS may round differently: engine.py says why)."""
+    with running(checkpoint, batch_invariant=True) as (base, _):
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=WAIT)
+        check_greedy_is_batch_invariant(client)
+
+
+def check_greedy_is_batch_invariant(client):
     model = model_id(client)
 
     def greedy(prompt: str) -> str:
@@ -369,6 +379,160 @@ def test_health_is_503_until_the_model_is_loaded(checkpoint):
         thread.join(WAIT)
 
 
+# ---- faults and bounds ---------------------------------------------------------------------------
+
+
+def break_on(app, token: int):
+    """Make the served model's decode steps raise when `token` is among their inputs."""
+
+    def hook(module, inputs):
+        if inputs[0].size(1) == 1 and bool((inputs[0] == token).any()):
+            raise RuntimeError(f"token {token} is marked")
+
+    return app.state.serving.served.engine.model.wte.register_forward_pre_hook(hook)
+
+
+def test_a_temperature_too_small_to_divide_by_is_greedy(server):
+    body = {"prompt": "ROMEO:", "max_tokens": 10}
+    greedy = request(server, "POST", "/v1/completions", {**body, "temperature": 0})[2]["choices"][0]["text"]
+    for temperature in (1e-40, 1e-300):
+        code, _, payload = request(server, "POST", "/v1/completions", {**body, "temperature": temperature})
+        assert code == 200 and payload["choices"][0]["text"] == greedy
+    assert request(server, "GET", "/health")[0] == 200
+
+
+def test_a_request_whose_step_raises_fails_alone_and_the_server_goes_on(checkpoint, tokenizer):
+    """Four requests at once, one of them makes the model raise: it gets a 500 in OpenAI's shape
+    (streamed: an error event, then [DONE]); the other three are answered in full."""
+    with running(checkpoint) as (base, app):
+        body = {"max_tokens": 12, "temperature": 0}
+        made = request(base, "POST", "/v1/completions", {**body, "prompt": "ROMEO: I"})[2]["choices"][0]["text"]
+        marked = tokenizer.encode(made)[2]
+        others = [request(base, "POST", "/v1/completions", {**body, "prompt": p})[2] for p in ("To be", "KING", "O")]
+        assert all(marked not in tokenizer.encode(o["choices"][0]["text"]) for o in others)
+        handle = break_on(app, marked)
+        with ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda p: request(base, "POST", "/v1/completions", {**body, "prompt": p}),
+                                    ["To be", "ROMEO: I", "KING", "O"]))  # fmt: skip
+            code, _, raw = request(base, "POST", "/v1/completions", {**body, "prompt": "ROMEO: I", "stream": True})
+        handle.remove()
+        assert [r[0] for r in replies] == [200, 500, 200, 200]
+        error = replies[1][2]["error"]
+        assert error["type"] == "server_error" and error["code"] == "generation_failed"
+        assert error["message"] == f"generation failed: RuntimeError: token {marked} is marked"
+        assert [replies[i][2]["choices"] for i in (0, 2, 3)] == [o["choices"] for o in others]
+        events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e.startswith("data: ")]
+        assert code == 200 and events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "generation_failed"
+        assert request(base, "GET", "/health")[0] == 200
+        assert request(base, "POST", "/v1/completions", {**body, "prompt": "ROMEO: I"})[2]["choices"][0]["text"] == made
+        assert 'gpt2_finished_sequences_total{reason="error"} 2' in request(base, "GET", "/metrics")[2]
+
+
+def test_a_deadline_ends_a_request_while_the_engine_is_stuck(checkpoint):
+    """The web side keeps the deadline too: a request is answered (finish_reason "length") about
+    DEADLINE_GRACE seconds after its deadline, though the engine never ends it."""
+    with running(checkpoint, request_timeout=0.3) as (base, app):
+        engine, stuck = app.state.serving.served.engine, threading.Event()
+        step = engine._step
+        engine._step = lambda: (stuck.wait(WAIT), step())[1]
+        try:
+            started = time.monotonic()
+            code, _, payload = request(base, "POST", "/v1/completions", {"prompt": "To be", "max_tokens": 50})
+            waited = time.monotonic() - started
+            code_s, _, raw = request(base, "POST", "/v1/completions", {"prompt": "To be", "max_tokens": 50, "stream": True})
+        finally:
+            stuck.set()
+    assert code == 200 and payload["choices"][0]["finish_reason"] == "length" and waited < WAIT
+    events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e.startswith("data: ")]
+    assert code_s == 200 and events[-1] == "[DONE]" and json.loads(events[-2])["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(checkpoint):
+    with running(checkpoint, max_body=1000) as (base, _):
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=WAIT) as sock:  # headers only: 40 MB promised
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 40000000\r\n\r\n")  # fmt: skip
+            head = b""
+            for _ in range(100):  # the head, then the body it announces
+                head += sock.recv(65536)
+                if b"\r\n\r\n" in head and head.endswith(b"}"):
+                    break
+            head = head.decode()
+        assert head.startswith("HTTP/1.1 413") and '"code":"body_too_large"' in head and "1,000 (--max-body)" in head
+        conn = http.client.HTTPConnection(host, int(port), timeout=WAIT)  # chunked: no length declared
+        conn.request("POST", "/v1/completions", body=iter([b'{"prompt": "', b"x" * 2000, b'"}']),
+                     headers={"Content-Type": "application/json"}, encode_chunked=True)  # fmt: skip
+        response = conn.getresponse()
+        assert response.status == 413 and json.loads(response.read())["error"]["code"] == "body_too_large"
+        assert request(base, "POST", "/v1/completions", {"prompt": "To be", "max_tokens": 2})[0] == 200
+
+
+def test_a_prompt_too_long_for_the_context_is_refused_before_tokenizing(checkpoint, monkeypatch):
+    with running(checkpoint) as (base, app):
+        tokenizer = app.state.serving.served.loaded.tokenizer
+        calls = []
+        encode = tokenizer.encode
+        monkeypatch.setattr(tokenizer, "encode", lambda *a, **k: calls.append(1) or encode(*a, **k))
+        words = "the king " * 200_000  # 1.8 MB: could not fit 128 tokens whatever the tokenizer made of it
+        for path, body in (("/v1/completions", {"prompt": words}), ("/tokenize", {"prompt": words}),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": words}]})):  # fmt: skip
+            code, _, payload = request(base, "POST", path, body)
+            assert code == 413 and payload["error"]["code"] == "context_length_exceeded", path
+        assert calls == []
+        assert request(base, "POST", "/v1/completions", {"prompt": "the king " * 100})[0] == 413  # tokenized: 200+
+        assert calls == [1]
+
+
+def test_the_api_key_from_a_file_or_the_environment_without_surrounding_whitespace(tmp_path, checkpoint):
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret \n")
+    assert api_key_of(None, str(key_file), "other") == "s3cret"
+    assert api_key_of(None, None, " s3cret\t") == "s3cret" and api_key_of(None, None, "") is None
+    assert api_key_of("given", None, "other") == "given"
+    for args, says in (((None, str(tmp_path / "none"), None), "cannot read the API key file"),
+                       (("k", str(key_file), None), "not both"), ((" ", None, None), "--api-key is empty")):  # fmt: skip
+        with pytest.raises(UserError, match=says):
+            api_key_of(*args)
+    key_file.write_text("\n")
+    with pytest.raises(UserError, match="is empty"):
+        api_key_of(None, str(key_file), None)
+    with running(checkpoint, api_key="s3cret \n") as (base, _):  # the same rule on both sides
+        for given, code in (("s3cret", 200), ("s3cret ", 200), ("s3cre", 401)):
+            assert request(base, "GET", "/v1/models", headers={"Authorization": f"Bearer {given}"})[0] == code
+
+
+def test_a_warning_when_listening_beyond_this_machine_without_a_key():
+    assert "without an API key" in exposure_warning("0.0.0.0", None)
+    assert exposure_warning("0.0.0.0", "k") is None
+    assert exposure_warning("127.0.0.1", None) is None and exposure_warning("::1", None) is None
+
+
+def test_an_engine_that_cannot_go_on_ends_the_server_with_an_error(checkpoint, monkeypatch):
+    """/health turns 503 and serve() ends with one line (main.py: exit code 1), for a supervisor."""
+    from gpt2_llm.serve.engine import Engine
+
+    port, ended = free_port(), []
+
+    def run_serve():
+        try:
+            ended.append(serve(lambda: load(checkpoint), port=port, say=lambda line: None))
+        except UserError as e:
+            ended.append(e)
+
+    thread = threading.Thread(target=run_serve, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: status(base, "/health") == 200, "the server to load its model")
+    monkeypatch.setattr(Engine, "_retire", lambda self, rows: [][0])  # a bug in the worker's own bookkeeping
+    code, _, payload = request(base, "POST", "/v1/completions", {"prompt": "To be", "max_tokens": 3})
+    health = status(base, "/health")
+    thread.join(WAIT)
+    assert code == 500 and "the engine has stopped on an error" in payload["error"]["message"]
+    assert health in (503, 0)  # 503, or nothing once the server has closed
+    assert isinstance(ended[0], UserError) and str(ended[0]).startswith("the engine stopped on an error")
+
+
 # ---- UTF-8 ---------------------------------------------------------------------------------------
 
 # Every byte of these characters is its own token; each character takes 2 to 4 tokens.
@@ -424,8 +588,10 @@ def test_stream_chunks_never_split_a_character(utf8_model):
 
 def test_main_serve_stops_cleanly_on_sigterm_while_streaming(checkpoint):
     port = free_port()
+    key_file = checkpoint.with_name("key.txt")
+    key_file.write_text("k\n")  # a key file's newline is not part of the key
     process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "serve", str(checkpoint), "--port", str(port),
-                                "--api-key", "k"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                "--api-key-file", str(key_file)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
