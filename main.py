@@ -45,6 +45,7 @@ TEXT_INPUT_HELP = ("UTF-8 text to %s: a file, a folder (all its .txt files, join
 
 
 UserError = basics.UserError  # any error the user can fix: one line, exit code 1 (see main())
+PREDICT_OPTIONS = ("chat", "device", "temperature", "top_k", "top_p", "greedy", "seed", "presence_penalty", "frequency_penalty")
 
 
 # ---- the commands: each calls the package's function for it and prints --------------------------
@@ -87,12 +88,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from gpt2_llm.predict import predict
+    from gpt2_llm.predict import predict, terminal_lines
 
     take_model_from_the_prompt(args)
-    predict(terminal_lines() if args.interactive else args.prompt, args.num_tokens, args.model_file,
-            args.vocab_file, chat=args.chat, device=args.device, temperature=args.temperature, top_k=args.top_k,
-            top_p=args.top_p, greedy=args.greedy, seed=args.seed)  # fmt: skip
+    predict(terminal_lines() if args.interactive else args.prompt, args.num_tokens, args.model_file, args.vocab_file,
+            **{name: getattr(args, name) for name in PREDICT_OPTIONS}, logit_bias=dict(args.logit_bias or ()))
+
+
+def token_bias(item: str) -> tuple[int, float]:  # --logit-bias ID=BIAS
+    token, _, bias = item.partition("=")
+    try:
+        return int(token), float(bias)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TOKEN_ID=BIAS, such as 50256=-100; got {item!r}") from None
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -185,15 +193,6 @@ def take_model_from_the_prompt(args: argparse.Namespace) -> None:
     args.model_file, args.prompt = args.prompt, ""
 
 
-def terminal_lines() -> typing.Iterator[str]:
-    """The lines typed after a "> " prompt, until the end of input (which ends the line on the screen)."""
-    try:
-        while True:
-            yield input("> ")
-    except EOFError:
-        print(file=sys.stderr)
-
-
 # ---- Ctrl-C --------------------------------------------------------------------------------------
 
 
@@ -261,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None, help="sample only from the smallest set of tokens whose probability reaches p, in (0, 1]")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token (same as --temperature 0)")
     p.add_argument("--seed", type=int, default=None, help="seed of the sampling: the same seed gives the same text")
+    p.add_argument("--presence-penalty", type=float, default=0.0, help="in [-2, 2]: subtracted once from the logit of each token already made (OpenAI's)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0, help="in [-2, 2]: subtracted from a token's logit once per time it was made (OpenAI's)")
+    p.add_argument("--logit-bias", action="append", type=token_bias, metavar="ID=BIAS", help="add BIAS (-100 to 100) to token ID's logit; repeat for several")
     p.add_argument("--interactive", action="store_true", help="read prompts from the terminal until end of input")
     p.add_argument("--chat", action="store_true", help="a model trained on instruction records: put each prompt in its template and print the answer alone, up to its end of turn (predict --chat MODEL: a conversation on the terminal)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")

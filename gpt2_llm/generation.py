@@ -14,8 +14,18 @@ import torch
 from basics import UserError
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+                   presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                   logit_bias: dict[int, float] | None = None, vocab_size: int | None = None) -> None:  # fmt: skip
     """The one check of generation settings (generate(), the command line's predict and the server use it)."""
+    for name, value in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty)):
+        if not (math.isfinite(value) and -2.0 <= value <= 2.0):
+            raise UserError(f"{name} (--{name.replace('_', '-')}) must be between -2 and 2, got {value}")
+    for token, bias in (logit_bias or {}).items():
+        if not (math.isfinite(bias) and -100.0 <= bias <= 100.0):
+            raise UserError(f"logit_bias of token {token} must be between -100 and 100, got {bias}")
+        if vocab_size is not None and not 0 <= token < vocab_size:
+            raise UserError(f"logit_bias names token {token}, out of range for a vocabulary of {vocab_size}")
     if max_new_tokens < 0:
         raise UserError(f"max_new_tokens (num_tokens) must be 0 or more, got {max_new_tokens}")
     if not (math.isfinite(temperature) and temperature >= 0):
@@ -24,6 +34,27 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
         raise UserError(f"top_k (--top-k) must be at least 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise UserError(f"top_p (--top-p) must be in (0, 1], got {top_p}")
+
+
+def penalize(logits: torch.Tensor, counts: torch.Tensor | None, presence_penalty: float, frequency_penalty: float,
+             bias: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    """OpenAI's penalties and logit bias on logits (B, vocab), before the temperature: a token the row
+    has made n times (counts (B, vocab)) loses frequency_penalty x n, and presence_penalty once
+    if n > 0 (as vLLM, over the generated tokens only); bias (vocab,) is added as it is."""
+    if counts is not None and (presence_penalty or frequency_penalty):
+        logits = logits.float() - frequency_penalty * counts - presence_penalty * (counts > 0).float()
+    if bias is not None:
+        logits = logits.float() + bias
+    return logits
+
+
+def bias_vector(logit_bias: dict[int, float] | None, vocab_size: int, device=None) -> torch.Tensor | None:
+    """logit_bias {token id: bias} as a (vocab,) vector, or None for no bias."""
+    if not logit_bias:
+        return None
+    bias = torch.zeros(vocab_size, device=device)
+    bias[list(logit_bias)] = torch.tensor([float(v) for v in logit_bias.values()], device=device)
+    return bias
 
 
 def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,

@@ -21,7 +21,7 @@ from .attention import KVCache, first_positions
 from .config import GPT2Config, config_from_original_args
 from .decoder import GPT2Decoder, make_norm
 from .fast_cpu import cross_entropy
-from .generation import check_sampling, sample_next_token
+from .generation import bias_vector, check_sampling, penalize, sample_next_token
 
 
 class GPT2(nn.Module):
@@ -226,9 +226,9 @@ class GPT2(nn.Module):
             self._head_cache = (key, head if dtype is None else head.to(dtype))
         return self._head_cache[1]
 
-    def _prepare_prompt(self, ids, max_new_tokens: int, temperature: float, top_k, top_p, stop_token):
+    def _prepare_prompt(self, ids, max_new_tokens: int, sampling: dict, stop_token):
         """Check the arguments of generate(); return the prompt as a (B, T) tensor on the model's device."""
-        check_sampling(max_new_tokens, temperature, top_k, top_p)
+        check_sampling(max_new_tokens, **sampling, vocab_size=self.config.vocab_size)
         if stop_token is not None and not 0 <= stop_token < self.config.vocab_size:
             raise UserError(f"stop_token {stop_token} is out of range for vocab_size {self.config.vocab_size}")
         ids = torch.as_tensor(ids, dtype=torch.long, device=self.wte.weight.device)
@@ -240,12 +240,15 @@ class GPT2(nn.Module):
         return ids
 
     @torch.inference_mode()
-    def _generate_steps(self, ids, max_new_tokens, temperature, top_k, top_p, stop_token, seed) -> Iterator:
+    def _generate_steps(self, ids, max_new_tokens: int, sampling: dict, stop_token, seed) -> Iterator:
         """Yield the next token of every row, (B,), max_new_tokens times (fewer when all rows stop)."""
         generator = None
         if seed is not None:
             generator = torch.Generator(device=ids.device).manual_seed(seed)
         block_size = self.config.block_size
+        presence, frequency = sampling["presence_penalty"], sampling["frequency_penalty"]
+        counts = torch.zeros(ids.size(0), self.config.vocab_size, device=ids.device) if presence or frequency else None
+        bias = bias_vector(sampling["logit_bias"], self.config.vocab_size, ids.device)
         was_training = self.training
         self.eval()  # once for the whole generation, not at every step
         try:
@@ -254,7 +257,9 @@ class GPT2(nn.Module):
             logits = self.prefill(context, cache)
             done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
             for step in range(max_new_tokens):
-                next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
+                logits = penalize(logits, counts, presence, frequency, bias)
+                next_id = sample_next_token(logits, sampling["temperature"], sampling["top_k"], sampling["top_p"],
+                                            generator)  # (B, 1)  # fmt: skip
                 if stop_token is not None:
                     # Rows that have stopped keep emitting the stop token while the others go on.
                     next_id = next_id.masked_fill(done.unsqueeze(1), stop_token)
@@ -262,6 +267,8 @@ class GPT2(nn.Module):
                 yield next_id.squeeze(1)
                 if step == max_new_tokens - 1 or (stop_token is not None and bool(done.all())):
                     return
+                if counts is not None:
+                    counts.scatter_add_(1, next_id, torch.ones_like(next_id, dtype=counts.dtype))
                 context = torch.cat((context, next_id), dim=1)[:, -block_size:]
                 if cache.lengths[0] < block_size:
                     logits = self.decode_step(next_id.squeeze(1), cache)  # one new position per step
@@ -274,16 +281,21 @@ class GPT2(nn.Module):
 
     def generate(self, ids, max_new_tokens: int, temperature: float = 0.8, top_k: int | None = 40,
                  top_p: float | None = None, stop_token: int | None = None, seed: int | None = None,
-                 greedy: bool = False):  # fmt: skip
+                 greedy: bool = False, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                 logit_bias: dict[int, float] | None = None):  # fmt: skip
         """The prompt followed by up to max_new_tokens new tokens, in the prompt's form.
 
         ids: a list of ints, a (T,) tensor or a (B, T) tensor. temperature 0 (or greedy=True) takes
         the most likely token; otherwise sample from the top_k most likely, then from the smallest
-        set whose probability reaches top_p. Stops early once every row has made stop_token.
+        set whose probability reaches top_p. Before that, OpenAI's presence and frequency penalties
+        (over the tokens each row has made) and logit_bias ({token id: added logit}) change the
+        logits (generation.penalize). Stops early once every row has made stop_token.
         """
-        prompt = self._prepare_prompt(ids, max_new_tokens, temperature, top_k, top_p, stop_token)
-        temperature = 0.0 if greedy else temperature
-        steps = self._generate_steps(prompt, max_new_tokens, temperature, top_k, top_p, stop_token, seed)
+        sampling = {"temperature": 0.0 if greedy else temperature, "top_k": top_k, "top_p": top_p,
+                    "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty,
+                    "logit_bias": logit_bias}  # fmt: skip
+        prompt = self._prepare_prompt(ids, max_new_tokens, {**sampling, "temperature": temperature}, stop_token)
+        steps = self._generate_steps(prompt, max_new_tokens, sampling, stop_token, seed)
         out = torch.cat([prompt, *(token.unsqueeze(1) for token in steps)], dim=1)  # (B, T + new)
         if isinstance(ids, torch.Tensor):
             return out if ids.dim() == 2 else out[0]
@@ -291,13 +303,16 @@ class GPT2(nn.Module):
 
     def generate_stream(self, ids, max_new_tokens: int, temperature: float = 0.8, top_k: int | None = 40,
                         top_p: float | None = None, stop_token: int | None = None, seed: int | None = None,
-                        greedy: bool = False) -> Iterator[int]:  # fmt: skip
+                        greedy: bool = False, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                        logit_bias: dict[int, float] | None = None) -> Iterator[int]:  # fmt: skip
         """generate() for one prompt, yielding each new token id as soon as it is made."""
-        prompt = self._prepare_prompt(ids, max_new_tokens, temperature, top_k, top_p, stop_token)
+        sampling = {"temperature": 0.0 if greedy else temperature, "top_k": top_k, "top_p": top_p,
+                    "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty,
+                    "logit_bias": logit_bias}  # fmt: skip
+        prompt = self._prepare_prompt(ids, max_new_tokens, {**sampling, "temperature": temperature}, stop_token)
         if prompt.size(0) != 1:
             raise UserError(f"generate_stream takes one prompt, got a batch of {prompt.size(0)}")
-        temperature = 0.0 if greedy else temperature
-        for token in self._generate_steps(prompt, max_new_tokens, temperature, top_k, top_p, stop_token, seed):
+        for token in self._generate_steps(prompt, max_new_tokens, sampling, stop_token, seed):
             yield token.item()
 
     def with_changes(self, dropout: float | None = None, attn_dropout: float | None = None,

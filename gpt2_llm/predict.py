@@ -12,7 +12,7 @@ are returned too.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import bpe
 from basics import UserError
@@ -25,15 +25,18 @@ from .loading import Loaded, load_with_tokenizer
 
 def predict(prompts: str | Iterable[str], num_tokens: int = 100, model: str = DEFAULT_MODEL,
             vocab_file: str | None = None, *, chat: bool = False, device: str = "auto", temperature: float = 0.8,
-            top_k: int | None = 40, top_p: float | None = None, greedy: bool = False,
-            seed: int | None = None) -> list[str]:  # fmt: skip
+            top_k: int | None = 40, top_p: float | None = None, greedy: bool = False, seed: int | None = None,
+            presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+            logit_bias: dict[int, float] | None = None) -> list[str]:  # fmt: skip
     """Continue each prompt with up to num_tokens tokens (or answer each question, with chat), printing
     as it goes; the texts made. One prompt (a str) must not be empty; in a stream of them (read from
     a terminal, say) empty ones are passed over. The model is a checkpoint, a transformers folder or
     a hub name; vocab_file, if given, must be its tokenizer (or stands in for a missing one)."""
-    check_sampling(num_tokens, temperature, top_k, top_p)  # before the slow load
+    penalties = {"presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty, "logit_bias": logit_bias}
+    check_sampling(num_tokens, temperature, top_k, top_p, **penalties)  # before the slow load
     loaded = load_with_tokenizer(model, device, vocab_file, "give its vocab file after it")
-    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "greedy": greedy, "seed": seed}
+    check_sampling(num_tokens, temperature, top_k, top_p, **penalties, vocab_size=loaded.model.config.vocab_size)
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "greedy": greedy, "seed": seed, **penalties}
     one = isinstance(prompts, str)
     if chat:
         return converse(loaded, [prompts] if one else prompts, num_tokens, sampling, skip_empty=not one)
@@ -103,3 +106,12 @@ def converse(loaded: Loaded, questions: Iterable[str], num_tokens: int, sampling
         answers.append(stream_tokens(model, tokenizer, ids, num_tokens, sampling))
         history = [*messages, {"role": "assistant", "content": answers[-1]}]
     return answers
+
+
+def terminal_lines() -> Iterator[str]:
+    """The lines typed after a "> " prompt, until the end of input (which ends the line on the screen)."""
+    try:
+        while True:
+            yield input("> ")
+    except EOFError:
+        print(file=sys.stderr)

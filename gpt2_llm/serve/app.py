@@ -67,6 +67,8 @@ STATIC = Path(__file__).parent / "static"
 MAX_N = 4  # choices per request (n)
 MAX_PROMPTS = 8  # prompts in one completions request
 MAX_STOP = 4  # stop strings, as OpenAI allows
+MAX_LOGPROBS = 20  # most likely tokens shown beside each token, at most (OpenAI's limit for chat)
+MAX_BIAS = 300  # tokens in one logit_bias, as OpenAI allows
 RETRY_AFTER = "1"  # seconds, when the queue is full or the model is loading
 DISCONNECT_POLL = 0.25  # seconds between checks that a client is still there
 DEADLINE_GRACE = 2.0  # seconds the web side waits past a request's deadline for the engine to end it
@@ -137,7 +139,7 @@ class Sampling(Strict):
     """The fields both generation routes share."""
 
     model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=0)  # 0: nothing new (completions' echo: the prompt's logprobs alone)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=-1)  # vLLM's extension; -1 or 0: no limit
@@ -146,13 +148,14 @@ class Sampling(Strict):
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: bool | int | None = None
-    presence_penalty: float = 0.0  # accepted and ignored, as in many servers; documented
-    frequency_penalty: float = 0.0
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = Field(None, max_length=MAX_BIAS)  # token id (as a string) -> bias
 
 
 class CompletionRequest(Sampling):
     prompt: str | list[int] | list[str] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # the chosen token's, and this many most likely
     echo: bool = False
     best_of: int | None = None
     suffix: str | None = None
@@ -171,6 +174,8 @@ class Message(Strict):
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
 
 class TokenizeRequest(Strict):
@@ -412,15 +417,18 @@ async def model_card(request: Request):
 @api_routes.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     s = served(request, body.model)
-    refuse_unsupported(body, ("echo", body.echo), ("best_of", (body.best_of or 1) > 1), ("suffix", body.suffix))
+    refuse_unsupported(body, ("best_of", (body.best_of or 1) > 1), ("suffix", body.suffix))
     prompts = await asyncio.to_thread(completion_prompts, body.prompt, s)
-    return await generate(request, s, body, prompts, body.max_tokens or 16, "prompt", chat=False)
+    max_tokens = 16 if body.max_tokens is None else body.max_tokens
+    return await generate(request, s, body, prompts, max_tokens, "prompt", chat=False)
 
 
 @api_routes.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request):
     s = served(request, body.model)
-    refuse_unsupported(body)
+    refuse_unsupported(body, ("max_tokens", body.max_tokens == 0))
+    if body.top_logprobs is not None and not body.logprobs:
+        raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     ids = await asyncio.to_thread(chat_ids, body.messages, s)
     max_tokens = body.max_completion_tokens or body.max_tokens
     return await generate(request, s, body, [ids], max_tokens, "messages", chat=True)
@@ -454,9 +462,9 @@ async def metrics(request: Request):
 
 
 def refuse_unsupported(body: Sampling, *extra: tuple[str, object]) -> None:
-    for name, value in (("logprobs", body.logprobs), *extra):
+    for name, value in extra:
         if value:
-            raise ApiError(400, f"{name} is not supported by this server", param=name)
+            raise ApiError(400, f"this {name} is not supported by this server", param=name)
     if body.stream_options is not None and not body.stream:
         raise ApiError(400, "stream_options is only allowed when stream is true", param="stream_options")
 
@@ -508,10 +516,32 @@ def chat_ids(messages: list[Message], s: Served) -> list[int]:
         raise ApiError(400, str(e), param="messages") from None
 
 
-def sampling_params(body: Sampling, max_tokens: int, stop: tuple[str, ...], seed: int | None) -> SamplingParams:
+def sampling_params(body: Sampling, max_tokens: int, stop: tuple[str, ...], seed: int | None, chat: bool,
+                    bias: dict[int, float] | None) -> SamplingParams:  # fmt: skip
+    if chat:
+        logprobs, prompt_logprobs = ((body.top_logprobs or 0) if body.logprobs else None), None
+    else:
+        logprobs, prompt_logprobs = body.logprobs, (body.logprobs if body.echo else None)
     return SamplingParams(max_tokens=max_tokens, temperature=body.temperature,
                           top_k=body.top_k if body.top_k and body.top_k > 0 else None,
-                          top_p=body.top_p if body.top_p < 1.0 else None, seed=seed, stop=stop)  # fmt: skip
+                          top_p=body.top_p if body.top_p < 1.0 else None, seed=seed, stop=stop,
+                          presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+                          logit_bias=bias, logprobs=logprobs, prompt_logprobs=prompt_logprobs)  # fmt: skip
+
+
+def logit_bias_of(body: Sampling, vocab_size: int) -> dict[int, float] | None:
+    """OpenAI's logit_bias ({"50256": -100}) with int keys; 400 for a key that is not a token id."""
+    if not body.logit_bias:
+        return None
+    bias = {}
+    for key, value in body.logit_bias.items():
+        if not key.isdigit() or int(key) >= vocab_size:
+            raise ApiError(400, f"logit_bias: {key!r} is not a token id (0 to {vocab_size - 1})", param="logit_bias")
+        if not -100.0 <= value <= 100.0:
+            raise ApiError(400, f"logit_bias: the bias of token {key} must be between -100 and 100, got {value}",
+                           param="logit_bias")  # fmt: skip
+        bias[int(key)] = value
+    return bias
 
 
 def stop_strings(body: Sampling, implicit: tuple[str, ...]) -> tuple[str, ...]:
@@ -542,6 +572,7 @@ async def generate(request: Request, s: Served, body: Sampling, prompts: list[li
                    what: str, chat: bool):  # fmt: skip
     """Queue n sequences per prompt; answer with one JSON body, or stream their events as SSE."""
     stops = stop_strings(body, s.chat[1] if chat else ())
+    bias = logit_bias_of(body, s.loaded.model.config.vocab_size)
     limits = [check_fits(ids, max_tokens, s.engine.block_size, what) for ids in prompts]
     tokenizer = s.loaded.tokenizer
     stop_ids = set(tokenizer.special_tokens.values())  # an end of text or of a turn ends the sequence
@@ -553,7 +584,7 @@ async def generate(request: Request, s: Served, body: Sampling, prompts: list[li
             index = p * body.n + i
             seed = None if body.seed is None else (body.seed + i) % 2**63  # n choices differ, each reproducible
             on_event = _to_loop(loop, events, index)
-            sequences.append(Sequence(ids, sampling_params(body, limit, stops, seed), on_event, stop_ids))
+            sequences.append(Sequence(ids, sampling_params(body, limit, stops, seed, chat, bias), on_event, stop_ids))
     try:
         s.engine.submit(sequences)
     except QueueFull as e:
@@ -562,7 +593,8 @@ async def generate(request: Request, s: Served, body: Sampling, prompts: list[li
         raise ApiError(503, str(e)) from None
     except UserError as e:
         raise ApiError(400, str(e)) from None
-    reply = Reply(s, chat, body, sum(len(ids) for ids in prompts), len(sequences))
+    echo = [tokenizer.decode(seq.prompt) for seq in sequences] if not chat and body.echo else None
+    reply = Reply(s, chat, body, sum(len(ids) for ids in prompts), echo)
     if body.stream:
         return StreamingResponse(stream_events(request, sequences, events, reply), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -595,7 +627,6 @@ def deadline_of(sequences: list[Sequence]) -> float | None:
 
 
 async def collect_events(request: Request, sequences: list[Sequence], events: asyncio.Queue, reply: "Reply"):
-    texts = [""] * len(sequences)
     reasons: list[str | None] = [None] * len(sequences)
     errors = []
     try:
@@ -607,7 +638,7 @@ async def collect_events(request: Request, sequences: list[Sequence], events: as
                 reasons = [reason or "length" for reason in reasons]
                 break
             index, event = got
-            texts[index] += event.text
+            reply.add(index, sequences[index], event)
             reasons[index] = event.finish_reason
             errors += [event.error] if event.error else []
     finally:
@@ -617,7 +648,7 @@ async def collect_events(request: Request, sequences: list[Sequence], events: as
         raise ApiError(500, errors[0], code="generation_failed")
     if "cancelled" in reasons:
         raise ApiError(503, "the server is shutting down", headers={"Retry-After": RETRY_AFTER})
-    return reply.whole(texts, reasons, sequences)
+    return reply.whole(reasons, sequences)
 
 
 async def stream_events(request: Request, sequences: list[Sequence], events: asyncio.Queue, reply: "Reply"):
@@ -642,9 +673,10 @@ async def stream_events(request: Request, sequences: list[Sequence], events: asy
                 yield sse({"error": {"message": message, "type": kind, "param": None,
                                      "code": "generation_failed" if event.error else None}})  # fmt: skip
                 break
-            if event.text or event.finish_reason:
-                content = {"content": event.text} if event.text else {}
-                yield sse(reply.chunk(index, content if reply.chat else event.text, event.finish_reason))
+            text, logprobs = reply.add(index, sequences[index], event)
+            if text or logprobs or event.finish_reason:
+                content = {"content": text} if text else {}
+                yield sse(reply.chunk(index, content if reply.chat else text, event.finish_reason, logprobs))
             if event.finish_reason is not None:
                 open_.discard(index)
         if reply.include_usage:
@@ -660,13 +692,59 @@ def sse(payload: dict) -> str:
 
 
 class Reply:
-    """OpenAI's response and chunk shapes for one request."""
+    """OpenAI's response and chunk shapes for one request, and each choice's text and
+    log-probabilities as they come (a completion's echoed prompt first)."""
 
-    def __init__(self, s: Served, chat: bool, body: Sampling, prompt_tokens: int, count: int):
+    def __init__(self, s: Served, chat: bool, body: Sampling, prompt_tokens: int, echo: list[str] | None):
         self.chat, self.model, self.prompt_tokens = chat, s.model_id, prompt_tokens
+        self.tokenizer = s.loaded.tokenizer
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        self.with_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
+        self.echo = echo  # per choice: the prompt's text, given back before the new text
+        self.texts: dict[int, str] = {}
+        self.logprobs: dict[int, list] = {}
+
+    def add(self, index: int, seq: Sequence, event: Event) -> tuple[str, dict | None]:
+        """Take an event of choice `index`: (its text, its log-probabilities in OpenAI's shape or None)."""
+        text, entries = event.text, list(event.logprobs)
+        if index not in self.texts:  # the choice's first event: the echoed prompt goes before it
+            self.texts[index], self.logprobs[index] = "", []
+            if self.echo is not None:
+                text, entries = self.echo[index] + text, (seq.prompt_logprobs or []) + entries
+        shown = self.shape_logprobs(entries, len(self.texts[index])) if self.with_logprobs else None
+        self.texts[index] += text
+        self.logprobs[index] += entries
+        return text, shown
+
+    def shape_logprobs(self, entries: list, offset: int) -> dict:
+        """TokenLogprobs in OpenAI's shape: chat's {"content": [...]}, or completions' four lists."""
+        def piece(token: int) -> tuple[str, bytes]:
+            """A token's text; where its bytes are part of a character, OpenAI's "bytes:\\xe2\\x80"."""
+            data = self.tokenizer.decode_bytes([token])
+            try:
+                return data.decode("utf-8"), data
+            except UnicodeDecodeError:
+                return "bytes:" + "".join(f"\\x{b:02x}" for b in data), data
+
+        if self.chat:
+            def item(token: int, logprob: float) -> dict:
+                text, data = piece(token)
+                return {"token": text, "logprob": logprob, "bytes": list(data)}
+
+            return {"content": [{**item(e.token, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]}
+                                for e in entries]}  # fmt: skip
+        tokens, offsets = [], []
+        for e in entries:
+            text, data = piece(e.token)
+            tokens.append(text)
+            offsets.append(offset)
+            offset += len(data.decode("utf-8", errors="replace"))
+        top = [None if e.logprob is None else {piece(t)[0]: lp for t, lp in [*e.top, (e.token, e.logprob)]}
+               for e in entries]  # fmt: skip  (the chosen token is always among them, as OpenAI gives it)
+        return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries], "top_logprobs": top,
+                "text_offset": offsets}  # fmt: skip
 
     def usage(self, sequences: list[Sequence]) -> dict:
         completion = sum(len(seq.tokens) for seq in sequences)
@@ -676,19 +754,19 @@ class Reply:
     def head(self, object_name: str) -> dict:
         return {"id": self.id, "object": object_name, "created": self.created, "model": self.model}
 
-    def whole(self, texts: list[str], reasons: list[str], sequences: list[Sequence]) -> dict:
-        if self.chat:
-            choices = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                        "finish_reason": reason} for i, (text, reason) in enumerate(zip(texts, reasons))]  # fmt: skip
-        else:
-            choices = [{"index": i, "text": text, "logprobs": None, "finish_reason": reason}
-                       for i, (text, reason) in enumerate(zip(texts, reasons))]  # fmt: skip
+    def whole(self, reasons: list[str], sequences: list[Sequence]) -> dict:
+        choices = []
+        for i, reason in enumerate(reasons):
+            text = self.texts.get(i, "")
+            logprobs = self.shape_logprobs(self.logprobs.get(i, []), 0) if self.with_logprobs else None
+            content = {"message": {"role": "assistant", "content": text}} if self.chat else {"text": text}
+            choices.append({"index": i, **content, "logprobs": logprobs, "finish_reason": reason})
         return {**self.head("chat.completion" if self.chat else "text_completion"), "choices": choices,
                 "usage": self.usage(sequences)}  # fmt: skip
 
-    def chunk(self, index: int, delta, finish_reason: str | None) -> dict:
+    def chunk(self, index: int, delta, finish_reason: str | None, logprobs: dict | None = None) -> dict:
         choice = {"index": index, "delta": delta} if self.chat else {"index": index, "text": delta}
-        choice.update(logprobs=None, finish_reason=finish_reason)
+        choice.update(logprobs=logprobs, finish_reason=finish_reason)
         out = {**self.head("chat.completion.chunk" if self.chat else "text_completion"), "choices": [choice]}
         if self.include_usage:
             out["usage"] = None

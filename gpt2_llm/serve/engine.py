@@ -58,7 +58,7 @@ import torch
 from basics import UserError
 from bpe import BPE
 
-from ..generation import TextStream, check_sampling, sample_next_token
+from ..generation import TextStream, bias_vector, check_sampling, penalize, sample_next_token
 from ..gpt2 import GPT2
 
 ROW_BLOCK = 4  # with batch_invariant, a step's products see a fixed multiple of this many rows (see above)
@@ -80,17 +80,21 @@ class EngineFailed(Exception):
 class SamplingParams:
     """How one sequence is generated (OpenAI's fields; checked by `check`)."""
 
-    max_tokens: int = 16
+    max_tokens: int = 16  # 0: none (the prompt's log-probabilities alone, with prompt_logprobs)
     temperature: float = 1.0  # 0: greedy
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None  # None: a fresh random seed
     stop: tuple[str, ...] = ()  # stop strings: the text ends before the first one found
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
+    logprobs: int | None = None  # each made token's log-probability, with this many most likely beside it
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (completions' echo)
 
-    def check(self) -> None:
-        if self.max_tokens < 1:
-            raise UserError(f"max_tokens must be at least 1, got {self.max_tokens}")
-        check_sampling(self.max_tokens, self.temperature, self.top_k, self.top_p)
+    def check(self, vocab_size: int | None = None) -> None:
+        check_sampling(self.max_tokens, self.temperature, self.top_k, self.top_p, self.presence_penalty,
+                       self.frequency_penalty, self.logit_bias, vocab_size)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -102,6 +106,26 @@ class Event:
     tokens: int
     finish_reason: str | None = None  # "stop" (end token or stop string) | "length" (a limit) | "cancelled" | "error"
     error: str | None = None  # with "error": what went wrong, in one line
+    logprobs: list[TokenLogprob] = dataclasses.field(default_factory=list)  # of the tokens made in this step
+
+
+@dataclasses.dataclass
+class TokenLogprob:
+    """A token's log-probability under the model (its log-softmax, before temperature, penalties and
+    bias, as vLLM reports it), and the most likely tokens at its position: [(id, logprob)]."""
+
+    token: int
+    logprob: float | None  # None: the prompt's first token, which nothing predicts
+    top: list[tuple[int, float]]
+
+
+def token_logprobs(logits: torch.Tensor, tokens: list[int], top: int) -> list[TokenLogprob]:
+    """logits (T, vocab) at the positions that predict tokens (T,): their TokenLogprobs."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(1, torch.tensor(tokens, device=logits.device).unsqueeze(1))[:, 0].tolist()
+    best = logprobs.topk(top, dim=-1) if top else None
+    return [TokenLogprob(token, lp, list(zip(best.indices[i].tolist(), best.values[i].tolist())) if top else [])
+            for i, (token, lp) in enumerate(zip(tokens, chosen))]  # fmt: skip
 
 
 class Sequence:
@@ -126,6 +150,9 @@ class Sequence:
         self.cancelled = False  # set from any thread (a client hung up); the worker ends it at its next step
         self.finish_reason: str | None = None
         self.first_token_at: float | None = None
+        self.counts: torch.Tensor | None = None  # tokens made so far, per id (when a penalty needs them)
+        self.bias: torch.Tensor | None = None  # logit_bias as a vector
+        self.prompt_logprobs: list[TokenLogprob] | None = None  # with params.prompt_logprobs, set at admission
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -179,7 +206,7 @@ class Engine:
     def submit(self, sequences: list[Sequence]) -> None:
         """Queue sequences (all of one request, so all or none); QueueFull when there is no room."""
         for seq in sequences:
-            seq.params.check()
+            seq.params.check(self.model.config.vocab_size)
             if not seq.prompt:
                 raise UserError("the prompt is empty: give at least one token")
             if len(seq.prompt) + seq.params.max_tokens > self.block_size:
@@ -250,7 +277,8 @@ class Engine:
                 ids = torch.tensor([seq.prompt], dtype=torch.long, device=self.device)
                 logits = self.model.prefill(ids, self.cache, rows=[row])[0]  # (vocab,): the prompt alone
                 self.stats.prompt_tokens += len(seq.prompt)
-                finished = self._take_token(seq, logits)
+                self._start(seq, ids)
+                finished = self._finish(seq, "length") if seq.params.max_tokens == 0 else self._take_token(seq, logits)
             except Exception as e:  # noqa: BLE001 -- this request's fault: it ends, the others go on
                 finished = self._failed(seq, e)
             if finished:
@@ -288,11 +316,26 @@ class Engine:
         self.stats.finished["error"] += 1
         self._emit(seq, Event("", len(seq.tokens), "error", error=message))
 
+    def _start(self, seq: Sequence, ids: torch.Tensor) -> None:
+        """What a sequence needs beside its cache row: its penalties' state, its prompt's log-probabilities."""
+        p, vocab_size = seq.params, self.model.config.vocab_size
+        if p.presence_penalty or p.frequency_penalty:
+            seq.counts = torch.zeros(1, vocab_size, device=self.device)
+        seq.bias = bias_vector(p.logit_bias, vocab_size, self.device)
+        if p.prompt_logprobs is not None:  # the whole prompt's logits: a forward pass of its own
+            logits = self.model(ids)[0][0, :-1]  # (T - 1, vocab): position t predicts token t + 1
+            seq.prompt_logprobs = [TokenLogprob(seq.prompt[0], None, []),
+                                   *token_logprobs(logits, seq.prompt[1:], p.prompt_logprobs)]  # fmt: skip
+
     def _take_token(self, seq: Sequence, logits: torch.Tensor) -> bool:
         """Sample the sequence's next token, send its text; True when the sequence is finished."""
         p = seq.params
-        token = int(sample_next_token(logits.unsqueeze(0), p.temperature, p.top_k, p.top_p, seq.generator))
+        adjusted = penalize(logits.unsqueeze(0), seq.counts, p.presence_penalty, p.frequency_penalty, seq.bias)
+        token = int(sample_next_token(adjusted, p.temperature, p.top_k, p.top_p, seq.generator))
         seq.tokens.append(token)
+        if seq.counts is not None:
+            seq.counts[0, token] += 1
+        made = token_logprobs(logits.unsqueeze(0), [token], p.logprobs) if p.logprobs is not None else []
         if seq.first_token_at is None:
             seq.first_token_at = time.monotonic()
             self.stats.first_token(seq.first_token_at - seq.created)
@@ -301,22 +344,22 @@ class Engine:
             return self._finish(seq, "stop")
         text = seq.text.feed(self.tokenizer.decode_bytes([token]))
         if seq.text.stopped:
-            return self._finish(seq, "stop", text)
+            return self._finish(seq, "stop", text, made)
         if len(seq.tokens) >= p.max_tokens or len(seq.prompt) + len(seq.tokens) > self.block_size:
-            return self._finish(seq, "length", text)
+            return self._finish(seq, "length", text, made)
         if seq.cancelled:
-            return self._finish(seq, "cancelled", text)
+            return self._finish(seq, "cancelled", text, made)
         if self._out_of_time(seq):
-            return self._finish(seq, "length", text)
-        self._emit(seq, Event(text, len(seq.tokens)))
+            return self._finish(seq, "length", text, made)
+        self._emit(seq, Event(text, len(seq.tokens), logprobs=made))
         return False
 
-    def _finish(self, seq: Sequence, reason: str, text: str = "") -> bool:
+    def _finish(self, seq: Sequence, reason: str, text: str = "", made: list | None = None) -> bool:
         if reason != "cancelled" and not seq.text.stopped:
             text += seq.text.finish()
         seq.finish_reason = reason
         self.stats.finished[reason] += 1
-        self._emit(seq, Event(text, len(seq.tokens), reason))
+        self._emit(seq, Event(text, len(seq.tokens), reason, logprobs=made or []))
         return True
 
     def _retire(self, rows: list[int]) -> None:

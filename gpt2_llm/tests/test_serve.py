@@ -379,6 +379,103 @@ def test_health_is_503_until_the_model_is_loaded(checkpoint):
         thread.join(WAIT)
 
 
+# ---- logprobs, echo, penalties and bias: the model's own numbers through the openai client ----
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint):
+    """The served model itself, to compare the server's numbers with."""
+    return load(checkpoint).model.eval()
+
+
+def own_logprobs(model, ids: list[int]) -> torch.Tensor:
+    """log-softmax of the model's logits at every position of ids: (T, vocab)."""
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([ids]))[0][0].float(), dim=-1)
+
+
+def test_completion_logprobs_are_the_models_own_streamed_or_not(client, reference, tokenizer):
+    model, prompt = model_id(client), tokenizer.encode("ROMEO:")
+    reply = client.completions.create(model=model, prompt="ROMEO:", max_tokens=8, temperature=0, logprobs=3)
+    lp = reply.choices[0].logprobs
+    made = tokenizer.encode(reply.choices[0].text)
+    assert lp.tokens == [token_text(tokenizer, t) for t in made]
+    own = own_logprobs(reference, prompt + made[:-1])[len(prompt) - 1 :]  # the positions that predicted them
+    assert lp.token_logprobs == pytest.approx(own.gather(1, torch.tensor(made)[:, None])[:, 0].tolist(), abs=1e-4)
+    for position, top in enumerate(lp.top_logprobs):
+        best = own[position].topk(3)
+        expected = {token_text(tokenizer, t): v for t, v in zip(best.indices.tolist(), best.values.tolist())}
+        assert set(expected) <= set(top) and len(top) == 3  # greedy: the chosen token is the most likely
+        assert [top[k] for k in expected] == pytest.approx(list(expected.values()), abs=1e-4)
+    assert lp.text_offset == [len(tokenizer.decode(made[:i])) for i in range(8)] or "\ufffd" in tokenizer.decode(made)
+    streamed = list(client.completions.create(model=model, prompt="ROMEO:", max_tokens=8, temperature=0, logprobs=3,
+                                              stream=True))  # fmt: skip
+    pieces = [c.choices[0].logprobs for c in streamed if c.choices and c.choices[0].logprobs]
+    assert sum((p.token_logprobs for p in pieces), []) == lp.token_logprobs
+    assert sum((p.text_offset for p in pieces), []) == lp.text_offset
+
+
+def token_text(tokenizer, token: int) -> str:
+    """A token as OpenAI's completions show it: its text, or "bytes:\\xNN..." for part of a character."""
+    data = tokenizer.decode_bytes([token])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in data)
+
+
+def test_echo_with_no_new_tokens_scores_the_prompt(client, reference, tokenizer):
+    """What evaluation harnesses send: echo, max_tokens 0, logprobs: the prompt's own log-probabilities."""
+    text = "First Citizen: we are accounted poor"
+    ids = tokenizer.encode(text)
+    reply = client.completions.create(model=model_id(client), prompt=text, max_tokens=0, echo=True, logprobs=1)
+    choice = reply.choices[0]
+    assert choice.text == text and choice.finish_reason == "length" and reply.usage.completion_tokens == 0
+    own = own_logprobs(reference, ids)[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0].tolist()
+    assert choice.logprobs.token_logprobs[0] is None and choice.logprobs.top_logprobs[0] is None
+    assert choice.logprobs.token_logprobs[1:] == pytest.approx(own, abs=1e-4)
+    assert "".join(choice.logprobs.tokens) == text
+    more = client.completions.create(model=model_id(client), prompt=text, max_tokens=3, echo=True, temperature=0)
+    assert more.choices[0].text.startswith(text) and len(more.choices[0].text) > len(text)
+
+
+def test_chat_logprobs_with_bytes(client, reference, tokenizer):
+    reply = client.chat.completions.create(model=model_id(client), messages=[{"role": "user", "content": "Hi"}],
+                                           max_tokens=6, temperature=0, logprobs=True, top_logprobs=2)  # fmt: skip
+    content = reply.choices[0].logprobs.content
+    assert len(content) == 6 and all(len(c.top_logprobs) == 2 for c in content)
+    assert b"".join(bytes(c.bytes) for c in content).decode("utf-8", errors="replace") == reply.choices[0].message.content
+    assert all(c.logprob == pytest.approx(c.top_logprobs[0].logprob, abs=1e-6) for c in content)  # greedy: the best
+
+
+def test_penalties_and_bias_are_generates_own(client, reference, tokenizer):
+    prompt = tokenizer.encode("ROMEO:")
+    for settings in ({"frequency_penalty": 2.0}, {"presence_penalty": 1.5}, {"logit_bias": {"65": 100}}):
+        reply = client.completions.create(model=model_id(client), prompt=prompt, max_tokens=10, temperature=0, **settings)
+        bias = {int(k): v for k, v in settings.pop("logit_bias", {}).items()} or None
+        own = reference.generate(prompt, 10, temperature=0, logit_bias=bias, **settings)[len(prompt) :]
+        assert reply.choices[0].text == tokenizer.decode(own), settings
+    assert tokenizer.decode(own) == tokenizer.decode([65]) * 10
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": "x", "logprobs": 21}, "logprobs"),
+    ({"prompt": "x", "presence_penalty": 2.5}, "presence_penalty"),
+    ({"prompt": "x", "logit_bias": {"abc": 1}}, "logit_bias"),
+    ({"prompt": "x", "logit_bias": {"5": 101}}, "logit_bias"),
+    ({"prompt": "x", "logit_bias": {"100000": 1}}, "logit_bias"),
+])  # fmt: skip
+def test_bad_sampling_settings_are_400(server, body, param):
+    code, _, payload = request(server, "POST", "/v1/completions", body)
+    assert code == 400 and payload["error"]["param"] == param
+
+
+def test_top_logprobs_needs_logprobs(server):
+    body = {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}
+    code, _, payload = request(server, "POST", "/v1/chat/completions", body)
+    assert code == 400 and payload["error"]["param"] == "top_logprobs"
+
+
 # ---- faults and bounds ---------------------------------------------------------------------------
 
 
