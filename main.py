@@ -130,15 +130,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gpt2_llm.loading import check_model_name, load_with_tokenizer
     from gpt2_llm.serve.server import api_key_of, check_options, serve
 
-    check_options(args.host, args.port, args.max_batch, args.max_queue, args.request_timeout, args.max_body)
+    check_options(args.host, args.port, args.max_batch, args.max_queue, args.request_timeout, args.max_body, args.prefix_cache_mb)
     check_model_name(args.model)  # before the server starts: a name that names nothing is one line
     api_key = api_key_of(args.api_key, args.api_key_file, os.environ.get("GPT2_API_KEY"))
-    say = functools.partial(print, file=sys.stderr, flush=True)
     load = functools.partial(load_with_tokenizer, args.model, args.device, args.vocab_file,
                              "give its vocab file with --vocab-file")
     return serve(load, host=args.host, port=args.port, api_key=api_key, cors_origins=tuple(args.cors_origin or ()),
-                 max_batch=args.max_batch, max_queue=args.max_queue, request_timeout=args.request_timeout,
-                 batch_invariant=args.batch_invariant, max_body=args.max_body, say=say)
+                 max_batch=args.max_batch, max_queue=args.max_queue, request_timeout=args.request_timeout, max_body=args.max_body,
+                 batch_invariant=args.batch_invariant, prefix_cache_mb=args.prefix_cache_mb, say=functools.partial(print, file=sys.stderr, flush=True))
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -310,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together at most (default 16)")
     p.add_argument("--batch-invariant", action="store_true", help="every step multiplies the whole batch, so that greedy text does not depend on the other requests (slower for few clients)")
     p.add_argument("--max-body", type=int, default=4 * 2**20, metavar="BYTES", help="largest request body, refused with 413 before it is read (default 4 MiB)")
+    p.add_argument("--prefix-cache-mb", type=float, default=256, help="memory for the keys of earlier prompts, reused by requests that begin alike, such as a chat's next turn (default 256; 0: off)")
     p.add_argument("--max-queue", type=int, default=64, help="sequences waiting for a place in the batch at most; more get 429 (default 64)")
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds a request may take, queue included; then it ends as if max_tokens were reached (default 600)")
     p.add_argument("--vocab-file", default=None, help="the tokenizer of a model that holds none (a checkpoint saved by GPT2.save)")

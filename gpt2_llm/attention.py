@@ -69,7 +69,8 @@ class KVCache:
 
     def write(self, layer: int, rows: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
         """Store k, v (R, nkv, T, hs) of the cache rows `rows` at positions lengths[r] onward.
-        T > 1 new tokens (a prompt) go into rows that are empty; one token goes into any row."""
+        T > 1 new tokens (a prompt) go into one row at any length, or into several empty rows; one
+        token goes into any rows."""
         if self.k[layer] is None:
             shape = (len(self.lengths), k.size(1), self.max_len, k.size(3))
             self.k[layer], self.v[layer] = k.new_zeros(shape), v.new_zeros(shape)
@@ -77,7 +78,7 @@ class KVCache:
         if len(rows) == 1:  # slices, no index tensors: generate() at batch 1, and every prompt the server reads
             row = rows[0]
             start = self.lengths[row]
-            assert (T == 1 or start == 0) and start + T <= self.max_len, f"{T} new positions after {start}"
+            assert start + T <= self.max_len, f"{T} new positions after {start}"
             keys[row : row + 1, :, start : start + T] = k
             values[row : row + 1, :, start : start + T] = v
             return
@@ -94,6 +95,21 @@ class KVCache:
         """The `new` tokens written to each of `rows` are now part of them."""
         for r in rows:
             self.lengths[r] += new
+
+    def keys_values(self, row: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every layer's keys and values of row's first `length` positions (views): [(k, v)], each (nkv, length, hs)."""
+        return [(k[row, :, :length], v[row, :, :length]) for k, v in zip(self.k, self.v)]
+
+    @torch.inference_mode()
+    def load(self, row: int, keys_values: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Row takes these keys and values (keys_values' shape) as its first positions; its length is theirs."""
+        length = keys_values[0][0].size(1)
+        for layer, (k, v) in enumerate(keys_values):
+            if self.k[layer] is None:
+                shape = (len(self.lengths), k.size(0), self.max_len, k.size(2))
+                self.k[layer], self.v[layer] = k.new_zeros(shape), v.new_zeros(shape)
+            self.k[layer][row, :, :length], self.v[layer][row, :, :length] = k, v
+        self.lengths[row] = length
 
     @torch.inference_mode()  # the tensors were made by the model's prefill and decode_step, in inference mode
     def move(self, src: int, dst: int) -> None:
@@ -232,10 +248,20 @@ class QKVAttention(nn.Module):
         tokens go at positions cache.lengths[rows[i]] onward, their keys and values into the
         cache's `layer`:
             a prompt (T > 1, rows empty): causal attention over the new keys, as without a cache;
+            the rest of a prompt (T > 1, one row that already holds `start` positions, such as a
+            reused prefix): causal attention over the row's keys, old and new;
             one new token per row: each row attends to exactly its own filled keys, row by row.
         Input rows past len(rows) are padding (see GPT2.decode_step): computed, never stored."""
         B, T, C = x.shape
-        if cache is None or T > 1:
+        start = cache.lengths[rows[0]] if cache is not None and T > 1 else 0
+        if start:  # the rest of one row's prompt: its queries see the row's earlier keys too
+            q, k, v = self.heads(x, start)
+            cache.write(layer, rows, k, v)
+            end, row = start + T, rows[0]
+            keys, values = cache.k[layer][row : row + 1, :, :end], cache.v[layer][row : row + 1, :, :end]
+            mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start)  # query i: keys <= start + i
+            y = attend(q, keys, values, mask=mask)
+        elif cache is None or T > 1:
             q, k, v = self.heads(x, 0)
             if cache is not None:
                 cache.write(layer, rows, k, v)

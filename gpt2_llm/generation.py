@@ -81,7 +81,9 @@ def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int | Non
     if top_p is not None and top_p < 1.0:
         probs = values.softmax(dim=-1)
         # Drop a token once the more likely ones already reach top_p; the most likely always stays.
-        values = values.masked_fill(probs.cumsum(dim=-1) - probs >= top_p, float("-inf"))
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        drop[..., 0] = False  # a top_p that float32 rounds to 0 (5e-324) keeps the most likely, its limit
+        values = values.masked_fill(drop, float("-inf"))
     choice = torch.multinomial(values.softmax(dim=-1), 1, generator=generator)  # (B, 1), a rank
     return indices.gather(-1, choice)
 

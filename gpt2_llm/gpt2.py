@@ -150,21 +150,23 @@ class GPT2(nn.Module):
         return KVCache(self.config.n_layer, rows, self.config.block_size)
 
     @torch.inference_mode()
-    def prefill(self, ids: torch.Tensor, cache: KVCache, rows: list[int] | None = None) -> torch.Tensor:
+    def prefill(self, ids: torch.Tensor, cache: KVCache, rows: list[int] | None = None, start: int = 0) -> torch.Tensor:
         """Read prompts ids (R, T) into the cache rows `rows` (default 0 .. R-1), filling them again
-        from position 0; return the logits of each prompt's next token (R, vocab). A prompt longer
-        than the context is an error here (callers keep its end)."""
+        from position `start`; return the logits of each prompt's next token (R, vocab). A prompt
+        longer than the context is an error here (callers keep its end). start > 0 (one row): the
+        row's first `start` positions already hold the keys of the prompt's beginning (KVCache.load,
+        a reused prefix) and ids are the rest of it."""
         R, T = ids.shape
         rows = list(range(R)) if rows is None else list(rows)
-        if T > self.config.block_size:
-            raise UserError(f"{T} tokens do not fit the context of {self.config.block_size} (--context)")
-        if len(rows) != R or T == 0:
-            raise ValueError(f"prefill takes one prompt of at least one token per cache row: got {R} prompts "
-                             f"of {T} tokens for the rows {rows}")
+        if start + T > self.config.block_size:
+            raise UserError(f"{start + T} tokens do not fit the context of {self.config.block_size} (--context)")
+        if len(rows) != R or T == 0 or (start and R != 1):
+            raise ValueError(f"prefill takes one prompt of at least one token per cache row (one row after a start): "
+                             f"got {R} prompts of {T} tokens for the rows {rows}, start {start}")
         self._check_ids(ids)
         for r in rows:
-            cache.lengths[r] = 0
-        return self._next_logits(ids, 0, cache, rows)
+            cache.lengths[r] = start
+        return self._next_logits(ids, start, cache, rows)
 
     @torch.inference_mode()
     def decode_step(self, ids: torch.Tensor, cache: KVCache, min_rows: int | None = None,

@@ -268,7 +268,7 @@ class Serving:
 
 def create_app(load: Callable[[], object], api_key: str | None = None, cors_origins: tuple[str, ...] = (),
                max_batch: int = 16, max_queue: int = 64, request_timeout: float | None = None,
-               batch_invariant: bool = False, max_body: int = MAX_BODY,
+               batch_invariant: bool = False, max_body: int = MAX_BODY, prefix_cache_mb: float = 0,
                on_error: Callable[[BaseException], None] | None = None) -> FastAPI:  # fmt: skip
     """The server's app. `load()` returns a loading.Loaded with a tokenizer (loading.load_with_tokenizer);
     it runs in a thread once the server is up. on_error(exc) is told when the load fails, or when the
@@ -278,7 +278,8 @@ def create_app(load: Callable[[], object], api_key: str | None = None, cors_orig
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         engine_options = {"max_batch": max_batch, "max_queue": max_queue, "request_timeout": request_timeout,
-                          "batch_invariant": batch_invariant, "on_failure": on_error}  # fmt: skip
+                          "batch_invariant": batch_invariant, "prefix_cache_mb": prefix_cache_mb,
+                          "on_failure": on_error}  # fmt: skip
         threading.Thread(target=load_model, args=(serving, load, engine_options, on_error), name="gpt2-load",
                          daemon=True).start()  # fmt: skip
         yield
@@ -929,6 +930,12 @@ def prometheus_text(s: Served | None, requests_total: Counter) -> str:
                    round(st.tokens_per_second(), 3))]  # fmt: skip
         for name, help_text, kind, value in gauges:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        if e.prefix is not None:
+            lines += [f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n{name} {value}" for name, help_text, kind, value in (
+                ("gpt2_prefix_cache_hits_total", "Prompts that reused a cached beginning.", "counter", e.prefix.hits),
+                ("gpt2_prefix_cache_reused_tokens_total", "Prompt tokens not read again.", "counter",
+                 e.prefix.reused_tokens),
+                ("gpt2_prefix_cache_bytes", "Bytes of keys and values kept for reuse.", "gauge", e.prefix.bytes))]  # fmt: skip
         lines += ["# HELP gpt2_finished_sequences_total Sequences finished, by reason.",
                   "# TYPE gpt2_finished_sequences_total counter"]
         lines += [f'gpt2_finished_sequences_total{{reason="{r}"}} {n}' for r, n in sorted(st.finished.items())]

@@ -60,6 +60,7 @@ from bpe import BPE
 
 from ..generation import TextStream, bias_vector, check_sampling, penalize, sample_next_token
 from ..gpt2 import GPT2
+from .prefix import PrefixCache
 
 ROW_BLOCK = 4  # with batch_invariant, a step's products see a fixed multiple of this many rows (see above)
 log = logging.getLogger("gpt2_llm.serve")
@@ -165,7 +166,7 @@ class Engine:
     """The worker thread and its queue (see the module's docstring)."""
 
     def __init__(self, model: GPT2, tokenizer: BPE, max_batch: int = 16, max_queue: int = 64,
-                 request_timeout: float | None = None, batch_invariant: bool = False,
+                 request_timeout: float | None = None, batch_invariant: bool = False, prefix_cache_mb: float = 0,
                  on_failure: Callable[[BaseException], None] | None = None):  # fmt: skip
         if max_batch < 1:
             raise UserError(f"--max-batch must be at least 1, got {max_batch}")
@@ -181,6 +182,7 @@ class Engine:
         # multiple of ROW_BLOCK; else the active ones.
         self.step_rows = -(-max_batch // ROW_BLOCK) * ROW_BLOCK if batch_invariant else None
         self.on_failure = on_failure
+        self.prefix = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None  # see prefix.py
         self.failure: BaseException | None = None  # why the worker stopped, when it could not go on
         self.active: list[Sequence] = []  # row r of the cache is active[r]
         self.waiting: collections.deque[Sequence] = collections.deque()
@@ -275,7 +277,10 @@ class Engine:
             self.active.append(seq)
             try:
                 ids = torch.tensor([seq.prompt], dtype=torch.long, device=self.device)
-                logits = self.model.prefill(ids, self.cache, rows=[row])[0]  # (vocab,): the prompt alone
+                reused, keys_values = self.prefix.longest(seq.prompt) if self.prefix else (0, None)
+                if keys_values is not None:  # the prompt's beginning as an earlier sequence left it
+                    self.cache.load(row, keys_values)
+                logits = self.model.prefill(ids[:, reused:], self.cache, rows=[row], start=reused)[0]  # (vocab,)
                 self.stats.prompt_tokens += len(seq.prompt)
                 self._start(seq, ids)
                 finished = self._finish(seq, "length") if seq.params.max_tokens == 0 else self._take_token(seq, logits)
@@ -363,8 +368,11 @@ class Engine:
         return True
 
     def _retire(self, rows: list[int]) -> None:
-        """Remove finished rows; the last active row moves into each freed one."""
+        """Remove finished rows (their keys and values kept for reuse); the last active row moves into each freed one."""
         for row in sorted(rows, reverse=True):
+            seq, length = self.active[row], self.cache.lengths[row]
+            if self.prefix is not None and seq.finish_reason in ("stop", "length") and length:
+                self.prefix.add((seq.prompt + seq.tokens)[:length], self.cache.keys_values(row, length))
             last = len(self.active) - 1
             if row != last:
                 self.cache.move(last, row)

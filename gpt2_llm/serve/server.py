@@ -27,7 +27,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def check_options(host: str, port: int, max_batch: int, max_queue: int, request_timeout: float | None,
-                  max_body: int = 1) -> None:  # fmt: skip
+                  max_body: int = 1, prefix_cache_mb: float = 0) -> None:  # fmt: skip
     problems = []
     if not 0 <= port <= 65535:
         problems.append(f"--port must be between 0 and 65535, got {port}")
@@ -39,6 +39,8 @@ def check_options(host: str, port: int, max_batch: int, max_queue: int, request_
         problems.append(f"--request-timeout must be a positive number of seconds, got {request_timeout}")
     if max_body < 1:
         problems.append(f"--max-body must be at least 1 byte, got {max_body}")
+    if not prefix_cache_mb >= 0:
+        problems.append(f"--prefix-cache-mb must be 0 (off) or more, got {prefix_cache_mb}")
     if not host:
         problems.append("--host is empty")
     if problems:
@@ -80,7 +82,7 @@ def api_key_of(given: str | None, key_file: str | None, environment: str | None)
 def serve(load: Callable[[], object], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           cors_origins: tuple[str, ...] = (), max_batch: int = 16, max_queue: int = 64,
           request_timeout: float | None = 600.0, batch_invariant: bool = False, max_body: int | None = None,
-          say: Callable[[str], None] = print) -> int:  # fmt: skip
+          prefix_cache_mb: float = 0, say: Callable[[str], None] = print) -> int:  # fmt: skip
     """Serve until SIGTERM or Ctrl-C (exit code 0); a UserError if the model cannot be loaded or the
     engine stops on an error it cannot contain."""
     import uvicorn
@@ -107,7 +109,7 @@ def serve(load: Callable[[], object], host: str = "127.0.0.1", port: int = 8000,
 
     app = create_app(loaded_then_say, api_key=api_key, cors_origins=cors_origins, max_batch=max_batch,
                      max_queue=max_queue, request_timeout=request_timeout, batch_invariant=batch_invariant,
-                     max_body=max_body, on_error=on_error)
+                     max_body=max_body, prefix_cache_mb=prefix_cache_mb, on_error=on_error)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=GRACE, lifespan="on")
     server = uvicorn.Server(config)

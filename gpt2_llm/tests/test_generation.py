@@ -35,6 +35,7 @@ def test_a_temperature_too_small_to_divide_by_gives_its_limit_greedy(temperature
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.5, -1.0, 2.9, 0.5]]) * 100
     for top_k, top_p in [(None, None), (3, None), (None, 0.9), (3, 0.9)]:
         assert draws(logits, n=200, temperature=temperature, top_k=top_k, top_p=top_p) == {1}
+    assert draws(logits / 100, n=200, temperature=1.0, top_k=None, top_p=5e-324) == {1}  # top_p's limit alike
     tied = torch.tensor([[5.0, 1.0, 5.0, -2.0]])
     assert draws(tied, n=200, temperature=temperature, top_k=None, top_p=None) == {0, 2}
 
