@@ -29,7 +29,7 @@ from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance  # noqa: E402
 
 EXAMPLES = int(os.environ.get("GPT2_FUZZ_EXAMPLES", "0"))  # per route and mode; 0: the default run's counts
-DEFAULT_EXAMPLES = 50
+DEFAULT_EXAMPLES = 40
 TIMEOUT = 5  # seconds for one request: the longest the fuzzer can ask for takes well under one
 
 
@@ -68,14 +68,16 @@ def openai_error_shape(ctx, response, case) -> None:
 
 
 def streams_end_well(ctx, response, case) -> None:
-    """A stream answered 200 carries only chunks (no error event) and ends with [DONE]."""
+    """A stream answered 200 carries only chunks (no error event) and ends with [DONE]. Schemathesis
+    hangs up on a long stream (after a number of events): then the events it read are checked."""
     content_type = response.headers.get("content-type", [""])[0]  # schemathesis keeps each header's values
     if response.status_code != 200 or not content_type.startswith("text/event-stream"):
         return
     events = [line.removeprefix("data: ") for line in response.content.decode().split("\n\n") if line]
-    assert events and events[-1] == "[DONE]", f"a stream that ends with {events[-1:]}"
-    for event in events[:-1]:
-        assert "error" not in json.loads(event), f"an error event in a stream answered 200: {event}"
+    if not response.stream_cut_short:
+        assert events and events[-1] == "[DONE]", f"a stream that ends with {events[-1:]}"
+    for event in events:
+        assert event == "[DONE]" or "error" not in json.loads(event), f"an error event in a stream answered 200: {event}"
 
 
 def within_reach(body: dict) -> None:
