@@ -1,12 +1,14 @@
 """Fuzzing the HTTP API with schemathesis: requests made from the schema the app serves at
 /openapi.json, valid ones and invalid ones, on every route. No answer may be a 5xx, every error
-is OpenAI's body, every stream ends with [DONE], and the server still answers afterwards.
+is OpenAI's body, every stream read to its end ends with [DONE], and the server still answers
+afterwards.
 
 A real server on 127.0.0.1 (test_serve.running) with a tiny model whose context is 64 tokens, so
 that whatever max_tokens the fuzzer picks is generated in milliseconds. The default run is
-deterministic (derandomized, a few hundred requests); a longer, random one:
+deterministic (derandomized, a few hundred requests); longer, random ones:
 
-    GPT2_FUZZ_EXAMPLES=500 python -m pytest -q -n 0 gpt2_llm/tests/test_serve_fuzz.py
+    python -m pytest -q -n 0 -m slow gpt2_llm/tests/test_serve_fuzz.py   # 300 per route and mode
+    GPT2_FUZZ_EXAMPLES=2000 python -m pytest -q -n 0 -m slow gpt2_llm/tests/test_serve_fuzz.py
 """
 
 import json
@@ -28,8 +30,8 @@ from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance  # noqa: E402
 
-EXAMPLES = int(os.environ.get("GPT2_FUZZ_EXAMPLES", "0"))  # per route and mode; 0: the default run's counts
-DEFAULT_EXAMPLES = 40
+DEFAULT_EXAMPLES = 40  # per route and mode, in the default run (a route without input: 1)
+LONG_EXAMPLES = int(os.environ.get("GPT2_FUZZ_EXAMPLES", "300"))  # per route and mode, in the slow run
 TIMEOUT = 5  # seconds for one request: the longest the fuzzer can ask for takes well under one
 
 
@@ -97,11 +99,11 @@ CHECKS = [not_a_server_error, status_code_conformance, response_schema_conforman
           streams_end_well]  # fmt: skip
 
 
-def fuzz(operation, mode: GenerationMode, base: str, session, examples: int) -> None:
+def fuzz(operation, mode: GenerationMode, base: str, session, examples: int, derandomize: bool) -> None:
     """`examples` requests to one route, made by schemathesis in one mode, each checked by CHECKS."""
 
     # No shrinking: once a request has stopped the engine, every later one would wait for its timeout.
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=not EXAMPLES,
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=derandomize,
               suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])  # fmt: skip
     @given(case=operation.as_strategy(generation_mode=mode), served=st.sampled_from([True, True, True, False]))
     def one(case, served):
@@ -116,10 +118,16 @@ def fuzz(operation, mode: GenerationMode, base: str, session, examples: int) -> 
 
 def test_every_route_fuzzed(small_context):
     with running(small_context, max_queue=256, request_timeout=WAIT) as (base, app):
-        fuzz_every_route(base, app)
+        fuzz_every_route(base, app, DEFAULT_EXAMPLES, derandomize=True)
 
 
-def fuzz_every_route(base: str, app) -> None:
+@pytest.mark.slow
+def test_every_route_fuzzed_long(small_context):
+    with running(small_context, max_queue=256, request_timeout=WAIT) as (base, app):
+        fuzz_every_route(base, app, LONG_EXAMPLES, derandomize=False)
+
+
+def fuzz_every_route(base: str, app, examples: int, derandomize: bool) -> None:
     before = app.state.serving.requests_total.copy()  # the 503s of /health while the model loaded
     schema = schemathesis.openapi.from_url(base + "/openapi.json")
     assert [request(base, "GET", path)[0] for path in ("/docs", "/redoc")] == [404, 404]  # the schema only
@@ -134,7 +142,12 @@ def fuzz_every_route(base: str, app) -> None:
             has_body = op.method.upper() == "POST"
             modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if has_body else (GenerationMode.POSITIVE,)
             for mode in modes:
-                fuzz(op, mode, base, session, EXAMPLES or (DEFAULT_EXAMPLES if has_input else 1))
+                fuzz(op, mode, base, session, examples if has_input else 1, derandomize)
+    # What the schema leaves out: the page, its files, a wrong method.
+    assert request(base, "GET", "/")[0] == 200
+    for method, path, code in (("GET", "/static/no-such-file", 404), ("DELETE", "/v1/completions", 405)):
+        got, _, body = request(base, method, path)
+        assert got == code and set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
     counts = app.state.serving.requests_total - before
     assert not {key: n for key, n in counts.items() if key[1] >= 500}, "5xx answers"
     assert request(base, "GET", "/health")[0] == 200
