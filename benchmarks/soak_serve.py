@@ -5,12 +5,12 @@
 
 The server runs as `python main.py serve MODEL` on a free port of 127.0.0.1. Each client sends, one
 after another: completions and chat completions, streamed and not; streams it hangs up on after
-the first chunk; multi-turn chats (each answer goes into the next turn: one that outgrows the
-context is refused, 400 or 413, as a client would be); and bad requests (a body
-that is not JSON, fields of the wrong type, a prompt longer than the context, a model the server
-does not serve). Every request ends answered (2xx) or refused with a status (4xx, 429, 503); one
-with no answer (a connection error, a timeout, a 5xx, a stream without its [DONE] or with an error
-event) is lost. The server's resident memory (VmRSS, from /proc) is sampled every few seconds.
+the first chunk; multi-turn chats (each answer goes into the next turn; one that outgrows the
+context is refused, 400 or 413, as a client would be); and bad requests (a body that is not JSON,
+fields of the wrong type, a prompt longer than the context, a model the server does not serve).
+Every request ends answered (2xx) or refused with a status (4xx, 429, 503); one with no answer (a
+connection error, a timeout, a 5xx, a stream without its [DONE] or with an error event) is lost.
+The server's resident memory (VmRSS, from /proc) is sampled every few seconds.
 
 It prints the requests by kind and outcome, the lost ones, the RSS after the first minute and at
 the end, and the time to first token (p50, p99) of the streamed requests. Exit code 1 when a
