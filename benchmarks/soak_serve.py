@@ -130,7 +130,8 @@ def stream(port: int, path: str, body: dict, hang_up: bool) -> tuple[int, float 
     start = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
     try:
-        conn.request("POST", path, body=json.dumps({**body, "stream": True}), headers={"Content-Type": "application/json"})
+        data = json.dumps({**body, "stream": True})
+        conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
         response = conn.getresponse()
         if response.status != 200:
             response.read()
@@ -183,7 +184,8 @@ class Tally:
 def one_request(kind: str, port: int, rng: random.Random, context: int, tally: Tally) -> None:
     """Send one request of this kind (a multi-turn chat sends one per turn) and record its outcome."""
     prompt = made_up_text(rng, rng.randint(1, 30))
-    sampling = {"max_tokens": rng.randint(1, 32), "temperature": rng.choice([0.0, 0.7, 1.0]), "seed": rng.randint(0, 999)}
+    sampling = {"max_tokens": rng.randint(1, 32), "temperature": rng.choice([0.0, 0.7, 1.0]),
+                "seed": rng.randint(0, 999)}  # fmt: skip
     chat = {"messages": [{"role": "user", "content": prompt}], **sampling}
     try:
         if kind in ("completion_stream", "chat_stream", "hang_up"):

@@ -108,7 +108,7 @@ class ErrorBody(BaseModel):
 
 
 ERROR_RESPONSES = {"4XX": {"model": ErrorBody, "description": "The request was refused."},
-                   "5XX": {"model": ErrorBody, "description": "The model is loading (503), or a bug (500)."}}  # fmt: skip
+                   "5XX": {"model": ErrorBody, "description": "The model is loading (503); a bug (500)."}}  # fmt: skip
 
 
 TYPE_NAMES = {"str", "int", "float", "bool", "list[str]", "list[int]", "list[list[int]]", "list[TextPart]",

@@ -79,7 +79,7 @@ def streams_end_well(ctx, response, case) -> None:
     if not response.stream_cut_short:
         assert events and events[-1] == "[DONE]", f"a stream that ends with {events[-1:]}"
     for event in events:
-        assert event == "[DONE]" or "error" not in json.loads(event), f"an error event in a stream answered 200: {event}"
+        assert event == "[DONE]" or "error" not in json.loads(event), f"an error event in a 200 stream: {event}"
 
 
 def within_reach(body: dict) -> None:
