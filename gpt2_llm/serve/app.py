@@ -74,7 +74,7 @@ DISCONNECT_POLL = 0.25  # seconds between checks that a client is still there
 DEADLINE_GRACE = 2.0  # seconds the web side waits past a request's deadline for the engine to end it
 MAX_BODY = 4 * 2**20  # bytes of a request body, by default (--max-body)
 COUNTED_PATHS = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize", "/detokenize",
-                 "/model_card", "/health", "/metrics", "/"}
+                 "/model_card", "/health", "/metrics", "/", "/openapi.json"}
 METRICS_POINTS = 500  # the model card's training curves keep at most this many points each
 log = logging.getLogger("gpt2_llm.serve")
 
@@ -115,6 +115,23 @@ def validation_error(exc: RequestValidationError) -> ApiError:
     if param is None:
         return ApiError(400, f"the body must be a JSON object: {first['msg']}")
     return ApiError(400, f"{shown}: {first['msg']}", param=param)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """Every error's body (the schema at /openapi.json says so for each 4xx and 5xx)."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES = {"4XX": {"model": ErrorBody, "description": "The request was refused."},
+                   "5XX": {"model": ErrorBody, "description": "The model is loading (503); a bug (500)."}}  # fmt: skip
 
 
 TYPE_NAMES = {"str", "int", "float", "bool", "list[str]", "list[int]", "list[list[int]]", "list[TextPart]",
@@ -286,7 +303,9 @@ def create_app(load: Callable[[], object], api_key: str | None = None, cors_orig
         if serving.served is not None:
             serving.served.engine.stop()
 
-    app = FastAPI(title="gpt2-toolkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # The schema (for clients and the fuzz test) without the docs pages; its 4XX replaces FastAPI's 422.
+    app = FastAPI(title="gpt2-toolkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+                  responses=ERROR_RESPONSES)
     app.state.serving = serving
     app.add_middleware(LimitBody, max_body=max_body)
     app.add_middleware(CountRequests, counts=serving.requests_total, paths=COUNTED_PATHS)
