@@ -2,6 +2,7 @@
 
 import queue
 import random
+import time
 
 import pytest
 import torch
@@ -263,3 +264,58 @@ def test_an_error_the_engine_cannot_contain_stops_it_and_says_so(tokenizer, monk
     assert isinstance(engine.failure, IndexError) and told == [engine.failure]
     with pytest.raises(EngineFailed, match="the engine has stopped on an error"):
         engine.submit([Sequence(tokenizer.encode("O"), params, lambda e: None)])
+
+
+# ---- prefix reuse --------------------------------------------------------------------------------
+
+
+def test_a_reused_prompt_beginning_gives_the_same_greedy_text(tokenizer):
+    """A chat's second turn: its prompt begins with the first turn's prompt and answer, whose keys
+    the engine kept; it reads only the rest, and its greedy text is the one made without reuse."""
+    first = tokenizer.encode("First Citizen:\nBefore we proceed any further, hear me speak.\n")
+    cached = Engine(model_of(tokenizer, rope=True), tokenizer, max_batch=2, prefix_cache_mb=1)
+    plain = Engine(model_of(tokenizer, rope=True), tokenizer, max_batch=2)
+    greedy = SamplingParams(max_tokens=12, temperature=0)
+    for engine in (cached, plain):
+        engine.start()
+    try:
+        answer = run(cached, [first], [greedy])[0][1]
+        idle(cached)  # its row is kept as it leaves the batch, just after its last event
+        assert cached.prefix.hits == 0 and len(cached.prefix.entries) == 1
+        second = first + answer[:-1] + tokenizer.encode("\nAll:\nSpeak, speak.\n")  # the last token was never read
+        with_reuse, without = run(cached, [second], [greedy])[0], run(plain, [second], [greedy])[0]
+        idle(cached)
+    finally:
+        for engine in (cached, plain):
+            engine.stop()
+    assert cached.prefix.hits == 1 and cached.prefix.reused_tokens == len(first) + len(answer) - 1
+    assert with_reuse == without and with_reuse[2] == "length"
+    assert list(cached.prefix.entries) == [tuple(second + with_reuse[1][:-1])]  # the first entry was its beginning
+
+
+def idle(engine: Engine) -> None:
+    for _ in range(TIMEOUT * 100):
+        if not engine.active and not engine.waiting:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the engine did not finish its sequences")
+
+
+def test_the_prefix_cache_keeps_to_its_bytes_dropping_the_least_recently_used():
+    from gpt2_llm.serve.prefix import PrefixCache
+
+    def kv(n):  # one layer, 2 heads of 4 channels: 2 x 2 x 4 x 4 bytes per position
+        return [(torch.full((2, n, 4), float(n)), torch.full((2, n, 4), -float(n)))]
+
+    cache = PrefixCache(max_bytes=64 * 60)  # 60 positions
+    cache.add(list(range(20)), kv(20))
+    cache.add(list(range(100, 120)), kv(20))
+    assert cache.longest(list(range(30)))[0] == 20  # the first is now the most recent
+    cache.add(list(range(200, 230)), kv(30))  # 70 positions: the least recent (range(100, 120)) goes
+    assert list(cache.entries) == [tuple(range(20)), tuple(range(200, 230))] and cache.bytes == 64 * 50
+    n, reused = cache.longest(list(range(15)) + [7] * 10)
+    assert (n, reused) == (0, None)  # 15 shared tokens: below MIN_REUSE
+    n, reused = cache.longest(list(range(18)) + [7])
+    assert n == 18 and torch.equal(reused[0][0], torch.full((2, 18, 4), 20.0))
+    cache.add(list(range(20)) + [5] * 50, kv(70))  # 70 positions > 60: too large to keep
+    assert cache.bytes == 64 * 50

@@ -476,6 +476,21 @@ def test_top_logprobs_needs_logprobs(server):
     assert code == 400 and payload["error"]["param"] == "top_logprobs"
 
 
+def test_a_chats_next_turn_reuses_its_beginning_and_says_so_in_metrics(checkpoint, server):
+    system = {"role": "system", "content": "You answer in verse."}
+    turn = [system, {"role": "user", "content": "Who are you?"}]
+    with running(checkpoint, prefix_cache_mb=16) as (base, _):
+        first = request(base, "POST", "/v1/chat/completions", {"messages": turn, "max_tokens": 6, "temperature": 0})[2]
+        answer = first["choices"][0]["message"]["content"]
+        wait_until(lambda: metric(base, "gpt2_prefix_cache_bytes") > 0, "the first turn's keys to be kept")
+        turn += [{"role": "assistant", "content": answer}, {"role": "user", "content": "And then?"}]
+        body = {"messages": turn, "max_tokens": 8, "temperature": 0}
+        second = request(base, "POST", "/v1/chat/completions", body)[2]["choices"][0]["message"]["content"]
+        assert metric(base, "gpt2_prefix_cache_hits_total") == 1
+        assert metric(base, "gpt2_prefix_cache_reused_tokens_total") >= 20
+    assert second == request(server, "POST", "/v1/chat/completions", body)[2]["choices"][0]["message"]["content"]
+
+
 # ---- faults and bounds ---------------------------------------------------------------------------
 
 
