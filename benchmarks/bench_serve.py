@@ -5,6 +5,12 @@ cannot start offline, transformers' `generate` called per request from as many c
     python benchmarks/bench_serve.py                 # both servers, the table for BENCHMARKS.md
     python benchmarks/bench_serve.py --ours-only
     python benchmarks/bench_serve.py --lone          # one client against predict's own speed (issue 30)
+    python benchmarks/bench_serve.py --prefix        # a 4-turn chat's time to first token, prefix reuse on/off
+
+--prefix: a chat of 4 turns that ends near the context (an ~85-token system prompt, ~12-token user
+turns, 16-token answers), streamed through /v1/chat/completions as the page sends it (the whole
+history each turn), against `serve` with --prefix-cache-mb 0 and with the default; the time to the
+first token of turns 2-4, medians over --rounds chats with different system prompts.
 
 --lone: GPT2.generate's tokens/s (what `main.py predict` runs), greedy, 160 new tokens, then the
 server with 1 and with 8 clients (3 requests each of 160 greedy tokens), by default and with
@@ -172,10 +178,13 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default 64)")
     parser.add_argument("--ours-only", action="store_true", help="skip transformers serve")
     parser.add_argument("--lone", action="store_true", help="one client against predict's speed, 8 against one")
+    parser.add_argument("--prefix", action="store_true", help="a 4-turn chat's time to first token, prefix reuse on/off")
     parser.add_argument("--rounds", type=int, default=3, help="--lone: measurements of each (default 3)")
     args = parser.parse_args()
     if args.lone:
         return bench_lone(args.rounds)
+    if args.prefix:
+        return bench_prefix(args.rounds)
     levels = [int(x) for x in args.levels.split(",")]
     import torch
 
@@ -250,6 +259,67 @@ def bench_lone(rounds: int) -> None:
             one, eight = medians[f"serve{flags}, 1 client(s)"], medians[f"serve{flags}, 8 client(s)"]
             print(f"serve{flags}: 1 client / predict {one / predict:.2f} (bar >= 0.8), 8 clients / 1 client "
                   f"{eight / one:.2f} (bar >= 3)")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def chat_turn(port: int, messages: list[dict]) -> tuple[float, str]:
+    """One streamed chat turn: (seconds to its first content, the answer)."""
+    body = json.dumps({"model": "mini.pt", "messages": messages, "max_tokens": 16, "temperature": 0, "stream": True})
+    start = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}: {response.read()[:300]!r}")
+    first, answer = None, ""
+    for line in response:
+        if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
+            delta = (json.loads(line[6:]).get("choices") or [{}])[0].get("delta", {})
+            if delta.get("content"):
+                first = first or time.perf_counter() - start
+                answer += delta["content"]
+    conn.close()
+    return first, answer
+
+
+def bench_prefix(rounds: int) -> None:
+    """Time to first token of a chat's turns 2-4, with and without prefix reuse."""
+    import statistics
+
+    folder = Path(tempfile.mkdtemp(prefix="bench_serve_"))
+    words = "the king of the castle rode out at dawn with his men and his horses to the".split()
+    try:
+        checkpoint = make_model(folder)
+        for megabytes in ("0", "256"):
+            port = free_port()
+            command = [sys.executable, "main.py", "serve", str(checkpoint), "--port", str(port),
+                       "--prefix-cache-mb", megabytes]  # fmt: skip
+            log = tempfile.TemporaryFile()
+            process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log)
+            try:
+                wait_ready(port, "/health", process)
+                chat_turn(port, [{"role": "user", "content": "warm up"}])
+                ttfts = {2: [], 3: [], 4: []}
+                for r in range(rounds):
+                    system = " ".join(words[(i * 7 + r) % len(words)] for i in range(80))  # about 85 tokens
+                    messages = [{"role": "system", "content": system}]
+                    for turn in range(1, 5):
+                        question = " ".join(words[(turn * 5 + i + r) % len(words)] for i in range(10))
+                        messages.append({"role": "user", "content": question})
+                        ttft, answer = chat_turn(port, messages)
+                        messages.append({"role": "assistant", "content": answer})
+                        if turn > 1:
+                            ttfts[turn].append(ttft)
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                conn.request("POST", "/tokenize", json.dumps({"messages": messages[:-1]}), {"Content-Type": "application/json"})
+                last = json.loads(conn.getresponse().read())["count"]
+                line = ", ".join(f"turn {t} {statistics.median(v) * 1e3:.0f} ms" for t, v in ttfts.items())
+                print(f"--prefix-cache-mb {megabytes}: time to first token {line} ({rounds} chats; the 4th turn's "
+                      f"prompt {last} tokens of the context's 256)", flush=True)
+            finally:
+                process.terminate()
+                process.wait(30)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
