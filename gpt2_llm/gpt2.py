@@ -123,6 +123,16 @@ class GPT2(nn.Module):
         the block again in the backward pass (gradient checkpointing: less memory, the same result).
         """
         B, T = ids.shape
+        logits = self.lm_head(self.hidden_states(ids, recompute))  # (B, T, padded vocab)
+        loss = None
+        if targets is not None:
+            loss = cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), self.config.vocab_size, label_smoothing)
+        return logits[..., : self.config.vocab_size], loss
+
+    def hidden_states(self, ids: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+        """ids (B, T) -> the final norm's output (B, T, C): what the head reads (and a classifier's
+        head, classifier.py)."""
+        T = ids.size(1)
         if T > self.config.block_size:
             raise UserError(f"{T} tokens do not fit the context of {self.config.block_size} (--context)")
         if ids.device.type == "cpu" and not torch.compiler.is_compiling():
@@ -130,12 +140,7 @@ class GPT2(nn.Module):
             # would make the host wait every step: there the callers check (generate checks its
             # prompt; the trainer reads ids its own tokenizer made).
             self._check_ids(ids)
-        x = self.ln_f(self.decoder(self._embed(ids, 0), recompute=recompute))
-        logits = self.lm_head(x)  # (B, T, padded vocab)
-        loss = None
-        if targets is not None:
-            loss = cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), self.config.vocab_size, label_smoothing)
-        return logits[..., : self.config.vocab_size], loss
+        return self.ln_f(self.decoder(self._embed(ids, 0), recompute=recompute))
 
     # ---- generation --------------------------------------------------------------------------
     #
