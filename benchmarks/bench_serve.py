@@ -12,7 +12,8 @@ turns, 16-token answers), streamed through /v1/chat/completions as the page send
 history each turn), against `serve` with --prefix-cache-mb 0 and with the default; the time to the
 first token of turns 2-4, medians over --rounds chats with different system prompts.
 
---lone: GPT2.generate's tokens/s (what `main.py predict` runs), greedy, 160 new tokens, then the
+--lone: GPT2.generate's tokens/s (what `main.py predict` runs), greedy, 160 new tokens; the
+engine alone (no HTTP) with 1 and 8 sequences, and one decode_step's time at 1 to 16 rows; then the
 server with 1 and with 8 clients (3 requests each of 160 greedy tokens), by default and with
 --batch-invariant, in turns, --rounds times; medians, and the ratios the issue asks for (one
 client against predict, eight clients' total against one).
@@ -90,25 +91,27 @@ def wait_ready(port: int, path: str, process: subprocess.Popen, seconds: float =
     raise RuntimeError("the server did not get ready in time")
 
 
-def one_request(port: int, model: str, prompt: str, max_tokens: int, seed: int) -> list[float]:
-    """Send one streaming completion; return the arrival time of each chunk that carries text
-    (the first one is measured from the request's start: index 0 is the start itself)."""
-    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
-                       "temperature": 1.0, "seed": seed})  # fmt: skip
+def streamed(port: int, path: str, body: dict):
+    """POST a streaming request; yield (arrival time, first choice) of each event, the request's
+    start time first (with None)."""
     start = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    conn.request("POST", path, json.dumps({**body, "stream": True}), {"Content-Type": "application/json"})
     response = conn.getresponse()
     if response.status != 200:
         raise RuntimeError(f"HTTP {response.status}: {response.read()[:300]!r}")
-    times = [start]
+    yield start, None
     for line in response:
         if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
-            choices = json.loads(line[6:]).get("choices") or [{}]
-            if choices[0].get("text"):
-                times.append(time.perf_counter())
+            yield time.perf_counter(), (json.loads(line[6:]).get("choices") or [{}])[0]
     conn.close()
-    return times
+
+
+def one_request(port: int, model: str, prompt: str, max_tokens: int, seed: int) -> list[float]:
+    """Send one streaming completion; return the arrival time of each chunk that carries text
+    (the first one is measured from the request's start: index 0 is the start itself)."""
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 1.0, "seed": seed}
+    return [at for at, choice in streamed(port, "/v1/completions", body) if choice is None or choice.get("text")]
 
 
 def run_clients(request, clients: int, requests_each: int, max_tokens: int) -> dict:
@@ -231,6 +234,57 @@ print(160 / sorted(times)[1])
 """
 
 
+ENGINE_ALONE = """
+import queue, sys, threading, time, torch
+sys.path.insert(0, ".")
+from bpe import BPE
+from gpt2_llm import load
+from gpt2_llm.serve.engine import Engine, SamplingParams, Sequence
+box = {}  # loaded in a thread, as the server loads it: the main thread runs no parallel torch work
+threading.Thread(target=lambda: box.update(loaded=load(sys.argv[1]))).start()
+while "loaded" not in box:
+    time.sleep(0.1)
+model = box["loaded"].model.eval()
+tokenizer = BPE.from_text(box["loaded"].checkpoint["tokenizer"]["text"])
+
+def engine_rates(out):
+    engine = Engine(model, tokenizer, max_batch=16)
+    engine.start()
+    for clients in (1, 1, 8):  # the first is a warm-up
+        boxes = [queue.Queue() for _ in range(clients)]
+        seqs = [Sequence(tokenizer.encode(f"Request number {i}: tell me a story about"),
+                         SamplingParams(max_tokens=160, temperature=0), b.put) for i, b in enumerate(boxes)]
+        start = time.perf_counter()
+        engine.submit(seqs)
+        for b in boxes:
+            while not b.get(timeout=300).finish_reason:
+                pass
+        out[clients] = clients * 160 / (time.perf_counter() - start)
+    engine.stop()
+
+def step_ms(rows):  # one decode_step of `rows` rows, milliseconds
+    with torch.inference_mode():
+        cache = model.new_cache(16)
+        for r in range(rows):
+            model.prefill(torch.randint(0, 50000, (1, 12 + r)), cache, rows=[r])
+        ids = torch.randint(0, 50000, (rows,))
+        times = []
+        for _ in range(35):
+            start = time.perf_counter()
+            model.decode_step(ids, cache)
+            times.append(time.perf_counter() - start)
+            for r in range(rows):
+                cache.lengths[r] -= 1
+        return sorted(times[5:])[15] * 1e3
+
+rates, steps = {}, {}
+worker = threading.Thread(target=lambda: (engine_rates(rates), steps.update({n: step_ms(n) for n in (1, 2, 4, 8, 16)})))
+worker.start()
+worker.join()
+print(rates[1], rates[8], *steps.values())
+"""
+
+
 def bench_lone(rounds: int) -> None:
     """predict's tokens/s, then the server's with 1 and 8 clients, by default and --batch-invariant."""
     import statistics
@@ -243,6 +297,12 @@ def bench_lone(rounds: int) -> None:
             out = subprocess.run([sys.executable, "-c", GENERATE, str(checkpoint)], cwd=ROOT, check=True,
                                  capture_output=True, text=True)  # fmt: skip
             results.setdefault("predict (generate), 160 greedy tokens", []).append(float(out.stdout.split()[-1]))
+            alone = subprocess.run([sys.executable, "-c", ENGINE_ALONE, str(checkpoint)], cwd=ROOT, check=True,
+                                   capture_output=True, text=True).stdout.split()  # fmt: skip
+            results.setdefault("the engine alone, no HTTP, 1 sequence", []).append(float(alone[0]))
+            results.setdefault("the engine alone, no HTTP, 8 sequences", []).append(float(alone[1]))
+            for rows, ms in zip((1, 2, 4, 8, 16), alone[2:]):
+                results.setdefault(f"one decode_step of {rows} row(s), ms", []).append(float(ms))
             for flags in ([], ["--batch-invariant"]):
                 port = free_port()
                 command = [sys.executable, "main.py", "serve", str(checkpoint), "--port", str(port), "--max-batch", "16",
@@ -254,7 +314,8 @@ def bench_lone(rounds: int) -> None:
         medians = {name: statistics.median(v) for name, v in results.items()}
         predict = medians["predict (generate), 160 greedy tokens"]
         for name, value in medians.items():
-            print(f"{name}: {value:.1f} tokens/s (runs: {', '.join(f'{v:.1f}' for v in results[name])})")
+            unit = "" if name.endswith("ms") else " tokens/s"
+            print(f"{name}: {value:.1f}{unit} (runs: {', '.join(f'{v:.1f}' for v in results[name])})")
         for flags in ("", " --batch-invariant"):
             one, eight = medians[f"serve{flags}, 1 client(s)"], medians[f"serve{flags}, 8 client(s)"]
             print(f"serve{flags}: 1 client / predict {one / predict:.2f} (bar >= 0.8), 8 clients / 1 client "
@@ -265,21 +326,15 @@ def bench_lone(rounds: int) -> None:
 
 def chat_turn(port: int, messages: list[dict]) -> tuple[float, str]:
     """One streamed chat turn: (seconds to its first content, the answer)."""
-    body = json.dumps({"model": "mini.pt", "messages": messages, "max_tokens": 16, "temperature": 0, "stream": True})
-    start = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
-    response = conn.getresponse()
-    if response.status != 200:
-        raise RuntimeError(f"HTTP {response.status}: {response.read()[:300]!r}")
-    first, answer = None, ""
-    for line in response:
-        if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
-            delta = (json.loads(line[6:]).get("choices") or [{}])[0].get("delta", {})
-            if delta.get("content"):
-                first = first or time.perf_counter() - start
-                answer += delta["content"]
-    conn.close()
+    body = {"model": "mini.pt", "messages": messages, "max_tokens": 16, "temperature": 0}
+    start, first, answer = None, None, ""
+    for at, choice in streamed(port, "/v1/chat/completions", body):
+        content = (choice or {}).get("delta", {}).get("content")
+        if choice is None:
+            start = at
+        elif content:
+            first = first or at - start
+            answer += content
     return first, answer
 
 

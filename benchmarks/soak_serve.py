@@ -24,7 +24,6 @@ import http.client
 import json
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench_serve import free_port  # noqa: E402  (beside this script)
 
 CLIENTS = 8
 MAX_REQUESTS = 100_000  # per client, whatever the duration
@@ -73,12 +73,6 @@ def make_model(folder: Path) -> Path:
     save_checkpoint(path, {"model_config": asdict(model.config), "model": model.state_dict(),
                            "tokenizer": {"text": tokenizer.to_text(), "hash": tokenizer.hash}})  # fmt: skip
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float | None:

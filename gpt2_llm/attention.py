@@ -71,10 +71,8 @@ class KVCache:
         """Store k, v (R, nkv, T, hs) of the cache rows `rows` at positions lengths[r] onward.
         T > 1 new tokens (a prompt) go into one row at any length, or into several empty rows; one
         token goes into any rows."""
-        if self.k[layer] is None:
-            shape = (len(self.lengths), k.size(1), self.max_len, k.size(3))
-            self.k[layer], self.v[layer] = k.new_zeros(shape), v.new_zeros(shape)
-        keys, values, T = self.k[layer], self.v[layer], k.size(2)
+        keys, values = self._storage(layer, k)
+        T = k.size(2)
         if len(rows) == 1:  # slices, no index tensors: generate() at batch 1, and every prompt the server reads
             row = rows[0]
             start = self.lengths[row]
@@ -105,11 +103,16 @@ class KVCache:
         """Row takes these keys and values (keys_values' shape) as its first positions; its length is theirs."""
         length = keys_values[0][0].size(1)
         for layer, (k, v) in enumerate(keys_values):
-            if self.k[layer] is None:
-                shape = (len(self.lengths), k.size(0), self.max_len, k.size(2))
-                self.k[layer], self.v[layer] = k.new_zeros(shape), v.new_zeros(shape)
-            self.k[layer][row, :, :length], self.v[layer][row, :, :length] = k, v
+            keys, values = self._storage(layer, k.unsqueeze(0))
+            keys[row, :, :length], values[row, :, :length] = k, v
         self.lengths[row] = length
+
+    def _storage(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's keys and values, made at its first write from the shape and dtype of `like` (R, nkv, T, hs)."""
+        if self.k[layer] is None:
+            shape = (len(self.lengths), like.size(1), self.max_len, like.size(3))
+            self.k[layer], self.v[layer] = like.new_zeros(shape), like.new_zeros(shape)
+        return self.k[layer], self.v[layer]
 
     @torch.inference_mode()  # the tensors were made by the model's prefill and decode_step, in inference mode
     def move(self, src: int, dst: int) -> None:

@@ -155,12 +155,14 @@ class GPT2(nn.Module):
         return KVCache(self.config.n_layer, rows, self.config.block_size)
 
     @torch.inference_mode()
-    def prefill(self, ids: torch.Tensor, cache: KVCache, rows: list[int] | None = None, start: int = 0) -> torch.Tensor:
+    def prefill(self, ids: torch.Tensor, cache: KVCache, rows: list[int] | None = None, start: int = 0,
+                every_position: bool = False) -> torch.Tensor:  # fmt: skip
         """Read prompts ids (R, T) into the cache rows `rows` (default 0 .. R-1), filling them again
-        from position `start`; return the logits of each prompt's next token (R, vocab). A prompt
-        longer than the context is an error here (callers keep its end). start > 0 (one row): the
-        row's first `start` positions already hold the keys of the prompt's beginning (KVCache.load,
-        a reused prefix) and ids are the rest of it."""
+        from position `start`; return the logits of each prompt's next token (R, vocab), or with
+        every_position those after each of its tokens (R, T, vocab: what scoring a prompt needs). A
+        prompt longer than the context is an error here (callers keep its end). start > 0 (one
+        row): the row's first `start` positions already hold the keys of the prompt's beginning
+        (KVCache.load, a reused prefix) and ids are the rest of it."""
         R, T = ids.shape
         rows = list(range(R)) if rows is None else list(rows)
         if start + T > self.config.block_size:
@@ -171,7 +173,7 @@ class GPT2(nn.Module):
         self._check_ids(ids)
         for r in rows:
             cache.lengths[r] = start
-        return self._next_logits(ids, start, cache, rows)
+        return self._next_logits(ids, start, cache, rows, every_position=every_position)
 
     @torch.inference_mode()
     def decode_step(self, ids: torch.Tensor, cache: KVCache, min_rows: int | None = None,
@@ -200,9 +202,9 @@ class GPT2(nn.Module):
         return self._next_logits(ids.reshape(R, 1), start, cache, rows, max(R, min_rows or 0))
 
     def _next_logits(self, ids: torch.Tensor, start: int | torch.Tensor, cache: KVCache, rows: list[int],
-                     product_rows: int = 0) -> torch.Tensor:  # fmt: skip
+                     product_rows: int = 0, every_position: bool = False) -> torch.Tensor:  # fmt: skip
         """The shared body of prefill and decode_step: ids (R, T) in at positions `start` (or each
-        row's own, (R,)), in eval mode; the last position's logits (R, vocab) out."""
+        row's own, (R,)), in eval mode; the last position's logits (R, vocab) out, or every one's."""
         was_training = self.training
         if was_training:  # switched only when needed: walking every module costs as much as a token
             self.eval()
@@ -211,7 +213,7 @@ class GPT2(nn.Module):
             if product_rows > x.size(0):  # padding rows (see decode_step)
                 x = torch.cat((x, x.new_zeros(product_rows - x.size(0), *x.shape[1:])))
             x = self.decoder(x, cache, rows)
-            logits = self.ln_f(x[:, -1]) @ self._head_matrix(x.device)  # only the last position predicts
+            logits = self.ln_f(x if every_position else x[:, -1]) @ self._head_matrix(x.device)  # usually the last alone
             cache.advance(rows, ids.size(1))  # last: a step that raised can be taken again
             return logits if product_rows <= len(rows) else logits[: len(rows)]
         finally:
@@ -298,11 +300,9 @@ class GPT2(nn.Module):
         (over the tokens each row has made) and logit_bias ({token id: added logit}) change the
         logits (generation.penalize). Stops early once every row has made stop_token.
         """
-        sampling = {"temperature": 0.0 if greedy else temperature, "top_k": top_k, "top_p": top_p,
-                    "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty,
-                    "logit_bias": logit_bias}  # fmt: skip
-        prompt = self._prepare_prompt(ids, max_new_tokens, {**sampling, "temperature": temperature}, stop_token)
-        steps = self._generate_steps(prompt, max_new_tokens, sampling, stop_token, seed)
+        prompt, steps = self._start_generation(ids, max_new_tokens, stop_token, seed, greedy, temperature=temperature,
+                                               top_k=top_k, top_p=top_p, presence_penalty=presence_penalty,
+                                               frequency_penalty=frequency_penalty, logit_bias=logit_bias)  # fmt: skip
         out = torch.cat([prompt, *(token.unsqueeze(1) for token in steps)], dim=1)  # (B, T + new)
         if isinstance(ids, torch.Tensor):
             return out if ids.dim() == 2 else out[0]
@@ -313,14 +313,20 @@ class GPT2(nn.Module):
                         greedy: bool = False, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                         logit_bias: dict[int, float] | None = None) -> Iterator[int]:  # fmt: skip
         """generate() for one prompt, yielding each new token id as soon as it is made."""
-        sampling = {"temperature": 0.0 if greedy else temperature, "top_k": top_k, "top_p": top_p,
-                    "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty,
-                    "logit_bias": logit_bias}  # fmt: skip
-        prompt = self._prepare_prompt(ids, max_new_tokens, {**sampling, "temperature": temperature}, stop_token)
+        prompt, steps = self._start_generation(ids, max_new_tokens, stop_token, seed, greedy, temperature=temperature,
+                                               top_k=top_k, top_p=top_p, presence_penalty=presence_penalty,
+                                               frequency_penalty=frequency_penalty, logit_bias=logit_bias)  # fmt: skip
         if prompt.size(0) != 1:
             raise UserError(f"generate_stream takes one prompt, got a batch of {prompt.size(0)}")
-        for token in self._generate_steps(prompt, max_new_tokens, sampling, stop_token, seed):
+        for token in steps:
             yield token.item()
+
+    def _start_generation(self, ids, max_new_tokens: int, stop_token, seed, greedy: bool, **sampling):
+        """generate()'s and generate_stream()'s arguments checked: (the prompt (B, T), its steps)."""
+        prompt = self._prepare_prompt(ids, max_new_tokens, sampling, stop_token)
+        if greedy:
+            sampling["temperature"] = 0.0
+        return prompt, self._generate_steps(prompt, max_new_tokens, sampling, stop_token, seed)
 
     def with_changes(self, dropout: float | None = None, attn_dropout: float | None = None,
                      block_size: int | None = None) -> "GPT2":

@@ -36,7 +36,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -167,7 +167,7 @@ class Sampling(Strict):
     stream_options: StreamOptions | None = None
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = Field(None, max_length=MAX_BIAS)  # token id (as a string) -> bias
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(None, max_length=MAX_BIAS)  # id -> bias
 
 
 class CompletionRequest(Sampling):
@@ -557,10 +557,7 @@ def logit_bias_of(body: Sampling, vocab_size: int) -> dict[int, float] | None:
     for key, value in body.logit_bias.items():
         if not key.isdigit() or int(key) >= vocab_size:
             raise ApiError(400, f"logit_bias: {key!r} is not a token id (0 to {vocab_size - 1})", param="logit_bias")
-        if not -100.0 <= value <= 100.0:
-            raise ApiError(400, f"logit_bias: the bias of token {key} must be between -100 and 100, got {value}",
-                           param="logit_bias")  # fmt: skip
-        bias[int(key)] = value
+        bias[int(key)] = value  # its range is the schema's
     return bias
 
 
@@ -693,7 +690,8 @@ async def stream_events(request: Request, sequences: list[Sequence], events: asy
                 yield sse({"error": {"message": message, "type": kind, "param": None,
                                      "code": "generation_failed" if event.error else None}})  # fmt: skip
                 break
-            text, logprobs = reply.add(index, sequences[index], event)
+            text, entries, offset = reply.add(index, sequences[index], event)
+            logprobs = reply.shape_logprobs(entries, offset) if reply.with_logprobs else None
             if text or logprobs or event.finish_reason:
                 content = {"content": text} if text else {}
                 yield sse(reply.chunk(index, content if reply.chat else text, event.finish_reason, logprobs))
@@ -726,17 +724,17 @@ class Reply:
         self.texts: dict[int, str] = {}
         self.logprobs: dict[int, list] = {}
 
-    def add(self, index: int, seq: Sequence, event: Event) -> tuple[str, dict | None]:
-        """Take an event of choice `index`: (its text, its log-probabilities in OpenAI's shape or None)."""
+    def add(self, index: int, seq: Sequence, event: Event) -> tuple[str, list, int]:
+        """Take an event of choice `index`: (its text, its TokenLogprobs, where that text starts in the choice's)."""
         text, entries = event.text, list(event.logprobs)
         if index not in self.texts:  # the choice's first event: the echoed prompt goes before it
             self.texts[index], self.logprobs[index] = "", []
             if self.echo is not None:
                 text, entries = self.echo[index] + text, (seq.prompt_logprobs or []) + entries
-        shown = self.shape_logprobs(entries, len(self.texts[index])) if self.with_logprobs else None
+        offset = len(self.texts[index])
         self.texts[index] += text
         self.logprobs[index] += entries
-        return text, shown
+        return text, entries, offset
 
     def shape_logprobs(self, entries: list, offset: int) -> dict:
         """TokenLogprobs in OpenAI's shape: chat's {"content": [...]}, or completions' four lists."""

@@ -277,12 +277,15 @@ class Engine:
             self.active.append(seq)
             try:
                 ids = torch.tensor([seq.prompt], dtype=torch.long, device=self.device)
-                reused, keys_values = self.prefix.longest(seq.prompt) if self.prefix else (0, None)
+                scored = seq.params.prompt_logprobs is not None  # needs every position: nothing reused
+                reused, keys_values = self.prefix.longest(seq.prompt) if self.prefix and not scored else (0, None)
                 if keys_values is not None:  # the prompt's beginning as an earlier sequence left it
                     self.cache.load(row, keys_values)
-                logits = self.model.prefill(ids[:, reused:], self.cache, rows=[row], start=reused)[0]  # (vocab,)
+                logits = self.model.prefill(ids[:, reused:], self.cache, rows=[row], start=reused,
+                                            every_position=scored)[0]  # (vocab,), or (T, vocab) when scored
                 self.stats.prompt_tokens += len(seq.prompt)
-                self._start(seq, ids)
+                self._start(seq, logits if scored else None)
+                logits = logits[-1] if scored else logits
                 finished = self._finish(seq, "length") if seq.params.max_tokens == 0 else self._take_token(seq, logits)
             except Exception as e:  # noqa: BLE001 -- this request's fault: it ends, the others go on
                 finished = self._failed(seq, e)
@@ -321,16 +324,16 @@ class Engine:
         self.stats.finished["error"] += 1
         self._emit(seq, Event("", len(seq.tokens), "error", error=message))
 
-    def _start(self, seq: Sequence, ids: torch.Tensor) -> None:
-        """What a sequence needs beside its cache row: its penalties' state, its prompt's log-probabilities."""
+    def _start(self, seq: Sequence, prompt_logits: torch.Tensor | None) -> None:
+        """What a sequence needs beside its cache row: its penalties' state, its prompt's
+        log-probabilities (from the logits after each prompt token, (T, vocab), when asked for)."""
         p, vocab_size = seq.params, self.model.config.vocab_size
         if p.presence_penalty or p.frequency_penalty:
             seq.counts = torch.zeros(1, vocab_size, device=self.device)
         seq.bias = bias_vector(p.logit_bias, vocab_size, self.device)
-        if p.prompt_logprobs is not None:  # the whole prompt's logits: a forward pass of its own
-            logits = self.model(ids)[0][0, :-1]  # (T - 1, vocab): position t predicts token t + 1
+        if prompt_logits is not None:  # position t predicts token t + 1
             seq.prompt_logprobs = [TokenLogprob(seq.prompt[0], None, []),
-                                   *token_logprobs(logits, seq.prompt[1:], p.prompt_logprobs)]  # fmt: skip
+                                   *token_logprobs(prompt_logits[:-1], seq.prompt[1:], p.prompt_logprobs)]  # fmt: skip
 
     def _take_token(self, seq: Sequence, logits: torch.Tensor) -> bool:
         """Sample the sequence's next token, send its text; True when the sequence is finished."""
