@@ -1,36 +1,179 @@
-"""A GPT that classifies texts (issue 31, second step): the language model's head replaced by one
-row per class, read at each text's last token.
+"""A GPT that classifies texts (issue 31): the language model's head replaced by one row per class,
+read at each text's last token.
 
-    ids (B, T), right-padded --GPT2.hidden_states--> (B, T, C) --the last real token of each row--> (B, C)
-        --score (classes x C, no bias)--> logits (B, classes)
+    ids (B, T), right-padded with pad_id --GPT2.hidden_states--> (B, T, C)
+        --the last token that is not pad_id, per row--> (B, C) --score (classes x C, no bias)--> logits (B, classes)
 
 Causal attention means a token sees only those before it, so the last real token of a text has
 read all of it, and the padding after it changes nothing. This is transformers'
-GPT2ForSequenceClassification (its `score` layer, pooled at the last token that is not the pad
-token), so the two give the same logits for the same weights (a test). Not yet trained or served
-by the command line: that is the next step of issue 31.
+GPT2ForSequenceClassification (its `score` layer, pooled at the rightmost token that is not the
+pad token), so the two give the same logits for the same weights (a test). Texts are encoded
+without special tokens, so a text's own tokens are never the pad token (<|endoftext|>).
+
+In a checkpoint the language model stays under "model" (as any checkpoint holds it), and the
+classifier's own part is "classifier": {"names": class names in label order, "pad_id", "score"}.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
+from basics import UserError
+
+from .data import DataError, InstructionBatches
 from .gpt2 import GPT2
+from .hardware import autocast
+from .labelled import Labelled
 
 
 class GPT2Classifier(nn.Module):
-    def __init__(self, gpt: GPT2, classes: int):
+    def __init__(self, gpt: GPT2, names: list[str] | int, pad_id: int = 0):
         super().__init__()
-        if classes < 2:
-            raise ValueError(f"a classifier needs two or more classes, got {classes}")
-        self.gpt = gpt
-        self.score = nn.Linear(gpt.config.n_embd, classes, bias=False)
+        names = [str(i) for i in range(names)] if isinstance(names, int) else list(names)
+        if len(names) < 2:
+            raise ValueError(f"a classifier needs two or more classes, got {len(names)}")
+        self.gpt, self.names, self.pad_id = gpt, names, pad_id
+        if not gpt.config.tie_embeddings:
+            gpt.lm_head.weight.requires_grad_(False)  # the language model's head: kept, not used
+        self.score = nn.Linear(gpt.config.n_embd, len(names), bias=False)
         nn.init.normal_(self.score.weight, std=0.02)  # as the language model's layers are drawn
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """ids (B, T), each row's text followed by padding to T; lengths (B,) the real tokens of each
-        row (default: all T) -> logits (B, classes) at each row's last real token."""
-        hidden = self.gpt.hidden_states(ids)  # (B, T, C)
-        last = hidden[:, -1] if lengths is None else hidden[torch.arange(ids.size(0), device=ids.device), lengths - 1]
-        return self.score(last)
+    @property
+    def config(self):
+        return self.gpt.config
+
+    def num_parameters(self) -> int:
+        """The language model's parameters without its head (a classifier does not use it), plus the score."""
+        c = self.config
+        head = 0 if c.tie_embeddings else c.vocab_size * c.n_embd
+        return self.gpt.num_parameters() - head + self.score.weight.numel()
+
+    def flops_per_token(self) -> int:
+        """The language model's FLOPs per token less its head's (the score reads one position a text)."""
+        return self.gpt.flops_per_token() - 6 * self.config.vocab_size * self.config.n_embd
+
+    def last_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B,) each row's rightmost token that is not the pad token (0 for a row of padding alone)."""
+        positions = torch.arange(ids.size(1), device=ids.device)
+        return (positions * (ids != self.pad_id)).argmax(dim=1)
+
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None, *, label_smoothing: float = 0.0,
+                recompute: bool = False):  # fmt: skip
+        """ids (B, T) right-padded with pad_id -> (logits (B, classes), mean cross-entropy against
+        the labels targets (B,), or None)."""
+        hidden = self.gpt.hidden_states(ids, recompute)  # (B, T, C)
+        last = hidden[torch.arange(ids.size(0), device=ids.device), self.last_positions(ids)]
+        logits = self.score(last)
+        loss = None
+        if targets is not None:
+            loss = nn.functional.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+        return logits, loss
+
+    def train_last_blocks(self, blocks: int | None) -> None:
+        """Train only the last `blocks` blocks, the final norm and the score (None: everything)."""
+        if blocks is None:
+            return
+        layers = self.gpt.decoder.h
+        if not 0 <= blocks <= len(layers):
+            raise UserError(f"--train-blocks must be between 0 and the model's {len(layers)} blocks, got {blocks}")
+        for p in self.gpt.parameters():
+            p.requires_grad_(False)
+        for module in (*layers[len(layers) - blocks :], self.gpt.ln_f):
+            for p in module.parameters():
+                p.requires_grad_(True)
+
+    def trainable_parameters(self) -> int:
+        """Parameters that training changes, counted once each (padding rows of the embedding left out)."""
+        c = self.config
+        unique = {id(p): p for p in self.parameters() if p.requires_grad}.values()
+        padding = (c.padded_vocab_size - c.vocab_size) * c.n_embd if self.gpt.wte.weight.requires_grad else 0
+        return sum(p.numel() for p in unique) - padding
+
+    # ---- the checkpoint's parts ----------------------------------------------------------------
+
+    def checkpoint_entries(self, state: dict) -> dict:
+        """A state dict of this module (or of its moving average) as a checkpoint's "model" and "classifier"."""
+        gpt = {k.removeprefix("gpt."): v for k, v in state.items() if k.startswith("gpt.")}
+        return {"model": gpt, "classifier": {"names": self.names, "pad_id": self.pad_id, "score": state["score.weight"]}}
+
+    @classmethod
+    def from_checkpoint(cls, gpt: GPT2, stored, where: str) -> GPT2Classifier:
+        try:
+            names, pad_id, score = list(stored["names"]), int(stored["pad_id"]), stored["score"]
+            model = cls(gpt, [str(n) for n in names], pad_id)
+            model.score.weight.data.copy_(score)
+        except (KeyError, TypeError, ValueError, RuntimeError):
+            raise UserError(f"{where}: its classifier part is damaged (names, pad_id and a score of classes x "
+                            f"{gpt.config.n_embd})") from None
+        return model
+
+
+def pad_id_of(tokenizer) -> int:
+    """The padding token: <|endoftext|>, which no text encoded without special tokens holds."""
+    from bpe import ENDOFTEXT
+
+    pad = tokenizer.special_tokens.get(ENDOFTEXT)
+    if pad is None:
+        raise UserError(f"the tokenizer has no {ENDOFTEXT} token, which pads a classifier's texts: use a vocab "
+                        f"file made by this toolkit (they always have it)")
+    return pad
+
+
+class Encoded:
+    """Labelled texts as token ids (each cut to the context, its beginning kept) and labels; the
+    examples of LabelledBatches (InstructionBatches' interface: lengths, __len__, batch)."""
+
+    def __init__(self, data: Labelled, tokenizer, block_size: int):
+        ids = [tokenizer.encode_ordinary(text) for text in data.texts]
+        self.cut = sum(len(x) > block_size for x in ids)
+        self.ids = [x[:block_size] for x in ids]
+        self.labels = np.asarray(data.labels, dtype=np.int64)
+        self.lengths = np.asarray([len(x) for x in self.ids])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, indices, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x (b, L) right-padded with pad_id, L the longest; labels (b,))."""
+        x = np.full((len(indices), self.lengths[indices].max()), pad_id, dtype=np.int64)
+        for row, k in enumerate(indices):
+            x[row, : self.lengths[k]] = self.ids[k]
+        return torch.from_numpy(x), torch.from_numpy(self.labels[indices])
+
+
+class LabelledBatches(InstructionBatches):
+    """Endless batches of labelled examples, each epoch in a new order (see InstructionBatches)."""
+
+    KIND = "labelled"
+
+
+@torch.no_grad()
+def evaluate_classifier(model: GPT2Classifier, examples: Encoded, batch_size: int = 16,
+                        dtype: torch.dtype = torch.float32, dist=None) -> dict:  # fmt: skip
+    """Mean loss and accuracy over labelled examples (shortest first, so a batch pads little);
+    under torchrun each rank takes its share and the sums are added up."""
+    device = next(model.parameters()).device
+    ranks, rank = (1, 0) if dist is None else (dist.world_size, dist.rank)
+    order = np.argsort(examples.lengths, kind="stable")[rank::ranks]
+    was_training = model.training
+    model.eval()
+    total, right = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        x, y = examples.batch(order[start : start + batch_size], model.pad_id)
+        with autocast(device, dtype):
+            logits, loss = model(x.to(device), y.to(device))
+        total += loss.item() * len(y)
+        right += int((logits.argmax(-1).cpu() == y).sum())
+    model.train(was_training)
+    count = len(order)
+    if dist is not None:
+        total, right, count = dist.sum([total, right, count])
+    return {"val_loss": total / max(1, count), "val_accuracy": right / max(1, count)}
+
+
+def check_names(model: GPT2Classifier, names: list[str], where: str) -> None:
+    if list(model.names) != list(names):
+        raise DataError(f"{where} has the classes {', '.join(names)}; the model was trained on "
+                        f"{', '.join(model.names)}")

@@ -366,6 +366,16 @@ class TrainConfig:
                                        "a transformers folder or a hub name such as gpt2")
     mask_prompt: bool = _opt(True, 'instruction records: the loss is on the responses only (--no-mask-prompt: on '
                                    'every token but the padding)')
+    classify: bool = _opt(False, 'the input is labelled texts (JSONL with "text" and "label", or CSV / TSV): train a '
+                                 'classifier that reads each text and scores its classes at the last token',
+                          flag="--classify")
+    train_blocks: int | None = _opt(None, "classifier: train only the last N blocks, the final norm and the new head "
+                                          "(default: all of the model)")
+    text_column: str | None = _opt(None, "classifier: the texts' column of a CSV/TSV (a header's name or a 0-based "
+                                         "index) or a JSONL field (default: text)")
+    label_column: str | None = _opt(None, "classifier: the labels' column or field, as --text-column (default: label)")
+    balance: bool = _opt(False, "classifier: as many examples of each class as of the rarest (drawn with a fixed "
+                                "seed, before the split)", flag="--balance")
 
     def __post_init__(self):
         problems = []
@@ -409,6 +419,12 @@ class TrainConfig:
             problems.append(f"--device must be {DEVICE_NAMES}, got {self.device!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             problems.append(f"--dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.train_blocks is not None and self.train_blocks < 0:
+            problems.append(f"--train-blocks must be 0 or more, got {self.train_blocks}")
+        classifier_only = [f"--{n.replace('_', '-')}" for n in ("train_blocks", "text_column", "label_column", "balance")
+                           if getattr(self, n) not in (None, False)]
+        if classifier_only and not self.classify:
+            problems.append(f"{', '.join(classifier_only)} go{'es' * (len(classifier_only) == 1)} with --classify")
         if self.optimizer not in ("adamw", "muon"):
             problems.append(f"--optimizer must be adamw or muon, got {self.optimizer!r}")
         elif self.optimizer == "muon" and muon_missing():

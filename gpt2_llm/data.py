@@ -223,8 +223,9 @@ class Batches:
                 "position": self.position, "order": self.order}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("kind") == "instructions":
-            raise DataError("the checkpoint was trained on instruction records, not on text: continue it on them")
+        if "kind" in state:
+            raise DataError(f"the checkpoint was trained on {DATA_KINDS.get(state['kind'], state['kind'])}, not on "
+                            f"text: continue it on them")
         states = state.get("generators") or [state["generator"]]  # one generator before streams
         if len(states) != len(self.generators):
             raise DataError(f"the checkpoint's data position has {len(states)} batch streams, this run "
@@ -352,6 +353,9 @@ def split_records(conversations: list, val_fraction: float) -> tuple[list, list]
     return train, val
 
 
+DATA_KINDS = {"instructions": "instruction records", "labelled": "labelled texts"}  # a data position's "kind"
+
+
 @dataclass
 class Examples:
     """Encoded examples, concatenated: example k is x[starts[k]:starts[k+1]] with its targets y there."""
@@ -410,6 +414,7 @@ class InstructionBatches:
     """
 
     POOL = 1
+    KIND = "instructions"  # what a checkpoint's data position says it was trained on (see DATA_KINDS)
 
     def __init__(self, examples: Examples, batch_size: int, seed: int, pad_id: int, num_streams: int = 1,
                  mine=None):  # fmt: skip
@@ -457,11 +462,12 @@ class InstructionBatches:
         return self.epoch + self.position / len(self.plan)
 
     def state_dict(self) -> dict:
-        return {"kind": "instructions", "seed": self.seed, "epoch": self.epoch, "position": self.position}
+        return {"kind": self.KIND, "seed": self.seed, "epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("kind") != "instructions":
-            raise DataError("the checkpoint was trained on text, not on instruction records: continue it on text")
+        if state.get("kind") != self.KIND:
+            raise DataError(f"the checkpoint was trained on {DATA_KINDS.get(state.get('kind'), 'text')}, not on "
+                            f"{DATA_KINDS[self.KIND]}: continue it on what it was trained on")
         self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]
         self.plan = self._plan(self.epoch)
         if self.position > len(self.plan):

@@ -46,7 +46,7 @@ TRAINING_KEYS = ("optimizer", "train_config", "state", "rng", "tokenizer")
 class Loaded:
     """A loaded model (in eval mode, on the CPU unless asked otherwise) and what came with it."""
 
-    model: GPT2
+    model: GPT2  # or a GPT2Classifier (classifier.py), whose language model is model.gpt
     tokenizer: BPE | None  # None when the file holds weights only (checkpoint.save_model), or a folder has no tokenizer files
     path: Path  # the checkpoint file, or the folder (for a hub name: its snapshot in the cache)
     # Everything stored: optimizer, train_config, state, rng, data, ... For a folder: model_config,
@@ -57,6 +57,11 @@ class Loaded:
     # {"name": "alpaca" | "chat" | None, "jinja": a Jinja chat template}: stored by a run trained on
     # instructions, or a folder's own template (its name unknown); None without one.
     chat_template: dict | None = None
+
+    @property
+    def classes(self) -> list[str] | None:
+        """A classifier's class names, in label order; None for a language model."""
+        return getattr(self.model, "names", None)
 
     @property
     def can_resume(self) -> bool:
@@ -84,6 +89,10 @@ def load_checkpoint_file(path: Path, device: str | torch.device = "cpu") -> Load
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
     model = build_model(config, checkpoint["model"], f"{path}: its weights do not fit its model config")
+    if "classifier" in checkpoint:  # a classifier's own part beside its language model (classifier.py)
+        from .classifier import GPT2Classifier
+
+        model = GPT2Classifier.from_checkpoint(model, checkpoint["classifier"], str(path))
     tokenizer = read_tokenizer(checkpoint, path, config)
     chat_template = read_chat_template(checkpoint, path)
     return Loaded(model.to(device).eval(), tokenizer, path, checkpoint, "checkpoint", str(path), chat_template)

@@ -225,7 +225,10 @@ def new_run(asked: Asked, ranks: Distributed, say: Callable, started: float) -> 
         tokenizer = found or learn_run_vocab(asked, planned.vocab_size, train_config, config.block_size, say)
         ranks.barrier()
     seed_everything(train_config.seed)
-    trainer = Trainer(GPT2(replace(config, vocab_size=tokenizer.vocab_size)), tokenizer, train_config)
+    model = GPT2(replace(config, vocab_size=tokenizer.vocab_size))
+    if train_config.classify:
+        model = classifier_for(model, asked, train_config, tokenizer, say)
+    trainer = Trainer(model, tokenizer, train_config)
     trainer.plan, trainer.budget_start = planned.as_dict(), started
     return trainer
 
@@ -286,13 +289,40 @@ def pretrained_run(asked: Asked, ranks: Distributed, say: Callable) -> Trainer:
                                  "give its vocab file after the text file")
     if ranks.is_main:
         ranks.barrier()
-    model = loaded.model.with_changes(**{name: asked.shape.get(name) for name in FINE_TUNING_MAY_CHANGE})
+    gpt = loaded.model.gpt if loaded.classes else loaded.model
+    model = gpt.with_changes(**{name: asked.shape.get(name) for name in FINE_TUNING_MAY_CHANGE})
     shown = " ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in defaults.items())
     say(f"starting from {init_from}: {model.num_parameters():,} parameters, context {model.config.block_size}, "
         f"its own tokenizer ({loaded.tokenizer.vocab_size:,} tokens)" + (f"; fine-tuning defaults {shown}" if shown else ""),
         file=sys.stderr)
-    seed_everything(train_config.seed)  # the batches and dropout; the weights are the pretrained ones
+    seed_everything(train_config.seed)  # the batches, dropout and a new head; the rest is the pretrained weights
+    if train_config.classify:
+        kept = loaded.model if loaded.classes else None  # a classifier goes on with its head when the classes agree
+        model = classifier_for(model, asked, train_config, loaded.tokenizer, say, kept)
+    elif loaded.classes:
+        raise UserError(f"{init_from} is a classifier: fine-tune it with --classify on labelled texts")
     return Trainer(model.train(), loaded.tokenizer, train_config)
+
+
+def classifier_for(gpt: GPT2, asked: Asked, train_config: TrainConfig, tokenizer: bpe.BPE, say: Callable,
+                   kept=None):  # fmt: skip
+    """A classifier on `gpt` for the classes of the labelled file (a new head, or kept's if it has
+    those classes), its blocks frozen but for --train-blocks."""
+    from .classifier import GPT2Classifier, pad_id_of
+    from .labelled import read_labelled
+
+    if len(asked.files) != 1:
+        raise UserError(f"--classify reads one file of labelled texts, not {len(asked.files)} files")
+    names = read_labelled(asked.files[0], train_config.text_column, train_config.label_column).names
+    model = GPT2Classifier(gpt, names, pad_id_of(tokenizer))
+    if kept is not None and kept.names == names:
+        model.score.weight.data.copy_(kept.score.weight)
+    model.train_last_blocks(train_config.train_blocks)
+    blocks = "all blocks" if train_config.train_blocks is None else f"the last {train_config.train_blocks} blocks"
+    say(f"classifier of {len(names)} classes ({', '.join(names[:8])}{', ...' * (len(names) > 8)}); training "
+        f"{blocks}, the final norm and the head: {model.trainable_parameters():,} of {model.num_parameters():,} "
+        f"parameters", file=sys.stderr)
+    return model
 
 
 def seed_everything(seed: int) -> None:
@@ -320,7 +350,12 @@ def learn_run_vocab(asked: Asked, vocab_size: int, train_config: TrainConfig, bl
 
     say(f"{asked.vocab_file} not found: training a tokenizer of {vocab_size} tokens on {asked.text}", file=sys.stderr)
     files, workers, part = asked.files, train_config.workers, ""  # part: what of the text it learned from
-    if data.is_instruction_input(files):
+    if train_config.classify:  # the texts alone, not their labels
+        from .labelled import read_labelled
+
+        texts = read_labelled(files[0], train_config.text_column, train_config.label_column).texts
+        tokenizer = bpe.BPE.train("\n".join(texts), vocab_size, progress=True, workers=workers)
+    elif data.is_instruction_input(files):
         data.split_records(data.read_records(files)[1], train_config.val_fraction)  # "too few records": before any work
         tokenizer = data.records_tokenizer(files, vocab_size, workers=workers, progress=True)
     else:
@@ -367,8 +402,11 @@ def end_report(run: Run, asked: Asked, resume_from: str | None, ranks: Distribut
         return f"stopped at step {result['step']}; saved {saved}. Resume with: {command}", True
     ended = f" (the time budget, --minutes {config.minutes:g}, ran out)" if result["stopped_by"] == "time" else ""
     test = f"test loss {result['test_loss']:.4f}, {result['test_bpb']:.4f} bits per byte" if "test_bpb" in result else ""
-    if "val_bpb" in result:
-        val = f"val loss {result['val_loss']:.4f}, {result['val_bpb']:.4f} bits per byte"
+    if config.classify:  # accuracy in place of bits per byte
+        test = f"test loss {result['test_loss']:.4f}, accuracy {result['test_accuracy']:.2%}" if "test_loss" in result else ""
+    if "val_loss" in result:
+        val = f"val loss {result['val_loss']:.4f}, " + (f"accuracy {result['val_accuracy']:.2%}" if config.classify
+                                                          else f"{result['val_bpb']:.4f} bits per byte")
         line = f"step {result['step']}: {val}{'; ' + test if test else ''}; saved {saved}{ended}"
         return line + better_checkpoint(run.trainer.best_val_loss, result["val_loss"], saved), False
     return f"step {result['step']}: {test + '; ' if test else ''}saved {saved}{ended}", False

@@ -101,7 +101,7 @@ def muon_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Paramete
     layers, as torch's documentation of Muon says). The embeddings, the head, norm gains and biases
     are not hidden matrices, and stay with AdamW."""
     return [(name, p) for name, p in model.named_parameters()
-            if p.requires_grad and p.dim() == 2 and name.startswith("decoder.")]  # fmt: skip
+            if p.requires_grad and p.dim() == 2 and name.startswith(("decoder.", "gpt.decoder."))]  # fmt: skip
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -410,7 +410,9 @@ class Trainer:
     def _prepare(self, text, save_path: Path, progress: bool) -> _Run:
         """Read the data, make the batches and the validation set; plan the schedule."""
         c, files = self.config, input_files(text)
-        if is_instruction_input(files):
+        if c.classify:
+            data = self._labelled_data(files)
+        elif is_instruction_input(files):
             data = self._instruction_data(files)
         else:
             data = self._text_data(text, progress)
@@ -486,6 +488,34 @@ class Trainer:
         return _Data(val=val_set, val_bytes=val_bytes, val_positions=0 if val_set is None else val_set[0].numel(),
                      test=None, test_bytes=0,
                      sample_prompt=sample, sample_stop=eot, epoch=(len(train), "records", c.batch_size * streams))
+
+    def _labelled_data(self, files: list[Path]) -> _Data:
+        """Labelled texts (--classify): balanced if asked, split into training, validation and test
+        parts with a fixed seed (the same parts whatever --seed draws), each text cut to the context."""
+        from .classifier import Encoded, LabelledBatches, check_names
+        from .labelled import balance, read_labelled, split
+
+        c, block = self.config, self.model.config.block_size
+        if len(files) != 1:
+            raise DataError(f"--classify reads one file of labelled texts, not {len(files)} files")
+        data = read_labelled(files[0], c.text_column, c.label_column)
+        check_names(self.model, data.names, str(files[0]))
+        about = data.summary()
+        data = balance(data) if c.balance else data
+        train, val, test = split(data, (1 - c.val_fraction - c.test_fraction, c.val_fraction, c.test_fraction))
+        if not train.texts or (c.val_fraction and not val.texts) or (c.test_fraction and not test.texts):
+            raise DataError(f"too few examples: {len(data.texts)} give {len(train.texts)} to train on, "
+                            f"{len(val.texts)} to validate and {len(test.texts)} to test on")
+        parts = [Encoded(part, self.bpe, block) if part.texts else None for part in (train, val, test)]
+        streams, mine = self._streams()
+        self.batches = LabelledBatches(parts[0], c.batch_size, c.seed, self.model.pad_id, streams, mine)
+        cut = sum(part.cut for part in parts if part is not None)
+        self.log(f"labelled texts: {about}{'; balanced to ' + str(len(data.texts)) if c.balance else ''}; "
+                 f"{len(train.texts):,} to train on, {len(val.texts):,} to validate, {len(test.texts):,} to test; "
+                 f"{cut:,} longer than the context of {block} tokens were cut to their beginning")
+        return _Data(val=parts[1], val_bytes=0, val_positions=0 if parts[1] is None else int(parts[1].lengths.sum()),
+                     test=parts[2], test_bytes=0, sample_prompt=[], sample_stop=None,
+                     epoch=(len(train.texts), "examples", c.batch_size * streams))
 
     def _plan_schedule(self, size: int, unit: str, per_step: int) -> int | None:
         """The schedule's length: --steps, or else --epochs (one when no limit is given) of `size`
@@ -724,21 +754,26 @@ class Trainer:
 
     def _evaluate_and_sample(self, run: _Run) -> bool:
         """Evaluate (with a validation split) and show a sample; return whether the loss is the best yet."""
-        improved = False
-        if run.data.val is not None:
+        if run.data.val is None:
+            self._show_sample(run)
+            return False
+        if self.config.classify:
+            result = self._evaluate_classifier(run.data.val)
+            said = f"accuracy {result['val_accuracy']:.2%}"
+        else:
             result = evaluate(self.model, run.data.val, run.data.val_bytes, self.config.batch_size, self.dtype,
                               self.dist)
-            run.result = result
-            # "ema": the decay of the moving average evaluated in place of the weights (--ema)
-            self._append_metrics(run, {"step": self.step, "eval": True, "tokens": self.tokens_seen,
-                                       **({"ema": self.config.ema} if self.average is not None else {}),
-                                       **{k: round(v, 5) for k, v in result.items()}})
-            self.log(f"step {self.step}: val loss {result['val_loss']:.4f}, perplexity {result['val_ppl']:.2f}, "
-                     f"{result['val_bpb']:.4f} bits per byte")
-            if not math.isfinite(result["val_loss"]):
-                raise TrainingError(f"the validation loss is {result['val_loss']} at step {self.step}: training stopped")
-            improved = result["val_loss"] < self.best_val_loss
-            self.best_val_loss = min(self.best_val_loss, result["val_loss"])
+            said = f"perplexity {result['val_ppl']:.2f}, {result['val_bpb']:.4f} bits per byte"
+        run.result = result
+        # "ema": the decay of the moving average evaluated in place of the weights (--ema)
+        self._append_metrics(run, {"step": self.step, "eval": True, "tokens": self.tokens_seen,
+                                   **({"ema": self.config.ema} if self.average is not None else {}),
+                                   **{k: round(v, 5) for k, v in result.items()}})
+        self.log(f"step {self.step}: val loss {result['val_loss']:.4f}, {said}")
+        if not math.isfinite(result["val_loss"]):
+            raise TrainingError(f"the validation loss is {result['val_loss']} at step {self.step}: training stopped")
+        improved = result["val_loss"] < self.best_val_loss
+        self.best_val_loss = min(self.best_val_loss, result["val_loss"])
         self._show_sample(run)
         return improved
 
@@ -748,13 +783,22 @@ class Trainer:
         if run.data.test is None:
             return
         with self.average.swapped_in() if self.average is not None else nullcontext():
-            result = evaluate(self.model, run.data.test, run.data.test_bytes, self.config.batch_size, self.dtype,
-                              self.dist)
+            result = self._evaluate_classifier(run.data.test) if self.config.classify else \
+                evaluate(self.model, run.data.test, run.data.test_bytes, self.config.batch_size, self.dtype, self.dist)
         test = {"test_" + name.removeprefix("val_"): value for name, value in result.items()}
         run.result.update(test)
         self._append_metrics(run, {"step": self.step, "test": True, **{k: round(v, 5) for k, v in test.items()}})
+        if self.config.classify:
+            self.log(f"step {self.step}: test loss {test['test_loss']:.4f}, accuracy {test['test_accuracy']:.2%} (the "
+                     f"test part, --test-fraction {self.config.test_fraction:g})")
+            return
         self.log(f"step {self.step}: test loss {test['test_loss']:.4f}, perplexity {test['test_ppl']:.2f}, "
                  f"{test['test_bpb']:.4f} bits per byte (the test part, --test-fraction {self.config.test_fraction:g})")
+
+    def _evaluate_classifier(self, examples) -> dict:
+        from .classifier import evaluate_classifier
+
+        return evaluate_classifier(self.model, examples, self.config.batch_size, self.dtype, self.dist)
 
     def _sample_prompt(self, tokens) -> list[int]:
         """The prompt of the samples: --sample-prompt, or 16 tokens of the validation text (of the
@@ -822,12 +866,14 @@ class Trainer:
             rng["torch_ranks"] = self.dist.gather(torch.get_rng_state())
             if self.device.type == "cuda":
                 rng["cuda_ranks"] = self.dist.gather(torch.cuda.get_rng_state(self.device))
+        # With --ema the model is the weights' moving average, and the weights themselves (what
+        # training goes on from) are stored beside it. A classifier's language model is "model", as
+        # any model's, and its own part "classifier" (classifier.py).
+        kept = self.model.state_dict() if self.average is None else self.average.state_dict(self.model)
         return {
             "model_config": asdict(self.model.config),
-            # With --ema the model is the weights' moving average, and the weights themselves (what
-            # training goes on from) are stored beside it.
-            **({"model": self.model.state_dict()} if self.average is None else
-               {"model": self.average.state_dict(self.model), "training_weights": self.model.state_dict()}),
+            **(self.model.checkpoint_entries(kept) if hasattr(self.model, "checkpoint_entries") else {"model": kept}),
+            **({} if self.average is None else {"training_weights": self.model.state_dict()}),
             "optimizer": self.optimizer.state_dict(),
             **({} if self.muon is None else {"muon": self.muon.state_dict()}),
             "train_config": asdict(self.config),
