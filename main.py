@@ -88,11 +88,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from gpt2_llm.predict import predict, terminal_lines
+    from gpt2_llm.predict import file_lines, predict, read_positionals, terminal_lines
 
-    take_model_from_the_prompt(args)
-    predict(terminal_lines() if args.interactive else args.prompt, args.num_tokens, args.model_file, args.vocab_file,
-            **{name: getattr(args, name) for name in PREDICT_OPTIONS}, logit_bias=dict(args.logit_bias or ()))
+    given = [a for a in (args.prompt, args.num_tokens, args.model_file, args.vocab_file) if a is not None]
+    at = read_positionals(given, args.chat, args.interactive, args.file is not None)
+    prompts = file_lines(args.file) if args.file else terminal_lines() if at.interactive else at.prompt
+    predict(prompts, at.num_tokens, at.model, at.vocab_file, **{name: getattr(args, name) for name in PREDICT_OPTIONS},
+            logit_bias=dict(args.logit_bias or ()), as_json=args.file is not None)
 
 
 def token_bias(item: str) -> tuple[int, float]:  # --logit-bias ID=BIAS
@@ -107,6 +109,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from gpt2_llm.evaluation import evaluate_text
 
     r = evaluate_text(args.file, args.model_file, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+    if "accuracy" in r:  # a classifier
+        from gpt2_llm.evaluation import classification_report
+
+        return print("\n".join(classification_report(r)))
     print(f"{args.file}: {r['scored']}, loss {r['val_loss']:.4f}, perplexity {r['val_ppl']:.2f}, "
           f"{r['val_bpb']:.4f} bits per byte")
 
@@ -171,27 +177,6 @@ def parse_ids(text: str) -> list[int]:
     return ids
 
 
-def take_model_from_the_prompt(args: argparse.Namespace) -> None:
-    """`predict --interactive MODEL` and `predict --chat MODEL`: the prompts come from the terminal,
-    so a model file where the prompt would go is the model. `--chat "question" [N] [MODEL]` asks
-    one question; `--chat` with no question reads them from the terminal."""
-    from gpt2_llm.loading import looks_like_hub_name
-
-    one_question = args.chat and not args.interactive and args.prompt
-    if one_question and (not os.path.exists(args.prompt) or args.model_file != DEFAULT_MODEL):
-        return
-    if args.chat:
-        args.interactive = True
-    if not (args.interactive and args.prompt):
-        return
-    if not (os.path.exists(args.prompt) or looks_like_hub_name(args.prompt)):
-        raise UserError(f"with --interactive the prompts are read from the terminal: {args.prompt!r} is not a "
-                        f"model (write: predict --interactive [NUM_TOKENS] MODEL)")
-    if args.model_file != DEFAULT_MODEL:
-        raise UserError(f"with --interactive give the model once: {args.prompt} or {args.model_file}")
-    args.model_file, args.prompt = args.prompt, ""
-
-
 # ---- Ctrl-C --------------------------------------------------------------------------------------
 
 
@@ -250,9 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
 
     p = sub.add_parser("predict", help="generate text from a prompt", description="Continue a prompt with a trained model, printing tokens as they are made.")
-    p.add_argument("prompt", nargs="?", default="", help="the text to continue (with --interactive: asked for in a loop)")
-    p.add_argument("num_tokens", type=int, nargs="?", default=100, help="how many tokens to generate (default 100)")
-    p.add_argument("model_file", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL}); it holds its own tokenizer")
+    p.add_argument("prompt", nargs="?", default=None, help="the text to continue, or to classify (none with --interactive or --file)")
+    p.add_argument("num_tokens", nargs="?", default=None, help="how many tokens to generate (default 100); a name here that is not a number is the model")
+    p.add_argument("model_file", nargs="?", default=None, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL}); it holds its own tokenizer")
     p.add_argument("vocab_file", nargs="?", default=None, help="optional: a vocab file that must match the model's tokenizer (or stands in for a missing one)")
     p.add_argument("--temperature", type=float, default=0.8, help="randomness: 0 is greedy, 1 samples the model's distribution (default 0.8)")
     p.add_argument("--top-k", type=int, default=40, help="sample only from the k most likely tokens (default 40)")
@@ -263,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frequency-penalty", type=float, default=0.0, help="in [-2, 2]: subtracted from a token's logit once per time it was made (OpenAI's)")
     p.add_argument("--logit-bias", action="append", type=token_bias, metavar="ID=BIAS", help="add BIAS (-100 to 100) to token ID's logit; repeat for several")
     p.add_argument("--interactive", action="store_true", help="read prompts from the terminal until end of input")
+    p.add_argument("--file", default=None, metavar="PATH", help="one prompt (or text to classify) per line of PATH (- for standard input); one JSON line out per line in")
     p.add_argument("--chat", action="store_true", help="a model trained on instruction records: put each prompt in its template and print the answer alone, up to its end of turn (predict --chat MODEL: a conversation on the terminal)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
     p.set_defaults(func=cmd_predict)

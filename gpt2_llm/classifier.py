@@ -177,3 +177,46 @@ def check_names(model: GPT2Classifier, names: list[str], where: str) -> None:
     if list(model.names) != list(names):
         raise DataError(f"{where} has the classes {', '.join(names)}; the model was trained on "
                         f"{', '.join(model.names)}")
+
+
+# ---- using a classifier: predict, eval and the server ----------------------------------------------
+
+
+@torch.no_grad()
+def class_probabilities(model: GPT2Classifier, tokenizer, texts: list[str], batch_size: int = 16) -> torch.Tensor:
+    """(len(texts), classes) probabilities, each text encoded alone and cut to the context (its
+    beginning kept); batches of similar lengths, so that little is padding."""
+    examples = Encoded(Labelled(list(texts), [0] * len(texts), model.names), tokenizer, model.config.block_size)
+    device = next(model.parameters()).device
+    out = torch.empty(len(texts), len(model.names))
+    order = np.argsort(examples.lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        x, _ = examples.batch(rows, model.pad_id)
+        out[torch.from_numpy(rows)] = model(x.to(device))[0].float().softmax(-1).cpu()
+    return out
+
+
+def classify(model: GPT2Classifier, tokenizer, texts: list[str], batch_size: int = 16) -> list[dict]:
+    """For each text its label (the most probable class) and every class's probability."""
+    probabilities = class_probabilities(model, tokenizer, texts, batch_size)
+    return [{"label": model.names[int(p.argmax())], "probabilities": dict(zip(model.names, p.tolist()))}
+            for p in probabilities]
+
+
+def scores(truth: list[int], predicted: list[int], classes: int) -> dict:
+    """Accuracy, the confusion matrix (rows: the true class, columns: the predicted) and each class's
+    precision, recall and F1 (0 where undefined, as scikit-learn's zero_division=0)."""
+    confusion = [[0] * classes for _ in range(classes)]
+    for t, p in zip(truth, predicted):
+        confusion[t][p] += 1
+    per_class = []
+    for k in range(classes):
+        hits = confusion[k][k]
+        said = sum(row[k] for row in confusion)
+        real = sum(confusion[k])
+        precision, recall = hits / said if said else 0.0, hits / real if real else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class.append({"precision": precision, "recall": recall, "f1": f1, "support": real})
+    return {"accuracy": sum(confusion[k][k] for k in range(classes)) / max(1, len(truth)),
+            "confusion": confusion, "per_class": per_class}
