@@ -113,16 +113,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     """Write a model, with its tokenizer, as a folder transformers loads as it is."""
-    from gpt2_llm.export import HF_CLASSES, check_out_dir, export_folder, export_type
+    from gpt2_llm.export import check_out_dir, export_folder, hf_class_names
     from gpt2_llm.loading import load_with_tokenizer
 
     check_out_dir(args.out_dir, args.overwrite)  # before the slow load
     loaded = load_with_tokenizer(args.model, "cpu", args.vocab_file, "give its vocab file with --vocab-file")
     model, tokenizer = loaded.model, loaded.tokenizer
     files = export_folder(model, tokenizer, args.out_dir, loaded.chat_template, args.overwrite, name=args.model)
-    print(f"wrote {args.out_dir}: {', '.join(files)} ({HF_CLASSES[export_type(model.config)]}, "
-          f"{model.num_parameters():,} parameters, {tokenizer.vocab_size:,} tokens); load it with transformers' "
-          f"AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained")
+    kind, auto = hf_class_names(model)
+    print(f"wrote {args.out_dir}: {', '.join(files)} ({kind}, {model.num_parameters():,} parameters, {tokenizer.vocab_size:,} "
+          f"tokens); load it with transformers' {auto}.from_pretrained and AutoTokenizer.from_pretrained")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
