@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a model as a transformers folder", description=(
         "Write a model and its tokenizer as a folder that transformers loads as it is "
-        "(AutoModelForCausalLM, AutoTokenizer): GPT-2's shape as GPT2LMHeadModel; with --norm rmsnorm --rope "
+        "(AutoModelForCausalLM, AutoModelForSequenceClassification for a classifier, AutoTokenizer): GPT-2's shape as GPT2LMHeadModel; with --norm rmsnorm --rope "
         "--no-bias (any --kv-heads, tied or --untied), --mlp swiglu as LlamaForCausalLM, --mlp swiglu --qk-norm as "
         "Qwen3ForCausalLM, --mlp relu2 --qk-norm as ApertusForCausalLM; config.json, model.safetensors, generation_config.json, "
         "tokenizer.json, tokenizer_config.json, special_tokens_map.json, and vocab.json + merges.txt "
