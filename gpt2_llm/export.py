@@ -41,6 +41,7 @@ import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -52,6 +53,9 @@ from . import hf_llama
 from .checkpoint import CheckpointError
 from .config import ConfigError, GPT2Config
 from .gpt2 import GPT2
+
+if TYPE_CHECKING:
+    from .classifier import GPT2Classifier
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in order of preference
 # What a folder's tokenizer may be made of, in order of preference: tokenizer.json carries the
@@ -268,13 +272,13 @@ def classifier_config(hf: dict, names: list[str], pad_id: int) -> dict:
                  "label2id": {name: i for i, name in enumerate(names)}, "pad_token_id": pad_id}  # fmt: skip
 
 
-def split_classifier(model) -> tuple[GPT2, object | None]:
+def split_classifier(model: GPT2 | GPT2Classifier) -> tuple[GPT2, GPT2Classifier | None]:
     """(the language model, the classifier or None): a GPT2Classifier (classifier.py) holds its
     language model as .gpt, and its class names as .names."""
     return (model.gpt, model) if getattr(model, "names", None) is not None else (model, None)
 
 
-def hf_class_names(model) -> tuple[str, str]:
+def hf_class_names(model: GPT2 | GPT2Classifier) -> tuple[str, str]:
     """(the transformers class an export of the model (a GPT2 or a GPT2Classifier) is, the Auto class that loads it)."""
     gpt, classifier = split_classifier(model)
     kind = export_type(gpt.config)
@@ -291,7 +295,7 @@ def hf_state(model: GPT2) -> dict:
     return ours_state_to_hf(model.state_dict(), model.config.vocab_size)
 
 
-def write_model(model, folder: str | os.PathLike, tokenizer: BPE | None = None) -> None:
+def write_model(model: GPT2 | GPT2Classifier, folder: str | os.PathLike, tokenizer: BPE | None = None) -> None:
     """Write config.json, model.safetensors and generation_config.json into `folder` (GPT2.save_hf):
     a GPT2LMHeadModel for GPT-2's shape, else the Llama family's class of its shape (export_type).
     A GPT2Classifier is written as the ...ForSequenceClassification of its shape: the language model
@@ -328,6 +332,9 @@ def classifier_part(folder: Path, hf: dict, config: GPT2Config, state: dict) -> 
     if score is None or score.dim() != 2 or score.shape[0] < 2:
         raise CheckpointError(f"{folder}: its config.json names {architectures[0]}, but its weights have no "
                               f"score.weight of two or more classes")  # fmt: skip
+    if hf.get("problem_type") not in (None, "single_label_classification"):
+        raise CheckpointError(f"{folder}: its problem_type is {hf['problem_type']!r}; this toolkit's classifier picks "
+                              f"one class per text (single_label_classification)")
     if type(pad_id) is not int or not 0 <= pad_id < config.vocab_size:
         raise CheckpointError(f"{folder}: its config.json has no pad_token_id (a token id), which a classifier needs to "
                               f"find each text's last token: set it, e.g. to the id of {ENDOFTEXT}")
@@ -646,8 +653,8 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
-def export_folder(model: GPT2, tokenizer: BPE | None, out_dir: str | os.PathLike, chat_template: dict | None = None,
-                  overwrite: bool = False, name: str = "the model") -> list[str]:  # fmt: skip
+def export_folder(model: GPT2 | GPT2Classifier, tokenizer: BPE | None, out_dir: str | os.PathLike,
+                  chat_template: dict | None = None, overwrite: bool = False, name: str = "the model") -> list[str]:  # fmt: skip
     """Write the model (and its tokenizer, when it has one) as a folder that transformers'
     AutoModelForCausalLM (AutoModelForSequenceClassification for a GPT2Classifier) and AutoTokenizer
     load as they are. The files are written into a new folder
@@ -666,8 +673,8 @@ def export_folder(model: GPT2, tokenizer: BPE | None, out_dir: str | os.PathLike
     shutil.rmtree(staging, ignore_errors=True)  # left by a killed export of a process with our id
     try:
         write_model(model, staging, tokenizer)
-        for name, text in texts.items():
-            (staging / name).write_text(text, encoding="utf-8")
+        for file_name, text in texts.items():
+            (staging / file_name).write_text(text, encoding="utf-8")
         _sync_files(staging)
         _replace_folder(staging, out)
     except BaseException:

@@ -9,6 +9,9 @@ calls these functions and chooses between GPT-2's class and these):
     --mlp relu2                no                  no                  yes (hidden_act relu2)
     --qk-norm                  no                  yes                 yes
 
+A classifier's class is LlamaForSequenceClassification or Qwen3ForSequenceClassification
+(Family.hf_classifier; transformers has no Apertus one): the same weights but the head, plus score.weight.
+
 Their weights map one to one:
 
     ours (decoder.h.N.*)                 transformers' (model.layers.N.*)

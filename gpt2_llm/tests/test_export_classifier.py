@@ -168,7 +168,8 @@ def edit_config(folder: Path, change) -> None:
     (lambda c: c.update(id2label={"0": "a", "2": "b", "3": "c"}), "id2label does not name its 3 classes"),
     (lambda c: c.update(id2label={"0": "a", "1": "a", "2": "c"}), "id2label does not name its 3 classes"),
     (lambda c: c.update(id2label=["a", "b", "c"]), "id2label is not an object of id -> class name"),
-], ids=["no pad", "pad out of range", "id gap", "one name twice", "a list"])  # fmt: skip
+    (lambda c: c.update(problem_type="multi_label_classification"), "picks one class per text"),
+], ids=["no pad", "pad out of range", "id gap", "one name twice", "a list", "multi-label"])  # fmt: skip
 def test_a_classification_folder_we_cannot_read_is_one_line(tokenizer, tmp_path, change, message):
     folder = hf_gpt2_classifier(tmp_path, tokenizer)
     edit_config(folder, change)
