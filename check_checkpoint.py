@@ -86,11 +86,11 @@ def describe_source(loaded) -> str:
     if loaded.source == "checkpoint":
         size_mb = os.path.getsize(loaded.path) / 1e6
         return f"{loaded.path} ({size_mb:.1f} MB, format version {loaded.checkpoint['format_version']})"
-    from gpt2_llm.export import HF_CLASSES
+    from gpt2_llm.export import hf_class_names
 
     weights = loaded.path / loaded.checkpoint["weights_file"]
     hub = f" (Hugging Face hub name {loaded.name}, cached)" if loaded.source == "hub" else ""
-    kind = HF_CLASSES[loaded.checkpoint["hf_config"].get("model_type", "gpt2")]
+    kind = hf_class_names(loaded.model)[0]
     return f"{loaded.path}: a transformers folder{hub}, {kind}, {weights.name} {weights.stat().st_size / 1e6:.1f} MB"
 
 

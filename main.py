@@ -119,16 +119,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     """Write a model, with its tokenizer, as a folder transformers loads as it is."""
-    from gpt2_llm.export import HF_CLASSES, check_out_dir, export_folder, export_type
+    from gpt2_llm.export import check_out_dir, export_folder, hf_class_names
     from gpt2_llm.loading import load_with_tokenizer
 
     check_out_dir(args.out_dir, args.overwrite)  # before the slow load
     loaded = load_with_tokenizer(args.model, "cpu", args.vocab_file, "give its vocab file with --vocab-file")
     model, tokenizer = loaded.model, loaded.tokenizer
     files = export_folder(model, tokenizer, args.out_dir, loaded.chat_template, args.overwrite, name=args.model)
-    print(f"wrote {args.out_dir}: {', '.join(files)} ({HF_CLASSES[export_type(model.config)]}, "
-          f"{model.num_parameters():,} parameters, {tokenizer.vocab_size:,} tokens); load it with transformers' "
-          f"AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained")
+    kind, auto = hf_class_names(model)
+    print(f"wrote {args.out_dir}: {', '.join(files)} ({kind}, {model.num_parameters():,} parameters, {tokenizer.vocab_size:,} "
+          f"tokens); load it with transformers' {auto}.from_pretrained and AutoTokenizer.from_pretrained")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a model as a transformers folder", description=(
         "Write a model and its tokenizer as a folder that transformers loads as it is "
-        "(AutoModelForCausalLM, AutoTokenizer): GPT-2's shape as GPT2LMHeadModel; with --norm rmsnorm --rope "
+        "(AutoModelForCausalLM, AutoModelForSequenceClassification for a classifier, AutoTokenizer): GPT-2's shape as GPT2LMHeadModel; with --norm rmsnorm --rope "
         "--no-bias (any --kv-heads, tied or --untied), --mlp swiglu as LlamaForCausalLM, --mlp swiglu --qk-norm as "
         "Qwen3ForCausalLM, --mlp relu2 --qk-norm as ApertusForCausalLM; config.json, model.safetensors, generation_config.json, "
         "tokenizer.json, tokenizer_config.json, special_tokens_map.json, and vocab.json + merges.txt "

@@ -7,11 +7,18 @@ Llama family's, RMSNorm, RoPE and no biases with (hf_llama.py maps them)
     a ReLU² MLP and QK-norm        ApertusForCausalLM (apertus)
 Any other shape is refused in one line (export_problem).
 
+A classifier (classifier.py: the language model with a score layer, read at the last token that is
+not the pad token) exports as the ...ForSequenceClassification class of its shape (GPT-2, Llama or
+Qwen3: Apertus has none): the language model without its head, plus score.weight; config.json names
+the classes (id2label, label2id) and the pad token (pad_token_id), which transformers pools at as we
+do. Such a folder, ours or one transformers wrote, loads back as a classifier (classifier_part).
+
     read   config.json                                        -> GPT2Config      (read_config)
            model.safetensors | pytorch_model.bin               -> our state dict  (read_hf_weights)
            tokenizer.json | vocab.json + merges.txt | encoder.json + vocab.bpe -> BPE  (read_tokenizer)
            chat_template.jinja | tokenizer_config.json         -> chat template   (read_chat_template)
-    write  export_folder(model, tokenizer, out_dir): config.json, model.safetensors, generation_config.json,
+    write  export_folder(model, tokenizer, out_dir): config.json, model.safetensors, generation_config.json (not
+           for a classifier),
            tokenizer.json, tokenizer_config.json, special_tokens_map.json (+ vocab.json, merges.txt)
 
 Weights: transformers' GPT-2 has our parameter names (GPT-2's own), but its blocks are
@@ -32,7 +39,9 @@ import os
 import pickle
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -45,6 +54,9 @@ from .checkpoint import CheckpointError
 from .config import ConfigError, GPT2Config
 from .gpt2 import GPT2
 
+if TYPE_CHECKING:
+    from .classifier import GPT2Classifier
+
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in order of preference
 # What a folder's tokenizer may be made of, in order of preference: tokenizer.json carries the
 # pre-tokenizer and the special tokens; the two older pairs imply GPT-2's pattern.
@@ -53,6 +65,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "merges.txt", "chat_template.jinja")  # fmt: skip
 # The class of each model_type this toolkit reads and writes.
 HF_CLASSES = {"gpt2": "GPT2LMHeadModel"} | {kind: family.hf_class for kind, family in hf_llama.FAMILIES.items()}
+# The ...ForSequenceClassification class of each model_type that has one (Apertus has none).
+HF_CLASSIFIER_CLASSES = {"gpt2": "GPT2ForSequenceClassification"} | {
+    kind: family.hf_classifier for kind, family in hf_llama.FAMILIES.items() if family.hf_classifier}
 # The Conv1D layers of transformers' GPT-2: (in, out) matrices, where nn.Linear has (out, in).
 HF_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -216,9 +231,15 @@ def export_type(config: GPT2Config) -> str | None:
     return None if family is None else family.model_type
 
 
-def export_problem(config: GPT2Config) -> str | None:
-    """Why no transformers class this toolkit writes can hold a model of this shape; None when one can."""
-    if export_type(config) is not None:
+def export_problem(config: GPT2Config, classifier: bool = False) -> str | None:
+    """Why no transformers class this toolkit writes can hold a model (with classifier: a classifier)
+    of this shape; None when one can."""
+    kind = export_type(config)
+    if kind is not None and classifier and kind not in HF_CLASSIFIER_CLASSES:
+        name = hf_llama.FAMILIES[kind].name
+        return (f"transformers has no classifier class for its shape ({name}'s: there is no "
+                f"{name}ForSequenceClassification); a classifier exports in GPT-2's, Llama's or Qwen3's shape")
+    if kind is not None:
         return None
     lacks = [("GPT-2", config.gpt2_departures())]
     lacks += [(family.name, hf_llama.departures(config, family)) for family in hf_llama.FAMILIES.values()]
@@ -242,26 +263,105 @@ def hf_config(config: GPT2Config, tokenizer: BPE | None = None, dtype: torch.dty
     }  # fmt: skip
 
 
-def write_model(model: GPT2, folder: str | os.PathLike, tokenizer: BPE | None = None) -> None:
+def classifier_config(hf: dict, names: list[str], pad_id: int) -> dict:
+    """A language model's config.json made its ...ForSequenceClassification's: the classes by id, and
+    the pad token (transformers reads each text's logits at its last token that is not the pad token,
+    as GPT2Classifier does)."""
+    return hf | {"architectures": [HF_CLASSIFIER_CLASSES[hf["model_type"]]], "num_labels": len(names),
+                 "id2label": {str(i): name for i, name in enumerate(names)},
+                 "label2id": {name: i for i, name in enumerate(names)}, "pad_token_id": pad_id}  # fmt: skip
+
+
+def split_classifier(model: GPT2 | GPT2Classifier) -> tuple[GPT2, GPT2Classifier | None]:
+    """(the language model, the classifier or None): a GPT2Classifier (classifier.py) holds its
+    language model as .gpt, and its class names as .names."""
+    return (model.gpt, model) if getattr(model, "names", None) is not None else (model, None)
+
+
+def hf_class_names(model: GPT2 | GPT2Classifier) -> tuple[str, str]:
+    """(the transformers class an export of the model (a GPT2 or a GPT2Classifier) is, the Auto class that loads it)."""
+    gpt, classifier = split_classifier(model)
+    kind = export_type(gpt.config)
+    if classifier is not None:
+        return HF_CLASSIFIER_CLASSES[kind], "AutoModelForSequenceClassification"
+    return HF_CLASSES[kind], "AutoModelForCausalLM"
+
+
+def hf_state(model: GPT2) -> dict:
+    """The model's weights in the names and layouts of the transformers class of its shape."""
+    family = hf_llama.FAMILIES.get(export_type(model.config))
+    if family is not None:
+        return hf_llama.state_to_theirs(model.state_dict(), model.config, family)
+    return ours_state_to_hf(model.state_dict(), model.config.vocab_size)
+
+
+def write_model(model: GPT2 | GPT2Classifier, folder: str | os.PathLike, tokenizer: BPE | None = None) -> None:
     """Write config.json, model.safetensors and generation_config.json into `folder` (GPT2.save_hf):
-    a GPT2LMHeadModel for GPT-2's shape, else the Llama family's class of its shape (export_type)."""
+    a GPT2LMHeadModel for GPT-2's shape, else the Llama family's class of its shape (export_type).
+    A GPT2Classifier is written as the ...ForSequenceClassification of its shape: the language model
+    without its head, score.weight, and no generation_config.json (it generates nothing)."""
     from safetensors.torch import save_file
 
-    problem = export_problem(model.config)
+    gpt, classifier = split_classifier(model)
+    problem = export_problem(gpt.config, classifier is not None)
     if problem:
         raise UserError(f"cannot export the model: {problem}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    family = hf_llama.FAMILIES.get(export_type(model.config))
-    if family is not None:
-        state = hf_llama.state_to_theirs(model.state_dict(), model.config, family)
-    else:
-        state = ours_state_to_hf(model.state_dict(), model.config.vocab_size)
-    _write_json(folder / "config.json", hf_config(model.config, tokenizer, model.wte.weight.dtype))
+    state, config = hf_state(gpt), hf_config(gpt.config, tokenizer, gpt.wte.weight.dtype)
+    if classifier is not None:
+        state.pop("lm_head.weight", None)  # an untied head: transformers' classifier has none
+        state["score.weight"] = classifier.score.weight.detach().contiguous()
+        config = classifier_config(config, classifier.names, classifier.pad_id)
+    _write_json(folder / "config.json", config)
     save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
-    eot = tokenizer.special_tokens.get(ENDOFTEXT) if tokenizer is not None else None
-    ids = {"bos_token_id": eot, "eos_token_id": eot} if eot is not None else {}
-    _write_json(folder / "generation_config.json", ids)
+    if classifier is None:
+        eot = tokenizer.special_tokens.get(ENDOFTEXT) if tokenizer is not None else None
+        ids = {"bos_token_id": eot, "eos_token_id": eot} if eot is not None else {}
+        _write_json(folder / "generation_config.json", ids)
+
+
+def classifier_part(folder: Path, hf: dict, config: GPT2Config, state: dict) -> tuple[GPT2Config, dict | None]:
+    """A ...ForSequenceClassification folder's classifier, as a checkpoint's "classifier" entry holds it
+    ({"names": id2label's names by id, "pad_id": pad_token_id, "score": score.weight, taken out of
+    `state`}), and the config to build its language model with; (config, None) for a language model."""
+    architectures = hf.get("architectures")
+    if not (isinstance(architectures, list) and any(str(a).endswith("ForSequenceClassification") for a in architectures)):
+        return config, None
+    score, pad_id = state.pop("score.weight", None), hf.get("pad_token_id")
+    if score is None or score.dim() != 2 or score.shape[0] < 2:
+        raise CheckpointError(f"{folder}: its config.json names {architectures[0]}, but its weights have no "
+                              f"score.weight of two or more classes")  # fmt: skip
+    if hf.get("problem_type") not in (None, "single_label_classification"):
+        raise CheckpointError(f"{folder}: its problem_type is {hf['problem_type']!r}; this toolkit's classifier picks "
+                              f"one class per text (single_label_classification)")
+    if type(pad_id) is not int or not 0 <= pad_id < config.vocab_size:
+        raise CheckpointError(f"{folder}: its config.json has no pad_token_id (a token id), which a classifier needs to "
+                              f"find each text's last token: set it, e.g. to the id of {ENDOFTEXT}")
+    names = _label_names(hf.get("id2label"), score.shape[0], folder)
+    if "lm_head.weight" not in state and "wte.weight" in state and not config.tie_embeddings:
+        # transformers' classifier has no language-model head, and our GPT2 needs one: tied to the
+        # embedding, it costs no memory. Nothing a classifier computes reads it (the score reads the
+        # hidden states), so its logits are the same whatever the head holds.
+        config = replace(config, tie_embeddings=True)
+        state["lm_head.weight"] = state["wte.weight"]
+    return config, {"names": names, "pad_id": pad_id, "score": score}
+
+
+def _label_names(id2label, count: int, folder: Path) -> list[str]:
+    """The class names of a config.json's id2label ({"0": name, ...}), in id order; transformers'
+    own names (LABEL_0, ...) when it has none."""
+    if id2label is None:
+        return [f"LABEL_{i}" for i in range(count)]
+    try:
+        pairs = sorted((int(i), str(name)) for i, name in id2label.items())
+    except (AttributeError, TypeError, ValueError):
+        raise CheckpointError(f"{folder}: its config.json's id2label is not an object of id -> class name") from None
+    names = [name for _, name in pairs]
+    if [i for i, _ in pairs] != list(range(count)) or len(set(names)) < count:
+        raise CheckpointError(f"{folder}: its config.json's id2label does not name its {count} classes (the rows of "
+                              f"score.weight) once each, by the ids 0 to {count - 1}")
+    return names
 
 
 # ---- tokenizers: reading ----------------------------------------------------------------------
@@ -505,8 +605,10 @@ def tokenizer_json(tokenizer: BPE) -> dict:
     }  # fmt: skip
 
 
-def tokenizer_files(tokenizer: BPE, context: int, chat_template: dict | None = None) -> dict[str, str]:
-    """The tokenizer's files of a transformers folder: name -> text.
+def tokenizer_files(tokenizer: BPE, context: int, chat_template: dict | None = None,
+                    pad_id: int | None = None) -> dict[str, str]:  # fmt: skip
+    """The tokenizer's files of a transformers folder: name -> text. pad_id (a classifier's) is named
+    as the pad token when it is a special token (an ordinary one named so would become special).
 
     tokenizer_config.json names PreTrainedTokenizerFast, which loads tokenizer.json as it is: a
     model-specific class such as GPT2Tokenizer rebuilds its own pre-tokenizer from vocab and merges
@@ -514,6 +616,9 @@ def tokenizer_files(tokenizer: BPE, context: int, chat_template: dict | None = N
     GPT-2's pattern, the one a reader of those two files assumes."""
     eot = ENDOFTEXT if ENDOFTEXT in tokenizer.special_tokens else None
     named = {"bos_token": eot, "eos_token": eot, "unk_token": eot} if eot else {}
+    pad = next((s for s, i in tokenizer.special_tokens.items() if i == pad_id), None)
+    if pad is not None:
+        named["pad_token"] = pad
     others = [s for s in tokenizer.special_tokens if s != eot]
     if others:
         named["additional_special_tokens"] = others
@@ -548,25 +653,28 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
-def export_folder(model: GPT2, tokenizer: BPE | None, out_dir: str | os.PathLike, chat_template: dict | None = None,
-                  overwrite: bool = False, name: str = "the model") -> list[str]:  # fmt: skip
+def export_folder(model: GPT2 | GPT2Classifier, tokenizer: BPE | None, out_dir: str | os.PathLike,
+                  chat_template: dict | None = None, overwrite: bool = False, name: str = "the model") -> list[str]:  # fmt: skip
     """Write the model (and its tokenizer, when it has one) as a folder that transformers'
-    AutoModelForCausalLM and AutoTokenizer load as they are. The files are written into a new folder
+    AutoModelForCausalLM (AutoModelForSequenceClassification for a GPT2Classifier) and AutoTokenizer
+    load as they are. The files are written into a new folder
     beside out_dir, which then takes its place: a failed export leaves out_dir as it was.
     Returns the names of the files written. `name`: the model's, in the error of a shape no
     transformers class holds."""
-    problem = export_problem(model.config)
+    gpt, classifier = split_classifier(model)
+    problem = export_problem(gpt.config, classifier is not None)
     if problem:
         raise UserError(f"cannot export {name}: {problem}")
     out = check_out_dir(out_dir, overwrite)
-    texts = tokenizer_files(tokenizer, model.config.block_size, chat_template) if tokenizer is not None else {}
+    pad_id = classifier.pad_id if classifier is not None else None
+    texts = tokenizer_files(tokenizer, gpt.config.block_size, chat_template, pad_id) if tokenizer is not None else {}
     out.absolute().parent.mkdir(parents=True, exist_ok=True)
     staging = out.absolute().parent / f".{out.name}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)  # left by a killed export of a process with our id
     try:
         write_model(model, staging, tokenizer)
-        for name, text in texts.items():
-            (staging / name).write_text(text, encoding="utf-8")
+        for file_name, text in texts.items():
+            (staging / file_name).write_text(text, encoding="utf-8")
         _sync_files(staging)
         _replace_folder(staging, out)
     except BaseException:

@@ -9,6 +9,9 @@ calls these functions and chooses between GPT-2's class and these):
     --mlp relu2                no                  no                  yes (hidden_act relu2)
     --qk-norm                  no                  yes                 yes
 
+A classifier's class is LlamaForSequenceClassification or Qwen3ForSequenceClassification
+(Family.hf_classifier; transformers has no Apertus one): the same weights but the head, plus score.weight.
+
 Their weights map one to one:
 
     ours (decoder.h.N.*)                 transformers' (model.layers.N.*)
@@ -51,6 +54,7 @@ class Family:
     name: str  # in messages: "Llama"
     model_type: str  # config.json's model_type
     hf_class: str  # its ...ForCausalLM
+    hf_classifier: str | None  # its ...ForSequenceClassification; None: transformers has none
     mlp: str  # our MLP it holds: swiglu or relu2
     hidden_act: str  # the activation its config.json names for that MLP (transformers' ACT2FN)
     qk_norm: bool
@@ -70,7 +74,8 @@ _SWIGLU = {"mlp.c_fc.weight": "mlp.gate_proj.weight", "mlp.c_fc2.weight": "mlp.u
            "mlp.c_proj.weight": "mlp.down_proj.weight"}  # fmt: skip
 _DEFAULT_ROPE = {"rope_type": "default"}
 LLAMA = Family(
-    name="Llama", model_type="llama", hf_class="LlamaForCausalLM", mlp="swiglu", hidden_act="silu", qk_norm=False,
+    name="Llama", model_type="llama", hf_class="LlamaForCausalLM", hf_classifier="LlamaForSequenceClassification",
+    mlp="swiglu", hidden_act="silu", qk_norm=False,
     block_names=_NORMS | _ATTENTION | _SWIGLU,
     defaults={"rms_norm_eps": 1e-6, "hidden_act": "silu", "head_dim": None, "rope_theta": 10000.0,
               "rope": _DEFAULT_ROPE},
@@ -78,7 +83,8 @@ LLAMA = Family(
 )  # fmt: skip
 # Qwen3Config's head_dim is 128 whatever the width, and its sliding window is off unless switched on.
 QWEN3 = Family(
-    name="Qwen3", model_type="qwen3", hf_class="Qwen3ForCausalLM", mlp="swiglu", hidden_act="silu", qk_norm=True,
+    name="Qwen3", model_type="qwen3", hf_class="Qwen3ForCausalLM", hf_classifier="Qwen3ForSequenceClassification",
+    mlp="swiglu", hidden_act="silu", qk_norm=True,
     block_names=_NORMS | _ATTENTION | _QK_NORM | _SWIGLU,
     defaults={"rms_norm_eps": 1e-6, "hidden_act": "silu", "head_dim": 128, "rope_theta": 10000.0, "rope": _DEFAULT_ROPE,
               "use_sliding_window": False},
@@ -86,7 +92,8 @@ QWEN3 = Family(
 )  # fmt: skip
 # ApertusConfig's RoPE is llama3-scaled (base 12e6) and its activation xielu unless config.json says otherwise.
 APERTUS = Family(
-    name="Apertus", model_type="apertus", hf_class="ApertusForCausalLM", mlp="relu2", hidden_act="relu2", qk_norm=True,
+    name="Apertus", model_type="apertus", hf_class="ApertusForCausalLM", hf_classifier=None,
+    mlp="relu2", hidden_act="relu2", qk_norm=True,
     block_names={"ln_1.weight": "attention_layernorm.weight", "ln_2.weight": "feedforward_layernorm.weight"}
     | _ATTENTION | _QK_NORM | {"mlp.c_fc.weight": "mlp.up_proj.weight", "mlp.c_proj.weight": "mlp.down_proj.weight"},
     defaults={"rms_norm_eps": 1e-5, "hidden_act": "xielu", "head_dim": None, "rope_theta": 12e6,

@@ -2,6 +2,7 @@
 
     load("gpt2_model.pt")          our checkpoint file                    Loaded(source="checkpoint")
     load("exported/")              a transformers folder (save_pretrained) Loaded(source="folder")
+                                   (...ForSequenceClassification: Loaded.model is a GPT2Classifier)
     load("gpt2"), load("openai-community/gpt2")   a Hugging Face hub name  Loaded(source="hub")
 
 Every reader of a model goes through `load`: `main.py` predict, eval, export and train (to continue
@@ -50,7 +51,7 @@ class Loaded:
     tokenizer: BPE | None  # None when the file holds weights only (checkpoint.save_model), or a folder has no tokenizer files
     path: Path  # the checkpoint file, or the folder (for a hub name: its snapshot in the cache)
     # Everything stored: optimizer, train_config, state, rng, data, ... For a folder: model_config,
-    # hf_config (its config.json), weights_file and tokenizer_file.
+    # hf_config (its config.json), weights_file, tokenizer_file, and a classifier's "classifier" part.
     checkpoint: dict = field(repr=False)
     source: str = "checkpoint"  # "checkpoint" | "folder" | "hub"
     name: str = ""  # the name it was loaded by
@@ -99,13 +100,20 @@ def load_checkpoint_file(path: Path, device: str | torch.device = "cpu") -> Load
 
 
 def load_folder(folder: Path, device: str | torch.device = "cpu", source: str = "folder", name: str = "") -> Loaded:
-    """Read and check a transformers folder of a GPT-2 or a Llama (config.json, weights, tokenizer files)."""
+    """Read and check a transformers folder of a GPT-2 or a Llama (config.json, weights, tokenizer files);
+    a ...ForSequenceClassification folder loads as a GPT2Classifier (export.classifier_part)."""
     config, hf = export.read_config(folder)
-    model = build_model(config, export.read_hf_weights(folder, hf), f"{folder}: its weights do not fit its config.json")
+    weights = export.read_hf_weights(folder, hf)
+    config, classifier = export.classifier_part(folder, hf, config, weights)
+    model = build_model(config, weights, f"{folder}: its weights do not fit its config.json")
+    if classifier is not None:
+        from .classifier import GPT2Classifier
+
+        model = GPT2Classifier.from_checkpoint(model, classifier, str(folder))
     tokenizer, tokenizer_file = export.read_tokenizer(folder)
     check_tokenizer_fits(tokenizer, config, f"{folder}: its tokenizer ({tokenizer_file})")
     stored = {"model_config": asdict(config), "hf_config": hf, "weights_file": export.weights_file(folder).name,
-              "tokenizer_file": tokenizer_file}  # fmt: skip
+              "tokenizer_file": tokenizer_file, **({"classifier": classifier} if classifier else {})}  # fmt: skip
     return Loaded(model.to(device).eval(), tokenizer, folder, stored, source, name or str(folder),
                   named_chat_template(export.read_chat_template(folder)))
 
