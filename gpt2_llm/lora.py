@@ -12,6 +12,7 @@ the merged model is a plain model again, as fast as the base.
     add_lora(model, rank, alpha=None, dropout=0.0, targets="attention")   freeze the base, wrap the layers
     lora_settings(model) -> dict          add_lora's arguments, as the model holds them
     lora_state(model) -> dict             the tensors training changes: adapters (and a classifier's score)
+    base_state(model) -> dict             the frozen GPT2's own state dict, in a plain GPT2's names
     load_lora_state(model, state)         put them back into a model with the same adapters
     merge_lora(model)                     fold the adapters into the base weights: plain Linears again
     write_peft_adapter(model, folder)     PEFT's adapter folder (adapter_config.json, adapter_model.safetensors)
@@ -108,7 +109,8 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None = None, dropout: f
             layer = getattr(parent, attr)
             if layer is not None:  # c_fc2 exists with SwiGLU only
                 parts = split if name == "attn.c_attn" else None
-                setattr(parent, attr, LoRALinear(layer, rank, float(alpha), dropout, parts))
+                wrapped = LoRALinear(layer, rank, float(alpha), dropout, parts).train(layer.training)  # eval stays eval
+                setattr(parent, attr, wrapped)
     return model
 
 
@@ -144,6 +146,13 @@ def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
     if hasattr(model, "score"):
         state["score.weight"] = model.score.weight.detach()
     return state
+
+
+def base_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The GPT2's state dict without its adapters, in a plain GPT2's names: the base model's weights
+    (GPT2(config).load_state_dict(base_state(model)) rebuilds it, for export.write_model say)."""
+    state = getattr(model, "gpt", model).state_dict()
+    return {k.replace(".base.", "."): v for k, v in state.items() if ".lora_" not in k}
 
 
 @torch.no_grad()
