@@ -270,8 +270,10 @@ def read_peft_adapter(folder: str | os.PathLike, model_type: str) -> tuple[dict,
                             f"model (its blocks' attention and MLP matrices)")
         inside, part = ours_of[found[2]]
         state[f"decoder.h.{found[1]}.{inside}.lora_{found[3]}.{part}"] = tensor
-    kinds = {key.split(".")[3] for key in state if key.startswith("decoder.")}  # attn, mlp
-    targets = {"attn": "attention", "mlp": "mlp"}.get(*kinds) if len(kinds) == 1 else "both"
+    kinds = {key.split(".")[3] for key in state if key.startswith("decoder.")}  # attn, mlp: what it adapts
+    if not kinds:
+        raise UserError(f"{path} holds no LoRA adapters")
+    targets = "both" if len(kinds) == 2 else {"attn": "attention", "mlp": "mlp"}[kinds.pop()]
     settings = {"rank": config["r"], "alpha": config["lora_alpha"], "dropout": config.get("lora_dropout", 0.0),
                 "targets": targets}  # fmt: skip
     return settings, state
