@@ -2,11 +2,12 @@
 
 Read leaf to root: config.py (the shape, and how to train), attention.py, decoder.py, generation.py
 (sampling, the text stream), gpt2.py (the model; prefill, decode_step, generate), classifier.py
-(its head replaced by one row per class), checkpoint.py (the file format), hf_llama.py and
-export.py (transformers' folders, both ways: the Llama family's names, then the rest), loading.py
-(the one way to load a model: a checkpoint, a folder or a hub name), data.py (text to batches),
-labelled.py (labelled texts for classification), hardware.py (device, precision, peak FLOP/s),
-distributed.py (torchrun), trainer.py (the training loop), plot.py (a picture of a run).
+(its head replaced by one row per class), lora.py (low-rank adapters: add, merge, PEFT's
+folder), checkpoint.py (the file format), hf_llama.py and export.py (transformers' folders, both
+ways: the Llama family's names, then the rest), loading.py (the one way to load a model: a
+checkpoint, a folder or a hub name), data.py (text to batches), labelled.py (labelled texts for
+classification), hardware.py (device, precision, peak FLOP/s), distributed.py (torchrun),
+trainer.py (the training loop), plot.py (a picture of a run).
 Then main.py's commands as functions a Python user calls: vocab.py (tokenize, encode, decode),
 plan.py (a new run's shape and schedule from the text and the time), runs.py (train: a new,
 continued or fine-tuning run), predict.py (predict, chat), evaluation.py (eval);

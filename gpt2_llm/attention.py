@@ -124,6 +124,15 @@ class KVCache:
         self.lengths[dst] = length
 
 
+def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """layer(x). A plain nn.Linear goes through F.linear on its own weights rather than a module call,
+    which costs a few microseconds, four or five per block for every generated token (BENCHMARKS.md,
+    "One inference path"); any other layer (lora.LoRALinear: a frozen Linear and an adapter) is called."""
+    if type(layer) is nn.Linear:
+        return F.linear(x, layer.weight, layer.bias)
+    return layer(x)
+
+
 def first_positions(starts: list[int], rows: int, device: torch.device) -> int | torch.Tensor:
     """The position of each input row's first new token, as RoPE and the position table take it:
     one int when every row starts at the same position (a slice of the tables, the same numbers
@@ -227,10 +236,7 @@ class QKVAttention(nn.Module):
         and keys normalised and rotated."""
         B, T, _ = x.shape
         nh, nkv, hs = self.num_heads, self.num_kv_heads, self.head_size
-        # The layers' own weights through F.linear rather than module calls: a module call costs a
-        # few microseconds, four or five per block for every generated token (BENCHMARKS.md, "One
-        # inference path").
-        q, k, v = F.linear(x, self.c_attn.weight, self.c_attn.bias).split((nh * hs, nkv * hs, nkv * hs), dim=-1)
+        q, k, v = linear(self.c_attn, x).split((nh * hs, nkv * hs, nkv * hs), dim=-1)
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, T, nh * hs) -> (B, nh, T, hs)
         k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, T, nkv * hs) -> (B, nkv, T, hs)
         v = v.view(B, T, nkv, hs).transpose(1, 2)
@@ -278,5 +284,5 @@ class QKVAttention(nn.Module):
             cache.write(layer, rows, k, v)
             y = attend_each_row(q, cache.k[layer], cache.v[layer], rows, starts)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, nh, hs) -> (B, T, C): heads side by side
-        y = F.linear(y, self.c_proj.weight, self.c_proj.bias)  # F.linear: see heads()
+        y = linear(self.c_proj, y)
         return self.resid_dropout(y) if self.training else y  # see GPT2._embed

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import KVCache, QKVAttention
+from .attention import KVCache, QKVAttention, linear
 from .config import GPT2Config, config_from_original_args
 
 
@@ -39,14 +39,14 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.linear(x, self.c_fc.weight, self.c_fc.bias)  # (B, T, H); F.linear: see QKVAttention.heads
+        h = linear(self.c_fc, x)  # (B, T, H)
         if self.kind == "gelu":
             h = F.gelu(h, approximate="tanh")  # GPT-2 was trained with GELU's tanh approximation
         elif self.kind == "relu2":
             h = torch.square(F.relu(h))
         else:
-            h = F.silu(h) * F.linear(x, self.c_fc2.weight, self.c_fc2.bias)  # the gate times the value
-        y = F.linear(h, self.c_proj.weight, self.c_proj.bias)  # (B, T, C)
+            h = F.silu(h) * linear(self.c_fc2, x)  # the gate times the value
+        y = linear(self.c_proj, h)  # (B, T, C)
         return self.dropout(y) if self.training else y  # see GPT2._embed
 
 

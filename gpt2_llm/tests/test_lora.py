@@ -1,0 +1,190 @@
+"""LoRA (lora.py): adapters that start as no change, merge into the same logits, and are PEFT's own both ways."""
+
+import json
+
+import pytest
+import torch
+
+from basics import UserError
+from gpt2_llm import GPT2, GPT2Config
+from gpt2_llm.classifier import GPT2Classifier
+from gpt2_llm.lora import (
+    LoRALinear,
+    add_lora,
+    base_state,
+    load_lora_state,
+    lora_settings,
+    lora_state,
+    merge_lora,
+    read_peft_adapter,
+    write_peft_adapter,
+)
+from gpt2_llm.tests.conftest import assert_close
+
+TINY = {"vocab_size": 97, "n_layer": 2, "n_head": 4, "n_embd": 32, "block_size": 24}
+# Llama's shape, with grouped-query attention (c_attn's q, k and v parts of different widths) and an untied head.
+LLAMA = {"norm": "rmsnorm", "mlp": "swiglu", "rope": True, "bias": False, "n_kv_head": 2, "tie_embeddings": False,
+         "layer_norm_eps": 1e-6}  # fmt: skip
+SHAPES = {"gpt2": TINY, "llama": TINY | LLAMA}
+PAD, CLASSES = 0, 3
+IDS = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12], [13, 14, 15, 16, 17, 18, 19, 20]])  # no PAD in them
+
+
+def tiny(shape: str, classify: bool = False):
+    torch.manual_seed(0)
+    gpt = GPT2(GPT2Config(**SHAPES[shape]))
+    return (GPT2Classifier(gpt, CLASSES, pad_id=PAD) if classify else gpt).eval()
+
+
+def logits(model, ids=IDS) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids)[0]
+
+
+@torch.no_grad()
+def randomise(model, seed: int = 1) -> None:
+    """Draw every adapter's A and B at random, so that each changes the logits visibly."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if ".lora_" in name:
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_new_adapter_changes_nothing_and_a_trained_one_merges_into_the_same_logits(shape):
+    model = tiny(shape)
+    before = logits(model)
+    add_lora(model, rank=4, alpha=8, targets="both")
+    assert_close(logits(model), before, atol=0)  # B = 0: the update is exactly zero
+    randomise(model)
+    adapted = logits(model)
+    assert (adapted - before).abs().max() > 0.1  # the adapters matter
+    merge_lora(model)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    assert model.state_dict().keys() == tiny(shape).state_dict().keys()
+    assert_close(logits(model), adapted, atol=1e-5)
+
+
+def test_dropout_acts_on_the_adapter_path_alone():
+    model = add_lora(tiny("gpt2"), rank=4, dropout=0.5, targets="both").train()
+    with torch.no_grad():
+        plain = tiny("gpt2")(IDS)[0]
+        assert_close(model(IDS)[0], plain, atol=0)  # B = 0: dropping inputs of a zero update changes nothing
+        randomise(model)
+        assert not torch.equal(model(IDS)[0], model(IDS)[0])  # two draws of the adapters' inputs
+
+
+@pytest.mark.parametrize("classify", [False, True], ids=["lm", "classifier"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_lora_state_and_settings_rebuild_the_model(shape, classify):
+    model = add_lora(tiny(shape, classify), rank=2, alpha=3.0, dropout=0.1, targets="mlp")
+    randomise(model)
+    if classify:
+        torch.nn.init.normal_(model.score.weight)
+    assert lora_settings(model) == {"rank": 2, "alpha": 3.0, "dropout": 0.1, "targets": "mlp"}
+    again = add_lora(tiny(shape, classify), **lora_settings(model))
+    load_lora_state(again, lora_state(model))
+    assert_close(logits(again), logits(model), atol=0)
+    plain = GPT2(model.config if not classify else model.gpt.config)
+    plain.load_state_dict(base_state(model))
+    assert_close(logits(plain), logits(tiny(shape).eval()), atol=0)
+
+
+def test_an_adapter_of_another_shape_is_refused_in_one_line():
+    state = lora_state(add_lora(tiny("gpt2"), rank=4))
+    with pytest.raises(UserError, match=r"does not fit the model's adapters \(of another shape: decoder.h.0"):
+        load_lora_state(add_lora(tiny("gpt2"), rank=2), state)
+    with pytest.raises(UserError, match=r"missing: decoder.h.0.mlp.c_fc.lora_A.0"):
+        load_lora_state(add_lora(tiny("gpt2"), rank=4, targets="both"), state)
+    with pytest.raises(UserError, match="--lora .*; --lora-targets must be one of attention, mlp, both"):
+        add_lora(tiny("gpt2"), rank=0, targets="everything")
+
+
+def test_only_adapters_and_a_classifiers_score_train_and_their_count_is_the_hand_count():
+    with torch.device("meta"):  # GPT-2 124M's shape without allocating it
+        model = add_lora(GPT2(GPT2Config.from_preset("gpt2")), rank=8)
+        classifier = add_lora(GPT2Classifier(GPT2(GPT2Config.from_preset("gpt2")), 2), rank=8)
+    trainable = {name: p.numel() for name, p in model.named_parameters() if p.requires_grad}
+    assert all(".lora_" in name for name in trainable)
+    # Per block: c_attn 8 x 768 (A) + 2304 x 8 (B), c_proj 8 x 768 + 768 x 8; 12 blocks.
+    assert sum(trainable.values()) == 12 * (8 * 768 + 2304 * 8 + 8 * 768 + 768 * 8) == 442_368
+    trainable = {name for name, p in classifier.named_parameters() if p.requires_grad}
+    assert trainable == {"score.weight"} | {"gpt." + name for name in {n for n, p in model.named_parameters()
+                                                                       if p.requires_grad}}  # fmt: skip
+    assert classifier.trainable_parameters() == 442_368 + 2 * 768
+
+
+def test_llama_shapes_c_attn_has_an_adapter_for_each_of_q_k_and_v():
+    model = add_lora(tiny("llama"), rank=4)
+    c_attn = model.decoder.h[0].attn.c_attn
+    assert [tuple(B.shape) for B in c_attn.lora_B] == [(32, 4), (16, 4), (16, 4)]  # 4 heads of 8; 2 key/value heads
+    assert len(add_lora(tiny("gpt2"), rank=4).decoder.h[0].attn.c_attn.lora_B) == 1  # GPT-2's fused c_attn, as PEFT's
+
+
+# ---- PEFT's format ----------------------------------------------------------------------------------
+
+
+def transformers_model(base, shape: str, classify: bool):
+    """transformers' model of an exported base: the causal LM, or the sequence classifier of its class
+    (its score drawn at random: the adapter's modules_to_save brings ours)."""
+    transformers = pytest.importorskip("transformers")
+    if not classify:
+        return transformers.AutoModelForCausalLM.from_pretrained(base).eval()
+    cls = transformers.GPT2ForSequenceClassification if shape == "gpt2" else transformers.LlamaForSequenceClassification
+    return cls.from_pretrained(base, num_labels=CLASSES, pad_token_id=PAD).eval()
+
+
+def their_logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+@pytest.mark.parametrize("classify", [False, True], ids=["lm", "classifier"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_peft_loads_our_adapter_with_our_logits(shape, classify, tmp_path):
+    peft = pytest.importorskip("peft")
+    from gpt2_llm.export import write_model
+
+    model = tiny(shape, classify)
+    write_model(getattr(model, "gpt", model), tmp_path / "base")
+    add_lora(model, rank=4, alpha=8, targets="both")
+    randomise(model)
+    write_peft_adapter(model, tmp_path / "adapter", base_name_or_path="base")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["task_type"] == ("SEQ_CLS" if classify else "CAUSAL_LM")
+    assert config["modules_to_save"] == (["score"] if classify else None)
+    theirs = peft.PeftModel.from_pretrained(transformers_model(tmp_path / "base", shape, classify), tmp_path / "adapter")
+    assert_close(their_logits(theirs), logits(model), atol=1e-4)
+    with theirs.disable_adapter():  # PEFT did apply the adapter
+        assert (their_logits(theirs) - logits(model)).abs().max() > 0.1
+
+
+PEFT_TARGETS = {"gpt2": ["c_attn", "c_proj", "c_fc"],
+                "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("classify", [False, True], ids=["lm", "classifier"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_an_adapter_peft_saved_gives_our_model_its_logits(shape, classify, tmp_path):
+    peft = pytest.importorskip("peft")
+    from gpt2_llm.export import write_model
+
+    model = tiny(shape, classify)
+    write_model(getattr(model, "gpt", model), tmp_path / "base")
+    config = peft.LoraConfig(r=4, lora_alpha=6, target_modules=PEFT_TARGETS[shape], fan_in_fan_out=shape == "gpt2",
+                             task_type="SEQ_CLS" if classify else "CAUSAL_LM")  # fmt: skip
+    theirs = peft.get_peft_model(transformers_model(tmp_path / "base", shape, classify), config).eval()
+    randomise(theirs)  # PEFT's B starts at zero as ours does
+    theirs.save_pretrained(tmp_path / "adapter")
+    settings, state = read_peft_adapter(tmp_path / "adapter", shape)
+    assert settings == {"rank": 4, "alpha": 6, "dropout": 0.0, "targets": "both"}
+    load_lora_state(add_lora(model, **settings), state)
+    assert_close(logits(model), their_logits(theirs), atol=1e-4)
+
+
+def test_a_folder_that_is_not_a_lora_adapter_is_refused_in_one_line(tmp_path):
+    with pytest.raises(UserError, match="is not a PEFT adapter folder: it has no adapter_config.json"):
+        read_peft_adapter(tmp_path, "gpt2")
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "use_dora": True}))
+    with pytest.raises(UserError, match="this toolkit's LoRA does not do use_dora True"):
+        read_peft_adapter(tmp_path, "gpt2")
