@@ -119,16 +119,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     """Write a model, with its tokenizer, as a folder transformers loads as it is."""
-    from gpt2_llm.export import check_out_dir, export_folder, hf_class_names
+    from gpt2_llm.export import check_out_dir, export_folder, export_with_adapter, hf_class_names
     from gpt2_llm.loading import load_with_tokenizer
 
-    check_out_dir(args.out_dir, args.overwrite)  # before the slow load
+    if not args.adapter:
+        check_out_dir(args.out_dir, args.overwrite)  # before the slow load
     loaded = load_with_tokenizer(args.model, "cpu", args.vocab_file, "give its vocab file with --vocab-file")
     model, tokenizer = loaded.model, loaded.tokenizer
-    files = export_folder(model, tokenizer, args.out_dir, loaded.chat_template, args.overwrite, name=args.model)
+    write = export_with_adapter if args.adapter else export_folder
+    files = write(model, tokenizer, args.out_dir, loaded.chat_template, args.overwrite, name=args.model)
     kind, auto = hf_class_names(model)
+    how = f"peft.PeftModel.from_pretrained({auto}.from_pretrained('{args.out_dir}/base'), '{args.out_dir}/adapter')" \
+        if args.adapter else f"transformers' {auto}.from_pretrained"
     print(f"wrote {args.out_dir}: {', '.join(files)} ({kind}, {model.num_parameters():,} parameters, {tokenizer.vocab_size:,} "
-          f"tokens); load it with transformers' {auto}.from_pretrained and AutoTokenizer.from_pretrained")
+          f"tokens); load it with {how} and AutoTokenizer.from_pretrained")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -272,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="the folder to write (new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder at out_dir")
     p.add_argument("--vocab-file", default=None, help="the tokenizer of a model that holds none (a checkpoint saved by GPT2.save)")
+    p.add_argument("--adapter", action="store_true", help="a model trained with --lora: the base in OUT_DIR/base and the adapters in PEFT's format in OUT_DIR/adapter (default: merged into one model)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("plot", help="draw the loss curves of training runs", description=(

@@ -28,11 +28,13 @@ class WeightAverage:
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
         self.updates = 0  # how many steps the average has taken in
-        self.weights = list(model.parameters())  # each tensor once, a tied one too
+        # Each tensor once (a tied one too); frozen ones (--train-blocks, --lora) do not move and are left out.
+        self.weights = [w for w in model.parameters() if w.requires_grad]
         self.average = [w.detach().float().clone() for w in self.weights]
         position = {id(w): i for i, w in enumerate(self.weights)}
         # Every name a weight has in the model's state dict: a tied weight has two.
-        self.names = {name: position[id(w)] for name, w in model.named_parameters(remove_duplicate=False)}
+        self.names = {name: position[id(w)] for name, w in model.named_parameters(remove_duplicate=False)
+                      if id(w) in position}
 
     @torch.no_grad()
     def update(self) -> None:

@@ -21,7 +21,7 @@ import torch
 from basics import UserError, atomic_write
 
 FORMAT_VERSION = 1
-REQUIRED_KEYS = ("format_version", "model_config", "model")
+REQUIRED_KEYS = ("format_version", "model_config", "model")  # "lora" (adapters that name their base) for "model"
 
 
 class CheckpointError(UserError):
@@ -86,7 +86,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} has checkpoint format version {version}, "
             f"but this version of gpt2_llm reads version {FORMAT_VERSION}"
         )
-    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint and not (key == "model" and "lora" in checkpoint)]
     if missing:
         raise CheckpointError(f"{path} is missing {', '.join(missing)}")
     return checkpoint

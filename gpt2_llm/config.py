@@ -376,6 +376,12 @@ class TrainConfig:
     label_column: str | None = _opt(None, "classifier: the labels' column or field, as --text-column (default: label)")
     balance: bool = _opt(False, "classifier: as many examples of each class as of the rarest (drawn with a fixed "
                                 "seed, before the split)", flag="--balance")
+    lora: int = _opt(0, "with --init-from: freeze the model and train rank-R adapters (LoRA) on its matrices; the "
+                        "checkpoint holds the adapters and names the model (0: off, train the weights themselves)")
+    lora_alpha: float | None = _opt(None, "LoRA: the adapters' update is scaled by alpha / rank (default: the rank)")
+    lora_dropout: float = _opt(0.0, "LoRA: dropout on the adapters' input")
+    lora_targets: str = _opt("attention", "LoRA: the matrices that get adapters: attention (its input and output "
+                                          "projections), mlp, or both", choices=("attention", "mlp", "both"))
 
     def __post_init__(self):
         problems = []
@@ -421,6 +427,16 @@ class TrainConfig:
             problems.append(f"--dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.train_blocks is not None and self.train_blocks < 0:
             problems.append(f"--train-blocks must be 0 or more, got {self.train_blocks}")
+        if self.lora < 0:
+            problems.append(f"--lora (the adapters' rank) must be 0 or more, got {self.lora}")
+        lora_only = [f"--{n.replace('_', '-')}" for n in ("lora_alpha", "lora_dropout")
+                     if getattr(self, n) not in (None, 0.0)] + (["--lora-targets"] if self.lora_targets != "attention" else [])
+        if lora_only and not self.lora:
+            problems.append(f"{', '.join(lora_only)} go{'es' * (len(lora_only) == 1)} with --lora R")
+        if self.lora and self.init_from is None:
+            problems.append("--lora trains adapters on a trained model: give it with --init-from")
+        if self.lora and self.train_blocks is not None:
+            problems.append("--lora and --train-blocks are two ways to train part of a model: choose one")
         classifier_only = [f"--{n.replace('_', '-')}" for n in ("train_blocks", "text_column", "label_column", "balance")
                            if getattr(self, n) not in (None, False)]
         if classifier_only and not self.classify:

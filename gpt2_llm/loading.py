@@ -24,6 +24,7 @@ access of the toolkit (`hub_folder`).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -73,6 +74,8 @@ def load(name: str | os.PathLike, device: str | torch.device = "cpu") -> Loaded:
     """Load a model by name: a checkpoint file, a transformers folder, or a hub name (see the
     module's docstring). The model goes to `device`; everything else stays on the CPU."""
     path = Path(name)
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        return load_adapter_folder(path, device, str(name))
     if path.is_dir():
         return load_folder(path, device, "folder", str(name))
     if not path.exists() and looks_like_hub_name(str(name)):
@@ -89,14 +92,76 @@ def load_checkpoint_file(path: Path, device: str | torch.device = "cpu") -> Load
         config = GPT2Config.from_dict(checkpoint["model_config"])
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    model = build_model(config, checkpoint["model"], f"{path}: its weights do not fit its model config")
-    if "classifier" in checkpoint:  # a classifier's own part beside its language model (classifier.py)
+    if "lora" in checkpoint:  # adapters that name their base (--lora)
+        model = base_with_adapters(checkpoint, config, path, device)
+    else:
+        model = build_model(config, checkpoint["model"], f"{path}: its weights do not fit its model config")
+    if "classifier" in checkpoint and "lora" not in checkpoint:  # a classifier's own part beside its language model (classifier.py)
         from .classifier import GPT2Classifier
 
         model = GPT2Classifier.from_checkpoint(model, checkpoint["classifier"], str(path))
     tokenizer = read_tokenizer(checkpoint, path, config)
     chat_template = read_chat_template(checkpoint, path)
     return Loaded(model.to(device).eval(), tokenizer, path, checkpoint, "checkpoint", str(path), chat_template)
+
+
+def base_with_adapters(checkpoint: dict, config: GPT2Config, path: Path, device) -> torch.nn.Module:
+    """A checkpoint of LoRA adapters: its base, found by the path it was trained from (or its name:
+    a hub name, or a path relative to here or to the checkpoint's folder) and checked by its hash,
+    with the adapters added (and a classifier's head)."""
+    from .lora import add_lora, load_lora_state, weights_hash
+
+    stored = checkpoint["lora"]
+    name = stored.get("name", "?")
+    candidates = [c for c in (stored.get("path"), name, str(path.parent / name)) if c]
+    found = next((c for c in candidates if os.path.exists(c)), None)
+    if found is None and not looks_like_hub_name(name):
+        raise CheckpointError(f"{path} holds LoRA adapters of {name}, which is not found (looked for "
+                              f"{', '.join(dict.fromkeys(candidates))}): put it back, or name it from this folder")
+    base = load(found or name, "cpu")
+    gpt = base.model.gpt if base.classes else base.model
+    if weights_hash(gpt.state_dict()) != stored.get("hash"):
+        raise CheckpointError(f"{path} holds LoRA adapters of {name}, but {found or name} is no longer that model "
+                              f"(its weights' hash differs): the adapters fit only the weights they were trained on")
+    gpt = gpt.with_changes(config.dropout, config.attn_dropout, config.block_size)
+    model = gpt
+    state = dict(stored["state"])
+    if "classifier" in checkpoint:
+        from .classifier import GPT2Classifier
+
+        model = GPT2Classifier.from_checkpoint(gpt, checkpoint["classifier"], str(path))
+        state["score.weight"] = model.score.weight.detach().clone()
+    add_lora(model, **stored["settings"])
+    load_lora_state(model, state, f"{path}'s adapters")
+    return model
+
+
+def load_adapter_folder(folder: Path, device, name: str) -> Loaded:
+    """A PEFT LoRA adapter folder (export --adapter writes one; PEFT's save_pretrained too) on its
+    base: the transformers folder its adapter_config.json names (as given, or relative to the
+    adapter's folder), or else a folder named base beside it."""
+    from .lora import PEFT_CONFIG, add_lora, load_lora_state, read_peft_adapter
+
+    try:
+        named = json.loads((folder / PEFT_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{folder / PEFT_CONFIG} cannot be read ({e})") from None
+    candidates = [Path(named), folder / named] if named else []
+    candidates.append(folder.parent / "base")
+    found = next((c for c in candidates if (c / "config.json").is_file()), None)
+    if found is None:
+        raise CheckpointError(f"{folder} holds a LoRA adapter whose base is not found (looked for "
+                              f"{', '.join(str(c) for c in dict.fromkeys(candidates))}): put the base there")
+    base = load_folder(found, device, "folder", str(found))
+    gpt = base.model.gpt if base.classes else base.model
+    settings, state = read_peft_adapter(folder, export.export_type(gpt.config))
+    if ("score.weight" in state) != (base.classes is not None):
+        kinds = ("a classifier", "a language model")
+        raise CheckpointError(f"{folder} is an adapter of {kinds['score.weight' not in state]}, but its base {found} "
+                              f"is {kinds[base.classes is None]}")
+    add_lora(base.model, **settings)
+    load_lora_state(base.model, {k: v.to(device) for k, v in state.items()}, str(folder))
+    return replace(base, model=base.model.eval(), path=folder, name=name)
 
 
 def load_folder(folder: Path, device: str | torch.device = "cpu", source: str = "folder", name: str = "") -> Loaded:

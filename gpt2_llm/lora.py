@@ -30,6 +30,8 @@ two are not the same model: one adapter of rank r over [q | k | v] is not three 
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import math
 import os
@@ -179,6 +181,36 @@ def merge_lora(model: nn.Module) -> nn.Module:
         parent, attr = name.rsplit(".", 1)
         setattr(gpt.get_submodule(parent), attr, layer.base)
     return model
+
+
+def without_adapters(model: nn.Module) -> nn.Module:
+    """A copy of the model with each adapted layer's frozen base in its place: the base model (a
+    classifier keeps its score), for export --adapter."""
+    plain = copy.deepcopy(model)
+    gpt = getattr(plain, "gpt", plain)
+    for name, layer in adapted_layers(plain).items():
+        parent, attr = name.rsplit(".", 1)
+        setattr(gpt.get_submodule(parent), attr, layer.base)
+    return plain
+
+
+def weights_hash(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, dtypes and bytes: what a checkpoint of adapters checks its
+    base against (the base's file may be replaced by another model under the same name)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def adapter_entries(model: nn.Module, state: dict[str, torch.Tensor], base: dict) -> dict:
+    """A checkpoint's "lora" part: the base ({"name", "path", "hash"}), the adapters' settings, and
+    their tensors taken from `state` (the model's state dict, or its moving average's)."""
+    prefix = "gpt." if hasattr(model, "gpt") else ""
+    tensors = {k.removeprefix(prefix): v for k, v in state.items() if ".lora_" in k}
+    return {"lora": {**base, "settings": lora_settings(model), "state": tensors}}
 
 
 # ---- PEFT's adapter folder ------------------------------------------------------------------------

@@ -289,6 +289,10 @@ def pretrained_run(asked: Asked, ranks: Distributed, say: Callable) -> Trainer:
                                  "give its vocab file after the text file")
     if ranks.is_main:
         ranks.barrier()
+    from .lora import adapted_layers, merge_lora
+
+    if adapted_layers(loaded.model):  # a model trained with adapters: its merged weights are the start
+        merge_lora(loaded.model).requires_grad_(True)
     gpt = loaded.model.gpt if loaded.classes else loaded.model
     model = gpt.with_changes(**{name: asked.shape.get(name) for name in FINE_TUNING_MAY_CHANGE})
     shown = " ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in defaults.items())
@@ -301,7 +305,29 @@ def pretrained_run(asked: Asked, ranks: Distributed, say: Callable) -> Trainer:
         model = classifier_for(model, asked, train_config, loaded.tokenizer, say, kept)
     elif loaded.classes:
         raise UserError(f"{init_from} is a classifier: fine-tune it with --classify on labelled texts")
-    return Trainer(model.train(), loaded.tokenizer, train_config)
+    base = None
+    if train_config.lora:
+        model, base = with_adapters(model, gpt, loaded, train_config, say)
+    trainer = Trainer(model.train(), loaded.tokenizer, train_config)
+    trainer.lora_base = base
+    return trainer
+
+
+def with_adapters(model, base_gpt: GPT2, loaded, train_config: TrainConfig, say: Callable) -> tuple:
+    """The model with LoRA adapters (--lora R), its base frozen; and the base as the checkpoint names
+    it: the name given, the file or folder it is (as an absolute path, found again from another
+    folder), and the hash of its weights, checked when the adapters are loaded."""
+    from .lora import add_lora, weights_hash
+
+    c = train_config
+    path = str(loaded.path.resolve()) if loaded.source != "hub" else None
+    base = {"name": loaded.name, "path": path, "hash": weights_hash(base_gpt.state_dict())}  # before the adapters
+    add_lora(model, c.lora, c.lora_alpha, c.lora_dropout, c.lora_targets)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    say(f"LoRA rank {c.lora} (alpha {c.lora_alpha or c.lora:g}) on {c.lora_targets}: training {trained:,} of "
+        f"{model.num_parameters():,} parameters ({trained / model.num_parameters():.2%}); the checkpoint holds "
+        f"these and names {loaded.name}", file=sys.stderr)
+    return model, base
 
 
 def classifier_for(gpt: GPT2, asked: Asked, train_config: TrainConfig, tokenizer: bpe.BPE, say: Callable,

@@ -24,6 +24,7 @@ length, so they always leave the loop together.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -134,11 +135,12 @@ def make_muon(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 
 def step_memory(config: GPT2Config, batch_size: int, dtype: torch.dtype, grad_checkpoint: bool = False,
-                averaged: bool = False) -> int:  # fmt: skip
+                averaged: bool = False, trainable: int | None = None) -> int:  # fmt: skip
     """Bytes one training micro-step needs, roughly (an estimate to refuse what cannot fit, not a
     measurement): the weights, their gradients and AdamW's two moments in float32 (16 bytes a
     weight; Muon keeps one moment, so for it this is a little high), and with --ema (averaged) the
-    weights' moving average (4 more); the activations kept for the
+    weights' moving average (4 more); of a model partly frozen (--lora, --train-blocks) only the
+    `trainable` weights have gradients, moments and averages; the activations kept for the
     backward pass; and the logits with their gradient and a float32 copy. BENCHMARKS.md compares
     it with measured peaks.
 
@@ -164,14 +166,15 @@ def step_memory(config: GPT2Config, batch_size: int, dtype: torch.dtype, grad_ch
     kept = L * 2 * C + layer if grad_checkpoint else L * layer
     activations = batch_size * T * kept * width // 2
     logits = batch_size * T * V * (2 * width + 4)
-    return (20 if averaged else 16) * weights + activations + logits
+    trainable = weights if trainable is None else trainable
+    return 4 * weights + (16 if averaged else 12) * trainable + activations + logits
 
 
 def check_step_memory(config: GPT2Config, batch_size: int, device: torch.device, dtype: torch.dtype,
-                      grad_checkpoint: bool = False, averaged: bool = False) -> str:  # fmt: skip
+                      grad_checkpoint: bool = False, averaged: bool = False, trainable: int | None = None) -> str:  # fmt: skip
     """Refuse a batch whose step cannot fit the device's memory (one line naming --batch-size), rather
     than let the system kill the run; otherwise return a line for the start-up log."""
-    need, have = step_memory(config, batch_size, dtype, grad_checkpoint, averaged), available_memory(device)
+    need, have = step_memory(config, batch_size, dtype, grad_checkpoint, averaged, trainable), available_memory(device)
     shape = f"batch {batch_size} x context {config.block_size}"
     if have is not None and need > have:
         recompute = "" if grad_checkpoint else ", or --grad-checkpoint"
@@ -309,8 +312,9 @@ class Trainer:
         self.dist = Distributed()
         self.device = pick_device(self.dist.device_name(config.device))
         self.dtype = pick_dtype(config.dtype, self.device)
+        trainable = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
         self.memory_note = check_step_memory(model.config, config.batch_size, self.device, self.dtype,
-                                             config.grad_checkpoint, config.ema > 0)
+                                             config.grad_checkpoint, config.ema > 0, trainable)
         self.device_notes = setup_device(self.device, self.dist.local_world_size)
         self.model = model.to(self.device)
         self.optimizer = make_optimizer(self.model, config, self.device)
@@ -334,6 +338,7 @@ class Trainer:
         self.saved_to: Path | None = None  # where the last checkpoint went (see save)
         self.plan: dict | None = None  # the plan a new run was made from (plan.Plan.as_dict), kept in the checkpoint
         self.budget_start: float | None = None  # clock time --minutes counts from (default: when training starts)
+        self.lora_base: dict | None = None  # with --lora: the base model's {"name", "path", "hash"} (see checkpoint)
         if self.dist.world_size > 1:
             # The model was made from the same seed on every rank (DDP also copies rank 0's
             # weights); from here each rank draws its own dropout masks.
@@ -358,9 +363,17 @@ class Trainer:
         notes += f", Muon (lr {c.muon_lr or MUON_LR:g}) beside AdamW" if self.muon is not None else ""
         notes += f", evaluating and saving a moving average of the weights (--ema {c.ema:g})" if c.ema else ""
         return (f"device {self.device.type}, {precision}{', compiled' if c.compile else ''}{notes}; "
-                f"{self.model.num_parameters():,} parameters; global batch {c.batch_size} x {c.grad_accum} "
+                f"{self.model.num_parameters():,} parameters{self._trained_part()}; global batch {c.batch_size} x {c.grad_accum} "
                 f"accumulation{processes} x {self.model.config.block_size} tokens "
                 f"= {self.tokens_per_step:,} tokens per step")
+
+    def _trained_part(self) -> str:
+        """", of which N trained" for a model partly frozen (--lora, --train-blocks); else nothing."""
+        frozen = any(not p.requires_grad for p in self.model.parameters())
+        if not frozen:
+            return ""
+        trained = sum(p.numel() for p in {id(p): p for p in self.model.parameters() if p.requires_grad}.values())
+        return f", of which {trained:,} trained ({trained / self.model.num_parameters():.2%})"
 
     @property
     def warmup_steps(self) -> int:
@@ -869,11 +882,20 @@ class Trainer:
         # With --ema the model is the weights' moving average, and the weights themselves (what
         # training goes on from) are stored beside it. A classifier's language model is "model", as
         # any model's, and its own part "classifier" (classifier.py).
+        # With --lora the base is named (with its hash), not stored: "lora" holds the adapters (lora.py).
         kept = self.model.state_dict() if self.average is None else self.average.state_dict(self.model)
+        entries = self.model.checkpoint_entries(kept) if hasattr(self.model, "checkpoint_entries") else {"model": kept}
+        weights = self.model.state_dict
+        if self.lora_base is not None:
+            from .lora import adapter_entries, lora_state
+
+            entries = {**adapter_entries(self.model, kept, self.lora_base),
+                       **{k: v for k, v in entries.items() if k == "classifier"}}
+            weights = functools.partial(lora_state, self.model)
         return {
             "model_config": asdict(self.model.config),
-            **(self.model.checkpoint_entries(kept) if hasattr(self.model, "checkpoint_entries") else {"model": kept}),
-            **({} if self.average is None else {"training_weights": self.model.state_dict()}),
+            **entries,
+            **({} if self.average is None else {"training_weights": weights()}),
             "optimizer": self.optimizer.state_dict(),
             **({} if self.muon is None else {"muon": self.muon.state_dict()}),
             "train_config": asdict(self.config),
@@ -932,9 +954,16 @@ class Trainer:
         except UserError as e:
             raise CheckpointError(f"{path}: {e}") from None
         trainer = cls(loaded.model.train(), loaded.tokenizer, config, log=log)  # with --ema: from the average...
+        if "lora" in ckpt:
+            trainer.lora_base = {k: v for k, v in ckpt["lora"].items() if k not in ("settings", "state")}
         if "training_weights" in ckpt:  # ...while training goes on from the weights (see checkpoint)
             try:
-                trainer.model.load_state_dict(ckpt["training_weights"])
+                if "lora" in ckpt:
+                    from .lora import load_lora_state
+
+                    load_lora_state(trainer.model, ckpt["training_weights"], f"{path}'s training weights")
+                else:
+                    trainer.model.load_state_dict(ckpt["training_weights"])
             except RuntimeError:
                 raise CheckpointError(f"{path}: its training weights do not fit its model (a damaged file?)") from None
         trainer.optimizer.load_state_dict(ckpt["optimizer"])
