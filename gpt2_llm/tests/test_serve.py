@@ -834,6 +834,25 @@ def test_a_classify_request_whose_forward_pass_raises_fails_alone(classifier_che
         assert request(base, "GET", "/health")[0] == 200
 
 
+def test_a_slow_classification_times_out_and_a_full_queue_answers_429(classifier_checkpoint):
+    """A forward pass that outlasts --request-timeout: 503 for its request; a request while
+    --max-queue requests are waiting: 429 with Retry-After; afterwards the route answers again."""
+    with running(classifier_checkpoint, request_timeout=0.5, max_queue=1) as (base, app):
+        classifier = app.state.serving.served.classifier
+        model = classifier.model
+        model.forward = lambda *args, **kwargs: (time.sleep(1.5), type(model).forward(model, *args, **kwargs))[1]
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(request, base, "POST", "/v1/classify", {"input": "To be"})
+            wait_until(lambda: classifier.waiting == 1, "the first request to be classified")
+            code, headers, payload = request(base, "POST", "/v1/classify", {"input": "KING"})
+            assert code == 429 and payload["error"]["code"] == "queue_full" and headers["retry-after"] == "1"
+            code, _, payload = slow.result(WAIT)
+        assert code == 503 and "request time limit (0.5 s)" in payload["error"]["message"]
+        wait_until(lambda: classifier.waiting == 0, "the slow forward pass to end")
+        del model.forward
+        assert request(base, "POST", "/v1/classify", {"input": "KING"})[0] == 200
+
+
 # ---- main.py serve ---------------------------------------------------------------------------------
 
 
