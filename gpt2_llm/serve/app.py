@@ -525,7 +525,7 @@ async def classify(body: ClassifyRequest, request: Request):
     except Exception as e:  # a fault in the forward pass fails this request alone
         log.error("classification failed", exc_info=e)
         raise ApiError(500, f"classification failed: {one_line(e)}", code="classification_failed") from None
-    return classification_answer(s, texts, rows, probabilities)
+    return classification_answer(s, rows, probabilities)
 
 
 def check_texts(texts: list[str]) -> None:
@@ -541,7 +541,7 @@ def check_texts(texts: list[str]) -> None:
                        code="input_too_large")  # fmt: skip
 
 
-def classification_answer(s: Served, texts: list[str], rows: list[list[int]], probabilities: list[list[float]]) -> dict:
+def classification_answer(s: Served, rows: list[list[int]], probabilities: list[list[float]]) -> dict:
     names = s.classifier.names
     data = [{"object": "classification", "index": i, "label": names[max(range(len(p)), key=p.__getitem__)],
              "probabilities": dict(zip(names, p))} for i, p in enumerate(probabilities)]  # fmt: skip
