@@ -5,6 +5,8 @@
         --> Engine.submit (429 + Retry-After when the queue is full)
         <-- one JSON answer when every sequence has finished, or server-sent events: one chunk per
             step of the engine (`data: {...}`), then `data: [DONE]`
+    POST /v1/classify (a classifier): texts --> their ids (cut to the context) --> one batched forward
+        pass on the classifier's thread (classify.py) --> each text's label and probabilities
     GET  /v1/models, /model_card, /health, /metrics;  POST /tokenize, /detokenize
     GET  /, /static/<file>: the page (no key needed: the page asks the user for it)
 
@@ -53,6 +55,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from basics import UserError
 from bpe import PATTERNS
 
+from .classify import Classifications, encode_texts
 from .engine import (
     TTFT_BUCKETS,
     Engine,
@@ -61,6 +64,7 @@ from .engine import (
     QueueFull,
     SamplingParams,
     Sequence,
+    one_line,
 )
 
 STATIC = Path(__file__).parent / "static"
@@ -69,11 +73,13 @@ MAX_PROMPTS = 8  # prompts in one completions request
 MAX_STOP = 4  # stop strings, as OpenAI allows
 MAX_LOGPROBS = 20  # most likely tokens shown beside each token, at most (OpenAI's limit for chat)
 MAX_BIAS = 300  # tokens in one logit_bias, as OpenAI allows
+MAX_INPUTS = 32  # texts in one classify request
+MAX_INPUT_BYTES = 2**20  # bytes of the texts of one classify request together (each is cut to the context once tokenized)
 RETRY_AFTER = "1"  # seconds, when the queue is full or the model is loading
 DISCONNECT_POLL = 0.25  # seconds between checks that a client is still there
 DEADLINE_GRACE = 2.0  # seconds the web side waits past a request's deadline for the engine to end it
 MAX_BODY = 4 * 2**20  # bytes of a request body, by default (--max-body)
-COUNTED_PATHS = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize", "/detokenize",
+COUNTED_PATHS = {"/v1/completions", "/v1/chat/completions", "/v1/classify", "/v1/models", "/tokenize", "/detokenize",
                  "/model_card", "/health", "/metrics", "/", "/openapi.json"}
 METRICS_POINTS = 500  # the model card's training curves keep at most this many points each
 log = logging.getLogger("gpt2_llm.serve")
@@ -102,19 +108,27 @@ class ApiError(Exception):
 
 def validation_error(exc: RequestValidationError) -> ApiError:
     """FastAPI's validation error (bad JSON, a missing or ill-typed field) as a 400 naming the field."""
-    first = exc.errors()[0]
+    first = most_telling(exc.errors())
     if first.get("type") == "json_invalid":
         return ApiError(400, f"the body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}",
                         code="invalid_json")
     where = [str(part) for part in first.get("loc", ()) if part != "body"]
-    # A field given as one of several types (prompt: str | list[int] | ...) names the type tried last.
-    while len(where) > 1 and not where[-1].isdigit() and where[-1] in TYPE_NAMES:
-        where.pop()
+    # A field given as one of several types (prompt: str | list[int] | ...) names the type tried.
+    where = where[:1] + [part for part in where[1:] if part not in TYPE_NAMES]
     param = where[0] if where else None
     shown = ".".join(where)
     if param is None:
         return ApiError(400, f"the body must be a JSON object: {first['msg']}")
     return ApiError(400, f"{shown}: {first['msg']}", param=param)
+
+
+def most_telling(errors: list[dict]) -> dict:
+    """Of the errors of the first field named (one per type a field of several types may take), the
+    one that says most: a broken limit before a wrong type ("at most 32 items" rather than "a valid
+    string" for a list that is too long), then the deepest ("input.1" rather than "input")."""
+    field = errors[0].get("loc", ())[:2]
+    same = [e for e in errors if e.get("loc", ())[:2] == field]
+    return min(same, key=lambda e: (e.get("type", "").endswith("_type"), -len(e.get("loc", ()))))
 
 
 class ErrorDetail(BaseModel):
@@ -206,6 +220,11 @@ class DetokenizeRequest(Strict):
     tokens: list[int]
 
 
+class ClassifyRequest(Strict):
+    model: str | None = None
+    input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_INPUTS)]  # a text, or several
+
+
 # ---- the served model ----------------------------------------------------------------------------
 
 
@@ -214,12 +233,17 @@ class Served:
     """What the loader gave, and what is made once from it."""
 
     loaded: object  # loading.Loaded (its tokenizer filled in)
-    engine: Engine
+    engine: Engine | None  # None for a classifier, which generates nothing
     model_id: str
     chat: object  # a way to turn messages into prompt ids: see chat_renderer
     created: int
     longest_token: int  # bytes of the tokenizer's longest token: a text of more bytes than this many per
     #                     token of the context cannot fit it, whatever the tokenizer makes of it
+    classifier: Classifications | None = None  # a classifier's worker (engine is None then)
+
+    @property
+    def block_size(self) -> int:
+        return self.loaded.model.config.block_size
 
 
 def model_id_of(loaded) -> str:
@@ -300,13 +324,15 @@ def create_app(load: Callable[[], object], api_key: str | None = None, cors_orig
         threading.Thread(target=load_model, args=(serving, load, engine_options, on_error), name="gpt2-load",
                          daemon=True).start()  # fmt: skip
         yield
-        if serving.served is not None:
-            serving.served.engine.stop()
+        s = serving.served
+        if s is not None:
+            (s.engine or s.classifier).stop()
 
     # The schema (for clients and the fuzz test) without the docs pages; its 4XX replaces FastAPI's 422.
     app = FastAPI(title="gpt2-toolkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json",
                   responses=ERROR_RESPONSES)
     app.state.serving = serving
+    app.state.request_timeout = request_timeout  # the classify route's wait (the engine keeps its own)
     app.add_middleware(LimitBody, max_body=max_body)
     app.add_middleware(CountRequests, counts=serving.requests_total, paths=COUNTED_PATHS)
     if cors_origins:
@@ -324,15 +350,21 @@ def create_app(load: Callable[[], object], api_key: str | None = None, cors_orig
 
 def load_model(serving: Serving, load: Callable[[], object], engine_options: dict,
                on_load_error: Callable[[BaseException], None] | None) -> None:  # fmt: skip
-    """In a thread: load the model, start its engine, and make it `serving.served`; or keep the error."""
+    """In a thread: load the model, start its engine (a classifier's worker instead), and make it
+    `serving.served`; or keep the error."""
     try:
         loaded = load()
-        engine = Engine(loaded.model, loaded.tokenizer, **engine_options)
-        engine.start()
+        engine, classifier = None, None
+        if loaded.classes is not None:
+            classifier = Classifications(loaded.model, engine_options["max_batch"], engine_options["max_queue"])
+        else:
+            engine = Engine(loaded.model, loaded.tokenizer, **engine_options)
+            engine.start()
         render, stops, name = chat_renderer(loaded)
         tokenizer = loaded.tokenizer
         longest = max(len(tokenizer.decode_bytes([i])) for i in range(tokenizer.vocab_size))
-        serving.served = Served(loaded, engine, model_id_of(loaded), (render, stops, name), int(time.time()), longest)
+        serving.served = Served(loaded, engine, model_id_of(loaded), (render, stops, name), int(time.time()), longest,
+                                classifier)  # fmt: skip
     except BaseException as e:  # noqa: BLE001 -- told to the runner, which ends the server
         serving.error = e
         if on_load_error is not None:
@@ -387,6 +419,15 @@ def check_key(request: Request) -> None:
                        code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
+def generating(request: Request, model: str | None = None) -> Served:
+    """served(), for a generation route: 400 when the model is a classifier."""
+    s = served(request, model)
+    if s.classifier is not None:
+        raise ApiError(400, f"this model is a classifier (classes: {', '.join(s.classifier.names)}); it generates "
+                            f"no text: use POST /v1/classify", param="model", code="model_is_classifier")  # fmt: skip
+    return s
+
+
 def served(request: Request, model: str | None = None) -> Served:
     """The model, once loaded (503 before); 404 when the request names another one."""
     serving: Serving = request.app.state.serving
@@ -394,7 +435,7 @@ def served(request: Request, model: str | None = None) -> Served:
     if s is None:
         why = "the model could not be loaded" if serving.error is not None else "the model is loading"
         raise ApiError(503, why, headers={"Retry-After": RETRY_AFTER})
-    if s.engine.failure is not None:
+    if s.engine is not None and s.engine.failure is not None:
         raise ApiError(503, "the engine has stopped on an error; the server is restarting")
     if model is not None and model not in (s.model_id, s.loaded.name):
         raise ApiError(404, f"the model '{model}' does not exist: this server serves '{s.model_id}'",
@@ -436,7 +477,7 @@ async def model_card(request: Request):
 
 @api_routes.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
-    s = served(request, body.model)
+    s = generating(request, body.model)
     refuse_unsupported(body, ("best_of", (body.best_of or 1) > 1), ("suffix", body.suffix))
     prompts = await asyncio.to_thread(completion_prompts, body.prompt, s)
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
@@ -445,13 +486,68 @@ async def completions(body: CompletionRequest, request: Request):
 
 @api_routes.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request):
-    s = served(request, body.model)
+    s = generating(request, body.model)
     refuse_unsupported(body, ("max_tokens", body.max_tokens == 0))
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     ids = await asyncio.to_thread(chat_ids, body.messages, s)
     max_tokens = body.max_completion_tokens or body.max_tokens
     return await generate(request, s, body, [ids], max_tokens, "messages", chat=True)
+
+
+@api_routes.post("/v1/classify")
+async def classify(body: ClassifyRequest, request: Request):
+    """Each text's label and class probabilities (a classifier's route; a language model answers 400)."""
+    s = served(request, body.model)
+    if s.classifier is None:
+        raise ApiError(400, "this model is a language model, not a classifier: use /v1/completions or "
+                            "/v1/chat/completions (a model trained with train --classify answers here)",
+                       param="model", code="model_not_classifier")  # fmt: skip
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    check_texts(texts)
+    rows = await asyncio.to_thread(encode_texts, s.loaded.tokenizer, texts, s.block_size)
+    try:
+        future = s.classifier.submit(rows)
+    except QueueFull as e:
+        raise ApiError(429, str(e), code="queue_full", headers={"Retry-After": RETRY_AFTER}) from None
+    except RuntimeError:
+        raise ApiError(503, "the server is shutting down", headers={"Retry-After": RETRY_AFTER}) from None
+    timeout = request.app.state.request_timeout
+    try:
+        probabilities = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+    except asyncio.TimeoutError:
+        raise ApiError(503, f"the texts were not classified within the request time limit ({timeout:g} s)",
+                       headers={"Retry-After": RETRY_AFTER}) from None  # fmt: skip
+    except asyncio.CancelledError:
+        if future.cancelled():  # the server stopped before this request's turn came
+            raise ApiError(503, "the server is shutting down", headers={"Retry-After": RETRY_AFTER}) from None
+        raise
+    except Exception as e:  # a fault in the forward pass fails this request alone
+        log.error("classification failed", exc_info=e)
+        raise ApiError(500, f"classification failed: {one_line(e)}", code="classification_failed") from None
+    return classification_answer(s, rows, probabilities)
+
+
+def check_texts(texts: list[str]) -> None:
+    """400 for an empty text; 413 for texts whose bytes together exceed MAX_INPUT_BYTES (before tokenizing)."""
+    empty = next((i for i, text in enumerate(texts) if not text), None)
+    if empty is not None:
+        raise ApiError(400, f"input[{empty}] is empty: give a text to classify" if len(texts) > 1 else
+                            "input is empty: give a text to classify", param="input")  # fmt: skip
+    size = sum(len(text.encode("utf-8", errors="replace")) for text in texts)
+    if size > MAX_INPUT_BYTES:
+        raise ApiError(413, f"the input has {size:,} bytes; a classify request takes at most {MAX_INPUT_BYTES:,} "
+                            f"(each text is cut to the model's context anyway)", param="input",
+                       code="input_too_large")  # fmt: skip
+
+
+def classification_answer(s: Served, rows: list[list[int]], probabilities: list[list[float]]) -> dict:
+    names = s.classifier.names
+    data = [{"object": "classification", "index": i, "label": names[max(range(len(p)), key=p.__getitem__)],
+             "probabilities": dict(zip(names, p))} for i, p in enumerate(probabilities)]  # fmt: skip
+    tokens = sum(len(ids) for ids in rows)
+    return {"object": "list", "model": s.model_id, "data": data,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
 
 
 @api_routes.post("/tokenize")
@@ -461,7 +557,7 @@ async def tokenize(body: TokenizeRequest, request: Request):
         raise ApiError(400, "give 'prompt' (a text) or 'messages' (a chat), one of them", param="prompt")
     ids = await asyncio.to_thread(encode, body.prompt, s) if body.prompt is not None else \
         await asyncio.to_thread(chat_ids, body.messages, s)
-    return {"tokens": ids, "count": len(ids), "max_model_len": s.engine.block_size}
+    return {"tokens": ids, "count": len(ids), "max_model_len": s.block_size}
 
 
 @api_routes.post("/detokenize")
@@ -496,7 +592,7 @@ def encode(text: str, s: Served, param: str = "prompt") -> list[int]:
 
 def check_length(size: int, s: Served, param: str) -> None:
     """413 for a text of `size` bytes that cannot fit the context, before the tokenizer reads it."""
-    block_size = s.engine.block_size
+    block_size = s.block_size
     if size > (block_size - 1) * s.longest_token:
         raise ApiError(413, f"the {param} has {size:,} bytes: more than this model's context of {block_size} tokens "
                             f"can hold", param=param, code="context_length_exceeded")  # fmt: skip
@@ -590,7 +686,7 @@ async def generate(request: Request, s: Served, body: Sampling, prompts: list[li
     """Queue n sequences per prompt; answer with one JSON body, or stream their events as SSE."""
     stops = stop_strings(body, s.chat[1] if chat else ())
     bias = logit_bias_of(body, s.loaded.model.config.vocab_size)
-    limits = [check_fits(ids, max_tokens, s.engine.block_size, what) for ids in prompts]
+    limits = [check_fits(ids, max_tokens, s.block_size, what) for ids in prompts]
     tokenizer = s.loaded.tokenizer
     stop_ids = set(tokenizer.special_tokens.values())  # an end of text or of a turn ends the sequence
     loop = asyncio.get_running_loop()
@@ -799,8 +895,12 @@ class Reply:
 
 
 def model_entry(s: Served) -> dict:
-    return {"id": s.model_id, "object": "model", "created": s.created, "owned_by": "gpt2-toolkit",
-            "max_model_len": s.engine.block_size}  # fmt: skip
+    """OpenAI's model object; a classifier's has its class names too (in label order)."""
+    entry = {"id": s.model_id, "object": "model", "created": s.created, "owned_by": "gpt2-toolkit",
+             "max_model_len": s.block_size}  # fmt: skip
+    if s.classifier is not None:
+        entry["classes"] = s.classifier.names
+    return entry
 
 
 def card(s: Served) -> dict:
@@ -813,6 +913,7 @@ def card(s: Served) -> dict:
     return {
         "id": s.model_id,
         "source": loaded.source,
+        "classes": loaded.classes,  # a classifier's class names (the page then classifies); None for a language model
         "architecture": architecture,
         "parameters": loaded.model.num_parameters(),
         "tokenizer": {"vocab_size": tokenizer.vocab_size, "pattern": names.get(tokenizer.pattern, tokenizer.pattern),
@@ -936,7 +1037,14 @@ def prometheus_text(s: Served | None, requests_total: Counter) -> str:
              "# TYPE gpt2_requests_total counter"]
     for (path, status), count in sorted(requests_total.items()):
         lines.append(f'gpt2_requests_total{{path="{_label(path)}",code="{status}"}} {count}')
-    if s is not None:
+    if s is not None and s.classifier is not None:
+        c = s.classifier
+        for name, help_text, kind, value in (
+                ("gpt2_queue_length", "Classify requests waiting or being classified.", "gauge", c.waiting),
+                ("gpt2_prompt_tokens_total", "Tokens of the texts classified.", "counter", c.tokens),
+                ("gpt2_classified_texts_total", "Texts classified.", "counter", c.texts)):  # fmt: skip
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    elif s is not None:
         e, st = s.engine, s.engine.stats
         gauges = [("gpt2_queue_length", "Sequences waiting to join the batch.", "gauge", e.queue_length),
                   ("gpt2_active_sequences", "Sequences in the batch being decoded.", "gauge", e.active_count),

@@ -103,7 +103,8 @@ def serve(load: Callable[[], object], host: str = "127.0.0.1", port: int = 8000,
     def loaded_then_say():
         loaded = load()
         say(f"serving {loaded.name} at http://{host_for_url(host)}:{port} ({loaded.model.num_parameters():,} "
-            f"parameters, context {loaded.model.config.block_size}; batch up to {max_batch}, "
+            f"parameters, context {loaded.model.config.block_size}"
+            f"{f', a classifier of {len(loaded.classes)} classes' if loaded.classes else ''}; batch up to {max_batch}, "
             f"{'API key required' if api_key else 'no API key'})")
         return loaded
 

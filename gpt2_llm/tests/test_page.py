@@ -349,3 +349,96 @@ def test_the_servers_error_message_is_shown(page):
     message = page.text_content("#error")
     assert message.startswith("Error 400") and "temperature" in message
     assert page.is_enabled("#generate") and page.is_disabled("#stop")
+
+
+# ---- a classifier ----------------------------------------------------------------------------------
+
+CLASSES = ["negative", "neutral", "positive"]
+
+
+def write_classifier(folder: Path) -> Path:
+    """A random classifier of three classes (its score made large, so that texts differ), no API key."""
+    from gpt2_llm.classifier import GPT2Classifier, pad_id_of
+
+    tokenizer = BPE.train("To be, or not to be, that is the question: whether 'tis nobler " * 8, vocab_size=300)
+    torch.manual_seed(1)  # a seed under which the three texts of the test get three different labels
+    gpt = GPT2(GPT2Config(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=64, block_size=64))
+    model = GPT2Classifier(gpt, CLASSES, pad_id_of(tokenizer))
+    with torch.no_grad():
+        model.score.weight.mul_(60)
+    path = folder / "sentiment.pt"
+    save_checkpoint(path, {"model_config": asdict(gpt.config), **model.checkpoint_entries(model.state_dict()),
+                           "tokenizer": {"text": tokenizer.to_text(), "hash": tokenizer.hash}})  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def classifier_server(tmp_path_factory):
+    path = write_classifier(tmp_path_factory.mktemp("page_classifier"))
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "serve", str(path), "--host", "127.0.0.1",
+                                "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, env={**SERVER_ENV, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def classify_directly(url: str, text: str) -> dict:
+    body = json.dumps({"input": text}).encode()
+    request = urllib.request.Request(f"{url}/v1/classify", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["data"][0]
+
+
+def test_a_classifier_shows_the_label_and_each_class_probability(browser, classifier_server, tmp_path):
+    """A classifier's page: a text box and Classify instead of completion and chat; the label and a
+    bar per class, the same probabilities as the API gives; the server's error for an empty text."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(WAIT_MS)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(error))
+    page.goto(classifier_server)
+    page.wait_for_selector("#param-count")
+    assert page.is_visible("#view-classify") and page.is_visible("#tab-classify")
+    for hidden in ("#view-completion", "#view-chat", "#tab-completion", "#tab-chat", "#sampling"):
+        assert page.is_hidden(hidden), hidden
+    assert "3: negative, neutral, positive" in page.text_content("#facts")
+    labels = set()
+    for text in ("To be, or not to be, that is the question", "whether 'tis nobler", "T"):
+        page.fill("#classify-input", text)
+        page.press("#classify-input", "Control+Enter")  # the keyboard's way to Classify
+        page.wait_for_function("document.querySelector('#classify-stats').textContent.includes('tokens')")
+        page.wait_for_selector("#classify:enabled")
+        expected = classify_directly(classifier_server, text)
+        rows = page.locator("#classification .class-row")
+        assert [rows.nth(i).locator(".class-name").text_content() for i in range(rows.count())] == CLASSES
+        shown = {rows.nth(i).locator(".class-name").text_content(): float(rows.nth(i).get_attribute("data-probability"))
+                 for i in range(rows.count())}  # fmt: skip
+        assert shown == expected["probabilities"] and page.text_content("#class-label") == expected["label"]
+        chosen = page.locator("#classification .class-row.chosen .class-name")
+        assert chosen.count() == 1 and chosen.text_content() == expected["label"]
+        widths = [rows.nth(i).locator(".fill").bounding_box()["width"] for i in range(3)]
+        bar = rows.nth(0).locator(".bar").bounding_box()["width"]
+        assert all(abs(w - bar * p) <= 1.5 for w, p in zip(widths, expected["probabilities"].values())), widths
+        labels.add(expected["label"])
+    assert labels == set(CLASSES)  # the page shows what the model says, not one class for all
+    page.fill("#classify-input", "To be, or not to be, that is the question")
+    page.click("#classify")
+    page.wait_for_selector("#classify:enabled")
+    page.screenshot(path=tmp_path / "classify.png")
+    page.fill("#classify-input", "")
+    page.click("#classify")
+    page.wait_for_selector("#error", state="visible")
+    assert page.text_content("#error").startswith("Error 400") and "input is empty" in page.text_content("#error")
+    context.close()
+    assert not errors, f"the page threw: {errors}"

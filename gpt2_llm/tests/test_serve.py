@@ -696,6 +696,163 @@ def test_stream_chunks_never_split_a_character(utf8_model):
     assert sum(1 for piece in pieces if piece) == 16  # a chunk per character, not one at the end
 
 
+# ---- a classifier: POST /v1/classify -----------------------------------------------------------------
+
+CLASSES = ["ham", "spam", "eggs"]
+TEXTS = ["To be, or not to be", "O", "ROMEO: I will tell thee what thou art, and all the rest of it", "KING"]
+
+
+@pytest.fixture(scope="module")
+def classifier_checkpoint(tmp_path_factory, tokenizer) -> Path:
+    """A random classifier of three classes with a 32-token context; its score made large, so that
+    the texts' probabilities differ well beyond float noise."""
+    from gpt2_llm.classifier import GPT2Classifier, pad_id_of
+
+    torch.manual_seed(1)
+    gpt = GPT2(GPT2Config(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=4, n_embd=64, block_size=32))
+    model = GPT2Classifier(gpt, CLASSES, pad_id_of(tokenizer))
+    with torch.no_grad():
+        model.score.weight.mul_(100)
+    part = model.checkpoint_entries(model.state_dict())["classifier"]
+    return save(tmp_path_factory.mktemp("classify") / "spam.pt", gpt, tokenizer, classifier=part)
+
+
+@pytest.fixture(scope="module")
+def classifier_server(classifier_checkpoint):
+    with running(classifier_checkpoint, max_batch=3) as (base, app):
+        yield base, app
+
+
+def own_probabilities(path: Path, tokenizer, text: str) -> list[float]:
+    """The classifier's own softmax for one text alone, read as training reads it (its beginning, cut to the context)."""
+    model = load(path).model
+    ids = tokenizer.encode_ordinary(text)[: model.config.block_size]
+    with torch.no_grad():
+        return model(torch.tensor([ids]))[0][0].softmax(-1).tolist()
+
+
+def test_classify_gives_the_models_own_probabilities_alone_or_batched(classifier_server, classifier_checkpoint,
+                                                                      tokenizer):  # fmt: skip
+    """One text, and texts of different lengths in one request (batches of at most --max-batch 3
+    rows, right-padded), one of them longer than the context: each equals the model on that text
+    alone within 1e-5, and its label is the most probable class."""
+    base, _ = classifier_server
+    long = "To be, or not to be, that is the question: " * 20  # far more than 32 tokens
+    texts = [*TEXTS, long]
+    code, _, one = request(base, "POST", "/v1/classify", {"input": TEXTS[0], "model": "spam.pt"})
+    assert code == 200 and one["object"] == "list" and one["model"] == "spam.pt" and len(one["data"]) == 1
+    code, _, many = request(base, "POST", "/v1/classify", {"input": texts})
+    assert code == 200 and [d["index"] for d in many["data"]] == list(range(5))
+    for answer, text in [(one["data"][0], TEXTS[0]), *zip(many["data"], texts)]:
+        expected = own_probabilities(classifier_checkpoint, tokenizer, text)
+        assert answer["object"] == "classification" and list(answer["probabilities"]) == CLASSES
+        got = list(answer["probabilities"].values())
+        assert max(abs(g - e) for g, e in zip(got, expected)) <= 1e-5, (got, expected)
+        assert answer["label"] == CLASSES[expected.index(max(expected))]
+    assert len({d["label"] for d in many["data"]}) > 1  # not one class for everything
+    lengths = [min(32, len(tokenizer.encode_ordinary(t))) for t in texts]
+    assert many["usage"] == {"prompt_tokens": sum(lengths), "total_tokens": sum(lengths)} and lengths[-1] == 32
+    # A long text is read from its beginning: what comes after the context changes nothing.
+    longer = request(base, "POST", "/v1/classify", {"input": [long + "KING RICHARD"]})[2]["data"][0]
+    cut = many["data"][-1]["probabilities"]  # the same text in a batch: equal within float noise
+    assert max(abs(longer["probabilities"][name] - cut[name]) for name in CLASSES) <= 1e-5
+
+
+@pytest.mark.parametrize("body, code, param, says", [
+    ({"input": []}, 400, "input", "at least 1 item"),
+    ({"input": 5}, 400, "input", "input"),
+    ({"input": ["a", 3]}, 400, "input", "input.1"),
+    ({"input": [[1, 2]]}, 400, "input", "input"),
+    ({"inputs": "a"}, 400, "input", "Field required"),
+    ({"input": ["a", ""]}, 400, "input", "input[1] is empty"),
+    ({"input": ""}, 400, "input", "input is empty"),
+    ({"input": ["a"] * 33}, 400, "input", "at most 32"),
+    ({"input": ["é" * 300_000, "x" * 500_000]}, 413, "input", "1,100,000 bytes"),
+    ({"input": "a", "model": "gpt-4"}, 404, "model", "gpt-4"),
+    ({"input": "a", "temperature": 0.5}, 200, None, None),  # an unknown field is ignored, as elsewhere
+])  # fmt: skip
+def test_bad_classify_requests_get_openai_error_bodies(classifier_server, body, code, param, says):
+    base, _ = classifier_server
+    status_code, _, payload = request(base, "POST", "/v1/classify", body)
+    assert status_code == code, payload
+    if code != 200:
+        error = payload["error"]
+        assert error["param"] == param and says in error["message"], payload
+        assert set(error) == {"message", "type", "param", "code"} and error["type"]
+
+
+def test_a_language_model_refuses_classify(server):
+    code, _, payload = request(server, "POST", "/v1/classify", {"input": "To be"})
+    error = payload["error"]
+    assert code == 400 and error["code"] == "model_not_classifier" and error["type"] == "invalid_request_error"
+    assert error["message"].startswith("this model is a language model")
+    assert "classes" not in request(server, "GET", "/v1/models")[2]["data"][0]
+    assert request(server, "GET", "/model_card")[2]["classes"] is None
+
+
+def test_a_classifier_refuses_generation_and_answers_the_rest(classifier_server):
+    """The generation routes answer 400 saying where to go; no engine runs; the models list, the
+    model card, /health, /metrics and /tokenize work as for a language model."""
+    base, app = classifier_server
+    for path, body in (("/v1/completions", {"prompt": "To be", "max_tokens": 3}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+                       ("/v1/completions", {"prompt": "To be", "stream": True})):  # fmt: skip
+        code, _, payload = request(base, "POST", path, body)
+        error = payload["error"]
+        assert code == 400 and error["code"] == "model_is_classifier" and error["param"] == "model", payload
+        assert "use POST /v1/classify" in error["message"] and "ham, spam, eggs" in error["message"]
+    assert app.state.serving.served.engine is None
+    (entry,) = request(base, "GET", "/v1/models")[2]["data"]
+    assert (entry["id"], entry["classes"], entry["max_model_len"]) == ("spam.pt", CLASSES, 32)
+    card = request(base, "GET", "/model_card")[2]
+    assert card["classes"] == CLASSES and card["architecture"]["block_size"] == 32
+    assert request(base, "GET", "/health")[0] == 200
+    code, _, tokens = request(base, "POST", "/tokenize", {"prompt": "To be"})
+    assert code == 200 and tokens["max_model_len"] == 32 and tokens["count"] >= 2
+    before = metric(base, "gpt2_classified_texts_total")
+    assert request(base, "POST", "/v1/classify", {"input": ["To be", "O"]})[0] == 200
+    assert metric(base, "gpt2_classified_texts_total") == before + 2
+    assert metric(base, "gpt2_queue_length") == 0
+
+
+def test_a_classify_request_whose_forward_pass_raises_fails_alone(classifier_checkpoint):
+    """A fault in the forward pass: 500 in OpenAI's shape for that request; the next ones are answered.
+    The API key guards the route as every other."""
+    with running(classifier_checkpoint, api_key="k") as (base, app):
+        key = {"Authorization": "Bearer k"}
+        code, _, payload = request(base, "POST", "/v1/classify", {"input": "To be"})
+        assert code == 401 and payload["error"]["code"] == "invalid_api_key"
+        expected = request(base, "POST", "/v1/classify", {"input": "To be"}, key)[2]["data"]
+        model = app.state.serving.served.classifier.model
+        model.forward = lambda *args, **kwargs: [][0]
+        code, _, payload = request(base, "POST", "/v1/classify", {"input": "To be"}, key)
+        del model.forward
+        error = payload["error"]
+        assert code == 500 and error["type"] == "server_error" and error["code"] == "classification_failed"
+        assert error["message"] == "classification failed: IndexError: list index out of range"
+        assert request(base, "POST", "/v1/classify", {"input": "To be"}, key)[2]["data"] == expected
+        assert request(base, "GET", "/health")[0] == 200
+
+
+def test_a_slow_classification_times_out_and_a_full_queue_answers_429(classifier_checkpoint):
+    """A forward pass that outlasts --request-timeout: 503 for its request; a request while
+    --max-queue requests are waiting: 429 with Retry-After; afterwards the route answers again."""
+    with running(classifier_checkpoint, request_timeout=0.5, max_queue=1) as (base, app):
+        classifier = app.state.serving.served.classifier
+        model = classifier.model
+        model.forward = lambda *args, **kwargs: (time.sleep(1.5), type(model).forward(model, *args, **kwargs))[1]
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(request, base, "POST", "/v1/classify", {"input": "To be"})
+            wait_until(lambda: classifier.waiting == 1, "the first request to be classified")
+            code, headers, payload = request(base, "POST", "/v1/classify", {"input": "KING"})
+            assert code == 429 and payload["error"]["code"] == "queue_full" and headers["retry-after"] == "1"
+            code, _, payload = slow.result(WAIT)
+        assert code == 503 and "request time limit (0.5 s)" in payload["error"]["message"]
+        wait_until(lambda: classifier.waiting == 0, "the slow forward pass to end")
+        del model.forward
+        assert request(base, "POST", "/v1/classify", {"input": "KING"})[0] == 200
+
+
 # ---- main.py serve ---------------------------------------------------------------------------------
 
 

@@ -4,7 +4,8 @@ is OpenAI's body, every stream read to its end ends with [DONE], and the server 
 afterwards.
 
 A real server on 127.0.0.1 (test_serve.running) with a tiny model whose context is 64 tokens, so
-that whatever max_tokens the fuzzer picks is generated in milliseconds. The default run is
+that whatever max_tokens the fuzzer picks is generated in milliseconds, and again with a tiny
+classifier (POST /v1/classify answers; the generation routes refuse it). The default run is
 deterministic (derandomized, a few hundred requests); longer, random ones:
 
     python -m pytest -q -n 0 -m slow gpt2_llm/tests/test_serve_fuzz.py   # 300 per route and mode
@@ -36,12 +37,27 @@ TIMEOUT = 5  # seconds for one request: the longest the fuzzer can ask for takes
 
 
 @pytest.fixture(scope="module")
-def small_context(tmp_path_factory):
+def tokenizer():
+    return BPE.train(some_text(10_000), vocab_size=280)
+
+
+@pytest.fixture(scope="module")
+def small_context(tmp_path_factory, tokenizer):
     """A random model with a 64-token context (and <|endoftext|> left possible: sequences end early too)."""
-    tokenizer = BPE.train(some_text(10_000), vocab_size=280)
     torch.manual_seed(0)
     model = GPT2(GPT2Config(vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=32, block_size=64))
     return save(tmp_path_factory.mktemp("fuzz") / "fuzz.pt", model, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def small_classifier(tmp_path_factory, tokenizer):
+    """A random classifier of two classes on the same shape: /v1/classify answers, generation is refused."""
+    from gpt2_llm.classifier import GPT2Classifier, pad_id_of
+
+    torch.manual_seed(0)
+    gpt = GPT2(GPT2Config(vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=32, block_size=64))
+    part = GPT2Classifier(gpt, ["ham", "spam"], pad_id_of(tokenizer)).checkpoint_entries({"score.weight": torch.randn(2, 32)})
+    return save(tmp_path_factory.mktemp("fuzz") / "classify.pt", gpt, tokenizer, classifier=part["classifier"])
 
 
 def openai_error_shape(ctx, response, case) -> None:
@@ -76,7 +92,11 @@ def within_reach(body: dict) -> None:
     a max_tokens that fits the context (most random ones are a 400), as a client's would."""
     body.pop("model", None)
     if type(body.get("prompt")) is str:
-        body["prompt"] = "Once" + body["prompt"]  # a client's prompt is not empty
+        body["prompt"] = "Once" + body["prompt"]  # a client's prompt is not empty, nor its texts
+    if type(body.get("input")) is str:
+        body["input"] = "Once" + body["input"]
+    elif type(body.get("input")) is list and all(type(text) is str for text in body["input"]):
+        body["input"] = ["Once" + text for text in body["input"]]
     for key in ("max_tokens", "max_completion_tokens"):
         if type(body.get(key)) is int:
             body[key] = 1 + body[key] % 8
@@ -107,12 +127,23 @@ def fuzz(operation, mode: GenerationMode, base: str, session, examples: int, der
 def test_every_route_fuzzed(small_context):
     with running(small_context, max_queue=256, request_timeout=WAIT) as (base, app):
         fuzz_every_route(base, app, DEFAULT_EXAMPLES, derandomize=True)
+        code, _, body = request(base, "POST", "/v1/completions", {"prompt": "the", "max_tokens": 3})
+        assert code == 200 and body["usage"]["completion_tokens"] >= 1  # the engine still generates
+
+
+def test_every_route_fuzzed_on_a_classifier(small_classifier):
+    with running(small_classifier, max_queue=256, request_timeout=WAIT) as (base, app):
+        fuzz_every_route(base, app, DEFAULT_EXAMPLES, derandomize=True)
+        code, _, body = request(base, "POST", "/v1/classify", {"input": ["the", "a king"]})
+        assert code == 200 and [d["index"] for d in body["data"]] == [0, 1]
+        assert {d["label"] for d in body["data"]} <= {"ham", "spam"}
 
 
 @pytest.mark.slow
-def test_every_route_fuzzed_long(small_context):
-    with running(small_context, max_queue=256, request_timeout=WAIT) as (base, app):
-        fuzz_every_route(base, app, LONG_EXAMPLES, derandomize=False)
+def test_every_route_fuzzed_long(small_context, small_classifier):
+    for model in (small_context, small_classifier):
+        with running(model, max_queue=256, request_timeout=WAIT) as (base, app):
+            fuzz_every_route(base, app, LONG_EXAMPLES, derandomize=False)
 
 
 def fuzz_every_route(base: str, app, examples: int, derandomize: bool) -> None:
@@ -122,7 +153,7 @@ def fuzz_every_route(base: str, app, examples: int, derandomize: bool) -> None:
     operations = [result.ok() for result in schema.get_all_operations()]
     paths = {op.path for op in operations}
     assert paths == {"/health", "/v1/models", "/v1/models/{model_id}", "/model_card", "/v1/completions",
-                     "/v1/chat/completions", "/tokenize", "/detokenize", "/metrics"}  # fmt: skip
+                     "/v1/chat/completions", "/v1/classify", "/tokenize", "/detokenize", "/metrics"}  # fmt: skip
     with requests.Session() as session:
         for op in operations:
             has_input = op.method.upper() == "POST" or "{" in op.path
@@ -139,8 +170,6 @@ def fuzz_every_route(base: str, app, examples: int, derandomize: bool) -> None:
     counts = app.state.serving.requests_total - before
     assert not {key: n for key, n in counts.items() if key[1] >= 500}, "5xx answers"
     assert request(base, "GET", "/health")[0] == 200
-    code, _, body = request(base, "POST", "/v1/completions", {"prompt": "the", "max_tokens": 3})
-    assert code == 200 and body["usage"]["completion_tokens"] >= 1  # the engine still generates
 
 
 def test_settings_without_a_finite_distribution(small_context):

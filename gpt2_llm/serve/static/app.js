@@ -1,6 +1,7 @@
 // The page of `main.py serve`: a completion view, a chat view and the model card, on the server's
 // OpenAI-compatible API (POST /v1/completions and /v1/chat/completions with "stream": true, read as
-// server-sent events; GET /model_card; GET /health).
+// server-sent events; GET /model_card; GET /health). For a classifier (the model card names its
+// classes) a classify view instead: POST /v1/classify, the label and a bar per class.
 //
 // Model output and everything a user types reach the page through textContent and text nodes only,
 // never innerHTML: a model that writes "<img onerror=...>" shows those characters, nothing runs.
@@ -15,7 +16,7 @@ const state = {
   running: null,    // the AbortController of the generation under way, or null
   chat: [],         // [{role, content}] of the chat view
   chatFrom: 0,      // the first message of state.chat still sent (older ones no longer fit)
-  view: "completion",
+  view: "completion", // or "chat", or "classify" (a classifier's only view)
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -194,6 +195,7 @@ function setRunning(controller) {
   const busy = controller !== null;
   $("generate").disabled = busy;
   $("send").disabled = busy;
+  $("classify").disabled = busy;
   $("stop").disabled = !busy;
   $("chat-stop").disabled = !busy;
   $("continue").disabled = busy || !$("output").querySelector(".generated");
@@ -335,11 +337,64 @@ function clearChat() {
 
 function showView(view) {
   state.view = view;
-  for (const name of ["completion", "chat"]) {
+  for (const name of ["completion", "chat", "classify"]) {
     $(`view-${name}`).hidden = name !== view;
     $(`tab-${name}`).setAttribute("aria-selected", String(name === view));
   }
-  (view === "chat" ? $("chat-input") : $("prompt")).focus();
+  $({ chat: "chat-input", classify: "classify-input" }[view] || "prompt").focus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The classify view (a classifier): one text in, its label and each class's probability as a bar.
+
+const percent = (p) => (p >= 0.001 || p === 0 ? `${(100 * p).toFixed(1)}%` : "<0.1%");
+
+async function classify() {
+  if (state.running) return;
+  const text = $("classify-input").value;
+  showError("");
+  $("classify-stats").textContent = "classifying…";
+  const controller = new AbortController();
+  setRunning(controller);
+  const started = performance.now();
+  try {
+    const response = await request("/v1/classify", {
+      method: "POST", headers: headers(true), signal: controller.signal,
+      body: JSON.stringify({ model: state.modelId, input: text }),
+    });
+    const answer = await response.json();
+    showClassification(answer.data[0]);
+    const tokens = answer.usage.prompt_tokens;
+    const context = state.card && state.card.architecture && state.card.architecture.block_size;
+    const cut = tokens === context ? " (the beginning: the text was cut to the context)" : "";
+    $("classify-stats").textContent = `${fmt.format(tokens)} tokens${cut} · ${Math.round(performance.now() - started)} ms`;
+  } catch (err) {
+    $("classify-stats").textContent = "";
+    if (err.name !== "AbortError") showError(err.message);
+  } finally {
+    setRunning(null);
+  }
+}
+
+// The label on top, then a row per class in the model's order: its name, a bar as long as its
+// probability, and the figure (the exact value in data-probability and the row's title).
+function showClassification(item) {
+  const box = $("classification");
+  const rows = Object.entries(item.probabilities).map(([name, p]) => {
+    const fill = el("span", { cls: "fill" });
+    fill.style.width = `${(100 * p).toFixed(2)}%`;
+    return el("div", { cls: name === item.label ? "class-row chosen" : "class-row", "data-probability": String(p),
+                       title: `${name}: ${p}` },
+      el("span", { cls: "class-name", text: name }),
+      el("span", { cls: "bar", role: "meter", "aria-valuemin": "0", "aria-valuemax": "1", "aria-valuenow": String(p),
+                   "aria-label": name }, fill),
+      el("span", { cls: "class-p", text: percent(p) }));
+  });
+  box.replaceChildren(
+    el("div", { cls: "class-label" }, el("span", { cls: "muted", text: "Label " }),
+      el("strong", { id: "class-label", text: item.label }),
+      el("span", { cls: "muted", text: ` · ${percent(item.probabilities[item.label])}` })),
+    el("div", { cls: "class-rows" }, ...rows));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -381,7 +436,8 @@ function renderCard(card) {
   else if (t.pattern) rows.push(fact("Split pattern", el("code", { cls: "clip", text: t.pattern }), t.pattern));
   const special = Array.isArray(t.special_tokens) ? t.special_tokens : Object.keys(t.special_tokens || {});
   if (special.length) rows.push(fact("Special tokens", el("code", { text: special.join(" ") })));
-  rows.push(fact("Chat template", card.chat_template || "none"));
+  if (card.classes) rows.push(fact("Classes", `${card.classes.length}: ${card.classes.join(", ")}`));
+  else rows.push(fact("Chat template", card.chat_template || "none"));
   const tr = card.training;
   if (tr) {
     if (tr.step != null) rows.push(fact("Training step", fmt.format(tr.step)));
@@ -524,10 +580,19 @@ async function loadCard() {
     state.card = card;
     state.modelId = card.id;
     renderCard(card);
-    $("chat-note").textContent = card.chat_template
-      ? `chat template: ${card.chat_template}`
-      : "no chat template: chat uses the server's plain one";
-    showView(card.chat_template ? "chat" : "completion");
+    const classifier = Array.isArray(card.classes);
+    for (const name of ["completion", "chat"]) $(`tab-${name}`).hidden = classifier;
+    $("tab-classify").hidden = !classifier;
+    $("sampling").hidden = classifier;
+    if (classifier) {
+      $("chat-note").textContent = `a classifier of ${card.classes.length} classes: it generates no text`;
+      showView("classify");
+    } else {
+      $("chat-note").textContent = card.chat_template
+        ? `chat template: ${card.chat_template}`
+        : "no chat template: chat uses the server's plain one";
+      showView(card.chat_template ? "chat" : "completion");
+    }
     showError("");
   } catch (err) {
     showError(err.message);
@@ -554,6 +619,9 @@ function bindKeys() {
   $("prompt").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); generate(); }
   });
+  $("classify-input").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); classify(); }
+  });
   $("chat-input").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send(); }
   });
@@ -569,6 +637,7 @@ function init() {
   $("send").addEventListener("click", send);
   $("chat-stop").addEventListener("click", stop);
   $("chat-clear").addEventListener("click", clearChat);
+  $("classify").addEventListener("click", classify);
   $("key-form").addEventListener("submit", useKey);
   for (const tab of document.querySelectorAll("[role=tab]")) {
     tab.addEventListener("click", () => showView(tab.dataset.view));
