@@ -58,6 +58,14 @@ def report(model: str, vocab_path: str | None) -> tuple[list[str], list[str]]:
     else:
         lines.append("training:         no training state (a transformers folder holds weights only)")
     lines.append(f"chat template:    {chat_template_text(loaded.chat_template, model)}")
+    if loaded.classes is not None:
+        shown = ", ".join(loaded.classes[:10]) + (", ..." if len(loaded.classes) > 10 else "")
+        lines.append(f"classifier:       {len(loaded.classes)} classes ({shown}), read at each text's last token")
+    if "lora" in loaded.checkpoint:
+        lora = loaded.checkpoint["lora"]
+        settings = lora["settings"]
+        lines.append(f"LoRA adapters:    rank {settings['rank']} (alpha {settings['alpha']:g}) on {settings['targets']}, "
+                     f"on the base {lora['name']} (weights' hash {lora['hash'][:16]}, checked)")
     if stored is not None:
         where = "the checkpoint" if loaded.source == "checkpoint" else loaded.checkpoint["tokenizer_file"]
         lines.append(f"tokenizer (in {where}): {stored.vocab_size:,} tokens, hash {stored.hash[:16]}")

@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -78,17 +80,23 @@ def run_once(data: Path, seed: int, out: Path, extra: list[str]) -> dict:
     command = [sys.executable, str(ROOT / "main.py"), "train", str(data), *extra, "--classify", "--balance",
                "--val-fraction", "0.1", "--test-fraction", "0.2", "--seed", str(seed), "--out", str(out), "--overwrite"]
     start = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True)
-    seconds = time.monotonic() - start
-    if done.returncode != 0:
-        raise SystemExit(f"run failed: {' '.join(command)}\n{done.stderr[-2000:]}")
+    with tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        _, status, usage = os.wait4(child.pid, 0)  # the child's own peak resident memory, in KB on Linux
+        seconds = time.monotonic() - start
+        err.seek(0)
+        stderr = err.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"run failed: {' '.join(command)}\n{stderr[-2000:]}")
     metrics = [json.loads(line) for line in out.with_suffix(".metrics.jsonl").read_text().splitlines()]
     test = [m for m in metrics if m.get("test")][-1]
     val = [m for m in metrics if m.get("eval")]
-    trainable = re.search(r"training .*?: ([\d,]+) of ([\d,]+) parameters", done.stderr)
+    sizes = re.search(r"; ([\d,]+) parameters(?:, of which ([\d,]+) trained)?", stderr)  # the run's device line
+    total = int(sizes.group(1).replace(",", ""))
     return {"seed": seed, "test_accuracy": test["test_accuracy"], "val_accuracy": val[-1]["val_accuracy"],
-            "seconds": round(seconds, 1), "steps": test["step"],
-            "trainable": trainable.group(1) if trainable else None, "total": trainable.group(2) if trainable else None}
+            "seconds": round(seconds, 1), "steps": test["step"], "parameters": total,
+            "trained": int(sizes.group(2).replace(",", "")) if sizes.group(2) else total,
+            "peak_rss_mb": round(usage.ru_maxrss / 1024)}
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_instruct.py                       # the recipe, with and without prompt masking
     python benchmarks/bench_instruct.py --minutes 3 -- --preset tiny --lr 3e-3    # any train flags after --
+    python benchmarks/bench_instruct.py --init-from base.pt --lora 8 --minutes 5  # full fine-tuning against LoRA
 
 It makes the data (make_instructions.py: 4,500 training records, 500 held-out ones), learns a
 tokenizer from the training records as the model reads them (in the Alpaca template), then runs
@@ -18,6 +19,10 @@ capitals letter by letter (a code "KEMVO" is five tokens), while ordinary and ca
 ("Below", " instruction") merge as usual. Reversing a code or adding numbers
 is then a matter of moving and combining tokens, which a small model can learn, instead of
 knowing how each of hundreds of merged tokens is spelled.
+
+With --init-from MODEL the runs fine-tune that model (with its own tokenizer: none is learned), and
+with --lora R they are full fine-tuning against LoRA adapters of rank R (issue 31), both with the
+loss on the responses; flags after -- go to both.
 """
 
 from __future__ import annotations
@@ -82,7 +87,8 @@ def cli_answer(model_path: Path, instruction: str) -> str:
 
 def run(name: str, folder: Path, minutes: float, train_args: list[str], test: list[dict]) -> dict:
     model = folder / f"{name}.pt"
-    command = [sys.executable, str(ROOT / "main.py"), "train", str(folder / "train.jsonl"), str(folder / "vocab.txt"),
+    vocab = [] if "--init-from" in train_args else [str(folder / "vocab.txt")]  # a base brings its own
+    command = [sys.executable, str(ROOT / "main.py"), "train", str(folder / "train.jsonl"), *vocab,
                "--out", str(model), "--minutes", str(minutes), *train_args]
     print("command:", " ".join(["python main.py", *command[2:]]).replace(str(folder), "<tmp>"), flush=True)
     start = time.monotonic()
@@ -108,17 +114,23 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=5000, help="records made, a tenth held out (default 5000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data (default 0)")
     parser.add_argument("--only", choices=["masked", "unmasked"], default=None, help="run one of the two")
+    parser.add_argument("--init-from", default=None, help="fine-tune this model (its tokenizer) instead of the recipe")
+    parser.add_argument("--lora", type=int, default=None, help="with --init-from: full fine-tuning against LoRA of this rank")
     parser.add_argument("train_args", nargs="*", help="flags for main.py train, after -- (default: the recipe)")
     args = parser.parse_args()
-    train_args = args.train_args or RECIPE
+    train_args = args.train_args or ([] if args.init_from else RECIPE)
     variants = {"masked": [], "unmasked": ["--no-mask-prompt"]}
+    if args.init_from:
+        train_args = ["--init-from", args.init_from, *train_args]
+        variants = {"full": [], f"lora{args.lora}": ["--lora", str(args.lora)]} if args.lora else {"full": []}
 
     with tempfile.TemporaryDirectory(prefix="bench_instruct_") as folder:
         folder = Path(folder)
         records = make_instructions.make(args.count, args.seed)
         test, train = records[: args.count // 10], records[args.count // 10 :]
         make_instructions.write_jsonl(folder / "train.jsonl", train)
-        records_tokenizer([folder / "train.jsonl"], VOCAB_SIZE, pattern=PATTERN).save(folder / "vocab.txt")
+        if not args.init_from:
+            records_tokenizer([folder / "train.jsonl"], VOCAB_SIZE, pattern=PATTERN).save(folder / "vocab.txt")
         results = {name: run(name, folder, args.minutes, train_args + flags, test)
                    for name, flags in variants.items() if args.only in (None, name)}
 

@@ -33,6 +33,7 @@ from .config import (
     DEFAULT_MODEL,
     DEFAULT_VOCAB,
     FINETUNE_DEFAULTS,
+    LORA_LR,
     PRESETS,
     GPT2Config,
     TrainConfig,
@@ -281,7 +282,8 @@ def pretrained_run(asked: Asked, ranks: Distributed, say: Callable) -> Trainer:
     shape (a shorter context and other dropout rates excepted), and FINETUNE_DEFAULTS where no
     setting says otherwise."""
     init_from = asked.settings["init_from"]
-    defaults = {name: value for name, value in FINETUNE_DEFAULTS.items() if name not in asked.settings}
+    finetune = {**FINETUNE_DEFAULTS, **({"lr": LORA_LR} if asked.settings.get("lora") else {})}
+    defaults = {name: value for name, value in finetune.items() if name not in asked.settings}
     train_config = TrainConfig(**{**defaults, **asked.settings})
     if not ranks.is_main:
         ranks.barrier()  # rank 0 fetches a hub model first; the others then find it in the cache

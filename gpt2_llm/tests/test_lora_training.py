@@ -52,6 +52,8 @@ def test_lora_trains_only_the_adapters_and_the_checkpoint_names_its_base(base, t
             "attn.c_proj.", "attn.c_proj.base.")], weight, atol=0, rtol=0)
     assert any(v.abs().sum() > 0 for k, v in stored["lora"]["state"].items() if "lora_B" in k)  # B moved from 0
     assert run_main("predict", "ROMEO:", 5, tmp_path / "a.pt", "--seed", 1).returncode == 0
+    shown = run_main(tmp_path / "a.pt", entry="check_checkpoint", text=True).stdout
+    assert f"LoRA adapters:    rank 4 (alpha 4) on attention, on the base {folder / 'base.pt'} (weights' hash" in shown
 
 
 def test_lora_resumes_with_the_same_losses_and_ema_keeps_the_adapters_average(base, tmp_path, monkeypatch):
