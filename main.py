@@ -119,13 +119,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     """Write a model, with its tokenizer, as a folder transformers loads as it is."""
-    from gpt2_llm.export import check_out_dir, export_folder, export_with_adapter, hf_class_names
+    from gpt2_llm.export import check_out_dir, export_folder, hf_class_names
     from gpt2_llm.loading import load_with_tokenizer
+    from gpt2_llm.lora import export_with_adapter, merged_copy
 
     if not args.adapter:
         check_out_dir(args.out_dir, args.overwrite)  # before the slow load
     loaded = load_with_tokenizer(args.model, "cpu", args.vocab_file, "give its vocab file with --vocab-file")
-    model, tokenizer = loaded.model, loaded.tokenizer
+    model, tokenizer = loaded.model if args.adapter else merged_copy(loaded.model), loaded.tokenizer
     write = export_with_adapter if args.adapter else export_folder
     files = write(model, tokenizer, args.out_dir, loaded.chat_template, args.overwrite, name=args.model)
     kind, auto = hf_class_names(model)

@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=8.0, help="training budget of each run (default 8)")
     parser.add_argument("--count", type=int, default=5000, help="records made, a tenth held out (default 5000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data (default 0)")
-    parser.add_argument("--only", choices=["masked", "unmasked"], default=None, help="run one of the two")
+    parser.add_argument("--only", default=None, help="run one of the two (masked, unmasked; with --lora: full, loraR)")
     parser.add_argument("--init-from", default=None, help="fine-tune this model (its tokenizer) instead of the recipe")
     parser.add_argument("--lora", type=int, default=None, help="with --init-from: full fine-tuning against LoRA of this rank")
     parser.add_argument("train_args", nargs="*", help="flags for main.py train, after -- (default: the recipe)")

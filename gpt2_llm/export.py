@@ -34,7 +34,6 @@ in one line. All of it is plain JSON: neither transformers nor tokenizers is imp
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import pickle
@@ -661,12 +660,11 @@ def export_folder(model: GPT2 | GPT2Classifier, tokenizer: BPE | None, out_dir: 
     load as they are. The files are written into a new folder
     beside out_dir, which then takes its place: a failed export leaves out_dir as it was.
     Returns the names of the files written. `name`: the model's, in the error of a shape no
-    transformers class holds. A model with LoRA adapters is written with them merged into its
-    weights (export_with_adapter writes them apart, for PEFT)."""
-    from .lora import adapted_layers, merge_lora
-
-    if adapted_layers(model):
-        model = merge_lora(copy.deepcopy(model))
+    transformers class holds. A model with LoRA adapters is refused: merge them first
+    (lora.merged_copy, as `main.py export` does) or write them apart (lora.export_with_adapter)."""
+    if any(".lora_" in key for key in model.state_dict()):
+        raise UserError(f"{name} has LoRA adapters: merge them first (lora.merged_copy) or export them apart "
+                        f"(lora.export_with_adapter)")
     gpt, classifier = split_classifier(model)
     problem = export_problem(gpt.config, classifier is not None)
     if problem:
@@ -687,28 +685,6 @@ def export_folder(model: GPT2 | GPT2Classifier, tokenizer: BPE | None, out_dir: 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return sorted(path.name for path in out.iterdir())
-
-
-def export_with_adapter(model: GPT2 | GPT2Classifier, tokenizer: BPE | None, out_dir: str | os.PathLike,
-                        chat_template: dict | None = None, overwrite: bool = False, name: str = "the model") -> list[str]:  # fmt: skip
-    """`export MODEL OUT --adapter`: the base model as a transformers folder in OUT/base and the LoRA
-    adapters in PEFT's format in OUT/adapter, for PeftModel.from_pretrained(AutoModelFor...(OUT/base),
-    OUT/adapter). OUT/adapter also loads as a model name here (loading.load_adapter_folder)."""
-    from .lora import adapted_layers, without_adapters, write_peft_adapter
-
-    if not adapted_layers(model):
-        raise UserError(f"{name} has no LoRA adapters (it was not trained with --lora): export it without --adapter")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file: export writes a folder, choose another name")
-    held = {p.name for p in out.iterdir()} if out.is_dir() else set()
-    if held and not (overwrite and held <= {"base", "adapter"}):
-        raise UserError(f"{out} already exists and is not empty: pass --overwrite to replace an export with --adapter "
-                        f"(a folder of base/ and adapter/ only), or choose another folder")
-    export_folder(without_adapters(model), tokenizer, out / "base", chat_template, overwrite=True, name=name)
-    shutil.rmtree(out / "adapter", ignore_errors=True)
-    write_peft_adapter(model, out / "adapter", base_name_or_path=out / "base")
-    return ["base/", "adapter/"]
 
 
 def _replace_folder(new: Path, out: Path) -> None:

@@ -36,6 +36,7 @@ import json
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -211,6 +212,34 @@ def adapter_entries(model: nn.Module, state: dict[str, torch.Tensor], base: dict
     prefix = "gpt." if hasattr(model, "gpt") else ""
     tensors = {k.removeprefix(prefix): v for k, v in state.items() if ".lora_" in k}
     return {"lora": {**base, "settings": lora_settings(model), "state": tensors}}
+
+
+def merged_copy(model: nn.Module) -> nn.Module:
+    """The model with its adapters merged into a copy (the model itself keeps them); a model
+    without adapters as it is. What `export` writes by default."""
+    return merge_lora(copy.deepcopy(model)) if adapted_layers(model) else model
+
+
+def export_with_adapter(model: nn.Module, tokenizer, out_dir: str | os.PathLike,
+                        chat_template: dict | None = None, overwrite: bool = False, name: str = "the model") -> list[str]:  # fmt: skip
+    """`export MODEL OUT --adapter`: the base model as a transformers folder in OUT/base and the LoRA
+    adapters in PEFT's format in OUT/adapter, for PeftModel.from_pretrained(AutoModelFor...(OUT/base),
+    OUT/adapter). OUT/adapter also loads as a model name here (loading.load_adapter_folder)."""
+    from .export import export_folder
+
+    if not adapted_layers(model):
+        raise UserError(f"{name} has no LoRA adapters (it was not trained with --lora): export it without --adapter")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file: export writes a folder, choose another name")
+    held = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if held and not (overwrite and held <= {"base", "adapter"}):
+        raise UserError(f"{out} already exists and is not empty: pass --overwrite to replace an export with --adapter "
+                        f"(a folder of base/ and adapter/ only), or choose another folder")
+    export_folder(without_adapters(model), tokenizer, out / "base", chat_template, overwrite=True, name=name)
+    shutil.rmtree(out / "adapter", ignore_errors=True)
+    write_peft_adapter(model, out / "adapter", base_name_or_path=out / "base")
+    return ["base/", "adapter/"]
 
 
 # ---- PEFT's adapter folder ------------------------------------------------------------------------

@@ -369,10 +369,9 @@ class Trainer:
 
     def _trained_part(self) -> str:
         """", of which N trained" for a model partly frozen (--lora, --train-blocks); else nothing."""
-        frozen = any(not p.requires_grad for p in self.model.parameters())
-        if not frozen:
-            return ""
         trained = sum(p.numel() for p in {id(p): p for p in self.model.parameters() if p.requires_grad}.values())
+        if trained >= self.model.num_parameters():  # (a classifier's unused language-model head is not counted)
+            return ""
         return f", of which {trained:,} trained ({trained / self.model.num_parameters():.2%})"
 
     @property

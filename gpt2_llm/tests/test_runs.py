@@ -150,7 +150,7 @@ def test_the_training_part_is_the_text_without_its_held_out_end(tmp_path):
 
 def ended(stopped_by: str, init_from=None, best=None, **result) -> str:
     best = result.get("val_loss", float("inf")) if best is None else best
-    trainer = SimpleNamespace(config=SimpleNamespace(init_from=init_from, minutes=2.5), best_val_loss=best)
+    trainer = SimpleNamespace(config=SimpleNamespace(init_from=init_from, minutes=2.5, classify=False), best_val_loss=best)
     run = Run({"stopped_by": stopped_by, "step": 7, **result}, trainer, Path("m.pt"))
     asked = Asked("data/*.txt", [], "v.txt", True, None, {}, None, {})
     return end_report(run, asked, "m.pt", SimpleNamespace(world_size=1))
