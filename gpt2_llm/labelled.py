@@ -171,3 +171,10 @@ def split(data: Labelled, fractions: tuple[float, ...] = (0.7, 0.1, 0.2), seed: 
         parts.append(data.subset(rows[start:end]))
         start = end
     return parts
+
+
+def run_parts(data: Labelled, balanced: bool, val_fraction: float, test_fraction: float) -> tuple[Labelled, ...]:
+    """(the examples a --classify run uses: balanced if asked; its training, validation and test
+    parts), as the run cuts them: a tokenizer learned for the run reads the training part alone."""
+    data = balance(data) if balanced else data
+    return (data, *split(data, (1 - val_fraction - test_fraction, val_fraction, test_fraction)))

@@ -378,11 +378,16 @@ def learn_run_vocab(asked: Asked, vocab_size: int, train_config: TrainConfig, bl
 
     say(f"{asked.vocab_file} not found: training a tokenizer of {vocab_size} tokens on {asked.text}", file=sys.stderr)
     files, workers, part = asked.files, train_config.workers, ""  # part: what of the text it learned from
-    if train_config.classify:  # the texts alone, not their labels
-        from .labelled import read_labelled
+    if train_config.classify:  # the training part's texts alone, not their labels
+        from .labelled import read_labelled, run_parts
 
-        texts = read_labelled(files[0], train_config.text_column, train_config.label_column).texts
-        tokenizer = bpe.BPE.train("\n".join(texts), vocab_size, progress=True, workers=workers)
+        c = train_config
+        train = run_parts(read_labelled(files[0], c.text_column, c.label_column), c.balance, c.val_fraction,
+                          c.test_fraction)[1]  # fmt: skip
+        tokenizer = bpe.BPE.train("\n".join(train.texts), vocab_size, progress=True, workers=workers)
+        tokenizer.trained_on = {**tokenizer.trained_on, "sha256": bpe.text_digest(files), "text": bpe.files_name(files),
+                                "held_out": c.val_fraction + c.test_fraction}  # a later run on the file finds it
+        part = " (the texts of its training part: the held-out parts taught it nothing)"
     elif data.is_instruction_input(files):
         data.split_records(data.read_records(files)[1], train_config.val_fraction)  # "too few records": before any work
         tokenizer = data.records_tokenizer(files, vocab_size, workers=workers, progress=True)

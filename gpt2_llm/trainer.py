@@ -505,7 +505,7 @@ class Trainer:
         """Labelled texts (--classify): balanced if asked, split into training, validation and test
         parts with a fixed seed (the same parts whatever --seed draws), each text cut to the context."""
         from .classifier import Encoded, LabelledBatches, check_names
-        from .labelled import balance, read_labelled, split
+        from .labelled import read_labelled, run_parts
 
         c, block = self.config, self.model.config.block_size
         if len(files) != 1:
@@ -513,8 +513,7 @@ class Trainer:
         data = read_labelled(files[0], c.text_column, c.label_column)
         check_names(self.model, data.names, str(files[0]))
         about = data.summary()
-        data = balance(data) if c.balance else data
-        train, val, test = split(data, (1 - c.val_fraction - c.test_fraction, c.val_fraction, c.test_fraction))
+        data, train, val, test = run_parts(data, c.balance, c.val_fraction, c.test_fraction)
         if not train.texts or (c.val_fraction and not val.texts) or (c.test_fraction and not test.texts):
             raise DataError(f"too few examples: {len(data.texts)} give {len(train.texts)} to train on, "
                             f"{len(val.texts)} to validate and {len(test.texts)} to test on")

@@ -192,3 +192,24 @@ def test_a_file_of_one_class_is_one_line_of_error(tmp_path, corpus):
     assert result.returncode == 1 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("error: ") and "classification needs two or more" in err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_tokenizer_learned_for_a_classifier_reads_the_training_texts_alone(tmp_path):
+    """A word that only the held-out texts hold (many times) gets no merges; one of the training
+    texts does. The parts are cut by row, whatever the texts say, so marking rows keeps them."""
+    from bpe import BPE
+    from gpt2_llm.labelled import read_labelled, run_parts
+
+    data = tmp_path / "messages.tsv"
+    lines = labelled_lines(200, seed=5)
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _, train, val, test = run_parts(read_labelled(data), False, 0.1, 0.2)
+    held_out = set(val.texts) | set(test.texts)
+    marked = [f"{line} zyxwq zyxwq" if line.split("\t")[1] in held_out else f"{line} qvjkb qvjkb" for line in lines]
+    data.write_text("\n".join(marked) + "\n", encoding="utf-8")
+    result = run_main("train", data, tmp_path / "vocab.txt", "--classify", "--preset", "tiny", "--vocab-size", 320,
+                      "--test-fraction", 0.2, "--steps", 1, "--out", tmp_path / "m.pt", "--device", "cpu")  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    assert "the texts of its training part" in result.stderr.decode()
+    tokenizer = BPE.load(tmp_path / "vocab.txt")
+    assert len(tokenizer.encode(" qvjkb")) == 1 and len(tokenizer.encode(" zyxwq")) == 6
