@@ -25,6 +25,7 @@ from basics import UserError
 from .data import DataError, InstructionBatches
 from .gpt2 import GPT2
 from .hardware import autocast
+from .instruct import end_of_turn_id
 from .labelled import Labelled
 
 
@@ -44,11 +45,13 @@ class GPT2Classifier(nn.Module):
     def config(self):
         return self.gpt.config
 
-    def num_parameters(self) -> int:
-        """The language model's parameters without its head (a classifier does not use it), plus the score."""
-        c = self.config
-        head = 0 if c.tie_embeddings else c.vocab_size * c.n_embd
-        return self.gpt.num_parameters() - head + self.score.weight.numel()
+    def num_parameters(self, trained: bool = False) -> int:
+        """The language model's parameters without its head (a classifier does not use it), plus the
+        score; trained: only those that training changes (see GPT2.num_parameters)."""
+        c, head = self.config, self.gpt.lm_head.weight
+        unused_head = c.vocab_size * c.n_embd if not c.tie_embeddings and (head.requires_grad or not trained) else 0
+        score = self.score.weight.numel() if self.score.weight.requires_grad or not trained else 0
+        return self.gpt.num_parameters(trained) - unused_head + score
 
     def flops_per_token(self) -> int:
         """The language model's FLOPs per token less its head's (the score reads one position a text)."""
@@ -84,13 +87,6 @@ class GPT2Classifier(nn.Module):
             for p in module.parameters():
                 p.requires_grad_(True)
 
-    def trainable_parameters(self) -> int:
-        """Parameters that training changes, counted once each (padding rows of the embedding left out)."""
-        c = self.config
-        unique = {id(p): p for p in self.parameters() if p.requires_grad}.values()
-        padding = (c.padded_vocab_size - c.vocab_size) * c.n_embd if self.gpt.wte.weight.requires_grad else 0
-        return sum(p.numel() for p in unique) - padding
-
     # ---- the checkpoint's parts ----------------------------------------------------------------
 
     def checkpoint_entries(self, state: dict) -> dict:
@@ -112,13 +108,7 @@ class GPT2Classifier(nn.Module):
 
 def pad_id_of(tokenizer) -> int:
     """The padding token: <|endoftext|>, which no text encoded without special tokens holds."""
-    from bpe import ENDOFTEXT
-
-    pad = tokenizer.special_tokens.get(ENDOFTEXT)
-    if pad is None:
-        raise UserError(f"the tokenizer has no {ENDOFTEXT} token, which pads a classifier's texts: use a vocab "
-                        f"file made by this toolkit (they always have it)")
-    return pad
+    return end_of_turn_id(tokenizer, role="pads a classifier's texts")
 
 
 class Encoded:
@@ -128,7 +118,7 @@ class Encoded:
     def __init__(self, data: Labelled, tokenizer, block_size: int):
         ids = [tokenizer.encode_ordinary(text) for text in data.texts]
         self.cut = sum(len(x) > block_size for x in ids)
-        self.ids = [x[:block_size] for x in ids]
+        self.ids = [x[:block_size] for x in ids]  # as encode_text
         self.labels = np.asarray(data.labels, dtype=np.int64)
         self.lengths = np.asarray([len(x) for x in self.ids])
 
@@ -150,24 +140,38 @@ class LabelledBatches(InstructionBatches):
 
 
 @torch.no_grad()
+def logits_of_ids(model: GPT2Classifier, rows: list[list[int]], batch_size: int = 16,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
+    """(len(rows), classes) float32 logits of texts given as token ids, in the order given: batches
+    of rows of similar length (shortest first, so that little is padding), right-padded with the
+    pad token, on the model's device (under autocast when dtype is not float32). Evaluation,
+    predict, eval and the server all classify through it."""
+    device = next(model.parameters()).device
+    out = torch.empty(len(rows), len(model.names))
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    for start in range(0, len(order), batch_size):
+        part = order[start : start + batch_size]
+        x = torch.full((len(part), max(len(rows[i]) for i in part)), model.pad_id, dtype=torch.long)
+        for row, i in enumerate(part):
+            x[row, : len(rows[i])] = torch.tensor(rows[i], dtype=torch.long)
+        with autocast(device, dtype):
+            out[part] = model(x.to(device))[0].float().cpu()
+    return out
+
+
 def evaluate_classifier(model: GPT2Classifier, examples: Encoded, batch_size: int = 16,
                         dtype: torch.dtype = torch.float32, dist=None) -> dict:  # fmt: skip
-    """Mean loss and accuracy over labelled examples (shortest first, so a batch pads little);
-    under torchrun each rank takes its share and the sums are added up."""
-    device = next(model.parameters()).device
+    """Mean loss and accuracy over labelled examples; under torchrun each rank takes its share and
+    the sums are added up."""
     ranks, rank = (1, 0) if dist is None else (dist.world_size, dist.rank)
-    order = np.argsort(examples.lengths, kind="stable")[rank::ranks]
+    mine = range(rank, len(examples), ranks)
     was_training = model.training
     model.eval()
-    total, right = 0.0, 0
-    for start in range(0, len(order), batch_size):
-        x, y = examples.batch(order[start : start + batch_size], model.pad_id)
-        with autocast(device, dtype):
-            logits, loss = model(x.to(device), y.to(device))
-        total += loss.item() * len(y)
-        right += int((logits.argmax(-1).cpu() == y).sum())
+    logits = logits_of_ids(model, [examples.ids[i] for i in mine], batch_size, dtype)
     model.train(was_training)
-    count = len(order)
+    labels = torch.from_numpy(examples.labels[list(mine)])
+    total = nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+    right, count = int((logits.argmax(-1) == labels).sum()), len(labels)
     if dist is not None:
         total, right, count = dist.sum([total, right, count])
     return {"val_loss": total / max(1, count), "val_accuracy": right / max(1, count)}
@@ -182,24 +186,15 @@ def check_names(model: GPT2Classifier, names: list[str], where: str) -> None:
 # ---- using a classifier: predict, eval and the server ----------------------------------------------
 
 
-@torch.no_grad()
-def class_probabilities(model: GPT2Classifier, tokenizer, texts: list[str], batch_size: int = 16) -> torch.Tensor:
-    """(len(texts), classes) probabilities, each text encoded alone and cut to the context (its
-    beginning kept); batches of similar lengths, so that little is padding."""
-    examples = Encoded(Labelled(list(texts), [0] * len(texts), model.names), tokenizer, model.config.block_size)
-    device = next(model.parameters()).device
-    out = torch.empty(len(texts), len(model.names))
-    order = np.argsort(examples.lengths, kind="stable")
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        x, _ = examples.batch(rows, model.pad_id)
-        out[torch.from_numpy(rows)] = model(x.to(device))[0].float().softmax(-1).cpu()
-    return out
+def encode_text(tokenizer, text: str, block_size: int) -> list[int]:
+    """A text's ids as a classifier reads them: without special tokens, cut to the context, its beginning kept."""
+    return tokenizer.encode_ordinary(text)[:block_size]
 
 
 def classify(model: GPT2Classifier, tokenizer, texts: list[str], batch_size: int = 16) -> list[dict]:
     """For each text its label (the most probable class) and every class's probability."""
-    probabilities = class_probabilities(model, tokenizer, texts, batch_size)
+    rows = [encode_text(tokenizer, text, model.config.block_size) for text in texts]
+    probabilities = logits_of_ids(model, rows, batch_size).softmax(-1)
     return [{"label": model.names[int(p.argmax())], "probabilities": dict(zip(model.names, p.tolist()))}
             for p in probabilities]
 

@@ -57,11 +57,13 @@ class GPT2(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def num_parameters(self) -> int:
-        """Parameters counted once each (a tied head is the token embedding), padding rows left out."""
+    def num_parameters(self, trained: bool = False) -> int:
+        """Parameters counted once each (a tied head is the token embedding), padding rows left out;
+        trained: only those that training changes (a part frozen by --lora or --train-blocks left out)."""
         padding = (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
-        padded_matrices = 1 if self.config.tie_embeddings else 2  # the embedding, and an untied head
-        return sum(p.numel() for p in self.parameters()) - padded_matrices * padding
+        weights = {id(p): p for p in self.parameters() if p.requires_grad or not trained}
+        padded = {id(self.wte.weight), id(self.lm_head.weight)} & weights.keys()  # the embedding, an untied head
+        return sum(p.numel() for p in weights.values()) - len(padded) * padding
 
     def flops_per_token(self) -> int:
         """Model FLOPs of one training token (forward and backward), for MFU.

@@ -259,12 +259,13 @@ def template_from_checkpoint(stored, where: str) -> Template | None:
 # ---- tokens and the loss mask --------------------------------------------------------------------
 
 
-def end_of_turn_id(tokenizer) -> int:
-    """The id of <|endoftext|>, which ends every response; a tokenizer without it cannot be used."""
+def end_of_turn_id(tokenizer, role: str = "ends each response of an instruction template") -> int:
+    """The id of <|endoftext|>, which ends every response (and pads a classifier's texts: `role`);
+    a tokenizer without it cannot be used."""
     eot = tokenizer.special_tokens.get(ENDOFTEXT)
     if eot is None:
-        raise UserError(f"the tokenizer has no {ENDOFTEXT} token, which ends each response of an instruction "
-                        f"template: use a vocab file made by this toolkit (they always have it)")
+        raise UserError(f"the tokenizer has no {ENDOFTEXT} token, which {role}: use a vocab file made by this "
+                        f"toolkit (they always have it)")
     return eot
 
 

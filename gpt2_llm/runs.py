@@ -325,7 +325,7 @@ def with_adapters(model, base_gpt: GPT2, loaded, train_config: TrainConfig, say:
     path = str(loaded.path.resolve()) if loaded.source != "hub" else None
     base = {"name": loaded.name, "path": path, "hash": weights_hash(base_gpt.state_dict())}  # before the adapters
     add_lora(model, c.lora, c.lora_alpha, c.lora_dropout, c.lora_targets)
-    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trained = model.num_parameters(trained=True)
     say(f"LoRA rank {c.lora} (alpha {c.lora_alpha or c.lora:g}) on {c.lora_targets}: training {trained:,} of "
         f"{model.num_parameters():,} parameters ({trained / model.num_parameters():.2%}); the checkpoint holds "
         f"these and names {loaded.name}", file=sys.stderr)
@@ -348,7 +348,7 @@ def classifier_for(gpt: GPT2, asked: Asked, train_config: TrainConfig, tokenizer
     model.train_last_blocks(train_config.train_blocks)
     blocks = "all blocks" if train_config.train_blocks is None else f"the last {train_config.train_blocks} blocks"
     say(f"classifier of {len(names)} classes ({', '.join(names[:8])}{', ...' * (len(names) > 8)}); training "
-        f"{blocks}, the final norm and the head: {model.trainable_parameters():,} of {model.num_parameters():,} "
+        f"{blocks}, the final norm and the head: {model.num_parameters(trained=True):,} of {model.num_parameters():,} "
         f"parameters", file=sys.stderr)
     return model
 

@@ -312,9 +312,8 @@ class Trainer:
         self.dist = Distributed()
         self.device = pick_device(self.dist.device_name(config.device))
         self.dtype = pick_dtype(config.dtype, self.device)
-        trainable = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
         self.memory_note = check_step_memory(model.config, config.batch_size, self.device, self.dtype,
-                                             config.grad_checkpoint, config.ema > 0, trainable)
+                                             config.grad_checkpoint, config.ema > 0, model.num_parameters(trained=True))
         self.device_notes = setup_device(self.device, self.dist.local_world_size)
         self.model = model.to(self.device)
         self.optimizer = make_optimizer(self.model, config, self.device)
@@ -369,8 +368,8 @@ class Trainer:
 
     def _trained_part(self) -> str:
         """", of which N trained" for a model partly frozen (--lora, --train-blocks); else nothing."""
-        trained = sum(p.numel() for p in {id(p): p for p in self.model.parameters() if p.requires_grad}.values())
-        if trained >= self.model.num_parameters():  # (a classifier's unused language-model head is not counted)
+        trained = self.model.num_parameters(trained=True)
+        if trained == self.model.num_parameters():
             return ""
         return f", of which {trained:,} trained ({trained / self.model.num_parameters():.2%})"
 
@@ -877,23 +876,9 @@ class Trainer:
             rng["torch_ranks"] = self.dist.gather(torch.get_rng_state())
             if self.device.type == "cuda":
                 rng["cuda_ranks"] = self.dist.gather(torch.cuda.get_rng_state(self.device))
-        # With --ema the model is the weights' moving average, and the weights themselves (what
-        # training goes on from) are stored beside it. A classifier's language model is "model", as
-        # any model's, and its own part "classifier" (classifier.py).
-        # With --lora the base is named (with its hash), not stored: "lora" holds the adapters (lora.py).
-        kept = self.model.state_dict() if self.average is None else self.average.state_dict(self.model)
-        entries = self.model.checkpoint_entries(kept) if hasattr(self.model, "checkpoint_entries") else {"model": kept}
-        weights = self.model.state_dict
-        if self.lora_base is not None:
-            from .lora import adapter_entries, lora_state
-
-            entries = {**adapter_entries(self.model, kept, self.lora_base),
-                       **{k: v for k, v in entries.items() if k == "classifier"}}
-            weights = functools.partial(lora_state, self.model)
         return {
             "model_config": asdict(self.model.config),
-            **entries,
-            **({} if self.average is None else {"training_weights": weights()}),
+            **self._model_entries(),
             "optimizer": self.optimizer.state_dict(),
             **({} if self.muon is None else {"muon": self.muon.state_dict()}),
             "train_config": asdict(self.config),
@@ -906,6 +891,22 @@ class Trainer:
             **({"chat_template": self.chat_template} if self.chat_template is not None else {}),
             **({"plan": self.plan} if self.plan is not None else {}),
         }
+
+    def _model_entries(self) -> dict:
+        """The checkpoint's model: "model", the language model (a classifier's own part beside it as
+        "classifier", classifier.py); with --lora "lora" instead, the adapters and their base, named
+        with its hash and not stored (lora.py). With --ema these hold the weights' moving average,
+        and the weights themselves (what training goes on from) are "training_weights"."""
+        kept = self.model.state_dict() if self.average is None else self.average.state_dict(self.model)
+        entries = self.model.checkpoint_entries(kept) if hasattr(self.model, "checkpoint_entries") else {"model": kept}
+        weights = self.model.state_dict
+        if self.lora_base is not None:
+            from .lora import adapter_entries, lora_state
+
+            entries = {**adapter_entries(self.model, kept, self.lora_base),
+                       **{k: v for k, v in entries.items() if k == "classifier"}}
+            weights = functools.partial(lora_state, self.model)
+        return entries if self.average is None else {**entries, "training_weights": weights()}
 
     def save(self, path) -> Path:
         """Write a checkpoint (rank 0 writes; under torchrun every rank must call this) and return

@@ -18,13 +18,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
+from ..classifier import encode_text, logits_of_ids
 from .engine import QueueFull
 
 
 def encode_texts(tokenizer, texts: list[str], block_size: int) -> list[list[int]]:
-    """Each text's ids as a classifier reads them in training (classifier.Encoded): encoded without
-    special tokens, cut to the context, its beginning kept."""
-    return [tokenizer.encode_ordinary(text)[:block_size] for text in texts]
+    """Each text's ids as a classifier reads them in training (classifier.encode_text)."""
+    return [encode_text(tokenizer, text, block_size) for text in texts]
 
 
 class Classifications:
@@ -34,7 +34,6 @@ class Classifications:
         self.model = model.eval()
         self.names = list(model.names)
         self.block_size = model.config.block_size
-        self.device = next(model.parameters()).device
         self.max_batch, self.max_queue = max_batch, max_queue
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpt2-classify")
         self._lock = threading.Lock()
@@ -64,16 +63,7 @@ class Classifications:
     @torch.inference_mode()
     def probabilities(self, rows: list[list[int]]) -> list[list[float]]:
         """Each row's class probabilities (softmax of the classifier's logits), in the order given."""
-        out: list[list[float]] = [[] for _ in rows]
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # shortest first: little padding
-        for start in range(0, len(order), self.max_batch):
-            part = order[start : start + self.max_batch]
-            x = torch.full((len(part), max(len(rows[i]) for i in part)), self.model.pad_id, dtype=torch.long)
-            for r, i in enumerate(part):
-                x[r, : len(rows[i])] = torch.tensor(rows[i], dtype=torch.long)
-            logits, _ = self.model(x.to(self.device))
-            for i, p in zip(part, logits.float().softmax(dim=-1).tolist()):
-                out[i] = p
+        out = logits_of_ids(self.model, rows, self.max_batch).softmax(dim=-1).tolist()
         with self._lock:
             self.texts += len(rows)
             self.tokens += sum(len(r) for r in rows)

@@ -95,7 +95,7 @@ def test_train_blocks_leaves_the_other_blocks_as_they_were(labelled, tmp_path):
     c = trainer.model.config
     block = sum(p.numel() for p in trainer.model.gpt.decoder.h[last].parameters())
     ln_f = sum(p.numel() for p in trainer.model.gpt.ln_f.parameters())
-    assert trainer.model.trainable_parameters() == block + ln_f + 2 * c.n_embd
+    assert trainer.model.num_parameters(trained=True) == block + ln_f + 2 * c.n_embd
 
 
 def test_a_classifier_with_ema_saves_the_average_and_loads(labelled, tmp_path):

@@ -111,7 +111,7 @@ def test_only_adapters_and_a_classifiers_score_train_and_their_count_is_the_hand
     trainable = {name for name, p in classifier.named_parameters() if p.requires_grad}
     assert trainable == {"score.weight"} | {"gpt." + name for name in {n for n, p in model.named_parameters()
                                                                        if p.requires_grad}}  # fmt: skip
-    assert classifier.trainable_parameters() == 442_368 + 2 * 768
+    assert classifier.num_parameters(trained=True) == 442_368 + 2 * 768
 
 
 def test_llama_shapes_c_attn_has_an_adapter_for_each_of_q_k_and_v():

@@ -5,6 +5,7 @@ Skipped, saying why, only when Chromium or Playwright is missing (`apt-get insta
 `pip install playwright`); CI has both. Every wait is bounded; screenshots go to the test's tmp_path.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -93,13 +94,12 @@ def wait_until_healthy(url: str, server: subprocess.Popen, seconds: float = 60) 
     raise AssertionError(f"the server at {url} was not healthy within {seconds} s")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The base URL of `main.py serve` on a tiny model with a chat template and an API key."""
-    model = write_model(tmp_path_factory.mktemp("page_model"))
+@contextlib.contextmanager
+def served(model: Path, *flags: str):
+    """`main.py serve MODEL FLAGS` on a free port of 127.0.0.1, its base URL once healthy; stopped afterwards."""
     port = free_port()
-    command = [sys.executable, str(ROOT / "main.py"), "serve", str(model), "--host", "127.0.0.1",
-               "--port", str(port), "--api-key", API_KEY]
+    command = [sys.executable, str(ROOT / "main.py"), "serve", str(model), "--host", "127.0.0.1", "--port", str(port),
+               *flags]  # fmt: skip
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                env={**SERVER_ENV, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
@@ -113,6 +113,13 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The base URL of `main.py serve` on a tiny model with a chat template and an API key."""
+    with served(write_model(tmp_path_factory.mktemp("page_model")), "--api-key", API_KEY) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -374,22 +381,8 @@ def write_classifier(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def classifier_server(tmp_path_factory):
-    path = write_classifier(tmp_path_factory.mktemp("page_classifier"))
-    port = free_port()
-    process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "serve", str(path), "--host", "127.0.0.1",
-                                "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, env={**SERVER_ENV, "PYTHONUNBUFFERED": "1"})  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(url, process)
+    with served(write_classifier(tmp_path_factory.mktemp("page_classifier"))) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def classify_directly(url: str, text: str) -> dict:
