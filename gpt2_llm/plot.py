@@ -107,6 +107,8 @@ def draw_runs(runs: list[dict], labels: list[str]):
             loss_ax.plot(train[x], train["loss"], color=colour, linewidth=0.8, alpha=0.6, label=f"{label} train")
         if evals["step"]:
             averaged = " (EMA weights)" if "ema" in evals else ""  # --ema: the average was evaluated
+            if "val_accuracy" in evals:  # a classifier's run (train --classify)
+                averaged += f", last accuracy {evals['val_accuracy'][-1]:.1%}"
             loss_ax.plot(evals[x], evals["val_loss"], color=colour, linewidth=1.8, marker="o", markersize=5,
                          label=f"{label} val{averaged}")
         if "lr" in train:
@@ -114,7 +116,9 @@ def draw_runs(runs: list[dict], labels: list[str]):
         if "muon_lr" in train:  # Muon's matrices follow the same schedule from their own peak
             lr_ax.plot(train[x], train["muon_lr"], color=colour, linewidth=1.2, linestyle="--")
     loss_ax.set_ylim(*_loss_limits(runs))
-    loss_ax.set_ylabel("loss (nats per token)")
+    per_text = [("val_accuracy" in run["eval"]) for run in runs]  # a classifier's loss is one per text
+    loss_ax.set_ylabel("loss (nats per text)" if all(per_text) else "loss (nats per token, per text for a classifier)"
+                       if any(per_text) else "loss (nats per token)")  # fmt: skip
     loss_ax.legend(loc="upper right", ncols=1 if len(runs) < 3 else 2, fontsize=9)
     names = ", ".join(labels) if len(runs) <= 3 else f"{len(runs)} runs"  # a longer title would run off
     loss_ax.set_title(f"Training and validation loss: {names}")

@@ -124,6 +124,18 @@ def test_the_picture_names_the_averaged_evaluations_and_draws_muons_rate(tmp_pat
     assert draw_runs(runs[:1], ["plain"]).axes[1].get_legend() is None  # no Muon: nothing to tell apart
 
 
+def test_a_classifiers_picture_says_its_loss_is_per_text_and_its_last_accuracy(tmp_path):
+    records = [{**r, "val_accuracy": 0.9 + r["step"] / 1000} if r.get("eval") else r for r in run_records()]
+    classifier = read_metrics(write_log(tmp_path / "c.metrics.jsonl", records))
+    loss_ax = draw_runs([classifier], ["spam"]).axes[0]
+    assert loss_ax.get_legend_handles_labels()[1] == ["spam train", "spam val, last accuracy 100.0%"]
+    assert loss_ax.get_ylabel() == "loss (nats per text)"
+    language_model = read_metrics(write_log(tmp_path / "m.metrics.jsonl", run_records()))
+    assert draw_runs([language_model], ["m"]).axes[0].get_ylabel() == "loss (nats per token)"
+    mixed = draw_runs([classifier, language_model], ["spam", "m"]).axes[0].get_ylabel()
+    assert mixed == "loss (nats per token, per text for a classifier)"
+
+
 def test_plot_errors(tmp_path):
     log = write_log(tmp_path / "a.metrics.jsonl", run_records())
     with pytest.raises(ValueError, match="2 labels for 1 runs"):
