@@ -62,9 +62,11 @@ def report(model: str, vocab_path: str | None) -> tuple[list[str], list[str]]:
         shown = ", ".join(loaded.classes[:10]) + (", ..." if len(loaded.classes) > 10 else "")
         lines.append(f"classifier:       {len(loaded.classes)} classes ({shown}), read at each text's last token")
     if "lora" in loaded.checkpoint:
+        from gpt2_llm.lora import adapted_parts
+
         lora = loaded.checkpoint["lora"]
         settings = lora["settings"]
-        lines.append(f"LoRA adapters:    rank {settings['rank']} (alpha {settings['alpha']:g}) on {settings['targets']}, "
+        lines.append(f"LoRA adapters:    rank {settings['rank']} (alpha {settings['alpha']:g}) on {adapted_parts(loaded.model)}, "
                      f"on the base {lora['name']} (weights' hash {lora['hash'][:16]}, checked)")
     if stored is not None:
         where = "the checkpoint" if loaded.source == "checkpoint" else loaded.checkpoint["tokenizer_file"]

@@ -217,6 +217,10 @@ class Batches:
             return self.epoch + self.position / len(self.order)
         return float("nan")
 
+    def token_ids(self) -> np.ndarray:
+        """The ids the training tokens hold, ascending."""
+        return np.flatnonzero(np.bincount(self.tokens))
+
     def state_dict(self) -> dict:
         """The position at a step boundary (checkpoints are taken between optimizer steps)."""
         return {"generators": [g.get_state() for g in self.generators], "epoch": self.epoch,
@@ -460,6 +464,11 @@ class InstructionBatches:
     @property
     def epochs_done(self) -> float:
         return self.epoch + self.position / len(self.plan)
+
+    def token_ids(self) -> np.ndarray:
+        """The ids the examples hold, as inputs or as targets, ascending."""
+        x, y = self.examples.x, self.examples.y
+        return np.union1d(x, y[y != IGNORE_INDEX])
 
     def state_dict(self) -> dict:
         return {"kind": self.KIND, "seed": self.seed, "epoch": self.epoch, "position": self.position}

@@ -229,10 +229,12 @@ class GPT2(nn.Module):
         weights change (an optimizer step bumps the tensor's version): copying it costs as much
         as several tokens."""
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-        weight = self.lm_head.weight
-        version = None if weight.is_inference() else weight._version  # inference tensors keep no version
-        key = (weight.data_ptr(), version, weight.device, dtype)
+        # The head's matrix, and a LoRA adapter's A and B (lora.py) when it has one; inference tensors keep no version.
+        weights = self.lm_head.parameters()
+        key = (tuple((w.data_ptr(), None if w.is_inference() else w._version) for w in weights), device, dtype)
         if getattr(self, "_head_cache", (None,))[0] != key:
+            with torch.no_grad():
+                weight = self.lm_head.merged_weight() if hasattr(self.lm_head, "merged_weight") else self.lm_head.weight
             head = weight.detach()[: self.config.vocab_size].t().contiguous()  # padding rows left out
             self._head_cache = (key, head if dtype is None else head.to(dtype))
         return self._head_cache[1]

@@ -319,14 +319,14 @@ def with_adapters(model, base_gpt: GPT2, loaded, train_config: TrainConfig, say:
     """The model with LoRA adapters (--lora R), its base frozen; and the base as the checkpoint names
     it: the name given, the file or folder it is (as an absolute path, found again from another
     folder), and the hash of its weights, checked when the adapters are loaded."""
-    from .lora import add_lora, weights_hash
+    from .lora import adapted_parts, add_lora, weights_hash
 
     c = train_config
     path = str(loaded.path.resolve()) if loaded.source != "hub" else None
     base = {"name": loaded.name, "path": path, "hash": weights_hash(base_gpt.state_dict())}  # before the adapters
     add_lora(model, c.lora, c.lora_alpha, c.lora_dropout, c.lora_targets)
     trained = model.num_parameters(trained=True)
-    say(f"LoRA rank {c.lora} (alpha {c.lora_alpha or c.lora:g}) on {c.lora_targets}: training {trained:,} of "
+    say(f"LoRA rank {c.lora} (alpha {c.lora_alpha or c.lora:g}) on {adapted_parts(model)}: training {trained:,} of "
         f"{model.num_parameters():,} parameters ({trained / model.num_parameters():.2%}); the checkpoint holds "
         f"these and names {loaded.name}", file=sys.stderr)
     return model, base

@@ -427,6 +427,7 @@ class Trainer:
             data = self._instruction_data(files)
         else:
             data = self._text_data(text, progress)
+        self._train_token_rows()
         if self._resume_data is not None:  # continue the same stream of batches
             self.batches.load_state_dict(self._resume_data)
             self._resume_data = None
@@ -446,6 +447,21 @@ class Trainer:
                    deadline=budget_start + 60 * c.minutes if c.minutes else math.inf,
                    step_limit=step_limit, refit_at=now + 6 * c.minutes if c.minutes else math.inf,  # a tenth of the budget in
                    flops_per_token=self.model.flops_per_token(), peak=peak)
+
+    def _train_token_rows(self) -> None:
+        """A new --lora run of a language model whose head is not its embedding: the rows of both for the
+        tokens the training data holds train too (lora.add_token_rows), and the optimizer takes them."""
+        from .lora import add_token_rows, lora_settings
+
+        if self.lora_base is None or self.step or self.config.classify or lora_settings(self.model)["tokens"]:
+            return
+        if add_token_rows(self.model, self.batches.token_ids()):
+            self.optimizer = make_optimizer(self.model, self.config, self.device)
+            self.average = WeightAverage(self.model, self.config.ema) if self.config.ema else None
+            rows, trained = self.model.wte.lora_rows, self.model.num_parameters(trained=True)
+            self.log(f"LoRA: the embedding's and head's rows of the {rows.size(0):,} tokens the training data holds "
+                     f"train too ({2 * rows.numel():,} weights): {trained:,} trained in all "
+                     f"({trained / self.model.num_parameters():.2%})")
 
     def _streams(self) -> tuple[int, range]:
         """Each optimizer step takes one micro-batch from each of world_size x grad_accum streams;

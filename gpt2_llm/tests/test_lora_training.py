@@ -2,12 +2,16 @@
 checkpoint that names its base, resume, --ema, bf16, torchrun, and the adapters loaded and exported
 (merged, or for PEFT)."""
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
 from gpt2_llm.checkpoint import load_checkpoint
+from gpt2_llm.data import split_tokens
 from gpt2_llm.loading import load
-from gpt2_llm.lora import adapted_layers
+from gpt2_llm.lora import adapted_layers, merged_copy
 from gpt2_llm.tests.conftest import losses, run_main
 from gpt2_llm.tests.test_classify import labelled_lines
 from gpt2_llm.tests.test_distributed import torchrun
@@ -42,7 +46,9 @@ def test_lora_trains_only_the_adapters_and_the_checkpoint_names_its_base(base, t
     assert "LoRA rank 4 (alpha 4) on attention: training 3,072 of" in err
     stored = load_checkpoint(tmp_path / "a.pt")
     assert "model" not in stored and stored["lora"]["name"] == str(folder / "base.pt")
-    assert stored["lora"]["settings"] == {"rank": 4, "alpha": 4.0, "dropout": 0.0, "targets": "attention"}
+    # The tiny preset ties its head to its embedding: no rows of them train (test_an_untied_... below)
+    assert stored["lora"]["settings"] == {"rank": 4, "alpha": 4.0, "dropout": 0.0, "targets": "attention",
+                                          "tokens": None}  # fmt: skip
     assert set(stored["lora"]["state"]) == {f"decoder.h.{i}.attn.{m}.lora_{ab}.0" for i in (0, 1)
                                             for m in ("c_attn", "c_proj") for ab in "AB"}  # fmt: skip
     tuned, original = load(tmp_path / "a.pt").model, load(folder / "base.pt").model
@@ -54,6 +60,32 @@ def test_lora_trains_only_the_adapters_and_the_checkpoint_names_its_base(base, t
     assert run_main("predict", "ROMEO:", 5, tmp_path / "a.pt", "--seed", 1).returncode == 0
     shown = run_main(tmp_path / "a.pt", entry="check_checkpoint", text=True).stdout
     assert f"LoRA adapters:    rank 4 (alpha 4) on attention, on the base {folder / 'base.pt'} (weights' hash" in shown
+
+
+def test_an_untied_models_embedding_and_head_rows_of_its_datas_tokens_train_too(base, tmp_path):
+    folder, text = base
+    run_main("train", text, folder / "vocab.txt", "--preset", "tiny", "--context", 32, "--steps", 4, "--untied",
+             "--out", tmp_path / "untied.pt", *BASE_ARGS)  # fmt: skip
+    result = run_main("train", text, "--init-from", tmp_path / "untied.pt", "--lora", 4, "--steps", 6, "--out",
+                      tmp_path / "a.pt", "--val-fraction", 0.5, *BASE_ARGS)  # fmt: skip
+    err = result.stderr.decode()
+    assert result.returncode == 0, err
+    loaded = load(tmp_path / "untied.pt")
+    ids = loaded.tokenizer.encode(Path(text).read_text(encoding="utf-8"), allowed_special="all")
+    first_half = sorted(set(split_tokens(np.array(ids), 0.5, 32)[0].tolist()))  # the part before the validation half
+    n = len(first_half)
+    assert n < len(set(ids))  # some tokens are in the validation half alone
+    assert f"rows of the {n:,} tokens the training data holds train too ({2 * n * 64:,} weights)" in err
+    stored = load_checkpoint(tmp_path / "a.pt")["lora"]
+    assert stored["settings"]["tokens"] == first_half
+    assert {"wte.lora_rows", "lm_head.lora_rows"} <= stored["state"].keys()
+    tuned = load(tmp_path / "a.pt").model
+    changed = (tuned.lm_head.lora_rows != loaded.model.lm_head.weight[first_half]).any(dim=1)
+    assert changed.all()  # every row trained (its token is a target, or its logit was pushed down)
+    prompt = loaded.tokenizer.encode("ROMEO: to be")
+    assert tuned.generate(prompt, 6, greedy=True) == merged_copy(tuned).generate(prompt, 6, greedy=True)
+    shown = run_main(tmp_path / "a.pt", entry="check_checkpoint", text=True).stdout
+    assert f"rank 4 (alpha 4) on attention, and the embedding's and head's rows of {n:,} tokens, on the base" in shown
 
 
 def test_lora_resumes_with_the_same_losses_and_ema_keeps_the_adapters_average(base, tmp_path, monkeypatch):
