@@ -25,8 +25,9 @@ A language model whose head is not its embedding also trains the rows of both fo
 training data holds (TrainedRows: PEFT's "trainable tokens"), a few hundred rows for a task in a
 small vocabulary of words. Adapters on the blocks alone cannot make a model say tokens its head
 rarely gave, nor read a new template: on the instruction tasks of BENCHMARKS.md ("Classification
-and LoRA") they reached a validation loss of 2.00 where full fine-tuning reached 0.72, and 0.73 with
-the embedding and head training too. A head tied to the embedding (GPT-2's own) stays frozen.
+and LoRA") they reached a validation loss of 2.00 and 14.8% exact answers where full fine-tuning
+reached 0.72 and 64.6%; with the rows of 291 tokens (1.2% more of the weights), 0.88 and 60.2%.
+A head tied to the embedding (GPT-2's own) stays frozen, and so does a classifier's embedding.
 
 PEFT parity. PEFT puts one adapter on each transformers layer it targets. GPT-2's class holds q, k
 and v in one layer, c_attn, as ours does: one adapter on our c_attn. The Llama family has three
