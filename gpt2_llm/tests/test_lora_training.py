@@ -32,8 +32,22 @@ def base(tmp_path_factory, corpus):
     return folder, corpus[0]
 
 
-def lora_run(folder, text, out, *extra, steps=8):
-    return run_main("train", text, "--init-from", folder / "base.pt", "--lora", 4, "--steps", steps, "--eval-every", 4,
+LLAMA = ["--norm", "rmsnorm", "--mlp", "swiglu", "--rope", "--no-bias", "--untied"]  # LlamaForCausalLM's shape
+
+
+@pytest.fixture(scope="module")
+def llama_base(base):
+    """The base's folder with llama.pt: the same tiny size in Llama's shape, whose head is its own
+    (so that LoRA trains the rows of the data's tokens in it and its embedding)."""
+    folder, text = base
+    result = run_main("train", text, folder / "vocab.txt", "--preset", "tiny", "--context", 32, "--steps", 4, *LLAMA,
+                      "--out", folder / "llama.pt", *BASE_ARGS)  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    return folder, text
+
+
+def lora_run(folder, text, out, *extra, steps=8, start="base.pt"):
+    return run_main("train", text, "--init-from", folder / start, "--lora", 4, "--steps", steps, "--eval-every", 4,
                     "--out", out, "--overwrite", *BASE_ARGS, *extra)  # fmt: skip
 
 
@@ -62,15 +76,13 @@ def test_lora_trains_only_the_adapters_and_the_checkpoint_names_its_base(base, t
     assert f"LoRA adapters:    rank 4 (alpha 4) on attention, on the base {folder / 'base.pt'} (weights' hash" in shown
 
 
-def test_an_untied_models_embedding_and_head_rows_of_its_datas_tokens_train_too(base, tmp_path):
-    folder, text = base
-    run_main("train", text, folder / "vocab.txt", "--preset", "tiny", "--context", 32, "--steps", 4, "--untied",
-             "--out", tmp_path / "untied.pt", *BASE_ARGS)  # fmt: skip
-    result = run_main("train", text, "--init-from", tmp_path / "untied.pt", "--lora", 4, "--steps", 6, "--out",
+def test_an_untied_models_embedding_and_head_rows_of_its_datas_tokens_train_too(llama_base, tmp_path):
+    folder, text = llama_base
+    result = run_main("train", text, "--init-from", folder / "llama.pt", "--lora", 4, "--steps", 6, "--out",
                       tmp_path / "a.pt", "--val-fraction", 0.5, *BASE_ARGS)  # fmt: skip
     err = result.stderr.decode()
     assert result.returncode == 0, err
-    loaded = load(tmp_path / "untied.pt")
+    loaded = load(folder / "llama.pt")
     ids = loaded.tokenizer.encode(Path(text).read_text(encoding="utf-8"), allowed_special="all")
     first_half = sorted(set(split_tokens(np.array(ids), 0.5, 32)[0].tolist()))  # the part before the validation half
     n = len(first_half)
@@ -88,11 +100,14 @@ def test_an_untied_models_embedding_and_head_rows_of_its_datas_tokens_train_too(
     assert f"rank 4 (alpha 4) on attention, and the embedding's and head's rows of {n:,} tokens, on the base" in shown
 
 
-def test_lora_resumes_with_the_same_losses_and_ema_keeps_the_adapters_average(base, tmp_path, monkeypatch):
+@pytest.mark.parametrize("shape", ["tied", "llama"])
+def test_lora_resumes_with_the_same_losses_and_ema_keeps_the_adapters_average(base, llama_base, tmp_path, monkeypatch,
+                                                                              shape):  # fmt: skip
     from gpt2_llm.trainer import Trainer
 
     folder, text = base
-    assert lora_run(folder, text, tmp_path / "a.pt", "--ema", 0.9, steps=8).returncode == 0
+    start = f"{'base' if shape == 'tied' else 'llama'}.pt"  # llama: the rows of the data's tokens train too
+    assert lora_run(folder, text, tmp_path / "a.pt", "--ema", 0.9, steps=8, start=start).returncode == 0
     original = Trainer._train_step
 
     def stop_after_four(self, model):  # as Ctrl-C after step 4 of 8
@@ -102,13 +117,14 @@ def test_lora_resumes_with_the_same_losses_and_ema_keeps_the_adapters_average(ba
         return loss
 
     monkeypatch.setattr(Trainer, "_train_step", stop_after_four)
-    assert lora_run(folder, text, tmp_path / "b.pt", "--ema", 0.9, steps=8).returncode == 130
+    assert lora_run(folder, text, tmp_path / "b.pt", "--ema", 0.9, steps=8, start=start).returncode == 130
     monkeypatch.setattr(Trainer, "_train_step", original)
     again = run_main("train", text, "--out", tmp_path / "b.pt", "--resume", "auto")
     assert again.returncode == 0, again.stderr.decode()
     assert losses(tmp_path / "b.metrics.jsonl") == losses(tmp_path / "a.metrics.jsonl")
     a, b = load_checkpoint(tmp_path / "a.pt"), load_checkpoint(tmp_path / "b.pt")
     assert set(a["training_weights"]) == set(a["lora"]["state"])  # the adapters alone, not the base
+    assert ("wte.lora_rows" in a["lora"]["state"]) == (shape == "llama")
     for name, tensor in a["lora"]["state"].items():
         torch.testing.assert_close(tensor, b["lora"]["state"][name], atol=0, rtol=0)
         if "lora_B" in name:
@@ -154,16 +170,18 @@ def test_lora_needs_a_model_to_start_from(base, tmp_path):
         result.stderr.decode()  # fmt: skip
 
 
-@pytest.mark.parametrize("classify", [False, True], ids=["language-model", "classifier"])
-def test_exports_merged_and_for_peft_give_our_logits(base, tmp_path, classify):
+@pytest.mark.parametrize("classify,start", [(False, "base.pt"), (True, "base.pt"), (False, "llama.pt")],
+                         ids=["language-model", "classifier", "llama-with-rows"])  # fmt: skip
+def test_exports_merged_and_for_peft_give_our_logits(llama_base, tmp_path, classify, start):
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
-    folder, text = base
+    folder, text = llama_base
     data = [folder / "messages.tsv", "--classify"] if classify else [text]
-    result = run_main("train", *data, "--init-from", folder / "base.pt", "--lora", 4, "--lora-targets", "both",
+    result = run_main("train", *data, "--init-from", folder / start, "--lora", 4, "--lora-targets", "both",
                       "--steps", 6, "--eval-every", 6, "--out", tmp_path / "a.pt", *BASE_ARGS)  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()
     ours = load(tmp_path / "a.pt").model
+    assert (start == "llama.pt") == ("wte.lora_rows" in load_checkpoint(tmp_path / "a.pt")["lora"]["state"])
     ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]])
     auto = transformers.AutoModelForSequenceClassification if classify else transformers.AutoModelForCausalLM
     assert run_main("export", tmp_path / "a.pt", tmp_path / "merged").returncode == 0
