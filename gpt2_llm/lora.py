@@ -9,12 +9,13 @@ and training moves it away from the base model. At r = 8 on GPT-2 124M's attenti
 trainable weights, 0.36% of the model. Afterwards B A * alpha / r can be added into W (merge_lora):
 the merged model is a plain model again, as fast as the base.
 
-    add_lora(model, rank, alpha=None, dropout=0.0, targets="attention")   freeze the base, wrap the layers
+    add_lora(model, rank, alpha=None, dropout=0.0, targets="attention", tokens=None)   freeze the base, wrap the layers
+    add_token_rows(model, tokens)         train the embedding's and head's rows of these tokens (TrainedRows)
     lora_settings(model) -> dict          add_lora's arguments, as the model holds them
-    lora_state(model) -> dict             the tensors training changes: adapters (and a classifier's score)
+    lora_state(model) -> dict             the tensors training changes: adapters, rows (and a classifier's score)
     base_state(model) -> dict             the frozen GPT2's own state dict, in a plain GPT2's names
     load_lora_state(model, state)         put them back into a model with the same adapters
-    merge_lora(model)                     fold the adapters into the base weights: plain Linears again
+    merge_lora(model)                     fold the adapters and rows into the base weights: plain layers again
     write_peft_adapter(model, folder)     PEFT's adapter folder (adapter_config.json, adapter_model.safetensors)
     read_peft_adapter(folder, model_type) -> (settings, state), for add_lora(**settings) and load_lora_state
 
