@@ -217,9 +217,9 @@ class Batches:
             return self.epoch + self.position / len(self.order)
         return float("nan")
 
-    def token_ids(self) -> np.ndarray:
-        """The ids the training tokens hold, ascending."""
-        return np.flatnonzero(np.bincount(self.tokens))
+    def token_counts(self) -> np.ndarray:
+        """How often each id occurs in the training tokens (indexed by id, up to the largest)."""
+        return np.bincount(self.tokens)
 
     def state_dict(self) -> dict:
         """The position at a step boundary (checkpoints are taken between optimizer steps)."""
@@ -465,10 +465,10 @@ class InstructionBatches:
     def epochs_done(self) -> float:
         return self.epoch + self.position / len(self.plan)
 
-    def token_ids(self) -> np.ndarray:
-        """The ids the examples hold, as inputs or as targets, ascending."""
+    def token_counts(self) -> np.ndarray:
+        """How often each id occurs in the examples, as an input and as a target (indexed by id)."""
         x, y = self.examples.x, self.examples.y
-        return np.union1d(x, y[y != IGNORE_INDEX])
+        return np.bincount(np.concatenate([x, y[y != IGNORE_INDEX]]))
 
     def state_dict(self) -> dict:
         return {"kind": self.KIND, "seed": self.seed, "epoch": self.epoch, "position": self.position}

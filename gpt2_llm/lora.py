@@ -10,6 +10,7 @@ trainable weights, 0.36% of the model. Afterwards B A * alpha / r can be added i
 the merged model is a plain model again, as fast as the base.
 
     add_lora(model, rank, alpha=None, dropout=0.0, targets="attention", tokens=None)   freeze the base, wrap the layers
+    rows_to_train(counts, model)          the data's most frequent tokens, within ROWS_SHARE of the weights
     add_token_rows(model, tokens)         train the embedding's and head's rows of these tokens (TrainedRows)
     lora_settings(model) -> dict          add_lora's arguments, as the model holds them
     lora_state(model) -> dict             the tensors training changes: adapters, rows (and a classifier's score)
@@ -23,13 +24,14 @@ The model is a GPT2 or a GPT2Classifier (its .gpt is adapted; its score stays tr
 every block's attention (c_attn, c_proj), its MLP (c_fc, c_fc2 for SwiGLU, c_proj) or both.
 
 A language model whose head is not its embedding also trains the rows of both for the tokens its
-training data holds (TrainedRows: PEFT's "trainable tokens"), a few hundred rows for a task in a
-small vocabulary of words. Adapters on the blocks alone cannot make a model say tokens its head
+training data holds (TrainedRows: PEFT's "trainable tokens"): a few hundred rows for a task in a
+small vocabulary of words, and of a large text only its most frequent tokens, within 2% of the
+weights (rows_to_train). Adapters on the blocks alone cannot make a model say tokens its head
 rarely gave, nor read a new template: on the instruction tasks of BENCHMARKS.md ("Classification
 and LoRA") they reached a validation loss of 2.00 and 14.8% exact answers where full fine-tuning
 reached 0.72 and 64.6%; with the rows of 291 tokens (1.2% more of the weights), 0.88 and 60.2%, and
-63.6% beside full fine-tuning's 59.8% in one command.
-A head tied to the embedding (GPT-2's own) stays frozen, and so does a classifier's embedding.
+63.6% beside full fine-tuning's 59.8% in one command. A head tied to the embedding (GPT-2's own)
+stays frozen, and so does a classifier's embedding.
 
 PEFT parity. PEFT puts one adapter on each transformers layer it targets. GPT-2's class holds q, k
 and v in one layer, c_attn, as ours does: one adapter on our c_attn. The Llama family has three
@@ -59,6 +61,7 @@ TARGETS = {"attention": ("attn.c_attn", "attn.c_proj"), "mlp": ("mlp.c_fc", "mlp
 TARGETS["both"] = TARGETS["attention"] + TARGETS["mlp"]
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # PEFT's name for the wrapped transformers model
+ROWS_SHARE = 0.02  # at most this share of the weights in trained rows (rows_to_train)
 EMBEDDING_NAMES = {"gpt2": "transformer.wte"}  # transformers' token embedding; the Llama family's is model.embed_tokens
 
 
@@ -163,6 +166,16 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None = None, dropout: f
     if tokens is not None:
         add_token_rows(model, tokens)
     return model
+
+
+def rows_to_train(counts, model: nn.Module) -> tuple[list[int], int]:
+    """(the tokens whose rows train, ascending; how many the data holds): those the data holds (counts:
+    occurrences by id), the most frequent first, as many as keep the embedding's and head's rows within
+    ROWS_SHARE of the model's weights, so that on a large text of a large vocabulary LoRA stays small."""
+    held = [i for i, n in enumerate(counts) if n]
+    most = int(ROWS_SHARE * model.num_parameters() / (2 * model.config.n_embd))
+    frequent = sorted(held, key=lambda i: -counts[i])[:most]  # a stable sort: among equals, the lower id
+    return sorted(frequent), len(held)
 
 
 def add_token_rows(model: nn.Module, tokens) -> bool:

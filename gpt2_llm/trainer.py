@@ -450,18 +450,22 @@ class Trainer:
 
     def _train_token_rows(self) -> None:
         """A new --lora run of a language model whose head is not its embedding: the rows of both for the
-        tokens the training data holds train too (lora.add_token_rows), and the optimizer takes them."""
-        from .lora import add_token_rows, lora_settings
+        tokens the training data holds train too (lora.rows_to_train, add_token_rows), and the optimizer
+        takes them."""
+        from .lora import ROWS_SHARE, add_token_rows, lora_settings, rows_to_train
 
         if self.lora_base is None or self.step or self.config.classify or lora_settings(self.model)["tokens"]:
             return
-        if add_token_rows(self.model, self.batches.token_ids()):
+        tokens, held = rows_to_train(self.batches.token_counts(), self.model)
+        if add_token_rows(self.model, tokens):
             self.optimizer = make_optimizer(self.model, self.config, self.device)
             self.average = WeightAverage(self.model, self.config.ema) if self.config.ema else None
             rows, trained = self.model.wte.lora_rows, self.model.num_parameters(trained=True)
-            self.log(f"LoRA: the embedding's and head's rows of the {rows.size(0):,} tokens the training data holds "
-                     f"train too ({2 * rows.numel():,} weights): {trained:,} trained in all "
-                     f"({trained / self.model.num_parameters():.2%})")
+            which = "every token the training data holds" if len(tokens) == held else \
+                f"the most frequent of the {held:,} the training data holds, within {ROWS_SHARE:.0%} of the weights"
+            share = trained / self.model.num_parameters()
+            self.log(f"LoRA: the embedding's and head's rows of {len(tokens):,} tokens train too ({which}): "
+                     f"{2 * rows.numel():,} weights; {trained:,} trained in all ({share:.2%})")
 
     def _streams(self) -> tuple[int, range]:
         """Each optimizer step takes one micro-batch from each of world_size x grad_accum streams;

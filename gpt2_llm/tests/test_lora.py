@@ -17,6 +17,7 @@ from gpt2_llm.lora import (
     lora_state,
     merge_lora,
     read_peft_adapter,
+    rows_to_train,
     write_peft_adapter,
 )
 from gpt2_llm.tests.conftest import assert_close
@@ -107,6 +108,14 @@ def test_token_rows_train_in_an_untied_language_model_alone_and_rebuild_with_the
         assert changed.tolist() == [5, 7, 9]
     assert not hasattr(add_lora(tiny("gpt2"), rank=2, tokens=[5]).wte, "ids")  # tied: the head is the embedding
     assert not hasattr(add_lora(tiny("llama", classify=True), rank=2, tokens=[5]).gpt.wte, "ids")  # a classifier
+
+
+def test_the_rows_to_train_are_the_datas_most_frequent_tokens_within_two_percent_of_the_weights():
+    model = add_lora(tiny("llama"), rank=2)
+    budget = int(0.02 * model.num_parameters() / (2 * 32))  # rows of the embedding and the head, 32 wide
+    assert 0 < budget < 96
+    assert rows_to_train([0] + list(range(1, 97)), model) == (list(range(97 - budget, 97)), 96)  # id i seen i times
+    assert rows_to_train([0, 5, 0, 1, 0, 2], model) == ([1, 3, 5], 3)  # fewer than the budget: all of them
 
 
 def test_an_adapter_of_another_shape_is_refused_in_one_line():
