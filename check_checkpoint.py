@@ -66,8 +66,9 @@ def report(model: str, vocab_path: str | None) -> tuple[list[str], list[str]]:
 
         lora = loaded.checkpoint["lora"]
         settings = lora["settings"]
-        lines.append(f"LoRA adapters:    rank {settings['rank']} (alpha {settings['alpha']:g}) on {adapted_parts(loaded.model)}, "
-                     f"on the base {lora['name']} (weights' hash {lora['hash'][:16]}, checked)")
+        lines.append(f"LoRA adapters:    rank {settings['rank']} (alpha {settings['alpha']:g}) on "
+                     f"{adapted_parts(loaded.model)}, on the base {lora['name']} (weights' hash {lora['hash'][:16]}, "
+                     f"checked)")
     if stored is not None:
         where = "the checkpoint" if loaded.source == "checkpoint" else loaded.checkpoint["tokenizer_file"]
         lines.append(f"tokenizer (in {where}): {stored.vocab_size:,} tokens, hash {stored.hash[:16]}")

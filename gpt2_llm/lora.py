@@ -92,10 +92,6 @@ class LoRALinear(nn.Module):
         update = torch.cat([h @ A.t() @ B.t() for A, B in zip(self.lora_A, self.lora_B)], dim=-1)  # (..., out)
         return F.linear(x, self.base.weight, self.base.bias) + self.scale * update
 
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base.weight  # the frozen matrix, as the wrapped layer answers (merged_weight: with the update)
-
     def merged_weight(self) -> torch.Tensor:
         """The base's weight plus the update, scale * B A: what merging puts in the layer."""
         update = self.scale * torch.cat([B @ A for A, B in zip(self.lora_A, self.lora_B)])
