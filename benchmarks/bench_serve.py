@@ -107,10 +107,10 @@ def streamed(port: int, path: str, body: dict):
     conn.close()
 
 
-def one_request(port: int, model: str, prompt: str, max_tokens: int, seed: int) -> list[float]:
+def one_request(port: int, model: str, prompt: str, max_tokens: int, seed: int, temperature: float = 1.0) -> list[float]:
     """Send one streaming completion; return the arrival time of each chunk that carries text
     (the first one is measured from the request's start: index 0 is the start itself)."""
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 1.0, "seed": seed}
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
     return [at for at, choice in streamed(port, "/v1/completions", body) if choice is None or choice.get("text")]
 
 
@@ -147,7 +147,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 def bench_server(command: list[str], ready_path: str, port: int, model: str, levels, requests_each, max_tokens,
-                 env=None) -> list[dict]:  # fmt: skip
+                 env=None, temperature: float = 1.0) -> list[dict]:  # fmt: skip
     log = tempfile.TemporaryFile()
     process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log, env=env)
     try:
@@ -155,7 +155,7 @@ def bench_server(command: list[str], ready_path: str, port: int, model: str, lev
         one_request(port, model, "warm up", 8, 0)
         rows = []
         for clients in levels:
-            row = run_clients(lambda prompt, seed: one_request(port, model, prompt, max_tokens, seed=seed),
+            row = run_clients(lambda prompt, seed: one_request(port, model, prompt, max_tokens, seed, temperature),
                               clients, requests_each, max_tokens)
             print(f"  {clients:2d} clients: {row['tokens_per_s']:7.1f} tokens/s, TTFT p50 {row['ttft_p50'] * 1e3:6.0f} ms "
                   f"p99 {row['ttft_p99'] * 1e3:6.0f} ms, TBT p50 {row['tbt_p50'] * 1e3:5.1f} ms p99 "
@@ -307,7 +307,7 @@ def bench_lone(rounds: int) -> None:
                 port = free_port()
                 command = [sys.executable, "main.py", "serve", str(checkpoint), "--port", str(port), "--max-batch", "16",
                            *flags]  # fmt: skip
-                rows = bench_server(command, "/health", port, "mini.pt", [1, 8], 3, 160)
+                rows = bench_server(command, "/health", port, "mini.pt", [1, 8], 3, 160, temperature=0)
                 for row in rows:
                     name = f"serve{' ' + flags[0] if flags else ''}, {row['clients']} client(s)"
                     results.setdefault(name, []).append(row["tokens_per_s"])
