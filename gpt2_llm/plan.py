@@ -2,15 +2,20 @@
 
 `python main.py train mytext.txt` with no shape or optimiser flags trains what `plan_run` chooses
 here, from three numbers: the size of the text, the time budget (--minutes; 10 when no --minutes,
---steps or --epochs is given) and the device's peak FLOP/s (the matrix-product probe that MFU uses,
-measured once per machine and cached). The rule, in one place:
+--steps or --epochs is given) and the device's speed: the FLOP/s of a training step of PROBE_SHAPE,
+measured by a probe in runs.py (under torchrun estimated as peak FLOP/s x EXPECTED_MFU). The rule,
+in one place:
 
-    compute   C = peak FLOP/s x the seconds left for training (the budget less the tokenizer's share)
-    depth     4 layers at ANCHOR_COMPUTE (the Tiny Shakespeare recipe's: 10 minutes of a 2-core CPU
-              at 0.4 TFLOP/s), times (C / ANCHOR_COMPUTE) ** (1/6): the weights grow as the square
-              root of the compute (Hoffmann et al. 2022), and with the width tied to the depth they
-              grow as its cube. Capped where the weights pass WEIGHTS_PER_TOKEN x the training
-              tokens: a small text gets a small model.
+    compute   C = that FLOP/s x the seconds left for training (the budget less the tokenizer's share)
+    passes    of a shape: C / its FLOPs a token / the training tokens
+    depth     ANCHOR_LAYERS at ANCHOR_COMPUTE (10 minutes of the Xeon the Gutenberg runs measured
+              3 layers best on, a text seen less than once), times (C / ANCHOR_COMPUTE) ** (1/6):
+              the weights grow as the square root of the compute (Hoffmann et al. 2022), and with
+              the width tied to the depth they grow as its cube. But where that model would see
+              the text MIN_PASSES times or more, the text, not the compute, is what is short: the
+              depth is then the largest whose weights stay within WEIGHTS_PER_TOKEN x the training
+              tokens and that still sees the text MIN_PASSES times (Tiny Shakespeare: 4 layers,
+              deeper than a text seen once gets; Pride and Prejudice: 2).
     width     64 x round(1.5 x depth): heads of 64 channels, 1.5 heads a layer (384 at 4 layers)
     context   512 tokens (256 where the text's validation part would hold fewer than 8 windows)
     (the weights a token: the recipe's 4 x 384 blocks, 7.1M weights, learn from 0.32M tokens)
@@ -18,7 +23,7 @@ measured once per machine and cached). The rule, in one place:
               SMALL_TEXT_BATCH_TOKENS where the text, not the time, ends the run (more, smaller steps)
     vocab     bpe.recommended_vocab_size: the power of two nearest 2 x sqrt(bytes) (1 MB -> 2048)
     passes    the expected tokens (the planned shape's tokens/s, measured by a two-step probe in
-              runs.py; else peak x EXPECTED_MFU / FLOPs a token) x seconds over the text's tokens;
+              runs.py; else the FLOP/s over its FLOPs a token) x seconds over the text's tokens;
               more than MAX_EPOCHS and the schedule stops there: a small text is not trained to over-fit
     dropout   0 for one pass or less, 0.2 at four (the recipe's), 0.2 x sqrt((passes - 1) / 3), at most 0.3
     optimiser Muon at 0.012 for the blocks' matrices, AdamW at 2e-3 x sqrt(384 / width) for the rest;
@@ -43,14 +48,19 @@ import bpe
 from .config import PRESETS, GPT2Config, muon_missing
 
 DEFAULT_MINUTES = 10.0  # the budget of a new run given no --minutes, --steps or --epochs
-ANCHOR_COMPUTE = 0.4e12 * 600  # peak FLOP/s x seconds of the recipe's run: 10 minutes, 2-core AMD EPYC
-ANCHOR_LAYERS = 4
+PROBE_SHAPE = dict(n_layer=4, n_head=6, n_embd=384, block_size=512, vocab_size=2048)  # the recipe's, with ARCHITECTURE
+PROBE_BATCH = 4
+ANCHOR_FLOPS = 0.32e12  # the probe's FLOP/s on the 2-core Xeon of the Gutenberg runs (BENCHMARKS.md)
+ANCHOR_COMPUTE = ANCHOR_FLOPS * (0.9 * 600 - 10.3)  # its 10 minutes, as plan_run counts them for 20.6 MB of text
+ANCHOR_LAYERS = 3  # the best of 2 to 5 layers there (Gutenberg, 10 minutes, validation: see docs/train.md)
+MIN_PASSES = 3  # a model that sees its text this often is short of text, not of compute: the recipe's 4 x 384,
+# the best of its search on the EPYC, saw Tiny Shakespeare about 3.7 times in 10 minutes there
 HEAD_SIZE = 64
 HEADS_PER_LAYER = 1.5
 WEIGHTS_PER_TOKEN = 25  # the recipe's 7.1M block weights learn from 0.32M tokens of Tiny Shakespeare (22 a token)
 CONTEXT = 512
 ANCHOR_BATCH_TOKENS = 2048
-EXPECTED_MFU = {"cpu": 0.35, "cuda": 0.35, "mps": 0.2}  # of the probe's peak (the EPYC's runs of this shape: 36-40%)
+EXPECTED_MFU = {"cpu": 0.35, "cuda": 0.35, "mps": 0.2}  # of the peak, where no probe runs (the EPYC's runs: 36-40%)
 MAX_EPOCHS = 32  # Pride and Prejudice, validation: 16 passes 1.899, 32 passes 1.845, 64 passes over-fit (see docs/train.md)
 SMALL_TEXT_BATCH_TOKENS = 1024  # the batch of a run that MAX_EPOCHS ends (Pride and Prejudice: see docs/train.md)
 MUON_LR = 0.012
@@ -86,16 +96,23 @@ def bytes_per_token(vocab_size: int) -> float:
     return 2.75 * (vocab_size / 2048) ** 0.15
 
 
-def layers_for(compute: float, train_tokens: float) -> tuple[int, str]:
-    """The depth the compute asks for, capped by what the text can teach; and which decided."""
+def layers_for(compute: float, train_tokens: float, vocab_size: int, block_size: int) -> tuple[int, str]:
+    """The depth the compute asks for, or, where that model would see the text MIN_PASSES times or
+    more, the depth the text asks for; and which decided."""
+    def passes(n_layer: int) -> float:
+        config = GPT2Config(vocab_size=vocab_size, n_layer=n_layer, n_embd=width_for(n_layer), block_size=block_size,
+                            n_head=heads_for(width_for(n_layer)), **ARCHITECTURE)  # fmt: skip
+        return compute / flops_per_token(config) / train_tokens
+
     by_compute = max(1, round(ANCHOR_LAYERS * (compute / ANCHOR_COMPUTE) ** (1 / 6)))
+    if passes(by_compute) < MIN_PASSES:
+        return by_compute, f"the compute ({compute / ANCHOR_COMPUTE:.2g} x 10 minutes of the anchor's CPU)"
     by_data = 1
-    while by_data < by_compute and block_weights(by_data + 1) <= WEIGHTS_PER_TOKEN * train_tokens:
+    while block_weights(by_data + 1) <= WEIGHTS_PER_TOKEN * train_tokens and passes(by_data + 1) >= MIN_PASSES:
         by_data += 1
-    if by_data < by_compute:
-        return by_data, f"the text ({train_tokens / 1e3:,.0f}k training tokens) teaches no more than " \
-                        f"{WEIGHTS_PER_TOKEN} weights a token; the compute would take {by_compute}"
-    return by_compute, f"the compute ({compute / ANCHOR_COMPUTE:.2g} x the recipe's 10 CPU minutes)"
+    return by_data, f"the text ({train_tokens / 1e3:,.0f}k training tokens): the compute's {by_compute} would see it " \
+                    f"{passes(by_compute):.0f} times; the text teaches no more than {WEIGHTS_PER_TOKEN} weights a token " \
+                    f"to a model that sees it {MIN_PASSES} times or more"
 
 
 def width_for(n_layer: int) -> int:
@@ -115,26 +132,26 @@ def heads_for(n_embd: int) -> int:
     return 1
 
 
-def plan_run(text_bytes: int, seconds: float, peak_flops: float, device_type: str, *, shape: dict | None = None,
+def plan_run(text_bytes: int, seconds: float, flops: float, *, shape: dict | None = None,
              settings: dict | None = None, preset: str | None = None, vocab_size: int | None = None,
              processes: int = 1, tokens_per_s: float | None = None) -> Plan:  # fmt: skip
-    """The plan for `text_bytes` of text and `seconds` of wall time on `processes` devices of
-    `peak_flops` each (torchrun's: the batch is shared among them); `shape`, `settings`, `preset`
-    and `vocab_size` are what the user gave, each replacing its part. tokens_per_s: the planned
-    model's speed as measured (all processes together); None: peak x EXPECTED_MFU, an estimate."""
+    """The plan for `text_bytes` of text and `seconds` of wall time on `processes` devices that
+    each train at `flops` FLOP/s (PROBE_SHAPE's; under torchrun the batch is shared among them);
+    `shape`, `settings`, `preset` and `vocab_size` are what the user gave, each replacing its part.
+    tokens_per_s: the planned model's speed as measured (all processes together); None: from flops."""
     shape, settings = dict(shape or {}), dict(settings or {})
     held_out = settings.get("val_fraction", HELD_OUT) + settings.get("test_fraction", 0.0)
     vocab = vocab_size or bpe.recommended_vocab_size(text_bytes)
     train_tokens = max(1.0, text_bytes * (1 - held_out) / bytes_per_token(vocab))
     train_seconds = max(1.0, 0.9 * seconds - text_bytes / 2e6)  # evaluations, the tokenizer (~2 MB/s with encoding)
-    compute = peak_flops * processes * train_seconds
+    compute = flops * processes * train_seconds
     why = [f"{vocab:,}-token vocabulary" + ("" if vocab_size else f" for {text_bytes / 1e6:.2g} MB of text")]
-    model = model_fields(compute, train_tokens, shape, preset, why)
+    model = model_fields(compute, train_tokens, vocab, shape, preset, why)
     config = GPT2Config(vocab_size=vocab, **model)
 
     run = dict(settings)
     if tokens_per_s is None:
-        tokens_per_s = processes * peak_flops * EXPECTED_MFU.get(device_type, 0.25) / flops_per_token(config)
+        tokens_per_s = processes * flops / flops_per_token(config)
     by_time = tokens_per_s * train_seconds / train_tokens  # the passes over the text the time gives
     batch = ANCHOR_BATCH_TOKENS * (compute / ANCHOR_COMPUTE) ** (1 / 3)
     by_compute = max(1, round(batch / config.block_size / processes))  # the batch a probe measures at
@@ -171,22 +188,23 @@ def planned_passes(run: dict, by_time: float, per_step: float, why: list) -> flo
     return by_time
 
 
-def model_fields(compute: float, train_tokens: float, shape: dict, preset: str | None, why: list) -> dict:
+def model_fields(compute: float, train_tokens: float, vocab_size: int, shape: dict, preset: str | None,
+                 why: list) -> dict:  # fmt: skip
     """The model's fields: the preset's (GPT-2's architecture) or the plan's, with the given ones on top."""
     if preset is not None:
         why.append(f"the model is --preset {preset}" + (" with the flags given" if shape else ""))
         return {name: value for name, value in PRESETS[preset].items() if name != "vocab_size"} | shape
     model = dict(ARCHITECTURE)
+    val_tokens = train_tokens * HELD_OUT / (1 - HELD_OUT)
+    model["block_size"] = shape.get("block_size") or (CONTEXT if val_tokens >= 8 * CONTEXT else CONTEXT // 2)
     if "n_layer" in shape:
         model["n_layer"] = shape["n_layer"]
         why.append(f"{shape['n_layer']} layers (--n-layer)")
     else:
-        model["n_layer"], reason = layers_for(compute, train_tokens)
+        model["n_layer"], reason = layers_for(compute, train_tokens, vocab_size, model["block_size"])
         why.append(f"{model['n_layer']} layer{'s' * (model['n_layer'] > 1)} for {reason}")
     model["n_embd"] = shape.get("n_embd") or width_for(model["n_layer"])
     model["n_head"] = shape.get("n_head") or heads_for(model["n_embd"])
-    val_tokens = train_tokens * HELD_OUT / (1 - HELD_OUT)
-    model["block_size"] = CONTEXT if val_tokens >= 8 * CONTEXT else CONTEXT // 2
     model |= shape
     why.append(f"{model['n_embd']} wide, {model['n_head']} heads, context {model['block_size']}")
     return model

@@ -14,6 +14,7 @@ that says why it stopped and where its checkpoint is.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import shlex
@@ -39,13 +40,14 @@ from .config import (
     TrainConfig,
     flag_fields,
     flag_of,
+    muon_missing,
 )
 from .distributed import Distributed
 from .export import export_problem, export_type
 from .gpt2 import GPT2
 from .hardware import measure_matmul_flops, peak_flops, pick_device, pick_dtype
 from .loading import load_with_tokenizer, vocab_problem
-from .plan import DEFAULT_MINUTES, Plan, plan_run
+from .plan import ARCHITECTURE, DEFAULT_MINUTES, EXPECTED_MFU, PROBE_BATCH, PROBE_SHAPE, Plan, flops_per_token, plan_run
 from .trainer import Trainer, best_path, check_step_memory, measure_tokens_per_s
 from .vocab import load_vocab, text_bytes, text_inputs
 
@@ -242,23 +244,35 @@ def make_plan(asked: Asked, found: bpe.BPE | None, ranks: Distributed) -> Plan:
         settings["minutes"] = DEFAULT_MINUTES
     device = pick_device(ranks.device_name(settings.get("device", "auto")))
     dtype = pick_dtype(settings.get("dtype", "auto"), device)
-    # The speed a plan sizes the model for is measured on every device (a GPU's data sheet overstates it).
-    peak = peak_flops(device, dtype)[0] if device.type == "cpu" else measure_matmul_flops(device, dtype)
     seconds = 60 * settings.get("minutes", DEFAULT_MINUTES)
     given = dict(shape=asked.shape, settings=settings, preset=asked.preset, processes=ranks.world_size,
                  vocab_size=found.vocab_size if found else asked.vocab_size)
-    planned = plan_run(text_bytes(asked.files), seconds, peak, device.type, **given)
+    planned = plan_run(text_bytes(asked.files), seconds, training_flops(device, dtype, ranks.world_size), **given)
     if ranks.world_size == 1:  # the probe: this shape's measured speed replaces the estimate (torchrun's
         # ranks keep the estimate, which every rank computes alike); at the batch the compute asks for
         c, t = GPT2Config(vocab_size=planned.vocab_size, **planned.shape), TrainConfig(**planned.settings)
         t = replace(t, batch_size=planned.expected["batch_by_compute"])
         check_step_memory(c, t.batch_size, device, dtype, t.grad_checkpoint, t.ema > 0)
         speed = measure_tokens_per_s(c, t, device, dtype)
-        planned = plan_run(text_bytes(asked.files), seconds, peak, device.type, **given, tokens_per_s=speed)
+        planned = plan_run(text_bytes(asked.files), seconds, training_flops(device, dtype, 1), **given,
+                           tokens_per_s=speed)  # fmt: skip
         planned.why.append(f"{speed:,.0f} tokens/s measured for this shape (two steps on random tokens, batch {t.batch_size})")
     c, t = GPT2Config(vocab_size=planned.vocab_size, **planned.shape), TrainConfig(**planned.settings)
     planned.expected["memory"] = check_step_memory(c, t.batch_size, device, dtype, t.grad_checkpoint, t.ema > 0)
     return planned
+
+
+@functools.cache
+def training_flops(device: torch.device, dtype: torch.dtype, processes: int) -> float:
+    """The FLOP/s a plan sizes its model by: on a CPU, measured in training steps of the probe's
+    shape (a CPU trains at 15 to 40% of its matrix-product peak, by the machine); on a GPU or under
+    torchrun (where every rank must plan alike), the measured or data-sheet peak x EXPECTED_MFU."""
+    if device.type != "cpu" or processes > 1:
+        peak = peak_flops(device, dtype)[0] if device.type == "cpu" else measure_matmul_flops(device, dtype)
+        return peak * EXPECTED_MFU.get(device.type, 0.25)
+    probe = GPT2Config(**PROBE_SHAPE, **ARCHITECTURE)
+    train = TrainConfig(batch_size=PROBE_BATCH, optimizer="muon" if muon_missing() is None else "adamw")
+    return measure_tokens_per_s(probe, train, device, dtype) * flops_per_token(probe)
 
 
 def plan_lines(planned: Plan) -> list[str]:
