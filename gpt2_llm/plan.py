@@ -9,7 +9,7 @@ in one place:
     compute   C = that FLOP/s x the seconds left for training (the budget less the tokenizer's share)
     passes    of a shape: C / its FLOPs a token / the training tokens
     depth     ANCHOR_LAYERS at ANCHOR_COMPUTE (10 minutes of the Xeon the Gutenberg runs measured
-              3 layers best on, a text seen less than once), times (C / ANCHOR_COMPUTE) ** (1/6):
+              3 layers best on, a text they saw about once), times (C / ANCHOR_COMPUTE) ** (1/6):
               the weights grow as the square root of the compute (Hoffmann et al. 2022), and with
               the width tied to the depth they grow as its cube. But where that model would see
               the text MIN_PASSES times or more, the text, not the compute, is what is short: the
