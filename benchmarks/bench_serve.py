@@ -107,7 +107,8 @@ def streamed(port: int, path: str, body: dict):
     conn.close()
 
 
-def one_request(port: int, model: str, prompt: str, max_tokens: int, seed: int, temperature: float = 1.0) -> list[float]:
+def one_request(port: int, model: str, prompt: str, max_tokens: int, seed: int,
+                temperature: float = 1.0) -> list[float]:  # fmt: skip
     """Send one streaming completion; return the arrival time of each chunk that carries text
     (the first one is measured from the request's start: index 0 is the start itself)."""
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}

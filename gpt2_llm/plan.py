@@ -105,14 +105,15 @@ def layers_for(compute: float, train_tokens: float, vocab_size: int, block_size:
         return compute / flops_per_token(config) / train_tokens
 
     by_compute = max(1, round(ANCHOR_LAYERS * (compute / ANCHOR_COMPUTE) ** (1 / 6)))
-    if passes(by_compute) < MIN_PASSES:
+    seen = passes(by_compute)
+    if seen < MIN_PASSES:
         return by_compute, f"the compute ({compute / ANCHOR_COMPUTE:.2g} x 10 minutes of the anchor's CPU)"
     by_data = 1
     while block_weights(by_data + 1) <= WEIGHTS_PER_TOKEN * train_tokens and passes(by_data + 1) >= MIN_PASSES:
         by_data += 1
-    return by_data, f"the text ({train_tokens / 1e3:,.0f}k training tokens): the compute's {by_compute} would see it " \
-                    f"{passes(by_compute):.0f} times; the text teaches no more than {WEIGHTS_PER_TOKEN} weights a token " \
-                    f"to a model that sees it {MIN_PASSES} times or more"
+    return by_data, (f"the text ({train_tokens / 1e3:,.0f}k training tokens): the compute's {by_compute} would see it "
+                     f"{seen:.0f} times; the text teaches no more than {WEIGHTS_PER_TOKEN} weights a token to a model "
+                     f"that sees it {MIN_PASSES} times or more")
 
 
 def width_for(n_layer: int) -> int:

@@ -247,15 +247,15 @@ def make_plan(asked: Asked, found: bpe.BPE | None, ranks: Distributed) -> Plan:
     seconds = 60 * settings.get("minutes", DEFAULT_MINUTES)
     given = dict(shape=asked.shape, settings=settings, preset=asked.preset, processes=ranks.world_size,
                  vocab_size=found.vocab_size if found else asked.vocab_size)
-    planned = plan_run(text_bytes(asked.files), seconds, training_flops(device, dtype, ranks.world_size), **given)
+    flops = training_flops(device, dtype, ranks.world_size)
+    planned = plan_run(text_bytes(asked.files), seconds, flops, **given)
     if ranks.world_size == 1:  # the probe: this shape's measured speed replaces the estimate (torchrun's
         # ranks keep the estimate, which every rank computes alike); at the batch the compute asks for
         c, t = GPT2Config(vocab_size=planned.vocab_size, **planned.shape), TrainConfig(**planned.settings)
         t = replace(t, batch_size=planned.expected["batch_by_compute"])
         check_step_memory(c, t.batch_size, device, dtype, t.grad_checkpoint, t.ema > 0)
         speed = measure_tokens_per_s(c, t, device, dtype)
-        planned = plan_run(text_bytes(asked.files), seconds, training_flops(device, dtype, 1), **given,
-                           tokens_per_s=speed)  # fmt: skip
+        planned = plan_run(text_bytes(asked.files), seconds, flops, **given, tokens_per_s=speed)
         planned.why.append(f"{speed:,.0f} tokens/s measured for this shape (two steps on random tokens, batch {t.batch_size})")
     c, t = GPT2Config(vocab_size=planned.vocab_size, **planned.shape), TrainConfig(**planned.settings)
     planned.expected["memory"] = check_step_memory(c, t.batch_size, device, dtype, t.grad_checkpoint, t.ema > 0)
